@@ -1,0 +1,76 @@
+"""Process-wide settings shared by every layer: data directory and Channel Access environment.
+
+Nothing here contacts hardware; the functions only read and write environment
+variables and paths, so any layer may import this module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import platformdirs
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "data_dir",
+    "ca_client_environment",
+    "ca_server_environment",
+    "apply_ca_client_environment",
+]
+
+DATA_DIR_ENV = "MULTISCOPE_DATA_DIR"
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """Return the data directory, creating it if needed.
+
+    Order of precedence: ``explicit`` (``--data-dir``), then the
+    ``MULTISCOPE_DATA_DIR`` environment variable, then the user's data directory.
+    """
+    chosen = explicit or os.environ.get(DATA_DIR_ENV) or platformdirs.user_data_dir("multiscope")
+    path = Path(chosen).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def ca_server_environment(port: int) -> dict[str, str]:
+    """EPICS variables that make a caproto IOC serve on loopback only, on its own port.
+
+    UDP search and TCP use the same port number; every IOC needs a unique one
+    because UDP is bound with SO_REUSEPORT and two IOCs on one port silently
+    split the search traffic (PITFALLS.md).
+    """
+    return {
+        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
+        "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
+        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+        "EPICS_CA_SERVER_PORT": str(port),
+        "EPICS_CAS_SERVER_PORT": str(port),
+        "EPICS_CA_ADDR_LIST": "127.0.0.1",
+        "EPICS_CA_AUTO_ADDR_LIST": "NO",
+        # Monitor bursts are batched this long; 1 ms doubles a polled positioner scan's rate.
+        "CAPROTO_SERVER_HIGH_LOAD_TIMEOUT_SEC": "0.001",
+        # Readers (live callbacks, tiled) open HDF5 files the IOC is still writing.
+        "HDF5_USE_FILE_LOCKING": "FALSE",
+    }
+
+
+def ca_client_environment(ports: Iterable[int]) -> dict[str, str]:
+    """EPICS variables for a client that searches only the given loopback IOC ports."""
+    ports = sorted(set(int(p) for p in ports))
+    return {
+        "EPICS_CA_ADDR_LIST": " ".join(f"127.0.0.1:{p}" for p in ports) or "127.0.0.1",
+        "EPICS_CA_AUTO_ADDR_LIST": "NO",
+        "HDF5_USE_FILE_LOCKING": "FALSE",
+    }
+
+
+def apply_ca_client_environment(env: Mapping[str, str]) -> None:
+    """Set client EPICS variables in this process.
+
+    Channel Access clients read them once, when the first context is created,
+    so call this before any ophyd signal connects.
+    """
+    os.environ.update(env)
