@@ -1,0 +1,183 @@
+"""The ``multiscope`` command: simulated hardware, catalog, demos, export.
+
+Examples
+--------
+::
+
+    multiscope sim start demo          # start simulated IOCs in the background
+    multiscope sim status
+    multiscope demo                    # the whole chain, simulated, with a summary
+    multiscope catalog list --limit 5
+    multiscope catalog show -1
+    multiscope catalog recover         # load runs a crashed session left in the journal
+    multiscope export -1 --out ./run   # CSV tables (+ HDF5 arrays) of one run
+    multiscope sim stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__, simctl
+from .config import DATA_DIR_ENV, data_dir as resolve_data_dir
+
+__all__ = ["main", "build_parser"]
+
+
+class CLIError(Exception):
+    """An error reported to the user as one line, with exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``multiscope`` command."""
+    parser = argparse.ArgumentParser(
+        prog="multiscope",
+        description="Multi-scale battery-electrode imaging under bluesky, on real or simulated hardware.",
+    )
+    parser.add_argument("--version", action="version", version=f"multiscope {__version__}")
+    parser.add_argument(
+        "--data-dir",
+        help=f"data directory (default: ${DATA_DIR_ENV} or the user's data directory)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    sim = commands.add_parser("sim", help="start, stop and list simulated IOCs")
+    sim_commands = sim.add_subparsers(dest="sim_command", metavar="ACTION")
+    sim_commands.required = True
+    start = sim_commands.add_parser("start", help="start simulated IOCs in the background")
+    start.add_argument("names", nargs="*", help=f"instruments (default: all of {simctl.names()})")
+    sim_commands.add_parser("status", help="list simulated IOCs, prefixes, ports, PIDs")
+    stop = sim_commands.add_parser("stop", help="stop simulated IOCs by PID")
+    stop.add_argument("names", nargs="*", help="instruments (default: all running)")
+
+    catalog = commands.add_parser("catalog", help="list, show and recover runs")
+    catalog.add_argument("--catalog", dest="catalog_uri", help="URL of a tiled server (default: embedded)")
+    catalog.add_argument("--api-key", help="API key (default: $MULTISCOPE_TILED_API_KEY)")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", metavar="ACTION")
+    catalog_commands.required = True
+    listing = catalog_commands.add_parser("list", help="the most recent runs")
+    listing.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
+    show = catalog_commands.add_parser("show", help="one run: metadata and streams")
+    show.add_argument("run", help="uid (or its beginning) or index such as -1")
+    catalog_commands.add_parser("recover", help="load journals of runs that never reached the catalog")
+
+    from .demos import DEMOS  # the chain order lives with the demos
+
+    demo = commands.add_parser("demo", help="run simulated experiments end to end")
+    demo.add_argument(
+        "names", nargs="*", help=f"demos to run, in chain order (default: all of {list(DEMOS)})"
+    )
+
+    export = commands.add_parser("export", help="write one run's tables and arrays to files")
+    export.add_argument("run", help="uid (or its beginning) or index such as -1")
+    export.add_argument("--out", required=True, help="output directory")
+    export.add_argument("--catalog", dest="catalog_uri", help="URL of a tiled server")
+    export.add_argument("--api-key", help="API key (default: $MULTISCOPE_TILED_API_KEY)")
+    return parser
+
+
+def _open_catalog(args, root: Path):
+    from .catalog import Catalog
+
+    if args.catalog_uri:
+        return Catalog.remote(args.catalog_uri, args.api_key or os.environ.get("MULTISCOPE_TILED_API_KEY"))
+    return Catalog.embedded(root)
+
+
+def _run_sim(args, root: Path) -> int:
+    if args.sim_command == "start":
+        unknown = sorted(set(args.names) - set(simctl.names()))
+        if unknown:
+            raise CLIError(f"unknown simulated instrument(s) {unknown}; choose from {simctl.names()}")
+        for record in simctl.start(args.names or simctl.names(), root):
+            state = "already running" if record.get("reused") else "started"
+            print(f"{record['name']:<8} {state:<16} prefix {record['prefix']:<12} "
+                  f"port {record['port']:<6} pid {record['pid']}")
+    elif args.sim_command == "status":
+        records = simctl.status(root)
+        if not records:
+            print("no simulated IOCs recorded; start some with `multiscope sim start`")
+        for record in records:
+            alive = "running" if record.get("alive") else "dead"
+            print(f"{record['name']:<8} {alive:<8} prefix {record['prefix']:<12} "
+                  f"port {record['port']:<6} pid {record['pid']:<8} log {record.get('log', '')}")
+    elif args.sim_command == "stop":
+        stopped = simctl.stop(args.names or None, root)
+        print(f"stopped {len(stopped)} IOC(s)" + (f": {', '.join(stopped)}" if stopped else ""))
+    return 0
+
+
+def _run_catalog(args, root: Path) -> int:
+    if args.catalog_command == "recover":
+        from .catalog import recover
+
+        with _open_catalog(args, root) as catalog:
+            reports = recover(root, catalog)
+        if not reports:
+            print("nothing to recover: every journal is already in the catalog")
+        for report in reports:
+            print(report)
+        return 0
+    with _open_catalog(args, root) as catalog:
+        if args.catalog_command == "list":
+            rows = catalog.runs(limit=args.limit)
+            if not rows:
+                print("the catalog is empty")
+            for row in rows:
+                print(row)
+        elif args.catalog_command == "show":
+            print(catalog.describe(args.run))
+    return 0
+
+
+def _run_export(args, root: Path) -> int:
+    from .export import export_run
+
+    with _open_catalog(args, root) as catalog:
+        written = export_run(catalog.run(args.run), Path(args.out))
+    for path in written:
+        print(path)
+    return 0
+
+
+def _run_demo(args, root: Path) -> int:
+    from .demos import DEMOS, run_demos
+
+    unknown = [name for name in args.names if name not in DEMOS]
+    if unknown:
+        raise CLIError(f"unknown demo(s) {unknown}; choose from {list(DEMOS)}")
+    results = run_demos(args.names or list(DEMOS), root)
+    return 0 if all(r.passed for r in results) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``multiscope`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        root = resolve_data_dir(args.data_dir)
+        handler = {"sim": _run_sim, "catalog": _run_catalog, "demo": _run_demo, "export": _run_export}
+        return handler[args.command](args, root)
+    except CLIError as err:
+        print(f"multiscope: error: {err}", file=sys.stderr)
+        return 2
+    except (KeyError, LookupError, ValueError, OSError) as err:
+        print(f"multiscope: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("multiscope: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Complete simulated experiments, one per instrument, in the order of the imaging chain.
+
+``multiscope demo`` runs them all and prints one summary. Each demo module has
+``run(data_dir) -> DemoResult``: it starts the simulated IOCs it needs (reusing
+running ones), runs real plans through a configured session, reads the results
+back from the catalog and scores them against the simulated ground truth.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["DEMOS", "DemoResult", "run_demos"]
+
+# Chain order: laser mill, XRM, TXM tomography, XANES, FIB-SEM. Instrument issues
+# insert their demos here at their place in the chain.
+DEMOS: dict[str, str] = {
+    "demo": "multiscope.demos.harness",
+}
+
+
+@dataclass
+class DemoResult:
+    """Outcome of one demo: what ran, the scores, and whether they pass."""
+
+    name: str
+    passed: bool
+    elapsed_s: float
+    scores: dict[str, str] = field(default_factory=dict)
+    details: list[str] = field(default_factory=list)
+
+
+def run_demos(names: list[str], data_dir: Path) -> list[DemoResult]:
+    """Run the named demos in chain order and print one summary table."""
+    results = []
+    for name in [n for n in DEMOS if n in names]:
+        print(f"=== demo: {name} ===", flush=True)
+        t0 = time.monotonic()
+        result = importlib.import_module(DEMOS[name]).run(data_dir)
+        result.elapsed_s = time.monotonic() - t0
+        results.append(result)
+    print()
+    print("=" * 72)
+    print(f"multiscope demo summary (data in {data_dir})")
+    print("=" * 72)
+    for result in results:
+        verdict = "PASS" if result.passed else "FAIL"
+        print(f"[{verdict}] {result.name:<10} {result.elapsed_s:7.1f} s")
+        for key, value in result.scores.items():
+            print(f"         {key:<36} {value}")
+        for line in result.details:
+            print(f"         {line}")
+    return results

@@ -1,0 +1,252 @@
+"""One call that sets up an interactive or scripted session for one instrument.
+
+``configure_session(get_ipython().user_ns, "demo")`` is all an IPython profile
+does. It creates, and puts into the namespace under explicit names:
+
+===============  ==============================================================
+``RE``           the RunEngine, with persistent metadata (``RE.md``)
+``catalog``      the tiled catalog of runs (``catalog[-1]``, ``catalog[uid]``)
+``session``      the :class:`Session` object (``session.close()`` drains storage)
+``bec``          bluesky's BestEffortCallback (tables; plots only with a display)
+``bp``, ``bps``  ``bluesky.plans`` and ``bluesky.plan_stubs``
+devices          one name per device of the instrument (e.g. ``m1``, ``cam``)
+plans            the instrument's plans (e.g. ``line_scan``)
+===============  ==============================================================
+
+Simulated hardware is found through the state file that ``multiscope sim start``
+writes: when the instrument's simulated IOC runs, the session talks to it;
+otherwise it uses the facility prefix and the EPICS environment as given.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import simctl
+from .callbacks.progress import RunProgress
+from .catalog import Catalog
+from .config import apply_ca_client_environment, ca_client_environment, data_dir as resolve_data_dir
+from .metadata import JSONMetadataStore
+from .suspenders import SuspendFloorOrDisconnect
+
+__all__ = ["InstrumentSpec", "INSTRUMENTS", "Session", "configure_session"]
+
+logger = logging.getLogger(__name__)
+
+_MARKER = "_multiscope_session"
+
+
+@dataclass(frozen=True)
+class InstrumentSpec:
+    """What the session needs to know about one instrument.
+
+    Attributes
+    ----------
+    name : str
+        Instrument name, as in ``multiscope sim start NAME`` and the profile name.
+    devices_module : str
+        Module under ``multiscope.instruments`` whose ``devices(prefix)`` builds all devices.
+    plan_modules : tuple of str
+        Modules whose ``__all__`` plans are put into the namespace.
+    facility_prefix : str
+        PV prefix of the real instrument, used when no simulated IOC runs.
+    beam_current : str or None
+        Name of the device whose value gates acquisition (suspender), if any.
+    beam_floor : float
+        Suspend below this beam current (same units as the device).
+    """
+
+    name: str
+    devices_module: str
+    plan_modules: tuple[str, ...]
+    facility_prefix: str
+    beam_current: str | None = None
+    beam_floor: float = 0.0
+
+
+INSTRUMENTS: dict[str, InstrumentSpec] = {
+    "demo": InstrumentSpec(
+        name="demo",
+        devices_module="multiscope.instruments.demo",
+        plan_modules=("multiscope.plans.scans",),
+        facility_prefix="DEMO:",
+        beam_current="beam_current",
+        beam_floor=10.0,
+    ),
+}
+
+
+@dataclass
+class Session:
+    """Everything :func:`configure_session` created; ``close()`` releases it."""
+
+    instrument: str
+    data_dir: Path
+    RE: Any
+    catalog: Catalog
+    devices: dict[str, Any]
+    plans: dict[str, Any]
+    prefix: str
+    simulated: bool
+    names: list[str] = field(default_factory=list)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Wait for storage to catch up, then close the catalog (idempotent)."""
+        self.catalog.drain(timeout)
+        self.catalog.close()
+
+    def __repr__(self) -> str:
+        mode = "simulated" if self.simulated else "facility"
+        return (
+            f"<multiscope session: {self.instrument} ({mode}, prefix {self.prefix!r}), "
+            f"data in {self.data_dir}, {len(self.devices)} devices>"
+        )
+
+
+def _find_simulated_ioc(instrument: str, data_dir: Path):
+    """Return (record, all alive records) from the sim state file."""
+    records = [r for r in simctl.status(data_dir) if r.get("alive")]
+    mine = next((r for r in records if r["name"] == instrument), None)
+    return mine, records
+
+
+def configure_session(
+    namespace: dict,
+    instrument: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    catalog_uri: str | None = None,
+    api_key: str | None = None,
+    prefix: str | None = None,
+    table: bool = True,
+    progress: bool = True,
+) -> Session:
+    """Set up a session for ``instrument`` and put its objects into ``namespace``.
+
+    Parameters
+    ----------
+    namespace : dict
+        Usually ``get_ipython().user_ns``; a plain dict for scripts and tests.
+    instrument : str
+        One of :data:`INSTRUMENTS`.
+    data_dir : path-like, optional
+        Data directory (default: ``$MULTISCOPE_DATA_DIR`` or the user's data dir).
+    catalog_uri : str, optional
+        URL of a facility tiled server (default ``$MULTISCOPE_CATALOG_URI``, else the
+        embedded catalog in ``data_dir``).
+    api_key : str, optional
+        API key for ``catalog_uri`` (default ``$MULTISCOPE_TILED_API_KEY``).
+    prefix : str, optional
+        PV prefix; default: the running simulated IOC's, else the facility prefix.
+    table : bool
+        Subscribe bluesky's BestEffortCallback (live table). Off for quiet scripts.
+    progress : bool
+        Show a progress bar per run.
+
+    Returns
+    -------
+    Session
+
+    Raises
+    ------
+    RuntimeError
+        If a session was already configured in this namespace.
+    ValueError
+        For an unknown instrument.
+    """
+    if _MARKER in namespace:
+        raise RuntimeError(
+            f"configure_session already ran in this namespace (instrument "
+            f"{namespace[_MARKER].instrument!r}); start a new kernel to set up another."
+        )
+    try:
+        spec = INSTRUMENTS[instrument]
+    except KeyError:
+        raise ValueError(
+            f"unknown instrument {instrument!r}; choose one of {sorted(INSTRUMENTS)}"
+        ) from None
+
+    root = resolve_data_dir(data_dir)
+    sim_record, running = _find_simulated_ioc(instrument, root)
+    simulated = prefix is None and sim_record is not None
+    if simulated:
+        prefix = sim_record["prefix"]
+        apply_ca_client_environment(ca_client_environment(r["port"] for r in running))
+    elif prefix is None:
+        prefix = spec.facility_prefix
+    # Choose the control layer before the first signal exists; caproto needs no libca.
+    os.environ.setdefault("OPHYD_CONTROL_LAYER", "caproto")
+
+    from bluesky import RunEngine
+    from bluesky import plan_stubs as bps
+    from bluesky import plans as bp
+    from bluesky.callbacks.best_effort import BestEffortCallback
+    from bluesky.utils import ProgressBarManager
+
+    catalog_uri = catalog_uri or os.environ.get("MULTISCOPE_CATALOG_URI")
+    catalog = (
+        Catalog.remote(catalog_uri, api_key or os.environ.get("MULTISCOPE_TILED_API_KEY"))
+        if catalog_uri
+        else Catalog.embedded(root)
+    )
+    RE = RunEngine(JSONMetadataStore(root / "session" / instrument / "md.json"))
+    RE.md.setdefault("instrument", instrument)
+    RE.subscribe(catalog.writer())
+    bec = None
+    if table:
+        bec = BestEffortCallback()
+        if not os.environ.get("DISPLAY"):
+            bec.disable_plots()
+        RE.subscribe(bec)
+    if progress:
+        RE.subscribe(RunProgress())
+        RE.waiting_hook = ProgressBarManager()
+
+    devices = importlib.import_module(spec.devices_module).devices(prefix)
+    plans: dict[str, Any] = {}
+    for module_name in spec.plan_modules:
+        module = importlib.import_module(module_name)
+        plans.update({name: getattr(module, name) for name in module.__all__})
+
+    if spec.beam_current and spec.beam_current in devices:
+        RE.install_suspender(
+            SuspendFloorOrDisconnect(
+                devices[spec.beam_current],
+                spec.beam_floor,
+                sleep=1.0,
+                tripped_message="beam current below floor or its IOC disconnected",
+            )
+        )
+
+    session = Session(
+        instrument=instrument,
+        data_dir=root,
+        RE=RE,
+        catalog=catalog,
+        devices=devices,
+        plans=plans,
+        prefix=prefix,
+        simulated=simulated,
+    )
+    added: dict[str, Any] = {
+        "RE": RE,
+        "catalog": catalog.client,
+        "session": session,
+        "bp": bp,
+        "bps": bps,
+        **({"bec": bec} if bec is not None else {}),
+        **devices,
+        **plans,
+    }
+    clashes = sorted(set(added) & set(namespace))
+    if clashes:
+        logger.warning("configure_session replaces existing names: %s", ", ".join(clashes))
+    namespace.update(added)
+    namespace[_MARKER] = session
+    session.names = sorted(added)
+    return session
