@@ -95,18 +95,18 @@ def _run_sim(args, root: Path) -> int:
         unknown = sorted(set(args.names) - set(simctl.names()))
         if unknown:
             raise CLIError(f"unknown simulated instrument(s) {unknown}; choose from {simctl.names()}")
-        for record in simctl.start(args.names or simctl.names(), root):
-            state = "already running" if record.get("reused") else "started"
-            print(f"{record['name']:<8} {state:<16} prefix {record['prefix']:<12} "
-                  f"port {record['port']:<6} pid {record['pid']}")
+        before = {n for n, r in simctl.status(root).items() if r["alive"]}
+        for name, ioc in simctl.start(args.names or simctl.names(), root).items():
+            state = "already running" if name in before else "started"
+            print(f"{name:<8} {state:<16} prefix {ioc.prefix:<12} port {ioc.port:<6} pid {ioc.pid}")
     elif args.sim_command == "status":
         records = simctl.status(root)
         if not records:
             print("no simulated IOCs recorded; start some with `multiscope sim start`")
-        for record in records:
-            alive = "running" if record.get("alive") else "dead"
-            print(f"{record['name']:<8} {alive:<8} prefix {record['prefix']:<12} "
-                  f"port {record['port']:<6} pid {record['pid']:<8} log {record.get('log', '')}")
+        for name, record in records.items():
+            alive = "running" if record["alive"] else "dead"
+            print(f"{name:<8} {alive:<8} prefix {record['prefix']:<12} port {record['port']:<6} "
+                  f"pid {record['pid']:<8} log {record['log_path']}")
     elif args.sim_command == "stop":
         stopped = simctl.stop(args.names or None, root)
         print(f"stopped {len(stopped)} IOC(s)" + (f": {', '.join(stopped)}" if stopped else ""))

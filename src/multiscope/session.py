@@ -56,7 +56,8 @@ class InstrumentSpec:
     facility_prefix : str
         PV prefix of the real instrument, used when no simulated IOC runs.
     beam_current : str or None
-        Name of the device whose value gates acquisition (suspender), if any.
+        Dotted name of the signal that gates acquisition (suspender), e.g.
+        ``"beam_current.current"``, if any.
     beam_floor : float
         Suspend below this beam current (same units as the device).
     """
@@ -75,7 +76,7 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
         devices_module="multiscope.instruments.demo",
         plan_modules=("multiscope.plans.scans",),
         facility_prefix="DEMO:",
-        beam_current="beam_current",
+        beam_current="beam_current.current",
         beam_floor=10.0,
     ),
 }
@@ -110,7 +111,7 @@ class Session:
 
 def _find_simulated_ioc(instrument: str, data_dir: Path):
     """Return (record, all alive records) from the sim state file."""
-    records = [r for r in simctl.status(data_dir) if r.get("alive")]
+    records = [r for r in simctl.status(data_dir).values() if r.get("alive")]
     mine = next((r for r in records if r["name"] == instrument), None)
     return mine, records
 
@@ -208,15 +209,24 @@ def configure_session(
         RE.waiting_hook = ProgressBarManager()
 
     devices = importlib.import_module(spec.devices_module).devices(prefix)
+    assets = root / "assets" / instrument
+    for device in devices.values():
+        # Cameras write where the catalog can read: the data directory's assets/ (strftime).
+        if hasattr(device, "write_path_template") and not device.write_path_template.get():
+            device.write_path_template.put(f"{assets}/%Y/%m/%d/")
     plans: dict[str, Any] = {}
     for module_name in spec.plan_modules:
         module = importlib.import_module(module_name)
         plans.update({name: getattr(module, name) for name in module.__all__})
 
-    if spec.beam_current and spec.beam_current in devices:
+    if spec.beam_current:
+        device_name, *attributes = spec.beam_current.split(".")
+        gate = devices[device_name]
+        for attribute in attributes:
+            gate = getattr(gate, attribute)
         RE.install_suspender(
             SuspendFloorOrDisconnect(
-                devices[spec.beam_current],
+                gate,
                 spec.beam_floor,
                 sleep=1.0,
                 tripped_message="beam current below floor or its IOC disconnected",

@@ -1,0 +1,798 @@
+"""A simulated areaDetector camera whose frames go to HDF5 files, not over CA.
+
+The PV layout is the one ophyd's ``AreaDetector``, ``CamBase`` and ``HDF5Plugin``
+classes expect: a driver under ``{prefix}cam1:`` and an NDFileHDF5 plugin under
+``{prefix}HDF1:``. Frame content comes from a *scene*: a callable given at
+construction that receives a :class:`FrameContext` and returns a 2-D uint16
+array, optionally with a dict of per-frame attributes::
+
+    def scene(ctx: FrameContext) -> np.ndarray | tuple[np.ndarray, dict[str, float]]
+
+Files (Stream mode, the one the project uses)::
+
+    /entry/data/data                          (n, ny, nx) uint16, one frame per chunk
+    /entry/instrument/NDAttributes/NDArrayUniqueId   (n,) int32
+    /entry/instrument/NDAttributes/NDArrayTimeStamp  (n,) float64
+    /entry/instrument/NDAttributes/<name>            (n,) float64, from the scene
+
+The file is opened in SWMR mode and flushed after every frame, so other
+processes can read frames while it is written. Attribute datasets are created
+with the first frame (SWMR forbids creating datasets later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from caproto import ChannelType
+from caproto.server import PVGroup, SubGroup, get_pv_pair_wrapper, pvproperty
+from caproto.server.server import PvpropertyChar
+
+__all__ = [
+    "DATA_PATH",
+    "ATTRIBUTES_PATH",
+    "FrameContext",
+    "HDF5FrameWriter",
+    "SimAreaDetector",
+    "format_file_name",
+    "normalize_scene_output",
+]
+
+logger = logging.getLogger(__name__)
+
+DATA_PATH = "/entry/data/data"
+ATTRIBUTES_PATH = "/entry/instrument/NDAttributes"
+
+pvproperty_with_rbv = get_pv_pair_wrapper(setpoint_suffix="", readback_suffix="_RBV")
+
+IMAGE_MODES = ("Single", "Multiple", "Continuous")
+WRITE_MODES = ("Single", "Capture", "Stream")
+DETECTOR_STATES = (
+    "Idle",
+    "Acquire",
+    "Readout",
+    "Correct",
+    "Saving",
+    "Aborting",
+    "Error",
+    "Waiting",
+    "Initializing",
+    "Disconnected",
+    "Aborted",
+)
+DATA_TYPES = ("Int8", "UInt8", "Int16", "UInt16", "Int32", "UInt32", "Float32", "Float64")
+
+
+@dataclass(frozen=True)
+class FrameContext:
+    """What a scene knows when it renders one frame.
+
+    Attributes
+    ----------
+    exposure_time : float
+        AcquireTime in seconds.
+    frame_index : int
+        The value ArrayCounter takes for this frame (1 for the first frame after reset).
+    image_index : int
+        Index of the frame within the current acquisition (0-based).
+    shape : tuple of int
+        (ny, nx).
+    timestamp : float
+        Unix time at the end of the exposure.
+    rng : numpy.random.Generator
+        The detector's random generator (noise).
+    ioc : object
+        The object that owns the detector (the instrument IOC), for state.
+    """
+
+    exposure_time: float
+    frame_index: int
+    image_index: int
+    shape: tuple[int, int]
+    timestamp: float
+    rng: np.random.Generator
+    ioc: Any = None
+
+
+Scene = Callable[[FrameContext], Any]
+
+
+def normalize_scene_output(output: Any, shape: tuple[int, int]) -> tuple[np.ndarray, dict]:
+    """Split a scene's return value into (uint16 frame, attribute dict) and check the shape."""
+    if isinstance(output, tuple):
+        frame, attrs = output
+    else:
+        frame, attrs = output, {}
+    frame = np.asarray(frame)
+    if frame.shape != tuple(shape):
+        raise ValueError(f"scene returned shape {frame.shape}, expected {tuple(shape)}")
+    if frame.dtype != np.uint16:
+        frame = np.clip(frame, 0, np.iinfo(np.uint16).max).astype(np.uint16)
+    return frame, {str(k): float(v) for k, v in dict(attrs or {}).items()}
+
+
+def format_file_name(template: str, path: str, name: str, number: int) -> str:
+    """Apply an areaDetector FileTemplate (C printf with path, name, number)."""
+    return template % (path, name, number)
+
+
+@dataclass
+class HDF5FrameWriter:
+    """Appends frames (and per-frame attributes) to one SWMR HDF5 file.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        File to create (overwritten).
+    shape : tuple of int
+        (ny, nx) of every frame.
+    """
+
+    path: Path
+    shape: tuple[int, int]
+    count: int = 0
+    _file: h5py.File | None = field(default=None, repr=False)
+    _attr_names: tuple[str, ...] = ()
+
+    def _create(self, attr_names: tuple[str, ...]) -> None:
+        ny, nx = self.shape
+        f = h5py.File(self.path, "w", libver="latest")
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        data = f.create_dataset(
+            DATA_PATH,
+            shape=(0, ny, nx),
+            maxshape=(None, ny, nx),
+            chunks=(1, ny, nx),
+            dtype=np.uint16,
+        )
+        data.attrs["signal"] = 1
+        attributes = f.create_group(ATTRIBUTES_PATH)
+        attributes.create_dataset("NDArrayUniqueId", (0,), maxshape=(None,), dtype=np.int32)
+        attributes.create_dataset("NDArrayTimeStamp", (0,), maxshape=(None,), dtype=np.float64)
+        for name in attr_names:
+            attributes.create_dataset(name, (0,), maxshape=(None,), dtype=np.float64)
+        # Readers may open the file from now on; no dataset can be added later.
+        f.swmr_mode = True
+        self._file = f
+        self._attr_names = attr_names
+
+    @property
+    def attribute_names(self) -> tuple[str, ...]:
+        """Names of the scene attributes recorded per frame."""
+        return self._attr_names
+
+    def write(self, frame: np.ndarray, attrs: Mapping[str, float], unique_id: int, ts: float):
+        """Append one frame and its attributes, then flush."""
+        if self._file is None:
+            self._create(tuple(sorted(attrs)))
+        f = self._file
+        n = self.count
+        values = {"NDArrayUniqueId": unique_id, "NDArrayTimeStamp": ts}
+        values.update({name: attrs.get(name, math.nan) for name in self._attr_names})
+        data = f[DATA_PATH]
+        data.resize(n + 1, axis=0)
+        data[n] = frame
+        data.flush()
+        group = f[ATTRIBUTES_PATH]
+        for name, value in values.items():
+            ds = group[name]
+            ds.resize(n + 1, axis=0)
+            ds[n] = value
+            ds.flush()
+        self.count = n + 1
+
+    def close(self) -> None:
+        """Close the file (creating an empty one if no frame came)."""
+        if self._file is None:
+            self._create(())
+        self._file.close()
+        self._file = None
+
+
+# -- putters shared by setpoint/readback pairs ----------------------------------------
+
+
+async def _put_acquire(obj, instance, value):
+    cam = obj.parent
+    return await cam.acquire_put(value)
+
+
+async def _put_capture(obj, instance, value):
+    plugin = obj.parent
+    return await plugin.capture_put(value)
+
+
+async def _put_file_path(obj, instance, value):
+    plugin = obj.parent
+    return await plugin.file_path_put(value)
+
+
+async def _put_read_only_size(obj, instance, value):
+    # The simulated sensor has a fixed size; keep the readback truthful.
+    return obj.readback.value
+
+
+class CamGroup(PVGroup):
+    """The detector driver (``{prefix}cam1:``).
+
+    PVs
+    ---
+    Acquisition
+        ``Acquire``/``Acquire_RBV`` (Done/Acquire; a put of Acquire completes when
+        the acquisition ends), ``AcquireTime``/``_RBV`` (s), ``AcquirePeriod``/``_RBV``
+        (s), ``NumImages``/``_RBV``, ``NumImagesCounter_RBV``, ``NumExposures``/``_RBV``,
+        ``ImageMode``/``_RBV`` (Single/Multiple/Continuous), ``TriggerMode``/``_RBV``,
+        ``TimeRemaining_RBV``.
+    Array
+        ``ArrayCounter``/``_RBV``, ``ArrayCallbacks``/``_RBV``, ``ArraySizeX_RBV``,
+        ``ArraySizeY_RBV``, ``ArraySize0_RBV``/``1``/``2``, ``ArraySize_RBV`` (bytes),
+        ``SizeX``/``SizeY``(+_RBV), ``MaxSizeX_RBV``/``MaxSizeY_RBV``, ``DataType``/``_RBV``
+        (UInt16 only), ``ColorMode``/``_RBV`` (Mono), ``NDimensions_RBV``.
+    Status and identity
+        ``DetectorState_RBV``, ``StatusMessage_RBV``, ``Manufacturer_RBV``,
+        ``Model_RBV``, ``PortName_RBV``.
+    """
+
+    acquire = pvproperty_with_rbv(
+        name="Acquire",
+        dtype=ChannelType.ENUM,
+        enum_strings=("Done", "Acquire"),
+        value="Done",
+        put=_put_acquire,
+        doc="Start (1) or stop (0) acquisition; put-completion when it ends",
+    )
+    acquire_time = pvproperty_with_rbv(
+        name="AcquireTime", value=0.01, precision=4, doc="Exposure time (s)"
+    )
+    acquire_period = pvproperty_with_rbv(
+        name="AcquirePeriod", value=0.0, precision=4, doc="Time between frame starts (s)"
+    )
+    num_images = pvproperty_with_rbv(
+        name="NumImages", value=1, doc="Frames per acquisition in Multiple mode"
+    )
+    num_images_counter = pvproperty(
+        name="NumImagesCounter_RBV", value=0, read_only=True, doc="Frames in this acquisition"
+    )
+    num_exposures = pvproperty_with_rbv(
+        name="NumExposures", value=1, doc="Exposures per frame (only 1 simulated)"
+    )
+    image_mode = pvproperty_with_rbv(
+        name="ImageMode",
+        dtype=ChannelType.ENUM,
+        enum_strings=IMAGE_MODES,
+        value="Single",
+        doc="Single, Multiple (NumImages) or Continuous",
+    )
+    trigger_mode = pvproperty_with_rbv(
+        name="TriggerMode",
+        dtype=ChannelType.ENUM,
+        enum_strings=("Internal", "External"),
+        value="Internal",
+        doc="Trigger source (only Internal simulated)",
+    )
+    time_remaining = pvproperty(
+        name="TimeRemaining_RBV", value=0.0, read_only=True, doc="Seconds left in acquisition"
+    )
+    array_counter = pvproperty_with_rbv(
+        name="ArrayCounter", value=0, doc="Frames produced since last reset"
+    )
+    array_callbacks = pvproperty_with_rbv(
+        name="ArrayCallbacks",
+        dtype=ChannelType.ENUM,
+        enum_strings=("Disable", "Enable"),
+        value="Enable",
+        doc="Pass frames to plugins (the HDF5 writer)",
+    )
+    array_size_x = pvproperty(name="ArraySizeX_RBV", value=0, read_only=True, doc="Frame width")
+    array_size_y = pvproperty(name="ArraySizeY_RBV", value=0, read_only=True, doc="Frame height")
+    array_size0 = pvproperty(name="ArraySize0_RBV", value=0, read_only=True, doc="Dim 0 (x)")
+    array_size1 = pvproperty(name="ArraySize1_RBV", value=0, read_only=True, doc="Dim 1 (y)")
+    array_size2 = pvproperty(name="ArraySize2_RBV", value=0, read_only=True, doc="Dim 2 (0)")
+    array_size_bytes = pvproperty(
+        name="ArraySize_RBV", value=0, read_only=True, doc="Bytes per frame"
+    )
+    size_x = pvproperty_with_rbv(
+        name="SizeX", value=0, put=_put_read_only_size, doc="Region width (fixed)"
+    )
+    size_y = pvproperty_with_rbv(
+        name="SizeY", value=0, put=_put_read_only_size, doc="Region height (fixed)"
+    )
+    max_size_x = pvproperty(name="MaxSizeX_RBV", value=0, read_only=True, doc="Sensor width")
+    max_size_y = pvproperty(name="MaxSizeY_RBV", value=0, read_only=True, doc="Sensor height")
+    ndimensions = pvproperty(name="NDimensions_RBV", value=2, read_only=True, doc="Frame rank")
+    data_type = pvproperty_with_rbv(
+        name="DataType",
+        dtype=ChannelType.ENUM,
+        enum_strings=DATA_TYPES,
+        value="UInt16",
+        doc="Pixel type (UInt16 only)",
+    )
+    color_mode = pvproperty_with_rbv(
+        name="ColorMode",
+        dtype=ChannelType.ENUM,
+        enum_strings=("Mono",),
+        value="Mono",
+        doc="Colour mode (Mono only)",
+    )
+    detector_state = pvproperty(
+        name="DetectorState_RBV",
+        dtype=ChannelType.ENUM,
+        enum_strings=DETECTOR_STATES,
+        value="Idle",
+        read_only=True,
+        doc="Detector state",
+    )
+    status_message = pvproperty(
+        name="StatusMessage_RBV",
+        value="Idle",
+        max_length=256,
+        dtype=PvpropertyChar,
+        string_encoding="utf-8",
+        read_only=True,
+        doc="Last status message",
+    )
+    manufacturer = pvproperty(
+        name="Manufacturer_RBV", value="multiscope", read_only=True, doc="Manufacturer"
+    )
+    model = pvproperty(name="Model_RBV", value="SimCamera", read_only=True, doc="Model")
+    port_name = pvproperty(name="PortName_RBV", value="CAM1", read_only=True, doc="asyn port")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._task: asyncio.Task | None = None
+        self._stop = asyncio.Event()
+
+    @property
+    def detector(self) -> SimAreaDetector:
+        """The owning detector group."""
+        return self.parent
+
+    @array_size_x.startup
+    async def array_size_x(self, instance, async_lib):
+        """Publish the fixed frame geometry."""
+        ny, nx = self.detector.shape
+        for prop, value in (
+            (self.array_size_x, nx),
+            (self.array_size_y, ny),
+            (self.array_size0, nx),
+            (self.array_size1, ny),
+            (self.array_size2, 0),
+            (self.array_size_bytes, 2 * nx * ny),
+            (self.max_size_x, nx),
+            (self.max_size_y, ny),
+            (self.size_x.setpoint, nx),
+            (self.size_x.readback, nx),
+            (self.size_y.setpoint, ny),
+            (self.size_y.readback, ny),
+        ):
+            await prop.write(value, verify_value=False)
+
+    async def acquire_put(self, value) -> str:
+        """Handle an Acquire put: 1 starts and waits for the end, 0 stops."""
+        start = value in (1, "Acquire")
+        if not start:
+            self._stop.set()
+            return "Done"
+        if self._task is None or self._task.done():
+            self._stop.clear()
+            self._task = asyncio.get_running_loop().create_task(self._acquire())
+        # Put-completion: the client's put finishes when the acquisition ends.
+        await asyncio.shield(self._task)
+        return "Done"
+
+    async def _sleep_or_stop(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; return True if a stop came first."""
+        if seconds <= 0:
+            return self._stop.is_set()
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _acquire(self) -> None:
+        mode = self.image_mode.readback.value
+        if mode == "Single":
+            total = 1
+        elif mode == "Multiple":
+            total = max(1, int(self.num_images.readback.value))
+        else:
+            total = math.inf
+        exposure = max(0.0, float(self.acquire_time.readback.value))
+        period = max(exposure, float(self.acquire_period.readback.value))
+        await self.acquire.setpoint.write("Acquire", verify_value=False)
+        await self.acquire.readback.write("Acquire")
+        await self.detector_state.write("Acquire")
+        await self.num_images_counter.write(0)
+        index = 0
+        try:
+            while index < total:
+                t0 = time.monotonic()
+                if await self._sleep_or_stop(exposure):
+                    break
+                counter = int(self.array_counter.readback.value) + 1
+                ctx = FrameContext(
+                    exposure_time=exposure,
+                    frame_index=counter,
+                    image_index=index,
+                    shape=self.detector.shape,
+                    timestamp=time.time(),
+                    rng=self.detector.rng,
+                    ioc=self.detector.ioc,
+                )
+                await self.detector.process_frame(ctx)
+                await self.array_counter.setpoint.write(counter, verify_value=False)
+                await self.array_counter.readback.write(counter)
+                index += 1
+                await self.num_images_counter.write(index)
+                if not math.isinf(total):
+                    await self.time_remaining.write(max(0.0, (total - index) * period))
+                if index < total and await self._sleep_or_stop(period - (time.monotonic() - t0)):
+                    break
+        except Exception as ex:
+            logger.exception("Acquisition failed")
+            await self.status_message.write(f"Error: {ex}"[:255])
+            await self.detector_state.write("Error")
+        else:
+            await self.detector_state.write("Idle")
+            await self.status_message.write("Idle")
+        finally:
+            await self.time_remaining.write(0.0)
+            await self.acquire.readback.write("Done")
+            await self.acquire.setpoint.write("Done", verify_value=False)
+
+    @time_remaining.shutdown
+    async def time_remaining(self, instance, async_lib):
+        """Stop acquiring when the server shuts down."""
+        self._stop.set()
+
+
+class HDF5PluginGroup(PVGroup):
+    """The NDFileHDF5 plugin (``{prefix}HDF1:``).
+
+    PVs
+    ---
+    Plugin
+        ``EnableCallbacks``/``_RBV``, ``BlockingCallbacks``/``_RBV``, ``NDArrayPort``/``_RBV``,
+        ``PortName_RBV``, ``PluginType_RBV`` (NDFileHDF5), ``ArrayCounter``/``_RBV``,
+        ``ArraySize0_RBV``/``1``/``2``, ``NDimensions_RBV``, ``DataType_RBV``.
+    File name
+        ``FilePath``/``_RBV`` (created if ``CreateDirectory`` is non-zero),
+        ``FilePathExists_RBV``, ``CreateDirectory``/``_RBV``, ``FileName``/``_RBV``,
+        ``FileTemplate``/``_RBV`` (printf of path, name, number), ``FileNumber``/``_RBV``,
+        ``AutoIncrement``/``_RBV``, ``AutoSave``/``_RBV``, ``FullFileName_RBV``.
+    Capture
+        ``FileWriteMode``/``_RBV`` (Single: one file per frame when AutoSave=Yes;
+        Capture: buffer, write at the end; Stream: append each frame),
+        ``Capture``/``_RBV`` (returns at once; capture ends on Capture=0 or after
+        ``NumCapture`` frames if non-zero), ``NumCapture``/``_RBV``,
+        ``NumCaptured_RBV``, ``WriteStatus``, ``WriteMessage``.
+    """
+
+    enable = pvproperty_with_rbv(
+        name="EnableCallbacks",
+        dtype=ChannelType.ENUM,
+        enum_strings=("Disable", "Enable"),
+        value="Enable",
+        doc="Receive frames from the driver",
+    )
+    blocking_callbacks = pvproperty_with_rbv(
+        name="BlockingCallbacks",
+        dtype=ChannelType.ENUM,
+        enum_strings=("No", "Yes"),
+        value="Yes",
+        doc="Frames are always written before the acquisition completes",
+    )
+    nd_array_port = pvproperty_with_rbv(
+        name="NDArrayPort", value="CAM1", doc="Source asyn port of frames"
+    )
+    port_name = pvproperty(name="PortName_RBV", value="HDF1", read_only=True, doc="asyn port")
+    plugin_type = pvproperty(
+        name="PluginType_RBV", value="NDFileHDF5", read_only=True, doc="Plugin type"
+    )
+    array_counter = pvproperty_with_rbv(
+        name="ArrayCounter", value=0, doc="Frames received by the plugin"
+    )
+    array_size0 = pvproperty(name="ArraySize0_RBV", value=0, read_only=True, doc="Dim 0 (x)")
+    array_size1 = pvproperty(name="ArraySize1_RBV", value=0, read_only=True, doc="Dim 1 (y)")
+    array_size2 = pvproperty(name="ArraySize2_RBV", value=0, read_only=True, doc="Dim 2")
+    ndimensions = pvproperty(name="NDimensions_RBV", value=2, read_only=True, doc="Frame rank")
+    data_type = pvproperty(
+        name="DataType_RBV",
+        dtype=ChannelType.ENUM,
+        enum_strings=DATA_TYPES,
+        value="UInt16",
+        read_only=True,
+        doc="Pixel type of received frames",
+    )
+    file_path = pvproperty_with_rbv(
+        name="FilePath",
+        value="",
+        max_length=1024,
+        dtype=PvpropertyChar,
+        string_encoding="utf-8",
+        put=_put_file_path,
+        doc="Directory for files (a trailing '/' is added)",
+    )
+    file_path_exists = pvproperty(
+        name="FilePathExists_RBV",
+        dtype=ChannelType.ENUM,
+        enum_strings=("No", "Yes"),
+        value="No",
+        read_only=True,
+        doc="FilePath is an existing directory",
+    )
+    create_directory = pvproperty_with_rbv(
+        name="CreateDirectory", value=0, doc="Non-zero: create FilePath and its parents"
+    )
+    file_name = pvproperty_with_rbv(
+        name="FileName",
+        value="image",
+        max_length=256,
+        dtype=PvpropertyChar,
+        string_encoding="utf-8",
+        doc="File base name",
+    )
+    file_template = pvproperty_with_rbv(
+        name="FileTemplate",
+        value="%s%s_%6.6d.h5",
+        max_length=256,
+        dtype=PvpropertyChar,
+        string_encoding="utf-8",
+        doc="printf template of (FilePath, FileName, FileNumber)",
+    )
+    file_number = pvproperty_with_rbv(name="FileNumber", value=0, doc="Number of the next file")
+    auto_increment = pvproperty_with_rbv(
+        name="AutoIncrement",
+        dtype=ChannelType.ENUM,
+        enum_strings=("No", "Yes"),
+        value="Yes",
+        doc="Increment FileNumber after each file",
+    )
+    auto_save = pvproperty_with_rbv(
+        name="AutoSave",
+        dtype=ChannelType.ENUM,
+        enum_strings=("No", "Yes"),
+        value="No",
+        doc="Single mode: save every frame to its own file",
+    )
+    full_file_name = pvproperty(
+        name="FullFileName_RBV",
+        value="",
+        max_length=1024,
+        dtype=PvpropertyChar,
+        string_encoding="utf-8",
+        read_only=True,
+        doc="Path of the file being or last written",
+    )
+    file_write_mode = pvproperty_with_rbv(
+        name="FileWriteMode",
+        dtype=ChannelType.ENUM,
+        enum_strings=WRITE_MODES,
+        value="Stream",
+        doc="Single, Capture or Stream",
+    )
+    capture = pvproperty_with_rbv(
+        name="Capture",
+        dtype=ChannelType.ENUM,
+        enum_strings=("Done", "Capture"),
+        value="Done",
+        put=_put_capture,
+        doc="Open (1) or close (0) the capture file",
+    )
+    num_capture = pvproperty_with_rbv(
+        name="NumCapture", value=0, doc="Frames to capture; 0 = until Capture=0"
+    )
+    num_captured = pvproperty(
+        name="NumCaptured_RBV", value=0, read_only=True, doc="Frames captured so far"
+    )
+    write_status = pvproperty(
+        name="WriteStatus",
+        dtype=ChannelType.ENUM,
+        enum_strings=("Write OK", "Write error"),
+        value="Write OK",
+        read_only=True,
+        doc="Result of the last file operation",
+    )
+    write_message = pvproperty(
+        name="WriteMessage",
+        value="",
+        max_length=256,
+        dtype=PvpropertyChar,
+        string_encoding="utf-8",
+        read_only=True,
+        doc="Error message of the last file operation",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._writer: HDF5FrameWriter | None = None
+        self._buffer: list[tuple[np.ndarray, dict, int, float]] = []
+
+    @property
+    def detector(self) -> SimAreaDetector:
+        """The owning detector group."""
+        return self.parent
+
+    @property
+    def capturing(self) -> bool:
+        """True between Capture=1 and the end of capture."""
+        return self.capture.readback.value == "Capture"
+
+    @array_size0.startup
+    async def array_size0(self, instance, async_lib):
+        """Prime the plugin with the frame geometry (ophyd refuses unprimed plugins)."""
+        ny, nx = self.detector.shape
+        await self.array_size0.write(nx)
+        await self.array_size1.write(ny)
+
+    @array_size1.shutdown
+    async def array_size1(self, instance, async_lib):
+        """Close any open file when the server stops."""
+        await self._finish_capture()
+
+    async def file_path_put(self, value: str) -> str:
+        """Normalise FilePath, create it if asked, and report whether it exists."""
+        path = str(value)
+        if path and not path.endswith("/"):
+            path += "/"
+        if path and int(self.create_directory.readback.value) != 0:
+            try:
+                Path(path).mkdir(parents=True, exist_ok=True)
+            except OSError as ex:
+                await self._report_error(f"Cannot create {path}: {ex}")
+        exists = bool(path) and Path(path).is_dir()
+        await self.file_path_exists.write("Yes" if exists else "No")
+        await self.file_path.readback.write(path)
+        return path
+
+    def _full_file_name(self) -> str:
+        return format_file_name(
+            self.file_template.readback.value,
+            self.file_path.readback.value,
+            self.file_name.readback.value,
+            int(self.file_number.readback.value),
+        )
+
+    async def _report_error(self, message: str) -> None:
+        logger.error(message)
+        await self.write_message.write(message[:255])
+        await self.write_status.write("Write error")
+
+    async def _next_file(self) -> HDF5FrameWriter:
+        """Name the next file, publish FullFileName_RBV, and advance FileNumber."""
+        name = self._full_file_name()
+        await self.full_file_name.write(name)
+        if self.auto_increment.readback.value == "Yes":
+            number = int(self.file_number.readback.value) + 1
+            await self.file_number.setpoint.write(number, verify_value=False)
+            await self.file_number.readback.write(number)
+        return HDF5FrameWriter(Path(name), self.detector.shape)
+
+    async def capture_put(self, value) -> str:
+        """Handle a Capture put: 1 opens a capture, 0 ends it and closes the file."""
+        start = value in (1, "Capture")
+        if not start:
+            await self._finish_capture()
+            return "Done"
+        if self.capturing:
+            return "Capture"
+        if self.file_path_exists.value != "Yes":
+            await self._report_error(f"FilePath {self.file_path.readback.value!r} does not exist")
+            return "Done"
+        await self.write_status.write("Write OK")
+        await self.write_message.write("")
+        await self.num_captured.write(0)
+        self._buffer = []
+        mode = self.file_write_mode.readback.value
+        if mode in ("Stream", "Capture"):
+            self._writer = await self._next_file()
+        await self.capture.readback.write("Capture")
+        return "Capture"
+
+    async def _finish_capture(self) -> None:
+        writer, self._writer = self._writer, None
+        buffer, self._buffer = self._buffer, []
+        try:
+            if writer is not None:
+                for frame, attrs, uid, ts in buffer:
+                    await asyncio.to_thread(writer.write, frame, attrs, uid, ts)
+                await asyncio.to_thread(writer.close)
+        except Exception as ex:
+            await self._report_error(f"Closing capture failed: {ex}")
+        if self.capturing:
+            await self.capture.readback.write("Done")
+            await self.capture.setpoint.write("Done", verify_value=False)
+
+    async def receive(self, frame: np.ndarray, attrs: dict, unique_id: int, ts: float) -> None:
+        """Accept one frame from the driver (called before the acquisition completes)."""
+        if self.enable.readback.value != "Enable":
+            return
+        count = int(self.array_counter.readback.value) + 1
+        await self.array_counter.setpoint.write(count, verify_value=False)
+        await self.array_counter.readback.write(count)
+        mode = self.file_write_mode.readback.value
+        if mode == "Single" and self.auto_save.readback.value == "Yes":
+            writer = await self._next_file()
+            await asyncio.to_thread(_write_and_close, writer, frame, attrs, unique_id, ts)
+            return
+        if not self.capturing:
+            return
+        try:
+            if mode == "Stream" and self._writer is not None:
+                await asyncio.to_thread(self._writer.write, frame, attrs, unique_id, ts)
+            elif mode == "Capture":
+                self._buffer.append((frame, attrs, unique_id, ts))
+        except Exception as ex:
+            await self._report_error(f"Writing frame failed: {ex}")
+            await self._finish_capture()
+            return
+        captured = int(self.num_captured.value) + 1
+        await self.num_captured.write(captured)
+        target = int(self.num_capture.readback.value)
+        if target > 0 and captured >= target:
+            await self._finish_capture()
+
+
+def _write_and_close(writer: HDF5FrameWriter, frame, attrs, unique_id, ts) -> None:
+    writer.write(frame, attrs, unique_id, ts)
+    writer.close()
+
+
+class SimAreaDetector(PVGroup):
+    """A camera: driver ``{prefix}cam1:`` plus HDF5 plugin ``{prefix}HDF1:``.
+
+    See :class:`CamGroup` and :class:`HDF5PluginGroup` for the PVs.
+
+    Parameters
+    ----------
+    prefix : str
+        Detector prefix, e.g. ``DEMO:`` (PVs ``DEMO:cam1:...``, ``DEMO:HDF1:...``).
+    scene : callable
+        ``scene(ctx: FrameContext)`` returning a (ny, nx) array, or
+        ``(array, {name: value})`` for per-frame attributes.
+    shape : tuple of int
+        (ny, nx) of every frame.
+    ioc : object, optional
+        Passed to the scene as ``ctx.ioc`` (the instrument IOC holding the state).
+    seed : int, optional
+        Seed of the noise generator.
+    """
+
+    cam = SubGroup(CamGroup, prefix="cam1:", doc="Detector driver")
+    hdf = SubGroup(HDF5PluginGroup, prefix="HDF1:", doc="HDF5 file plugin")
+
+    def __init__(
+        self,
+        *args,
+        scene: Scene,
+        shape: tuple[int, int] = (64, 64),
+        ioc: Any = None,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        self.scene = scene
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.ioc = ioc
+        self.rng = np.random.default_rng(seed)
+        super().__init__(*args, **kwargs)
+
+    def render(self, ctx: FrameContext) -> tuple[np.ndarray, dict]:
+        """Call the scene and normalise its output."""
+        return normalize_scene_output(self.scene(ctx), self.shape)
+
+    async def process_frame(self, ctx: FrameContext) -> None:
+        """Render one frame (in a worker thread) and hand it to the plugin."""
+        frame, attrs = await asyncio.to_thread(self.render, ctx)
+        if self.cam.array_callbacks.readback.value == "Enable":
+            await self.hdf.receive(frame, attrs, ctx.frame_index, ctx.timestamp)

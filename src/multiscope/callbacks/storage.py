@@ -1,0 +1,533 @@
+"""Document consumers that keep acquisition independent of storage.
+
+Two callbacks, both subscribed on the RunEngine side:
+
+``DocumentJournal``
+    Appends every document to ``<journal_dir>/<start uid>.jsonl``, one JSON line
+    per document, written with a single ``os.write`` so a killed process loses at
+    most the line being written. This is the durable record; the catalog is a
+    view that can always be rebuilt from it.
+``BackgroundWriter``
+    Runs a slow consumer (the tiled writer) on a daemon thread fed by a bounded
+    queue. The RunEngine thread only enqueues; when the queue is full or the
+    consumer fails, that run is dropped from live writing and re-loaded from its
+    journal later.
+
+The tiled writer is stateful (it caches rows and creates nodes as documents
+arrive), so a failed document is never retried on its own: that could duplicate
+rows. The unit of retry is the whole run, rewritten from the journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "COMMITTED_SUBDIR",
+    "DocumentJournal",
+    "BackgroundWriter",
+    "JournalContents",
+    "encode_line",
+    "read_journal",
+    "journal_is_active",
+]
+
+logger = logging.getLogger(__name__)
+
+COMMITTED_SUBDIR = "committed"
+
+
+def _json_default(obj: Any) -> Any:
+    """Convert numpy values (and a few other types RunEngines emit) for ``json.dumps``."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", errors="replace")
+    if isinstance(obj, set | frozenset | tuple):
+        return list(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    # Last resort: keep the journal writable rather than losing the document.
+    return repr(obj)
+
+
+def encode_line(name: str, doc: dict) -> bytes:
+    """Serialise one document as a JSON line (``{"name": ..., "doc": ...}\\n``)."""
+    return (json.dumps({"name": name, "doc": doc}, default=_json_default) + "\n").encode()
+
+
+class _RunTracker:
+    """Map every document to the uid of the run start it belongs to."""
+
+    def __init__(self) -> None:
+        # StreamResource documents may omit run_start; with one run open at a
+        # time (the usual case) the most recent start is the right owner.
+        self._last_run: str | None = None
+        self._by_descriptor: dict[str, str] = {}
+        self._by_resource: dict[str, str] = {}
+        self._descriptors_of: dict[str, list[str]] = {}
+        self._resources_of: dict[str, list[str]] = {}
+
+    def run_of(self, name: str, doc: dict) -> str | None:
+        if name == "start":
+            return doc["uid"]
+        if name in ("stop", "descriptor"):
+            uid = doc.get("run_start")
+            if name == "descriptor" and uid is not None:
+                self._by_descriptor[doc["uid"]] = uid
+                self._descriptors_of.setdefault(uid, []).append(doc["uid"])
+            return uid
+        if name in ("event", "event_page", "stream_datum"):
+            return self._by_descriptor.get(doc.get("descriptor"))
+        if name in ("resource", "stream_resource"):
+            uid = doc.get("run_start") or self._last_run
+            if uid is not None:
+                self._by_resource[doc["uid"]] = uid
+                self._resources_of.setdefault(uid, []).append(doc["uid"])
+            return uid
+        if name == "datum":
+            return self._by_resource.get(doc.get("resource"))
+        if name == "datum_page":
+            return self._by_resource.get(doc.get("resource"))
+        return None
+
+    def note_start(self, uid: str) -> None:
+        self._last_run = uid
+
+    def forget(self, uid: str) -> None:
+        """Drop the bookkeeping of a finished run so long sessions stay flat in memory."""
+        for d in self._descriptors_of.pop(uid, []):
+            self._by_descriptor.pop(d, None)
+        for r in self._resources_of.pop(uid, []):
+            self._by_resource.pop(r, None)
+        if self._last_run == uid:
+            self._last_run = None
+
+
+class DocumentJournal:
+    """Append every document to a JSON-lines file per run.
+
+    Parameters
+    ----------
+    directory : path-like
+        Journal directory (``<data_dir>/journal``). Finished and stored runs are
+        moved to its ``committed/`` subdirectory by :meth:`commit`.
+    fsync : bool, optional
+        Also ``os.fsync`` after every document. Without it a killed *process*
+        still loses at most one document (the data is in the kernel); fsync also
+        covers power loss at ~ms per document. The stop document is always synced.
+
+    Notes
+    -----
+    While a run is open its file holds an exclusive ``flock``; :func:`journal_is_active`
+    uses it so recovery never closes a run that another process is still acquiring.
+    The lock is released by the kernel if the process dies.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, fsync: bool = False) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / COMMITTED_SUBDIR).mkdir(exist_ok=True)
+        self.fsync = fsync
+        self._fds: dict[str, int] = {}
+        self._tracker = _RunTracker()
+        self._lock = threading.Lock()
+
+    def path(self, uid: str) -> Path:
+        """Journal file of the run ``uid`` (not yet committed)."""
+        return self.directory / f"{uid}.jsonl"
+
+    def __call__(self, name: str, doc: dict) -> None:
+        with self._lock:
+            uid = self._tracker.run_of(name, doc)
+            if name == "start":
+                self._open(uid)
+                self._tracker.note_start(uid)
+            fd = self._fds.get(uid) if uid is not None else None
+            if fd is None:
+                logger.warning("journal: %s document of an unknown run was not recorded", name)
+                return
+            os.write(fd, encode_line(name, doc))
+            if self.fsync or name == "stop":
+                os.fsync(fd)
+            if name == "stop":
+                self._close(uid)
+                self._tracker.forget(uid)
+
+    def _open(self, uid: str) -> None:
+        fd = os.open(self.path(uid), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._fds[uid] = fd
+
+    def _close(self, uid: str) -> None:
+        fd = self._fds.pop(uid, None)
+        if fd is not None:
+            os.close(fd)  # also releases the flock
+
+    def commit(self, uid: str) -> Path | None:
+        """Move the journal of a run fully stored in the catalog to ``committed/``.
+
+        Returns the new path, or None if there was no uncommitted journal.
+        """
+        src = self.path(uid)
+        if not src.exists():
+            return None
+        dst = self.directory / COMMITTED_SUBDIR / src.name
+        os.replace(src, dst)
+        return dst
+
+    def open_runs(self) -> list[str]:
+        """Uids of the runs whose stop document has not arrived yet."""
+        with self._lock:
+            return list(self._fds)
+
+    def close(self) -> None:
+        """Close every open file; runs left open stay recoverable."""
+        with self._lock:
+            for uid in list(self._fds):
+                self._close(uid)
+
+
+def journal_is_active(path: str | os.PathLike) -> bool:
+    """True if a live :class:`DocumentJournal` (any process) still holds the file open."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class JournalContents:
+    """Documents read back from one journal file.
+
+    Attributes
+    ----------
+    documents : list of (name, doc)
+        Every document that decoded, in order.
+    bad_lines : int
+        Lines that did not decode (a process killed mid-write leaves one, last).
+    good_bytes : int
+        Length of the file up to the end of the last good line; truncating the
+        file there removes a torn final line before appending to it.
+    """
+
+    documents: list[tuple[str, dict]] = field(default_factory=list)
+    bad_lines: int = 0
+    good_bytes: int = 0
+
+    @property
+    def start(self) -> dict | None:
+        return next((d for n, d in self.documents if n == "start"), None)
+
+    @property
+    def stop(self) -> dict | None:
+        return next((d for n, d in reversed(self.documents) if n == "stop"), None)
+
+
+def read_journal(path: str | os.PathLike) -> JournalContents:
+    """Read a journal file, tolerating a torn (truncated) line.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.jsonl`` file written by :class:`DocumentJournal`.
+
+    Returns
+    -------
+    JournalContents
+    """
+    out = JournalContents()
+    offset = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            offset += len(raw)
+            if not raw.endswith(b"\n"):
+                out.bad_lines += 1  # torn final write: the process died mid-line
+                break
+            try:
+                item = json.loads(raw)
+                out.documents.append((item["name"], item["doc"]))
+            except (ValueError, KeyError, TypeError):
+                out.bad_lines += 1
+                logger.warning("journal %s: undecodable line skipped", path)
+                continue
+            out.good_bytes = offset
+    return out
+
+
+class BackgroundWriter:
+    """Feed a slow document consumer from a daemon thread so the caller never waits.
+
+    Parameters
+    ----------
+    consumer : callable
+        ``consumer(name, doc)``, e.g. a ``TiledWriter``. Called only on the worker thread.
+    maxsize : int, optional
+        Capacity of the queue, in documents. When it is full the current run is
+        dropped from live writing and marked for recovery.
+    recover : callable, optional
+        ``recover(uid)`` rewrites a whole run from its journal (raising on failure).
+        Called on the worker thread, when the queue is idle, for every run whose live
+        write failed or was dropped, once its stop document has been seen.
+    on_written : callable, optional
+        ``on_written(uid)`` after a run's stop document went through the consumer
+        (e.g. commit the journal).
+    retry_delays : sequence of float, optional
+        Back-off between recovery attempts of one run, in seconds; the last delay
+        repeats for as long as the process lives (an error is logged when reached).
+        While :meth:`drain` waits, attempts are made every second.
+
+    Attributes
+    ----------
+    consumer, recover : callable
+        As given; may be replaced while running (tests use this to inject outages).
+
+    Notes
+    -----
+    A failing document is not re-sent to the consumer: ``TiledWriter`` keeps state
+    per run and a repeated document can duplicate rows. Retrying happens per run,
+    from the journal, with back-off, which also covers a storage outage.
+    """
+
+    def __init__(
+        self,
+        consumer: Callable[[str, dict], Any],
+        *,
+        maxsize: int = 100_000,
+        recover: Callable[[str], Any] | None = None,
+        on_written: Callable[[str], Any] | None = None,
+        retry_delays: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
+        name: str = "multiscope-storage",
+    ) -> None:
+        self.consumer = consumer
+        self.recover = recover
+        self._on_written = on_written
+        self._retry_delays = tuple(retry_delays)
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._tracker = _RunTracker()  # used on the caller's thread only
+        self._lock = threading.Lock()
+        self._failed_runs: set[str] = set()  # live write abandoned; read by both threads
+        self._ended_runs: set[str] = set()  # stop document seen by the caller
+        self._recovery: dict[str, tuple[int, float]] = {}  # uid -> (attempts, next time)
+        self._busy = False
+        self._closed = False
+        self.written = 0
+        self.failed = 0
+        self.dropped = 0
+        self.recovered = 0
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ caller side
+    def __call__(self, name: str, doc: dict) -> None:
+        """Enqueue a document; never blocks."""
+        uid = self._tracker.run_of(name, doc)
+        if name == "start":
+            self._tracker.note_start(uid)
+        if name == "stop" and uid is not None:
+            self._tracker.forget(uid)
+        with self._lock:
+            if name == "stop" and uid is not None:
+                self._ended_runs.add(uid)
+            skip = self._closed or (uid is not None and uid in self._failed_runs)
+        if not skip:
+            try:
+                self._queue.put_nowait((uid, name, doc))
+                return
+            except queue.Full:
+                logger.warning(
+                    "storage queue full (%d documents): run %s will be loaded from its "
+                    "journal instead of live",
+                    self._queue.maxsize,
+                    uid,
+                )
+                self._mark_failed(uid)
+        self.dropped += 1
+        if name == "stop" and uid is not None:
+            # The worker learns here that the dropped run is over and can be recovered.
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait((uid, "_ended", None))
+
+    def _mark_failed(self, uid: str | None) -> None:
+        if uid is None:
+            return
+        with self._lock:
+            if uid not in self._failed_runs:
+                self._failed_runs.add(uid)
+                self._recovery.setdefault(uid, (0, 0.0))
+
+    # ------------------------------------------------------------------ worker side
+    def _work(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                self._try_recoveries()
+                continue
+            if item is None:
+                self._queue.task_done()
+                return
+            try:
+                self._busy = True
+                self._handle(*item)
+                if item[1] in ("stop", "_ended"):
+                    # Between runs too, not only when idle: back-to-back runs may never idle.
+                    self._try_recoveries()
+            finally:
+                self._busy = False
+                self._queue.task_done()
+
+    def _handle(self, uid: str | None, name: str, doc: dict | None) -> None:
+        if name == "_ended":
+            return
+        with self._lock:
+            failed = uid in self._failed_runs
+        if failed:
+            self.dropped += 1
+            return
+        try:
+            self.consumer(name, doc)
+        except Exception:
+            self.failed += 1
+            logger.warning(
+                "live write of a %s document failed; run %s will be loaded from its journal",
+                name,
+                uid,
+                exc_info=True,
+            )
+            self._mark_failed(uid)
+            return
+        self.written += 1
+        if name == "stop" and uid is not None and self._on_written is not None:
+            try:
+                self._on_written(uid)
+            except Exception:
+                logger.exception("post-write hook failed for run %s", uid)
+
+    def _try_recoveries(self, *, force: bool = False) -> None:
+        """Rewrite ended, failed runs from their journals, respecting the back-off."""
+        if self.recover is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            due = [
+                (uid, attempts)
+                for uid, (attempts, when) in self._recovery.items()
+                if uid in self._ended_runs and (force or when <= now)
+            ]
+        for uid, attempts in due:
+            try:
+                self.recover(uid)
+            except Exception as exc:
+                attempts += 1
+                # Keep trying at the longest delay: the journal is safe meanwhile.
+                delay = self._retry_delays[min(attempts, len(self._retry_delays)) - 1]
+                log = logger.error if attempts == len(self._retry_delays) else logger.info
+                log("recovery of run %s failed (%s); retry in %.0f s", uid, exc, delay)
+                with self._lock:
+                    self._recovery[uid] = (attempts, time.monotonic() + delay)
+            else:
+                self.recovered += 1
+                with self._lock:
+                    self._recovery.pop(uid, None)
+                    self._failed_runs.discard(uid)
+                    self._ended_runs.discard(uid)
+
+    # ------------------------------------------------------------------ control
+    @property
+    def pending_recovery(self) -> list[str]:
+        """Runs whose live write failed and that are not yet rewritten from the journal."""
+        with self._lock:
+            return sorted(self._recovery)
+
+    def status(self) -> dict[str, Any]:
+        """Counts for a status display: queued, written, failed, dropped, recovered."""
+        return {
+            "queued": self._queue.qsize(),
+            "written": self.written,
+            "failed": self.failed,
+            "dropped": self.dropped,
+            "recovered": self.recovered,
+            "pending_recovery": self.pending_recovery,
+            "alive": self._thread.is_alive(),
+        }
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every queued document is consumed and ended runs are recovered.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait at most; None waits indefinitely.
+
+        Returns
+        -------
+        bool
+            True if the queue is empty and no ended run awaits recovery.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            idle = self._queue.unfinished_tasks == 0 and not self._busy
+            if idle:
+                with self._lock:
+                    waiting = [u for u in self._recovery if u in self._ended_runs]
+                if not waiting:
+                    return True
+                if self._thread.is_alive():
+                    # Someone is waiting: retry at least every second, not after the back-off.
+                    soon = time.monotonic() + 1.0
+                    with self._lock:
+                        for uid in waiting:
+                            attempts, when = self._recovery[uid]
+                            self._recovery[uid] = (attempts, min(when, soon))
+                elif self.recover is not None:
+                    self._try_recoveries(force=True)
+                    with self._lock:
+                        waiting = [u for u in self._recovery if u in self._ended_runs]
+                    return not waiting
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Drain, then stop the worker thread. Idempotent.
+
+        Returns
+        -------
+        bool
+            True if everything queued was written (or recovered) before closing.
+        """
+        with self._lock:
+            already, self._closed = self._closed, True
+        if already:
+            return not self.pending_recovery
+        ok = self.drain(timeout)
+        # The sentinel may wait if the queue is still full after a timeout.
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=1.0)
+        self._thread.join(timeout=5.0)
+        return ok

@@ -1,0 +1,240 @@
+"""Area-detector camera that writes HDF5 and emits StreamResource/StreamDatum documents.
+
+Built from ophyd's areaDetector classes (``DetectorBase``, ``CamBase``,
+``HDF5Plugin``). On stage, the IOC's HDF5 plugin is pointed at
+``datetime.now().strftime(write_path_template)`` (the session sets e.g.
+``<data_dir>/assets/<instrument>/%Y/%m/%d/``), capture opens in Stream mode, and
+each trigger acquires ``num_images`` frames that the IOC appends to one file::
+
+    stage   -> FilePath, FileName=<uuid>, Stream, Capture=1   (one file per stage)
+    trigger -> Acquire=1 (put-completion = frames written; finite timeout)
+    collect_asset_docs -> StreamResource (once per stage), StreamDatum per trigger
+    unstage -> Capture=0 (the IOC closes the file)
+
+The frames' data key ``<name>_image`` is described with
+``external="STREAM:"`` and shape ``[num_images, ny, nx]`` (``[ny, nx]`` fails
+to read back; shared/PITFALLS.md). Per-frame attributes the IOC records (e.g. a
+rotation angle at exposure) are in the same file under
+``/entry/instrument/NDAttributes/<name>``; :meth:`StreamingCamera.attribute_path`
+names them for analysis.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from event_model import compose_stream_resource
+from ophyd import Component as Cpt
+from ophyd import DetectorBase, EpicsSignalRO, Signal
+from ophyd.areadetector import ADComponent as ADCpt
+from ophyd.areadetector import EpicsSignalWithRBV as SignalWithRBV
+from ophyd.areadetector.cam import CamBase
+from ophyd.areadetector.plugins import HDF5Plugin_V22
+from ophyd.status import DeviceStatus
+
+__all__ = ["DATA_PATH", "ATTRIBUTES_PATH", "StreamingCamera", "StreamHDF5Plugin"]
+
+DATA_PATH = "/entry/data/data"
+ATTRIBUTES_PATH = "/entry/instrument/NDAttributes"
+MIMETYPE = "application/x-hdf5"
+
+
+class StreamHDF5Plugin(HDF5Plugin_V22):
+    """``HDF5Plugin`` (ADCore >= 2.2, which has CreateDirectory) for Stream capture.
+
+    ``plugin_type`` is read as a string: over caproto a DBR_STRING read without
+    ``string=True`` is an array, and ophyd's plugin-type and asyn-port checks
+    fail on it; both are re-declared as strings.
+    """
+
+    plugin_type = Cpt(EpicsSignalRO, "PluginType_RBV", string=True, lazy=False, kind="config")
+    nd_array_port = Cpt(SignalWithRBV, "NDArrayPort", string=True, kind="config")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stage_sigs.update(
+            [
+                ("file_write_mode", "Stream"),
+                ("num_capture", 0),  # capture until unstage
+                ("auto_increment", "Yes"),
+                ("auto_save", "No"),
+                ("create_directory", -5),  # the IOC creates up to 5 missing levels
+                ("file_template", "%s%s_%6.6d.h5"),
+            ]
+        )
+
+
+class StreamingCamera(DetectorBase):
+    """A camera whose frames go to HDF5 and reach the run as stream documents.
+
+    Parameters
+    ----------
+    prefix : str
+        Detector prefix, e.g. ``DEMO:`` (driver ``cam1:``, plugin ``HDF1:``).
+    name : str
+        ophyd name; the frames' data key is ``<name>_image``.
+    write_path_template : str, optional
+        strftime template of the directory the IOC writes to; also settable
+        through the ``write_path_template`` signal. Must be set before stage.
+    num_images : int, optional
+        Frames per trigger.
+    trigger_margin : float, optional
+        Seconds added to ``num_images * max(AcquireTime, AcquirePeriod)`` before a
+        trigger fails.
+    """
+
+    # detector driver and file writer (no explicit kind: setting a kind on an
+    # areaDetector sub-device instantiates, and so connects, all its lazy PVs)
+    cam = ADCpt(CamBase, "cam1:")
+    hdf1 = ADCpt(StreamHDF5Plugin, "HDF1:")
+
+    # acquisition settings (soft signals: anything a plan sets is a signal)
+    write_path_template = Cpt(Signal, value="", kind="config")
+    images_per_trigger = Cpt(Signal, value=1, kind="config")
+
+    def __init__(
+        self,
+        prefix: str = "",
+        *,
+        name: str,
+        write_path_template: str = "",
+        num_images: int = 1,
+        trigger_margin: float = 5.0,
+        **kwargs,
+    ):
+        super().__init__(prefix, name=name, **kwargs)
+        self.write_path_template.put(write_path_template)
+        self.images_per_trigger.put(int(num_images))
+        self.trigger_margin = float(trigger_margin)
+        self.stage_sigs.update(
+            [
+                ("cam.acquire", 0),  # stop any acquisition in progress
+                ("cam.image_mode", "Multiple"),
+                ("cam.array_callbacks", "Enable"),
+            ]
+        )
+        self._resource = None
+        self._datum_factory = None
+        self._pending: list[tuple[str, dict]] = []
+        self._events_written = 0
+        self._frame_shape: tuple[int, int] | None = None
+
+    # -- names ------------------------------------------------------------------
+
+    @property
+    def image_key(self) -> str:
+        """Data key of the frames."""
+        return f"{self.name}_image"
+
+    @staticmethod
+    def attribute_path(attribute: str) -> str:
+        """HDF5 path of a per-frame attribute recorded by the IOC."""
+        return f"{ATTRIBUTES_PATH}/{attribute}"
+
+    @property
+    def num_images(self) -> int:
+        """Frames per trigger."""
+        return int(self.images_per_trigger.get())
+
+    # -- staging ----------------------------------------------------------------
+
+    def _directory(self) -> str:
+        template = self.write_path_template.get()
+        if not template:
+            raise RuntimeError(f"{self.name}: write_path_template is not set")
+        path = str(Path(datetime.datetime.now().strftime(template)).absolute())
+        return path if path.endswith("/") else path + "/"
+
+    def stage(self):
+        """Point the file plugin at a new file and open Stream capture."""
+        directory = self._directory()
+        self.cam.stage_sigs["num_images"] = self.num_images
+        staged = super().stage()
+        try:
+            timeout = 5.0
+            self.hdf1.file_path.set(directory, timeout=timeout).wait(timeout)
+            if self.hdf1.file_path_exists.get(use_monitor=False) != 1:
+                raise OSError(f"{self.name}: IOC cannot create/write {directory}")
+            self.hdf1.file_name.set(uuid.uuid4().hex, timeout=timeout).wait(timeout)
+            self.hdf1.file_number.set(0, timeout=timeout).wait(timeout)
+            self.hdf1.capture.set(1, timeout=timeout).wait(timeout)
+            full_name = self.hdf1.full_file_name.get(use_monitor=False)
+            ny = int(self.cam.array_size.array_size_y.get())
+            nx = int(self.cam.array_size.array_size_x.get())
+        except Exception:
+            self.unstage()
+            raise
+        self._frame_shape = (ny, nx)
+        parameters = {"dataset": DATA_PATH, "chunk_shape": [1, ny, nx]}
+        if self.num_images > 1:
+            parameters["multiplier"] = self.num_images
+        bundle = compose_stream_resource(
+            mimetype=MIMETYPE,
+            uri=f"file://localhost{Path(full_name).absolute()}",
+            data_key=self.image_key,
+            parameters=parameters,
+        )
+        self._resource = bundle.stream_resource_doc
+        self._datum_factory = bundle.compose_stream_datum
+        self._pending = [("stream_resource", self._resource)]
+        self._events_written = 0
+        return staged
+
+    def unstage(self):
+        """Close the capture file and restore the plugin settings."""
+        try:
+            if self.hdf1.capture.get() != 0:
+                self.hdf1.capture.set(0, timeout=5.0).wait(5.0)
+        finally:
+            self._resource = None
+            self._datum_factory = None
+            self._pending = []
+            result = super().unstage()
+        return result
+
+    # -- acquisition ------------------------------------------------------------
+
+    def trigger_timeout(self) -> float:
+        """Seconds one trigger may take before its status fails."""
+        exposure = float(self.cam.acquire_time.get())
+        period = max(exposure, float(self.cam.acquire_period.get()))
+        return self.num_images * period + self.trigger_margin
+
+    def trigger(self) -> DeviceStatus:
+        """Acquire ``num_images`` frames; the status fails after :meth:`trigger_timeout`."""
+        if self._datum_factory is None:
+            raise RuntimeError(f"{self.name}: stage() before trigger()")
+        status = DeviceStatus(self, timeout=self.trigger_timeout())
+        start = self._events_written
+
+        def acquired(*args, **kwargs):
+            # Put-completion of Acquire: the IOC has written every frame.
+            datum = self._datum_factory(indices={"start": start, "stop": start + 1})
+            self._pending.append(("stream_datum", datum))
+            self._events_written = start + 1
+            status.set_finished()
+
+        self.cam.acquire.put(1, use_complete=True, callback=acquired)
+        return status
+
+    def describe(self):
+        """Readings plus the file-referenced frames (``external="STREAM:"``)."""
+        description = super().describe()
+        ny = int(self.cam.array_size.array_size_y.get())
+        nx = int(self.cam.array_size.array_size_x.get())
+        description[self.image_key] = {
+            "source": f"PV:{self.prefix}HDF1:FullFileName_RBV",
+            "dtype": "array",
+            "dtype_numpy": "<u2",
+            "shape": [self.num_images, ny, nx],
+            "external": "STREAM:",
+        }
+        return description
+
+    def collect_asset_docs(self) -> Iterator[tuple[str, dict]]:
+        """StreamResource (first time after stage) and StreamDatum documents."""
+        pending, self._pending = self._pending, []
+        yield from pending

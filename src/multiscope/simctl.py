@@ -1,0 +1,382 @@
+"""Start, watch and stop the simulated IOCs (``multiscope sim start/stop/status``).
+
+Each IOC runs as ``python -m <module> --prefix P --port N`` in its own process
+group, with the server environment of :func:`multiscope.config.ca_server_environment`
+and its output in a log file. A JSON state file, ``<data_dir>/sim/state.json``,
+records what was started so a later command can report or stop it; a recorded
+PID counts as alive only if the process exists *and* its command line is the
+recorded IOC (PIDs get reused).
+
+Only the standard library and :mod:`multiscope.config` are imported: the
+simulated hardware is reached by module name, never imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from multiscope.config import ca_server_environment
+
+__all__ = [
+    "DEFAULT_PORTS",
+    "DEFAULT_PREFIXES",
+    "READY_PVS",
+    "SIM_MODULES",
+    "IOCProcess",
+    "IOCNotReadyError",
+    "free_port",
+    "names",
+    "port_is_free",
+    "is_alive",
+    "start",
+    "start_ioc",
+    "state_file",
+    "status",
+    "stop",
+    "stop_ioc",
+    "wait_until_ready",
+]
+
+SIM_MODULES: dict[str, str] = {"demo": "sim_devices.demo"}
+DEFAULT_PORTS: dict[str, int] = {"demo": 5070}
+DEFAULT_PREFIXES: dict[str, str] = {"demo": "DEMO:"}
+# One PV per IOC (after the prefix) that answers once the server is up.
+READY_PVS: dict[str, str] = {"demo": "m1.RBV"}
+
+STOP_GRACE_S = 3.0
+
+
+class IOCNotReadyError(RuntimeError):
+    """The IOC process died or did not answer in time (message carries the log tail)."""
+
+
+@dataclass
+class IOCProcess:
+    """One simulated IOC process as recorded in the state file."""
+
+    name: str
+    prefix: str
+    port: int
+    pid: int
+    log_path: str
+    module: str
+    started: float = field(default_factory=time.time)
+
+    @property
+    def ready_pv(self) -> str:
+        """A PV that exists once the IOC serves."""
+        return self.prefix + READY_PVS.get(self.name, "")
+
+
+def names() -> list[str]:
+    """Names of the simulated instruments, in the order of the imaging chain."""
+    return list(SIM_MODULES)
+
+
+def port_is_free(port: int) -> bool:
+    """True when both TCP and UDP ``port`` can be bound on 127.0.0.1 now."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (also checked free for UDP)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
+def start_ioc(
+    name: str,
+    *,
+    prefix: str,
+    port: int,
+    log_dir: str | os.PathLike,
+    extra_args: Sequence[str] = (),
+) -> IOCProcess:
+    """Launch ``python -m SIM_MODULES[name]`` in its own process group; do not wait.
+
+    Parameters
+    ----------
+    name : str
+        Key of :data:`SIM_MODULES`.
+    prefix, port
+        PV prefix and CA port of the IOC.
+    log_dir : path
+        Directory for ``<name>-<port>.log`` (stdout and stderr).
+    extra_args : sequence of str
+        Instrument options, e.g. ``["--shape", "256", "256"]``.
+    """
+    module = SIM_MODULES[name]
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}-{port}.log"
+    env = dict(os.environ)
+    env.update(ca_server_environment(port))
+    cmd = [sys.executable, "-m", module, "--prefix", prefix, "--port", str(port), *extra_args]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # own process group: a Ctrl-C here does not kill it
+        )
+    return IOCProcess(name, prefix, port, proc.pid, str(log_path), module)
+
+
+def _log_tail(path: str | os.PathLike, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _port_accepts(port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("IOC closed the connection")
+        data += chunk
+    return data
+
+
+def _ca_get(pv: str, port: int, timeout: float) -> bool:
+    """One Channel Access read of ``pv`` on 127.0.0.1:``port``, in plain sockets.
+
+    A minimal CA v4.13 exchange (VERSION, CREATE_CHAN, READ_NOTIFY) keeps this
+    module free of CA client libraries and of their process-wide environment.
+    """
+    header = struct.Struct(">HHHHII")
+    name = pv.encode() + b"\0"
+    name += b"\0" * (-len(name) % 8)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(
+                header.pack(0, 0, 0, 13, 0, 0)  # VERSION, minor 13
+                + header.pack(18, len(name), 0, 0, 1, 13)  # CREATE_CHAN, cid 1
+                + name
+            )
+            while True:
+                cmd, size, dtype, count, p1, p2 = header.unpack(_recv_exact(sock, 16))
+                _recv_exact(sock, size)
+                if cmd == 26:  # CREATE_CH_FAIL
+                    return False
+                if cmd == 18:  # CREATE_CHAN: p2 is the server id; read one element
+                    sock.sendall(header.pack(15, 0, dtype, 1, p2, 1))
+                elif cmd == 15:  # READ_NOTIFY reply
+                    return p1 == 1  # ECA_NORMAL
+    except (OSError, ConnectionError, struct.error):
+        return False
+
+
+def wait_until_ready(ioc: IOCProcess, timeout: float = 10.0) -> float:
+    """Block until the IOC's TCP port accepts and one CA read succeeds.
+
+    Returns the seconds waited. Raises :class:`IOCNotReadyError` with the log tail if
+    the process exits or ``timeout`` passes.
+    """
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    while time.monotonic() < deadline:
+        if not _pid_exists(ioc.pid):
+            raise IOCNotReadyError(
+                f"IOC {ioc.name} (pid {ioc.pid}) exited during startup:\n{_log_tail(ioc.log_path)}"
+            )
+        if _port_accepts(ioc.port) and (
+            not READY_PVS.get(ioc.name) or _ca_get(ioc.ready_pv, ioc.port, timeout=1.0)
+        ):
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    raise IOCNotReadyError(
+        f"IOC {ioc.name} (pid {ioc.pid}, port {ioc.port}) not ready after {timeout} s:\n"
+        f"{_log_tail(ioc.log_path)}"
+    )
+
+
+def _pid_exists(pid: int) -> bool:
+    # A zombie child still "exists" for kill(0); reap it if it is ours.
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def is_alive(ioc: IOCProcess) -> bool:
+    """True if ``ioc.pid`` runs and is this IOC (module and port in its command line)."""
+    if not _pid_exists(ioc.pid):
+        return False
+    cmd = _cmdline(ioc.pid)
+    if not cmd:  # no /proc (not Linux): trust the PID
+        return True
+    return ioc.module in cmd and str(ioc.port) in cmd
+
+
+def stop_ioc(pid: int, grace: float = STOP_GRACE_S) -> bool:
+    """SIGTERM the IOC's process group, SIGKILL it after ``grace`` s. True if it ended."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return True
+    # start_ioc made the IOC a group leader; never signal another group (e.g. ours).
+    target_group = pgid == pid
+    try:
+        if target_group:
+            os.killpg(pgid, signal.SIGTERM)
+        else:
+            os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _pid_exists(pid):
+            return True
+        time.sleep(0.02)
+    try:
+        if target_group:
+            os.killpg(pgid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _pid_exists(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+# -- state file -------------------------------------------------------------------
+
+
+def state_file(data_dir: str | os.PathLike) -> Path:
+    """``<data_dir>/sim/state.json``."""
+    return Path(data_dir) / "sim" / "state.json"
+
+
+def _load(data_dir) -> dict[str, IOCProcess]:
+    path = state_file(data_dir)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {name: IOCProcess(**entry) for name, entry in raw.items()}
+
+
+def _save(data_dir, iocs: dict[str, IOCProcess]) -> None:
+    path = state_file(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({n: asdict(i) for n, i in iocs.items()}, indent=2))
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def start(
+    names: Iterable[str],
+    data_dir: str | os.PathLike,
+    *,
+    ports: dict[str, int] | None = None,
+    prefixes: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> dict[str, IOCProcess]:
+    """Start the named IOCs unless already alive; wait until all are ready.
+
+    Returns every requested IOC (already running or new).
+    """
+    ports = {**DEFAULT_PORTS, **(ports or {})}
+    prefixes = {**DEFAULT_PREFIXES, **(prefixes or {})}
+    recorded = _load(data_dir)
+    result: dict[str, IOCProcess] = {}
+    for name in names:
+        if name not in SIM_MODULES:
+            raise KeyError(f"unknown simulated IOC {name!r}; known: {sorted(SIM_MODULES)}")
+        old = recorded.get(name)
+        if old is not None and is_alive(old):
+            result[name] = old
+            continue
+        port = ports[name]
+        if not port_is_free(port):
+            # Another IOC (say, another data directory's) holds the default: take a free one;
+            # the state file records it, and sessions read ports from there.
+            port = free_port()
+        ioc = start_ioc(
+            name,
+            prefix=prefixes[name],
+            port=port,
+            log_dir=Path(data_dir) / "sim" / "logs",
+        )
+        recorded[name] = ioc
+        result[name] = ioc
+    _save(data_dir, recorded)
+    for ioc in result.values():
+        wait_until_ready(ioc, timeout)
+    return result
+
+
+def status(data_dir: str | os.PathLike) -> dict[str, dict]:
+    """Recorded IOCs with an ``alive`` flag."""
+    return {name: {**asdict(ioc), "alive": is_alive(ioc)} for name, ioc in _load(data_dir).items()}
+
+
+def stop(names: Iterable[str] | None, data_dir: str | os.PathLike) -> list[str]:
+    """Stop the named (or all) recorded IOCs by PID; return the names stopped."""
+    recorded = _load(data_dir)
+    chosen = list(recorded) if names is None else [n for n in names if n in recorded]
+    stopped = []
+    for name in chosen:
+        ioc = recorded.pop(name)
+        if is_alive(ioc):
+            stop_ioc(ioc.pid)
+            stopped.append(name)
+    _save(data_dir, recorded)
+    return stopped

@@ -1,0 +1,79 @@
+"""Fixtures that run the demo IOC as a subprocess and point CA clients at it.
+
+CA clients read ``EPICS_CA_ADDR_LIST`` once, when the first client context is
+created, so every port an IOC of this test session may use is reserved up front
+(a pool) and put in the address list before any ophyd signal exists.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from multiscope import config, simctl
+
+PORT_POOL_SIZE = 8
+
+
+@dataclass
+class RunningIOC:
+    """What a test needs to know about a started IOC."""
+
+    prefix: str
+    port: int
+    pid: int
+    log_path: str
+
+
+def _distinct_free_ports(n: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < n:
+        port = simctl.free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+@pytest.fixture(scope="session")
+def ca_port_pool() -> itertools.count:
+    """Reserve ports, configure the CA client environment, select ophyd's caproto layer."""
+    ports = _distinct_free_ports(PORT_POOL_SIZE)
+    config.apply_ca_client_environment(config.ca_client_environment(ports))
+    os.environ["OPHYD_CONTROL_LAYER"] = "caproto"
+    import ophyd
+
+    ophyd.set_cl("caproto")
+    return iter(ports)
+
+
+def _start(pool, log_dir: Path) -> tuple[RunningIOC, simctl.IOCProcess]:
+    port = next(pool)
+    prefix = f"T{uuid.uuid4().hex[:6]}:"
+    ioc = simctl.start_ioc("demo", prefix=prefix, port=port, log_dir=log_dir)
+    try:
+        simctl.wait_until_ready(ioc, timeout=15)
+    except Exception:
+        simctl.stop_ioc(ioc.pid)
+        raise
+    return RunningIOC(prefix, port, ioc.pid, ioc.log_path), ioc
+
+
+@pytest.fixture(scope="session")
+def demo_ioc(ca_port_pool, tmp_path_factory):
+    """The demo IOC for the whole session."""
+    running, ioc = _start(ca_port_pool, tmp_path_factory.mktemp("ioc-logs"))
+    yield running
+    simctl.stop_ioc(ioc.pid)
+
+
+@pytest.fixture
+def fresh_demo_ioc(ca_port_pool, tmp_path):
+    """A demo IOC of its own (own port and prefix), for tests that kill it."""
+    running, ioc = _start(ca_port_pool, tmp_path)
+    yield running
+    simctl.stop_ioc(ioc.pid)

@@ -1,0 +1,151 @@
+"""Demo devices over real Channel Access against the simulated demo IOC."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from multiscope.instruments import demo
+
+pytestmark = pytest.mark.integration
+
+
+def connected(device):
+    device.wait_for_connection(timeout=5)
+    return device
+
+
+@pytest.fixture
+def m1(demo_ioc):
+    motor = connected(demo.m1(demo_ioc.prefix))
+    motor.set(0).wait(10)
+    return motor
+
+
+@pytest.fixture
+def cam(demo_ioc, tmp_path):
+    return connected(demo.cam(demo_ioc.prefix, write_path_template=str(tmp_path / "%Y/%m/%d")))
+
+
+def test_motor_moves_and_reports_readback(m1):
+    t0 = time.monotonic()
+    m1.set(1.5).wait(10)
+    elapsed = time.monotonic() - t0
+    assert m1.position == pytest.approx(1.5, abs=1e-6)
+    assert m1.user_readback.get(use_monitor=False) == pytest.approx(1.5, abs=1e-6)
+    assert 0.2 < elapsed < 2.0  # 1.5 mm at 5 mm/s: finite velocity, not a jump
+    m1.set(1.5).wait(5)  # a zero-length move must complete too
+
+
+def test_motor_refuses_out_of_limits_without_moving(m1):
+    from ophyd.utils import LimitError
+
+    assert m1.limits == (-10.0, 10.0)
+    with pytest.raises(LimitError, match="m1"):
+        m1.set(11)
+    time.sleep(0.1)
+    assert m1.position == pytest.approx(0.0, abs=1e-6)
+    assert m1.motor_done_move.get() == 1
+
+
+def test_motor_stop_mid_move(m1):
+    status = m1.set(8)
+    time.sleep(0.3)
+    m1.stop()
+    status.wait(5)
+    time.sleep(0.05)
+    assert 0.5 < m1.position < 7.5
+    assert m1.user_setpoint.get(use_monitor=False) == pytest.approx(m1.position, abs=1e-3)
+
+
+def test_camera_stage_trigger_unstage_writes_hdf5(cam):
+    cam.stage()
+    try:
+        for _ in range(3):
+            cam.trigger().wait(10)
+        docs = list(cam.collect_asset_docs())
+        counter = cam.cam.array_counter.get()
+    finally:
+        cam.unstage()
+    names = [name for name, _ in docs]
+    assert names == ["stream_resource", "stream_datum", "stream_datum", "stream_datum"]
+    resource = docs[0][1]
+    assert resource["parameters"] == {"dataset": "/entry/data/data", "chunk_shape": [1, 64, 64]}
+    path = resource["uri"].removeprefix("file://localhost")
+    assert [d["indices"] for _, d in docs[1:]] == [{"start": i, "stop": i + 1} for i in range(3)]
+    with h5py.File(path, "r", swmr=True) as f:
+        data = f["/entry/data/data"]
+        assert data.shape == (3, 64, 64) and data.dtype == np.uint16
+        uid = f["/entry/instrument/NDAttributes/NDArrayUniqueId"][:]
+        assert list(uid) == list(range(counter - 2, counter + 1))
+        assert f["/entry/instrument/NDAttributes/m1"].shape == (3,)
+    assert cam.describe()[cam.image_key]["shape"] == [1, 64, 64]
+
+
+def test_scan_emits_stream_documents_readable_with_h5py(cam, m1, demo_ioc):
+    from bluesky import RunEngine
+    from bluesky.plans import scan
+
+    shutter = connected(demo.shutter(demo_ioc.prefix))
+    shutter.set("open").wait(5)
+    assert shutter.is_open.get(use_monitor=False) == 1
+    RE = RunEngine({})
+    docs = []
+    RE(scan([cam], m1, -1, 1, 5), lambda name, doc: docs.append((name, doc)))
+    names = [n for n, _ in docs]
+    assert names.count("stream_resource") == 1
+    assert names.count("stream_datum") == 5
+    assert names.count("event") == 5
+    assert docs[-1][1]["exit_status"] == "success"
+    resource = next(d for n, d in docs if n == "stream_resource")
+    descriptor = next(d for n, d in docs if n == "descriptor")
+    assert descriptor["data_keys"]["cam_image"]["external"] == "STREAM:"
+    datums = [d for n, d in docs if n == "stream_datum"]
+    assert [d["seq_nums"] for d in datums] == [{"start": i, "stop": i + 1} for i in range(1, 6)]
+    with h5py.File(resource["uri"].removeprefix("file://localhost"), "r", swmr=True) as f:
+        frames = f["/entry/data/data"][:]
+        positions = f["/entry/instrument/NDAttributes/m1"][:]
+    assert frames.shape == (5, 64, 64)
+    np.testing.assert_allclose(positions, np.linspace(-1, 1, 5), atol=1e-6)
+    # The spot peaks near m1 = 0.3: the brightest frame is at 0 or 0.5.
+    assert int(np.argmax(frames.reshape(5, -1).sum(axis=1))) in (2, 3)
+
+
+def test_put_latency_and_scan_rate(m1, demo_ioc):
+    from bluesky import RunEngine
+    from bluesky.plans import scan
+
+    m1.velocity.set(1000).wait(5)
+    try:
+        n = 50
+        t0 = time.perf_counter()
+        for i in range(n):
+            m1.velocity.put(1000 + (i % 2), wait=True)
+        put_ms = (time.perf_counter() - t0) / n * 1e3
+        RE = RunEngine({})
+        t0 = time.perf_counter()
+        RE(scan([], m1, -0.5, 0.5, 101))
+        rate = 101 / (time.perf_counter() - t0)
+    finally:
+        m1.velocity.set(5).wait(5)
+    print(f"\nput-with-completion latency: {put_ms:.2f} ms; step scan: {rate:.0f} events/s")
+
+
+def test_killing_ioc_mid_move_fails_move_within_timeout(fresh_demo_ioc):
+    motor = connected(demo.m1(fresh_demo_ioc.prefix, name="m1_fresh"))
+    timeout = motor.move_timeout(9.0)
+    status = motor.set(9.0)
+    time.sleep(0.2)
+    t_kill = time.monotonic()
+    os.kill(fresh_demo_ioc.pid, signal.SIGKILL)
+    with pytest.raises(Exception):  # noqa: B017 - StatusTimeoutError or a disconnect error
+        status.wait(timeout + 5)
+    elapsed = time.monotonic() - t_kill
+    print(f"\nkill-to-fail: {elapsed:.2f} s (move timeout {timeout:.2f} s)")
+    assert status.done and not status.success
+    assert elapsed <= timeout + 2.0

@@ -1,0 +1,240 @@
+"""2D XANES analysis against the simulator's ground truth.
+
+Scenario (module fixture): a thin NMC811 tab (8 um coating, 2 um Al foil, particles
+1.5-7 um, "mixed" Ni valence patterns 2+..4+) seen face-on on 128 x 128 px of 0.2 um,
+rendered exactly (nested-sphere projector), pixel-area integrated (2 x 2 sub-rays,
+binned in transmission), through the camera model: 1e5 photons per pixel per energy
+in the open beam (SNR ~316; ~230-300 through the sample), Poisson + dark + read
+noise, 10 averaged flats and darks.  61 energies: 12.5 eV steps 8200-8325 eV, 1 eV
+8330-8345 eV, 0.5 eV 8346-8358 eV (whiteline), 10 eV 8360-8440 eV.  Drift: uniform
+random up to +-3 px per axis and energy, sub-pixel (the last energy is the reference).
+"""
+
+import numpy as np
+import pytest
+from scipy import ndimage, optimize
+
+from multiscope.analysis import xanes as xa
+
+xph = pytest.importorskip("sim_devices.physics.xanes")
+phys = pytest.importorskip("sim_devices.physics")
+
+E_KEV = (
+    np.concatenate(
+        [
+            np.arange(8200, 8326, 12.5),
+            np.arange(8330, 8346, 1.0),
+            np.arange(8346, 8358.1, 0.5),
+            np.arange(8360, 8441, 10.0),
+        ]
+    )
+    / 1000
+)
+PRE, POST, WINDOW = (8.2, 8.325), (8.37, 8.44), (8.3455, 8.3581)
+MIN_JUMP = 0.03  # absorbance; ~0.5 um of NMC811
+N_POINTS = 9  # 0.5 eV steps: the 9-point stencil spans +-2 eV, ~the whiteline FWHM
+SS = 2
+BORDER = 4  # px lost to the +-3 px alignment at the frame edges
+
+
+def _render(tab, vf, geo, drift_px, rng, model, flat, dark):
+    fine = xph.supersampled_geometry(geo, SS)
+    base = xph.mu_tables(E_KEV)
+    c0 = np.array([0.0, 0.0, 14.0])
+    frames = []
+    for k, e in enumerate(E_KEV):
+        # Image shift (rows, cols) -> tab frame: columns follow +x, rows follow -z.
+        dx = -drift_px[k, 1] * geo.pixel_size_um
+        dz = drift_px[k, 0] * geo.pixel_size_um
+        pf = xph.project_xanes(
+            tab, vf, 0.0, e, fine, center_um=tuple(c0 + [dx, 0, dz]), base_mu=base[k]
+        )
+        p = -np.log(xph.bin_pixels(np.exp(-pf.astype(np.float64)), SS)).astype(np.float32)
+        fr = phys.render_frame(p, 1.0, rng, model, energy_keV=e).astype(np.float64)
+        frames.append(-np.log(np.clip(fr - dark, 1.0, None) / (flat - dark)))
+    return np.asarray(frames, np.float32)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    tab = phys.make_tab(
+        seed=5,
+        width_um=28,
+        coating_thickness_um=8,
+        foil_thickness_um=2,
+        height_um=28,
+        diameter_median_um=4.0,
+        diameter_range_um=(1.5, 7.0),
+    )
+    vf = xph.assign_valence(tab, seed=1, pattern="mixed")
+    geo = phys.DetectorGeometry(128, 128, 0.2)
+    # 1e5 photons do not fit in 16 bits at gain 1: 0.6 ADU per photon.
+    model = phys.DetectorModel(geometry=geo, photons_per_s=1e5, gain_adu_per_photon=0.6)
+    rng = np.random.default_rng(0)
+    flat = np.mean([phys.render_flat(1.0, rng, model) for _ in range(10)], axis=0)
+    dark = np.mean([phys.render_dark(1.0, rng, model) for _ in range(10)], axis=0)
+    n = E_KEV.size
+    drift = rng.uniform(-3.0, 3.0, (n, 2))
+    drift[-1] = 0.0
+    still = _render(tab, vf, geo, np.zeros((n, 2)), rng, model, flat, dark)
+    moved = _render(tab, vf, geo, drift, rng, model, flat, dark)
+    truth = xph.true_whiteline_map(tab, vf, geo, 0.0, center_um=(0.0, 0.0, 14.0), supersample=SS)
+    return {"still": still, "moved": moved, "drift": drift, "truth": truth}
+
+
+def _inner(a):
+    return a[BORDER:-BORDER, BORDER:-BORDER]
+
+
+def _rmse(wl_keV, truth_eV, sel):
+    d = (wl_keV * 1000 - truth_eV)[sel]
+    return float(np.sqrt(np.mean(d * d))), d.size
+
+
+# --------------------------------------------------------------------------------------
+# Against the simulator
+# --------------------------------------------------------------------------------------
+def test_drift_is_corrected_below_0p3_px(scene):
+    shifts, aligned = xa.align_stack(scene["moved"], reference_index=-1)
+    err = shifts + scene["drift"]  # applied shift undoes the drift
+    rms = float(np.sqrt(np.mean(err**2)))
+    print(f"drift correction rms error {rms:.3f} px, max {np.abs(err).max():.3f} px")
+    assert rms < 0.3
+    assert np.abs(err).max() < 0.3
+    # Pixels shifted in from outside the field are NaN, the rest finite.
+    assert np.isnan(aligned[:, 0, :]).any() and np.isfinite(_inner(aligned[0])).all()
+
+
+def test_whiteline_map_without_drift_is_noise_limited(scene):
+    truth = scene["truth"]
+    norm, jump, mask = xa.normalize(scene["still"], E_KEV, PRE, POST, min_edge_jump=MIN_JUMP)
+    wl = xa.fit_whiteline(norm, E_KEV, WINDOW, mask=mask, n_points=N_POINTS)
+    sel = ~mask & ~truth.mask
+    rmse, n = _rmse(wl, truth.whiteline_eV, sel)
+    print(f"still stack: whiteline rmse {rmse:.3f} eV over {n} unmasked pixels")
+    assert n > 0.8 * mask.size
+    assert rmse <= 0.1  # eV, all unmasked pixels
+    assert np.array_equal(np.isnan(wl), mask)
+
+
+def test_whiteline_map_with_drift(scene):
+    truth = scene["truth"]
+    _, aligned = xa.align_stack(scene["moved"], reference_index=-1)
+    norm, jump, mask = xa.normalize(aligned, E_KEV, PRE, POST, min_edge_jump=MIN_JUMP)
+    wl = xa.fit_whiteline(norm, E_KEV, WINDOW, mask=mask, n_points=N_POINTS)
+    th = truth.nmc_thickness_um
+    # Away from particle rims and overlaps (NMC thickness within a factor 1.5 over the
+    # 3 x 3 neighbourhood) sub-pixel re-interpolation preserves the spectra.
+    ratio = ndimage.maximum_filter(th, 3) / np.maximum(ndimage.minimum_filter(th, 3), 1e-6)
+    ok = _inner(~mask & ~truth.mask)
+    interior = ok & _inner(ratio < 1.5)
+    rmse_in, n_in = _rmse(_inner(wl), _inner(truth.whiteline_eV), interior)
+    rmse_all, n_all = _rmse(_inner(wl), _inner(truth.whiteline_eV), ok)
+    print(f"drifted: rmse {rmse_in:.3f} eV interior ({n_in} px), {rmse_all:.3f} eV all ({n_all})")
+    assert n_in > 0.4 * ok.sum()
+    assert rmse_in <= 0.1
+    # At rims every energy is interpolated with different sub-pixel weights between
+    # rays of very different NMC thickness: a partial-volume error of the drifted data.
+    assert rmse_all <= 0.3
+
+
+def test_masked_pixels_are_those_without_enough_nmc(scene):
+    truth = scene["truth"]
+    norm, jump, mask = xa.normalize(scene["still"], E_KEV, PRE, POST, min_edge_jump=MIN_JUMP)
+    th = truth.nmc_thickness_um
+    # Every ray without NMC is masked, whatever the noise.
+    assert mask[truth.mask].all()
+    # Edge jump per um of NMC (step at the global e0), from thick pixels.
+    k = float(np.median(jump[th > 2] / th[th > 2]))
+    t_thr = MIN_JUMP / k
+    clear = np.abs(th - t_thr) > 0.25  # um; noise on the jump is ~0.004 = 0.07 um
+    assert np.array_equal(mask[clear], (th <= t_thr)[clear])
+    assert np.isnan(norm[:, mask]).all() and np.isfinite(norm[:, ~mask]).all()
+
+
+# --------------------------------------------------------------------------------------
+# Method checks on model spectra
+# --------------------------------------------------------------------------------------
+def _model_norm(valence, energies=E_KEV):
+    v = np.atleast_1d(valence)
+    r = xph.nmc_mu_resonant(energies[:, None], v[None, :])
+    return r / xph.nmc_edge_jump(8.3425)
+
+
+def test_edge_energy_monotonic_with_valence():
+    v = np.linspace(2.0, 4.0, 11)
+    e = np.arange(8.320, 8.370, 0.0005)
+    ee = xa.edge_energy(_model_norm(v, e), e)
+    assert np.all(np.diff(ee) > 0)
+    np.testing.assert_allclose(np.diff(ee) * 1000, 0.2 * 1.5, atol=0.02)  # eV per 0.2 valence
+
+
+def test_edge_energy_on_image_tracks_valence(scene):
+    truth = scene["truth"]
+    norm, _, mask = xa.normalize(scene["still"], E_KEV, PRE, POST, min_edge_jump=MIN_JUMP)
+    ee = xa.edge_energy(norm, E_KEV, mask=mask, window=(8.33, 8.36))
+    sel = ~mask & (truth.nmc_thickness_um > 2.0)
+    slope = np.polyfit(truth.whiteline_eV[sel], ee[sel] * 1000, 1)[0]
+    assert 0.8 < slope < 1.2  # edge and whiteline shift together (model: 1.0)
+
+
+def test_numba_and_numpy_engines_agree():
+    rng = np.random.default_rng(2)
+    v = rng.uniform(2, 4, 3000)
+    spec = _model_norm(v) + rng.normal(0, 0.02, (E_KEV.size, v.size))
+    spec[:, :5] = np.nan
+    a = xa.fit_whiteline(spec, E_KEV, WINDOW, engine="numba")
+    b = xa.fit_whiteline(spec, E_KEV, WINDOW, engine="numpy")
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-9, equal_nan=True)
+    assert np.isnan(a[:5]).all()
+    exact = xa.fit_whiteline(_model_norm(v), E_KEV, WINDOW, n_points=5)
+    # Noise-free model spectra: method bias only (< 0.02 eV).
+    assert np.max(np.abs(exact * 1000 - xph.whiteline_energy_eV(v))) < 0.02
+
+
+def test_linear_combination_recovers_two_reference_mixture():
+    refs = _model_norm(np.array([2.0, 4.0])).T  # (2, energies): Ni2+ and Ni4+ standards
+    rng = np.random.default_rng(3)
+    w = rng.uniform(0, 1, 500)
+    spec = w * refs[0][:, None] + (1 - w) * refs[1][:, None]
+    spec = spec + rng.normal(0, 0.01, spec.shape)
+    got = xa.linear_combination_fit(spec.reshape(E_KEV.size, 20, 25), E_KEV, refs)
+    assert got.shape == (2, 20, 25)
+    np.testing.assert_allclose(got[0].ravel(), w, atol=0.03)
+    np.testing.assert_allclose(got.sum(axis=0), 1.0, atol=0.01)
+
+
+def test_lcf_equals_scipy_nnls():
+    rng = np.random.default_rng(4)
+    refs = rng.random((3, 30))
+    y = rng.normal(0, 1, (30, 200))  # many pixels need an active constraint
+    got, res = xa.linear_combination_fit(y, np.arange(30.0), refs, return_residual=True)
+    for j in range(0, 200, 7):
+        x, rnorm = optimize.nnls(refs.T, y[:, j])
+        np.testing.assert_allclose(got[:, j], x, atol=1e-9)
+        assert res[j] == pytest.approx(rnorm / np.sqrt(30), rel=1e-6)
+    assert (got >= 0).all()
+
+
+def test_map_in_chunks_on_a_3d_stack_equals_whole():
+    rng = np.random.default_rng(5)
+    v = rng.uniform(2, 4, 6 * 10 * 7)
+    stack = (_model_norm(v) + rng.normal(0, 0.01, (E_KEV.size, v.size))).reshape(-1, 6, 10, 7)
+
+    def fit(s):
+        return xa.fit_whiteline(s, E_KEV, WINDOW)
+
+    np.testing.assert_array_equal(xa.map_in_chunks(fit, stack, 4), fit(stack))
+    whole = xa.normalize(stack, E_KEV, PRE, POST, e0=8.3425)
+    parts = xa.map_in_chunks(lambda s: xa.normalize(s, E_KEV, PRE, POST, e0=8.3425), stack, 2)
+    for a, b in zip(parts, whole, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_normalize_pre_zero_post_one():
+    norm, jump, mask = xa.normalize(
+        _model_norm(np.array([2.5, 3.5]))[:, :, None] * 0.3 + 0.2, E_KEV, PRE, POST
+    )
+    assert not mask.any()
+    np.testing.assert_allclose(norm[E_KEV <= 8.32].mean(axis=0), 0.0, atol=0.01)
+    np.testing.assert_allclose(norm[E_KEV >= 8.40].mean(axis=0), 1.0, atol=0.02)
