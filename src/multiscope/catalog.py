@@ -491,8 +491,14 @@ class Catalog:
             No run, or several runs, match.
         """
         if isinstance(uid_or_index, str):
-            return _find_run(self.client, uid_or_index)
-        return self.client[uid_or_index]
+            try:
+                uid_or_index = int(uid_or_index)  # "-1" from a command line is an index
+            except ValueError:
+                return _find_run(self.client, uid_or_index)
+        try:
+            return self.client[uid_or_index]
+        except (KeyError, IndexError):
+            raise KeyError(f"no run {uid_or_index} in the catalog") from None
 
     def describe(self, uid_or_index: str | int) -> str:
         """A human-readable account of one run: identity, outcome and streams."""
@@ -569,7 +575,7 @@ def _find_run(client, uid: str):
             return matches[0][1]
         if matches:
             raise KeyError(f"uid prefix {uid!r} matches several runs")
-    raise KeyError(uid)
+    raise KeyError(f"no run with uid {uid!r} in the catalog")
 
 
 def _has_run(client, uid: str) -> bool:

@@ -171,8 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as err:
         print(f"multiscope: error: {err}", file=sys.stderr)
         return 2
-    except (KeyError, LookupError, ValueError, OSError) as err:
-        print(f"multiscope: error: {err}", file=sys.stderr)
+    except (LookupError, ValueError, OSError, simctl.IOCNotReadyError) as err:
+        if args.verbose:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"multiscope: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("multiscope: interrupted", file=sys.stderr)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,7 @@ def configure_session(
     prefix: str | None = None,
     table: bool = True,
     progress: bool = True,
+    suspenders: bool = True,
 ) -> Session:
     """Set up a session for ``instrument`` and put its objects into ``namespace``.
 
@@ -148,6 +150,9 @@ def configure_session(
         Subscribe bluesky's BestEffortCallback (live table). Off for quiet scripts.
     progress : bool
         Show a progress bar per run.
+    suspenders : bool
+        Install the instrument's suspenders (beam current below its floor or
+        disconnected suspends a run until it is back).
 
     Returns
     -------
@@ -206,7 +211,8 @@ def configure_session(
         RE.subscribe(bec)
     if progress:
         RE.subscribe(RunProgress())
-        RE.waiting_hook = ProgressBarManager()
+        if sys.stderr.isatty():  # per-move bars redraw in place; in a log they flood it
+            RE.waiting_hook = ProgressBarManager()
 
     devices = importlib.import_module(spec.devices_module).devices(prefix)
     assets = root / "assets" / instrument
@@ -219,7 +225,7 @@ def configure_session(
         module = importlib.import_module(module_name)
         plans.update({name: getattr(module, name) for name in module.__all__})
 
-    if spec.beam_current:
+    if suspenders and spec.beam_current:
         device_name, *attributes = spec.beam_current.split(".")
         gate = devices[device_name]
         for attribute in attributes:

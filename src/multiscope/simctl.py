@@ -87,6 +87,10 @@ def port_is_free(port: int) -> bool:
     """True when both TCP and UDP ``port`` can be bound on 127.0.0.1 now."""
     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         with socket.socket(socket.AF_INET, kind) as sock:
+            if kind == socket.SOCK_STREAM:
+                # As the IOC's server does; otherwise a just-stopped IOC's TIME_WAIT
+                # connections make its port look taken for a minute.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:

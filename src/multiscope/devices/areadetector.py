@@ -22,11 +22,13 @@ names them for analysis.
 from __future__ import annotations
 
 import datetime
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from event_model import compose_stream_resource
+from ophyd.device import Staged
 from ophyd import Component as Cpt
 from ophyd import DetectorBase, EpicsSignalRO, Signal
 from ophyd.areadetector import ADComponent as ADCpt
@@ -34,6 +36,8 @@ from ophyd.areadetector import EpicsSignalWithRBV as SignalWithRBV
 from ophyd.areadetector.cam import CamBase
 from ophyd.areadetector.plugins import HDF5Plugin_V22
 from ophyd.status import DeviceStatus
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DATA_PATH", "ATTRIBUTES_PATH", "StreamingCamera", "StreamHDF5Plugin"]
 
@@ -184,16 +188,24 @@ class StreamingCamera(DetectorBase):
         return staged
 
     def unstage(self):
-        """Close the capture file and restore the plugin settings."""
-        try:
-            if self.hdf1.capture.get() != 0:
-                self.hdf1.capture.set(0, timeout=5.0).wait(5.0)
-        finally:
-            self._resource = None
-            self._datum_factory = None
-            self._pending = []
-            result = super().unstage()
-        return result
+        """Close the capture file and restore the plugin settings.
+
+        If the IOC is gone (the run is failing because of it), nothing can be
+        restored: forget the staged state at once instead of spending a connection
+        timeout on every staged signal, so the run's real error stays the one shown.
+        """
+        self._resource = None
+        self._datum_factory = None
+        self._pending = []
+        if not self.hdf1.capture.connected:
+            logger.warning("%s: IOC disconnected; unstaged without restoring settings", self.name)
+            for part in (self, self.cam, self.hdf1):
+                part._staged = Staged.no
+                part._original_vals.clear()
+            return [self]
+        if self.hdf1.capture.get() != 0:
+            self.hdf1.capture.set(0, timeout=5.0).wait(5.0)
+        return super().unstage()
 
     # -- acquisition ------------------------------------------------------------
 

@@ -1,0 +1,74 @@
+"""The `multiscope` command as a user types it: sim control, errors, the main job."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def multiscope(*args, data_dir, timeout=180):
+    return subprocess.run(
+        [sys.executable, "-m", "multiscope", "--data-dir", str(data_dir), *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_sim_start_twice_does_not_duplicate_and_stop_by_pid(tmp_path):
+    try:
+        first = multiscope("sim", "start", "demo", data_dir=tmp_path)
+        assert first.returncode == 0, first.stderr
+        assert "started" in first.stdout
+        second = multiscope("sim", "start", "demo", data_dir=tmp_path)
+        assert second.returncode == 0, second.stderr
+        assert "already running" in second.stdout
+        state = json.loads((tmp_path / "sim" / "state.json").read_text())
+        pid = state["demo"]["pid"]
+        assert f"pid {pid}" in first.stdout and f"pid {pid}" in second.stdout
+        status = multiscope("sim", "status", data_dir=tmp_path)
+        assert "running" in status.stdout and state["demo"]["prefix"] in status.stdout
+    finally:
+        stopped = multiscope("sim", "stop", data_dir=tmp_path)
+    assert stopped.returncode == 0 and "demo" in stopped.stdout
+    import os
+
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert "no simulated IOCs" in multiscope("sim", "status", data_dir=tmp_path).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("demo", "nonesuch"), "unknown demo"),
+        (("sim", "start", "nonesuch"), "unknown simulated instrument"),
+        (("catalog", "list", "--limit", "x"), "invalid int value"),
+        ((), "required"),
+    ],
+)
+def test_bad_arguments_give_clear_errors_and_exit_2(tmp_path, args, message):
+    result = multiscope(*args, data_dir=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_main_job_runs_the_demo_end_to_end(tmp_path):
+    """The README's main job: start IOCs, scan, store, read back, score, summary."""
+    result = multiscope("demo", data_dir=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "[PASS] demo" in result.stdout
+    assert "multiscope demo summary" in result.stdout
+    # The demo stopped the IOC it started.
+    assert "no simulated IOCs" in multiscope("sim", "status", data_dir=tmp_path).stdout
+    listing = multiscope("catalog", "list", data_dir=tmp_path)
+    assert "line_scan" in listing.stdout and "success" in listing.stdout
+    shown = multiscope("catalog", "show", "-1", data_dir=tmp_path)
+    assert "exit_status: success" in shown.stdout
+    missing = multiscope("catalog", "show", "deadbeef", data_dir=tmp_path)
+    assert missing.returncode == 2 and "no run" in missing.stderr
+    exported = multiscope("export", "-1", "--out", str(tmp_path / "export"), data_dir=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "export" / "primary.csv").exists()
+    assert (tmp_path / "export" / "primary.h5").exists()
