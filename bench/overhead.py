@@ -66,22 +66,30 @@ def main(argv=None):
         sim_det = SynGauss("det", sim_motor, "motor", center=0, Imax=1, sigma=1)
 
         rows = [
-            ("step scan (motor + scalar)",
-             _rate(RE, lambda: bp.scan([beam], m1, 0, span, n), n, reps),
-             _rate(RE, lambda: bp.scan([sim_det], sim_motor, 0, span, n), n, reps)),
-            ("count (scalar)",
-             _rate(RE, lambda: bp.count([beam], n), n, reps),
-             _rate(RE, lambda: bp.count([sim_det], n), n, reps)),
-            ("count (64x64 frames to HDF5, file-referenced)",
-             _rate(RE, lambda: bp.count([cam], n), n, reps),
-             None),
+            (
+                "step scan (motor + scalar)",
+                _rate(RE, lambda: bp.scan([beam], m1, 0, span, n), n, reps),
+                _rate(RE, lambda: bp.scan([sim_det], sim_motor, 0, span, n), n, reps),
+            ),
+            (
+                "count (scalar)",
+                _rate(RE, lambda: bp.count([beam], n), n, reps),
+                _rate(RE, lambda: bp.count([sim_det], n), n, reps),
+            ),
+            (
+                "count (64x64 frames to HDF5, file-referenced)",
+                _rate(RE, lambda: bp.count([cam], n), n, reps),
+                None,
+            ),
         ]
     finally:
         simctl.stop_ioc(ioc.pid)
 
-    print(f"\nEvents per second, {args.points} points, median of {args.repeats} "
-          f"(python {sys.version.split()[0]}, {os.cpu_count()} cores)\n")
-    print(f"| plan | over CA (sim IOC) | ophyd.sim | CA / ophyd.sim |")
+    print(
+        f"\nEvents per second, {args.points} points, median of {args.repeats} "
+        f"(python {sys.version.split()[0]}, {os.cpu_count()} cores)\n"
+    )
+    print("| plan | over CA (sim IOC) | ophyd.sim | CA / ophyd.sim |")
     print("| --- | ---: | ---: | ---: |")
     for label, ca, sim in rows:
         ratio = f"{ca / sim:.2f}" if sim else "-"

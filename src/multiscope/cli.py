@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 
 from . import __version__, simctl
-from .config import DATA_DIR_ENV, data_dir as resolve_data_dir
+from .config import DATA_DIR_ENV
+from .config import data_dir as resolve_data_dir
 
 __all__ = ["main", "build_parser"]
 
@@ -36,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``multiscope`` command."""
     parser = argparse.ArgumentParser(
         prog="multiscope",
-        description="Multi-scale battery-electrode imaging under bluesky, on real or simulated hardware.",
+        description="Multi-scale battery-electrode imaging under bluesky, "
+        "on real or simulated hardware.",
     )
     parser.add_argument("--version", action="version", version=f"multiscope {__version__}")
     parser.add_argument(
@@ -57,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("names", nargs="*", help="instruments (default: all running)")
 
     catalog = commands.add_parser("catalog", help="list, show and recover runs")
-    catalog.add_argument("--catalog", dest="catalog_uri", help="URL of a tiled server (default: embedded)")
+    catalog.add_argument(
+        "--catalog", dest="catalog_uri", help="URL of a tiled server (default: embedded)"
+    )
     catalog.add_argument("--api-key", help="API key (default: $MULTISCOPE_TILED_API_KEY)")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", metavar="ACTION")
     catalog_commands.required = True
@@ -65,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
     show = catalog_commands.add_parser("show", help="one run: metadata and streams")
     show.add_argument("run", help="uid (or its beginning) or index such as -1")
-    catalog_commands.add_parser("recover", help="load journals of runs that never reached the catalog")
+    catalog_commands.add_parser(
+        "recover", help="load journals of runs that never reached the catalog"
+    )
 
     from .demos import DEMOS  # the chain order lives with the demos
 
@@ -86,7 +92,9 @@ def _open_catalog(args, root: Path):
     from .catalog import Catalog
 
     if args.catalog_uri:
-        return Catalog.remote(args.catalog_uri, args.api_key or os.environ.get("MULTISCOPE_TILED_API_KEY"))
+        return Catalog.remote(
+            args.catalog_uri, args.api_key or os.environ.get("MULTISCOPE_TILED_API_KEY")
+        )
     return Catalog.embedded(root)
 
 
@@ -94,7 +102,9 @@ def _run_sim(args, root: Path) -> int:
     if args.sim_command == "start":
         unknown = sorted(set(args.names) - set(simctl.names()))
         if unknown:
-            raise CLIError(f"unknown simulated instrument(s) {unknown}; choose from {simctl.names()}")
+            raise CLIError(
+                f"unknown simulated instrument(s) {unknown}; choose from {simctl.names()}"
+            )
         before = {n for n, r in simctl.status(root).items() if r["alive"]}
         for name, ioc in simctl.start(args.names or simctl.names(), root).items():
             state = "already running" if name in before else "started"
@@ -105,8 +115,10 @@ def _run_sim(args, root: Path) -> int:
             print("no simulated IOCs recorded; start some with `multiscope sim start`")
         for name, record in records.items():
             alive = "running" if record["alive"] else "dead"
-            print(f"{name:<8} {alive:<8} prefix {record['prefix']:<12} port {record['port']:<6} "
-                  f"pid {record['pid']:<8} log {record['log_path']}")
+            print(
+                f"{name:<8} {alive:<8} prefix {record['prefix']:<12} port {record['port']:<6} "
+                f"pid {record['pid']:<8} log {record['log_path']}"
+            )
     elif args.sim_command == "stop":
         stopped = simctl.stop(args.names or None, root)
         print(f"stopped {len(stopped)} IOC(s)" + (f": {', '.join(stopped)}" if stopped else ""))
@@ -166,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         root = resolve_data_dir(args.data_dir)
-        handler = {"sim": _run_sim, "catalog": _run_catalog, "demo": _run_demo, "export": _run_export}
+        handler = {
+            "sim": _run_sim,
+            "catalog": _run_catalog,
+            "demo": _run_demo,
+            "export": _run_export,
+        }
         return handler[args.command](args, root)
     except CLIError as err:
         print(f"multiscope: error: {err}", file=sys.stderr)

@@ -31,7 +31,8 @@ from typing import Any
 from . import simctl
 from .callbacks.progress import RunProgress
 from .catalog import Catalog
-from .config import apply_ca_client_environment, ca_client_environment, data_dir as resolve_data_dir
+from .config import apply_ca_client_environment, ca_client_environment
+from .config import data_dir as resolve_data_dir
 from .metadata import JSONMetadataStore
 from .suspenders import SuspendFloorOrDisconnect
 

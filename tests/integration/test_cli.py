@@ -12,7 +12,9 @@ pytestmark = pytest.mark.integration
 def multiscope(*args, data_dir, timeout=180):
     return subprocess.run(
         [sys.executable, "-m", "multiscope", "--data-dir", str(data_dir), *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -63,7 +63,9 @@ def test_killed_session_is_recovered_with_all_but_one_event(demo_ioc, tmp_path):
 
     result = subprocess.run(
         [sys.executable, "-m", "multiscope", "--data-dir", str(tmp_path), "catalog", "recover"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "fail" in result.stdout or "written" in result.stdout, result.stdout

@@ -20,7 +20,12 @@ pytestmark = pytest.mark.integration
 
 def _session(ioc, data_dir, *, suspenders):
     session = configure_session(
-        {}, "demo", data_dir=data_dir, prefix=ioc.prefix, table=False, progress=False,
+        {},
+        "demo",
+        data_dir=data_dir,
+        prefix=ioc.prefix,
+        table=False,
+        progress=False,
         suspenders=suspenders,
     )
     for device in session.devices.values():
@@ -31,7 +36,10 @@ def _session(ioc, data_dir, *, suspenders):
 
 
 def _kill_when(predicate, pid, timeout=30.0):
-    """Start a thread that SIGKILLs ``pid`` once ``predicate()`` is true; returns (thread, times)."""
+    """Start a thread that SIGKILLs ``pid`` once ``predicate()`` is true.
+
+    Returns the thread and a dict that gets the kill time under ``"t"``.
+    """
     killed_at = {}
 
     def watch():
@@ -49,7 +57,7 @@ def _kill_when(predicate, pid, timeout=30.0):
 
 
 def test_ioc_killed_mid_move_fails_run_quickly_with_events_kept(fresh_demo_ioc, tmp_path):
-    """Kill the motor IOC during a move: the run ends `fail` within 10 s; earlier events readable."""
+    """Kill the motor IOC mid-move: the run ends `fail` within 10 s; earlier events readable."""
     session = _session(fresh_demo_ioc, tmp_path, suspenders=False)
     m1, cam, beam = (session.devices[n] for n in ("m1", "cam", "beam_current"))
     m1.set(-8).wait(10)
@@ -97,7 +105,9 @@ def test_beam_ioc_disconnect_suspends_and_resumes_after_restart(fresh_demo_ioc, 
         time.sleep(2.0)  # the outage
         restarted["events_during_outage"] = len(events)
         ioc = simctl.start_ioc(
-            "demo", prefix=fresh_demo_ioc.prefix, port=fresh_demo_ioc.port,
+            "demo",
+            prefix=fresh_demo_ioc.prefix,
+            port=fresh_demo_ioc.port,
             log_dir=tmp_path / "restart",
         )
         restarted["ioc"] = ioc

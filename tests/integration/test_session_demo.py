@@ -26,8 +26,19 @@ def session(demo_ioc, tmp_path):
 
 def test_session_names_and_refuses_a_second_setup(session, tmp_path):
     session, namespace = session
-    for name in ("RE", "catalog", "session", "bp", "bps", "m1", "cam", "beam_current",
-                 "shutter", "line_scan", "count_frames"):
+    for name in (
+        "RE",
+        "catalog",
+        "session",
+        "bp",
+        "bps",
+        "m1",
+        "cam",
+        "beam_current",
+        "shutter",
+        "line_scan",
+        "count_frames",
+    ):
         assert name in namespace, name
     assert namespace["m1"] is session.devices["m1"]
     with pytest.raises(RuntimeError, match="already ran in this namespace"):

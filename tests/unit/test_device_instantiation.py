@@ -71,7 +71,9 @@ def test_factory_builds_fake_device_with_protocols(instrument, name, factory, mo
 @pytest.mark.parametrize("instrument", sorted(INSTRUMENTS))
 def test_devices_function_names_every_device(instrument):
     module = importlib.import_module(INSTRUMENTS[instrument].devices_module)
-    factories = [n for n in module.__all__ if n != "devices" and inspect.isfunction(getattr(module, n))]
+    factories = [
+        n for n in module.__all__ if n != "devices" and inspect.isfunction(getattr(module, n))
+    ]
     assert factories, "an instrument module exposes one factory per device"
     signature = inspect.signature(module.devices)
     assert "prefix" in signature.parameters

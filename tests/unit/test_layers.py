@@ -25,7 +25,8 @@ def test_profiles_only_call_configure_session():
     assert startups, "every instrument needs a profile"
     for path in startups:
         code_lines = [
-            line for line in path.read_text().splitlines()
+            line
+            for line in path.read_text().splitlines()
             if line.strip() and not line.lstrip().startswith("#")
         ]
         assert code_lines[0] == "from multiscope.session import configure_session", path

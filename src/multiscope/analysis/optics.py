@@ -108,7 +108,8 @@ class FocusCalibration:
         for axis, values in self.offsets.items():
             if len(values) != energies.size:
                 raise ValueError(
-                    f"calibration for {axis!r} has {len(values)} values for {energies.size} energies"
+                    f"calibration for {axis!r} has {len(values)} values "
+                    f"for {energies.size} energies"
                 )
         self._splines = {}
         if energies.size >= 2:
@@ -148,8 +149,10 @@ class FocusCalibration:
 
     def to_dict(self) -> dict:
         """Plain-JSON form, for metadata and for storing with a run."""
-        return {"energies_keV": list(map(float, self.energies_keV)),
-                "offsets": {k: list(map(float, v)) for k, v in self.offsets.items()}}
+        return {
+            "energies_keV": list(map(float, self.energies_keV)),
+            "offsets": {k: list(map(float, v)) for k, v in self.offsets.items()},
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> FocusCalibration:

@@ -28,13 +28,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from event_model import compose_stream_resource
-from ophyd.device import Staged
 from ophyd import Component as Cpt
 from ophyd import DetectorBase, EpicsSignalRO, Signal
 from ophyd.areadetector import ADComponent as ADCpt
 from ophyd.areadetector import EpicsSignalWithRBV as SignalWithRBV
 from ophyd.areadetector.cam import CamBase
 from ophyd.areadetector.plugins import HDF5Plugin_V22
+from ophyd.device import Staged
 from ophyd.status import DeviceStatus
 
 logger = logging.getLogger(__name__)

@@ -93,7 +93,9 @@ def require_positions_within_limits(name: str, positioner, positions: Iterable[f
         )
 
 
-def estimate_move_time(positioner, positions: Sequence[float], *, start: float | None = None) -> float:
+def estimate_move_time(
+    positioner, positions: Sequence[float], *, start: float | None = None
+) -> float:
     """Seconds to visit ``positions`` in order at the positioner's velocity (0 if unknown)."""
     velocity = getattr(positioner, "velocity", None)
     try:

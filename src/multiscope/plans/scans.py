@@ -102,9 +102,8 @@ def line_scan(
     positions = np.linspace(start, stop, num)
     require_positions_within_limits("start/stop", motor, positions)
 
-    estimate = (
-        estimate_move_time(motor, positions)
-        + num * (estimate_exposure(detectors) + _POINT_OVERHEAD_S)
+    estimate = estimate_move_time(motor, positions) + num * (
+        estimate_exposure(detectors) + _POINT_OVERHEAD_S
     )
     logger.info("line_scan of %d points: estimated %s", num, format_duration(estimate))
     _md = {
