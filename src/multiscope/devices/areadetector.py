@@ -156,6 +156,13 @@ class StreamingCamera(DetectorBase):
         """Point the file plugin at a new file and open Stream capture."""
         directory = self._directory()
         self.cam.stage_sigs["num_images"] = self.num_images
+        # A client that died mid-run leaves the plugin capturing into its file; close
+        # that capture first, or this run's frames would be appended to the old file.
+        if self.hdf1.capture.get(use_monitor=False) != 0:
+            logger.warning(
+                "%s: capture was left on (a previous client died?); closing it", self.name
+            )
+            self.hdf1.capture.set(0, timeout=5.0).wait(5.0)
         staged = super().stage()
         try:
             timeout = 5.0
