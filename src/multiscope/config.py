@@ -51,7 +51,7 @@ def ca_server_environment(port: int) -> dict[str, str]:
         "EPICS_CA_ADDR_LIST": "127.0.0.1",
         "EPICS_CA_AUTO_ADDR_LIST": "NO",
         # Monitor bursts are batched this long; 1 ms doubles a polled positioner scan's rate.
-        "CAPROTO_SERVER_HIGH_LOAD_TIMEOUT_SEC": "0.001",
+        "CAPROTO_SERVER_HIGH_LOAD_TIMEOUT_SEC": "0.0002",
         # Readers (live callbacks, tiled) open HDF5 files the IOC is still writing.
         "HDF5_USE_FILE_LOCKING": "FALSE",
     }

@@ -1,1 +1,20 @@
-"""analysis."""
+"""Pure array-in, array-out analysis: numpy, scipy, scikit-image, numba, finufft.
+
+No bluesky, ophyd or caproto here (an import-linter contract checks it), so
+every function can be used on data from anywhere. Conventions follow tomopy:
+projections shaped (angles, rows, cols), angles in radians.
+
+Modules
+-------
+optics
+    Zone-plate focal length, lens equation, depth of focus, focus calibration.
+tomo
+    ``normalize``, ``minus_log``, ``find_center``, ``reconstruct`` (gridrec / fbp).
+stitch
+    ``stitch_vertical`` of overlapping tomograms.
+segment
+    ``label_particles`` (Otsu, small-object removal, watershed, border clearing).
+xanes
+    ``align_stack``, ``normalize``, ``fit_whiteline``, ``edge_energy``,
+    ``linear_combination_fit``.
+"""
