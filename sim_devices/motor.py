@@ -200,6 +200,8 @@ class MotorAxis(PVGroup):
         fields = self.fields
         d = self._defaults
         await instance.write_metadata(precision=d["precision"])
+        # Tables (BestEffortCallback) format the readback with its own precision.
+        await fields.user_readback_value.write_metadata(precision=d["precision"])
         await fields.velocity.write(d["velocity"])
         await fields.seconds_to_velocity.write(d["acceleration"])
         await fields.motor_step_size.write(1e-6)

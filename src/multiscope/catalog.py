@@ -500,6 +500,17 @@ class Catalog:
         except (KeyError, IndexError):
             raise KeyError(f"no run {uid_or_index} in the catalog") from None
 
+    def __getitem__(self, uid_or_index: str | int):
+        """``catalog[-1]``, ``catalog["b8afe"]``: as :meth:`run`."""
+        return self.run(uid_or_index)
+
+    def __len__(self) -> int:
+        return len(self.client)
+
+    def search(self, query):
+        """Runs matching a tiled query (e.g. ``Key("plan_name") == "line_scan"``)."""
+        return self.client.search(query)
+
     def describe(self, uid_or_index: str | int) -> str:
         """A human-readable account of one run: identity, outcome and streams."""
         run = self.run(uid_or_index)

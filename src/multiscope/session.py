@@ -118,6 +118,27 @@ def _find_simulated_ioc(instrument: str, data_dir: Path):
     return mine, records
 
 
+def _wait_for_connections(devices: dict[str, Any], timeout: float, instrument: str) -> None:
+    """Wait (in parallel: every PV search started at construction) and report stragglers."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    missing = []
+    for name, device in devices.items():
+        try:
+            device.wait_for_connection(timeout=max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            missing.append(f"{name} ({device.prefix})")
+    if missing:
+        logger.warning(
+            "not connected after %.0f s: %s. Is the IOC running? For simulated hardware: "
+            "`multiscope sim start %s`",
+            timeout,
+            ", ".join(missing),
+            instrument,
+        )
+
+
 def configure_session(
     namespace: dict,
     instrument: str,
@@ -129,6 +150,7 @@ def configure_session(
     table: bool = True,
     progress: bool = True,
     suspenders: bool = True,
+    connect_timeout: float = 10.0,
 ) -> Session:
     """Set up a session for ``instrument`` and put its objects into ``namespace``.
 
@@ -150,10 +172,15 @@ def configure_session(
     table : bool
         Subscribe bluesky's BestEffortCallback (live table). Off for quiet scripts.
     progress : bool
-        Show a progress bar per run.
+        Show progress: one bar per run (when there is no table) and, in a
+        terminal, bars for long moves.
     suspenders : bool
         Install the instrument's suspenders (beam current below its floor or
         disconnected suspends a run until it is back).
+    connect_timeout : float
+        Seconds to wait for the devices to connect; devices still disconnected
+        then are reported (a warning), not fatal, so a session can start while
+        part of the instrument is off.
 
     Returns
     -------
@@ -210,12 +237,13 @@ def configure_session(
         if not os.environ.get("DISPLAY"):
             bec.disable_plots()
         RE.subscribe(bec)
-    if progress:
+    if progress and not table:  # the table already shows each point; two displays interleave
         RE.subscribe(RunProgress())
         if sys.stderr.isatty():  # per-move bars redraw in place; in a log they flood it
             RE.waiting_hook = ProgressBarManager()
 
     devices = importlib.import_module(spec.devices_module).devices(prefix)
+    _wait_for_connections(devices, connect_timeout, instrument)
     assets = root / "assets" / instrument
     for device in devices.values():
         # Cameras write where the catalog can read: the data directory's assets/ (strftime).
@@ -252,7 +280,7 @@ def configure_session(
     )
     added: dict[str, Any] = {
         "RE": RE,
-        "catalog": catalog.client,
+        "catalog": catalog,
         "session": session,
         "bp": bp,
         "bps": bps,
