@@ -23,14 +23,9 @@ def test_every_pv_has_a_doc(name):
         doc = (channel.__doc__ or "").strip()
         if not doc or doc == (type(channel).__doc__ or "").strip():
             undocumented.append(pvname)
-        for field_name, field in getattr(
-            getattr(channel, "field_inst", None), "__dict__", {}
-        ).items():
-            if (
-                hasattr(field, "__doc__")
-                and hasattr(field, "write")
-                and not (field.__doc__ or "").strip()
-            ):
+        fields = getattr(getattr(channel, "field_inst", None), "__dict__", {})
+        for field_name, field in fields.items():
+            if isinstance(field, ChannelData) and not (field.__doc__ or "").strip():
                 undocumented.append(f"{pvname}.{field_name}")
     assert not undocumented, undocumented
     assert len(ioc.pvdb) > 10
