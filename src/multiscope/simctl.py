@@ -272,31 +272,17 @@ def stop_ioc(pid: int, grace: float = STOP_GRACE_S) -> bool:
     except ProcessLookupError:
         return True
     # start_ioc made the IOC a group leader; never signal another group (e.g. ours).
-    target_group = pgid == pid
-    try:
-        if target_group:
-            os.killpg(pgid, signal.SIGTERM)
-        else:
-            os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return True
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _pid_exists(pid):
+    send = (lambda sig: os.killpg(pgid, sig)) if pgid == pid else (lambda sig: os.kill(pid, sig))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            send(sig)
+        except ProcessLookupError:
             return True
-        time.sleep(0.02)
-    try:
-        if target_group:
-            os.killpg(pgid, signal.SIGKILL)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return True
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _pid_exists(pid):
-            return True
-        time.sleep(0.02)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not _pid_exists(pid):
+                return True
+            time.sleep(0.02)
     return False
 
 
