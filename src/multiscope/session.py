@@ -81,6 +81,18 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
         beam_current="beam_current.current",
         beam_floor=10.0,
     ),
+    "txm": InstrumentSpec(
+        name="txm",
+        devices_module="multiscope.instruments.txm",
+        plan_modules=(
+            "multiscope.plans.scans",
+            "multiscope.plans.tomography",
+            "multiscope.plans.mosaic",
+        ),
+        facility_prefix="TXM:",
+        beam_current="beam_current.current",
+        beam_floor=10.0,
+    ),
 }
 
 

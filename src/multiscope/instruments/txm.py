@@ -1,0 +1,118 @@
+"""The TXM (transmission X-ray microscope): one factory per device, named as the device.
+
+PV names and attribute names follow ``docs/txm.md``. Devices are created without
+connecting; nothing here blocks or touches hardware. The session calls
+:func:`devices` with the instrument's prefix.
+"""
+
+from __future__ import annotations
+
+from ophyd import Device
+
+from multiscope.devices.beam import BeamCurrent
+from multiscope.devices.motor import Motor
+from multiscope.devices.shutter import Shutter
+from multiscope.devices.txm import (
+    Aperture,
+    Condenser,
+    Objective,
+    PhaseRing,
+    SampleStage,
+    TXMCamera,
+    TXMEnergy,
+    ZonePlate,
+)
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "aperture",
+    "beam_current",
+    "camera",
+    "condenser",
+    "detector_z",
+    "devices",
+    "energy",
+    "objective",
+    "phase_ring",
+    "sample",
+    "shutter",
+    "zone_plate",
+]
+
+DEFAULT_PREFIX = "TXM:"
+
+
+def condenser(prefix: str = DEFAULT_PREFIX, name: str = "condenser") -> Condenser:
+    """Capillary condenser: ``x``, ``y``, ``z`` (mm), ``pitch`` (mrad)."""
+    return Condenser(f"{prefix}cond:", name=name)
+
+
+def zone_plate(prefix: str = DEFAULT_PREFIX, name: str = "zone_plate") -> ZonePlate:
+    """Zone plate: ``x``, ``y`` (um), ``z`` = p (mm); config ``diameter``, ``outermost_zone``."""
+    return ZonePlate(f"{prefix}zp:", name=name)
+
+
+def aperture(prefix: str = DEFAULT_PREFIX, name: str = "aperture") -> Aperture:
+    """Order-sorting aperture: ``x``, ``y`` (um)."""
+    return Aperture(f"{prefix}aperture:", name=name)
+
+
+def phase_ring(prefix: str = DEFAULT_PREFIX, name: str = "phase_ring") -> PhaseRing:
+    """Zernike phase ring: ``x``, ``y`` (um), ``inserted`` (Out/In)."""
+    return PhaseRing(f"{prefix}phase_ring:", name=name)
+
+
+def sample(prefix: str = DEFAULT_PREFIX, name: str = "sample") -> SampleStage:
+    """Sample stage: ``x``, ``y``, ``z`` (um), ``theta`` (deg)."""
+    return SampleStage(f"{prefix}sample:", name=name)
+
+
+def detector_z(prefix: str = DEFAULT_PREFIX, name: str = "detector_z") -> Motor:
+    """Detector distance from the sample, p + q (mm)."""
+    return Motor(f"{prefix}det:z", name=name)
+
+
+def objective(prefix: str = DEFAULT_PREFIX, name: str = "objective") -> Objective:
+    """Scintillator objective (``2x``/``8x``) and effective pixel size (nm)."""
+    return Objective(prefix, name=name)
+
+
+def camera(
+    prefix: str = DEFAULT_PREFIX, name: str = "camera", write_path_template: str = ""
+) -> TXMCamera:
+    """TXM camera; set ``write_path_template`` (or the signal) before staging."""
+    return TXMCamera(prefix, name=name, write_path_template=write_path_template)
+
+
+def energy(prefix: str = DEFAULT_PREFIX, name: str = "energy") -> TXMEnergy:
+    """Energy (keV) moving mono, zone plate and detector together, in focus."""
+    return TXMEnergy(prefix, name=name)
+
+
+def shutter(prefix: str = DEFAULT_PREFIX, name: str = "shutter") -> Shutter:
+    """Beam shutter."""
+    return Shutter(f"{prefix}shutter:", name=name)
+
+
+def beam_current(prefix: str = DEFAULT_PREFIX, name: str = "beam_current") -> BeamCurrent:
+    """Ring current (mA) and status."""
+    return BeamCurrent(f"{prefix}ring:", name=name)
+
+
+def devices(prefix: str = DEFAULT_PREFIX) -> dict[str, Device]:
+    """Every TXM device, keyed by its name (the factory's name)."""
+    factories = (
+        condenser,
+        zone_plate,
+        aperture,
+        phase_ring,
+        sample,
+        detector_z,
+        objective,
+        camera,
+        energy,
+        shutter,
+        beam_current,
+    )
+    made = [factory(prefix) for factory in factories]
+    return {device.name: device for device in made}
