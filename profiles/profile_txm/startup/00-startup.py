@@ -1,4 +1,5 @@
-# IPython profile for the transmission X-ray microscope (TXM): `ipython --profile-dir=profiles/profile_txm`.
+# IPython profile for the transmission X-ray microscope (TXM):
+#     ipython --profile-dir=profiles/profile_txm
 # All logic lives in the installed package; this file only sets up the session.
 from multiscope.session import configure_session
 
