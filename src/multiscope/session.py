@@ -62,6 +62,9 @@ class InstrumentSpec:
         ``"beam_current.current"``, if any.
     beam_floor : float
         Suspend below this beam current (same units as the device).
+    pipeline : str or None
+        ``"module:function"`` building the instrument's live analysis callback,
+        called as ``function(output_dir, publish)``; run off the RunEngine thread.
     """
 
     name: str
@@ -70,6 +73,7 @@ class InstrumentSpec:
     facility_prefix: str
     beam_current: str | None = None
     beam_floor: float = 0.0
+    pipeline: str | None = None
 
 
 INSTRUMENTS: dict[str, InstrumentSpec] = {
@@ -92,6 +96,7 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
         facility_prefix="TXM:",
         beam_current="beam_current.current",
         beam_floor=10.0,
+        pipeline="multiscope.callbacks.pipelines:tomography_pipeline",
     ),
 }
 
@@ -108,10 +113,21 @@ class Session:
     plans: dict[str, Any]
     prefix: str
     simulated: bool
+    pipeline: Any = None
     names: list[str] = field(default_factory=list)
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Wait for storage to catch up, then close the catalog (idempotent)."""
+    def drain(self, timeout: float = 600.0) -> bool:
+        """Wait until live analysis and storage have caught up; True if they did."""
+        done = True
+        if self.pipeline is not None:
+            done = self.pipeline.drain(timeout)
+        return self.catalog.drain(timeout) and done
+
+    def close(self, timeout: float = 600.0) -> None:
+        """Let live analysis and storage finish, then close them (idempotent)."""
+        if self.pipeline is not None:
+            self.pipeline.drain(timeout)
+            self.pipeline.close(timeout)
         self.catalog.drain(timeout)
         self.catalog.close()
 
@@ -254,6 +270,15 @@ def configure_session(
         if sys.stderr.isatty():  # per-move bars redraw in place; in a log they flood it
             RE.waiting_hook = ProgressBarManager()
 
+    pipeline = None
+    if spec.pipeline:
+        from .callbacks.background import BackgroundCallback
+
+        module_name, function_name = spec.pipeline.split(":")
+        build = getattr(importlib.import_module(module_name), function_name)
+        pipeline = BackgroundCallback(build(root / "derived" / instrument, catalog.writer()))
+        RE.subscribe(pipeline)
+
     devices = importlib.import_module(spec.devices_module).devices(prefix)
     _wait_for_connections(devices, connect_timeout, instrument)
     assets = root / "assets" / instrument
@@ -289,6 +314,7 @@ def configure_session(
         plans=plans,
         prefix=prefix,
         simulated=simulated,
+        pipeline=pipeline,
     )
     added: dict[str, Any] = {
         "RE": RE,

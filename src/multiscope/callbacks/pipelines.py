@@ -1,0 +1,78 @@
+"""Live analysis pipelines an instrument's session subscribes, as one callback each.
+
+:class:`TomographyPipeline` gives every tomography run a live preview and, at
+its end, a full reconstruction stored as a derived run; reconstructions of
+mosaic tiles also go to the mosaic stitcher, which stitches, labels particles
+and stores its own derived run when the last tile is in. The session wraps the
+pipeline in a :class:`~multiscope.callbacks.background.BackgroundCallback`, so
+none of this runs on the RunEngine's thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from event_model import RunRouter
+
+from .mosaic import MosaicStitcher
+from .tomo import TOMO_PLANS, LiveTomoPreview, TomoReconstructor, tomo_factory
+
+__all__ = ["TomographyPipeline", "tomography_pipeline"]
+
+Publish = Callable[[str, dict], object]
+
+
+class TomographyPipeline:
+    """Preview, reconstruction and stitching of tomography runs.
+
+    Parameters
+    ----------
+    output_dir : Path
+        Where derived files go (``recon/<raw uid>/``, ``mosaics/<mosaic id>/``).
+    publish : callable
+        ``publish(name, doc)`` stores derived runs (the catalog writer).
+
+    Attributes
+    ----------
+    preview : LiveTomoPreview or None
+        The preview of the latest tomography run (``preview.slices``).
+    stitcher : MosaicStitcher
+        Holds finished mosaics in ``stitcher.results``.
+    reconstructions : list of TomoReconstructor
+        One per tomography run, in order (``.uid``, ``.center``, ``.paths``).
+    """
+
+    def __init__(self, output_dir: Path, publish: Publish):
+        output_dir = Path(output_dir)
+        self.preview: LiveTomoPreview | None = None
+        self.reconstructions: list[TomoReconstructor] = []
+        self.stitcher = MosaicStitcher(output_dir / "mosaics", publish=publish)
+
+        def publish_reconstruction(name: str, doc: dict) -> None:
+            publish(name, doc)
+            self.stitcher(name, doc)
+
+        self._reconstructor = tomo_factory(
+            TomoReconstructor, output_dir=output_dir / "recon", publish=publish_reconstruction
+        )
+        self._router = RunRouter([self._preview_factory, self._reconstruction_factory])
+
+    def _preview_factory(self, name: str, start: dict):
+        if start.get("plan_name") not in TOMO_PLANS:
+            return [], []
+        self.preview = LiveTomoPreview()
+        return [self.preview], []
+
+    def _reconstruction_factory(self, name: str, start: dict):
+        callbacks, subfactories = self._reconstructor(name, start)
+        self.reconstructions.extend(callbacks)
+        return callbacks, subfactories
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self._router(name, doc)
+
+
+def tomography_pipeline(output_dir: Path, publish: Publish) -> TomographyPipeline:
+    """Factory named in an instrument's spec (``multiscope.session.INSTRUMENTS``)."""
+    return TomographyPipeline(output_dir, publish)
