@@ -47,11 +47,11 @@ __all__ = [
     "wait_until_ready",
 ]
 
-SIM_MODULES: dict[str, str] = {"demo": "sim_devices.demo"}
-DEFAULT_PORTS: dict[str, int] = {"demo": 5070}
-DEFAULT_PREFIXES: dict[str, str] = {"demo": "DEMO:"}
+SIM_MODULES: dict[str, str] = {"demo": "sim_devices.demo", "txm": "sim_devices.txm"}
+DEFAULT_PORTS: dict[str, int] = {"demo": 5070, "txm": 5071}
+DEFAULT_PREFIXES: dict[str, str] = {"demo": "DEMO:", "txm": "TXM:"}
 # One PV per IOC (after the prefix) that answers once the server is up.
-READY_PVS: dict[str, str] = {"demo": "m1.RBV"}
+READY_PVS: dict[str, str] = {"demo": "m1.RBV", "txm": "sample:theta.RBV"}
 
 STOP_GRACE_S = 3.0
 

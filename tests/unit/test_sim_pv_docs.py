@@ -7,7 +7,10 @@ from caproto import ChannelData
 
 from multiscope import config, simctl
 
-IOC_CLASSES = {"demo": ("sim_devices.demo", "DemoIOC")}
+IOC_CLASSES = {
+    "demo": ("sim_devices.demo", "DemoIOC"),
+    "txm": ("sim_devices.txm", "TXMIOC"),
+}
 
 
 def test_every_simulated_instrument_is_covered():

@@ -1,0 +1,143 @@
+"""TXM devices over real Channel Access against the simulated TXM IOC.
+
+The energy pseudo axis must put the zone plate and detector at the thin-lens focus
+(``analysis.optics``) and agree with the IOC's own ground truth within a depth of
+focus; an energy outside the optics' range must be refused with no axis moving.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from ophyd import EpicsSignalRO
+from ophyd.utils import LimitError
+
+from multiscope import simctl
+from multiscope.analysis.optics import depth_of_focus_um, focal_length_mm, lens_distances_mm
+from multiscope.devices.motor import Motor
+from multiscope.instruments import txm
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif("txm" not in simctl.SIM_MODULES, reason="no simulated TXM IOC registered"),
+]
+
+
+@pytest.fixture(scope="module")
+def txm_ioc(ca_port_pool, tmp_path_factory):
+    """The TXM IOC under a unique prefix, for this module."""
+    port = next(ca_port_pool)
+    prefix = f"X{uuid.uuid4().hex[:6]}:"
+    ioc = simctl.start_ioc("txm", prefix=prefix, port=port, log_dir=tmp_path_factory.mktemp("txm"))
+    try:
+        simctl.wait_until_ready(ioc, timeout=30)
+    except Exception:
+        simctl.stop_ioc(ioc.pid)
+        raise
+    yield ioc
+    simctl.stop_ioc(ioc.pid)
+
+
+@pytest.fixture(scope="module")
+def devices(txm_ioc):
+    made = txm.devices(txm_ioc.prefix)
+    for device in made.values():
+        device.wait_for_connection(timeout=10)
+    return made
+
+
+@pytest.fixture
+def energy(devices):
+    device = devices["energy"]
+    device.calibration.put({})  # thin lens only
+    device.set(8.0).wait(device.move_timeout(8.0) + 5)
+    return device
+
+
+def _motors(devices) -> dict[str, Motor]:
+    """Every motor axis of every TXM device, keyed by its ophyd name."""
+    found = {}
+    for device in devices.values():
+        if isinstance(device, Motor):
+            found[device.name] = device
+            continue
+        for walk in device.walk_components():
+            if issubclass(walk.item.cls, Motor):
+                motor = getattr(device, walk.dotted_name)
+                found[motor.name] = motor
+    return found
+
+
+def _thin_lens(energy, energy_keV):
+    diameter = energy.zp_diameter_um.get()
+    zone = energy.zp_outermost_zone_nm.get()
+    p, q = lens_distances_mm(focal_length_mm(diameter, zone, energy_keV), 50.0)
+    return p, p + q
+
+
+def test_every_device_connects_and_reads(devices):
+    for name, device in devices.items():
+        assert device.read() is not None, name
+        assert device.read_configuration() is not None, name
+    assert devices["zone_plate"].diameter.get() > 0
+    assert devices["objective"].pixel_size.get() > 0
+
+
+def test_energy_move_keeps_focus(energy, txm_ioc):
+    truth = EpicsSignalRO(f"{txm_ioc.prefix}truth:focus_zp_z", name="truth_focus_zp_z")
+    truth.wait_for_connection(timeout=5)
+    for target in (8.0, 8.35):
+        status = energy.set(target)
+        status.wait(energy.move_timeout(target) + 5)
+        assert status.success
+        zp_z, det_z = _thin_lens(energy, target)
+        assert energy.mono.position == pytest.approx(target, abs=1e-3)
+        assert energy.zp_z.position == pytest.approx(zp_z, abs=1e-3)
+        assert energy.det_z.position == pytest.approx(det_z, abs=1e-2)
+        assert energy.position.energy == pytest.approx(target, abs=1e-3)
+        # the IOC's own idea of focus at this energy and det:z
+        time.sleep(0.2)
+        dof_mm = depth_of_focus_um(energy.zp_outermost_zone_nm.get(), target) * 1e-3
+        assert abs(truth.get(use_monitor=False) - energy.zp_z.position) < dof_mm
+
+
+@pytest.mark.parametrize("bad", [4.0, 16.0, 100.0])
+def test_out_of_range_energy_refused_with_no_motion(energy, devices, bad):
+    motors = _motors(devices)
+    assert {"energy_mono", "energy_zp_z", "energy_det_z", "sample_theta"} <= set(motors)
+    before = {name: (m.position, m.user_setpoint.get()) for name, m in motors.items()}
+    with pytest.raises(LimitError, match="energy"):
+        energy.set(bad)
+    time.sleep(0.3)
+    for name, motor in motors.items():
+        assert motor.motor_done_move.get(use_monitor=False) == 1, name
+        position, setpoint = before[name]
+        assert motor.position == pytest.approx(position, abs=1e-6), name
+        assert motor.user_setpoint.get(use_monitor=False) == pytest.approx(setpoint), name
+
+
+def test_verbs_in_run_engine(energy, devices):
+    from bluesky import RunEngine
+
+    from multiscope.plan_stubs import txm as stubs
+
+    sample, objective, shutter = devices["sample"], devices["objective"], devices["shutter"]
+
+    def verbs():
+        yield from stubs.move_energy(energy, 8.2)
+        yield from stubs.set_field_of_view(objective, "high_resolution")
+        yield from stubs.sample_out(sample, 300.0)
+        yield from stubs.sample_in(sample, 0.0)
+        yield from stubs.open_shutter(shutter)
+        yield from stubs.close_shutter(shutter)
+        yield from stubs.set_field_of_view(objective, "large")
+
+    RE = RunEngine({})
+    RE(verbs())
+    assert energy.mono.position == pytest.approx(8.2, abs=1e-3)
+    assert energy.zp_z.position == pytest.approx(_thin_lens(energy, 8.2)[0], abs=1e-3)
+    assert sample.x.position == pytest.approx(0.0, abs=1e-3)
+    assert objective.magnification.get(use_monitor=False) == "2x"
+    assert shutter.blade_position.get(use_monitor=False).lower().startswith("clos")
