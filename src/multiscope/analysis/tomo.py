@@ -40,7 +40,6 @@ import finufft
 import numba
 import numpy as np
 import scipy.fft
-from skimage.registration import phase_cross_correlation
 
 __all__ = ["find_center", "minus_log", "normalize", "reconstruct"]
 
@@ -62,6 +61,10 @@ _BATCH_BYTES = 160e6
 # Replica-band points of the linear kernel weighing less than this (relative)
 # are skipped: ~26 % fewer points than three full bands; RMSE changes < 0.1 %.
 _KERNEL_CUT = 3e-2
+# Seam metric: coefficients weigh 1 / (power + _FLOOR * median power): the
+# noise-only ones (most of them) equally, as least squares wants, and the few
+# strong, model-violating ones (truncation, aliasing) with bounded influence.
+_FLOOR = 1.0
 
 
 # --------------------------------------------------------------------------- prep
@@ -525,22 +528,50 @@ def find_center(
     search_radius=2.0,
     tol=0.1,
     num_threads=None,
+    row_band=2,
 ):
     """Find the detector column of the rotation axis.
 
-    Two stages:
+    Sinogram consistency across the 180-degree seam, after Vo et al. (2014),
+    "Reliable method for calculating the center of rotation in parallel-beam
+    tomography", Opt. Express 22, 19078 (https://doi.org/10.1364/OE.22.019078),
+    as algotom's/tomopy's ``find_center_vo``, reimplemented and adapted to
+    truncated (local) tomography:
 
-    1. Coarse: the projection at ``theta0`` and the mirrored projection at
-       ``theta0 + pi`` are the same image shifted by ``2 (center) - (cols - 1)``;
-       that shift is measured to sub-pixel precision by upsampled phase
-       correlation (:func:`skimage.registration.phase_cross_correlation`).
-    2. Fine: a few sinograms are reconstructed with ``gridrec`` at trial centres
-       within ``search_radius`` of the coarse value (over half a turn of
-       angles, also for 360 deg scans); the centre minimising the
-       histogram entropy of the slices wins (as tomopy's ``find_center``): a
-       wrong centre smears every edge into arcs, which spreads the grey values.
-       The minimum is located on a grid and refined by a parabola through the
-       best three points.
+    * A 180-degree sinogram ``S(theta, s)`` and its mirror about a trial centre
+      ``c``, ``S(theta, 2c - s)`` (the projection at ``theta + pi``), stacked,
+      form a 360-degree sinogram. Only for the true centre is it continuous
+      across the seams at ``pi`` and ``2 pi``; then its 2D spectrum lies in the
+      double wedge ``|nu| <= 2 pi R |w|`` (``nu``: cycles per turn, ``w``:
+      cycles per pixel, ``R``: largest distance of the sample from the axis),
+      and the energy outside it (the *metric*) is only noise. A wrong centre
+      tears every trace by ``2 (c_true - c)`` at the seams and adds energy there.
+    * The stacked window is taken symmetric about ``c`` (columns ``c +/- k``),
+      so no column is invented where the mirrored data leave the detector; a
+      Tukey taper and a lower frequency cut keep the window edges and the
+      truncated, angle-dependent mass (samples wider than the field of view)
+      out of the metric.
+    * Detector frequencies are limited to ``|w| <= M / (2 pi R)`` (``M``
+      angles per half turn) with ``R`` = the detector width: above it the
+      angular sampling aliases fast-moving features of a sample wider than the
+      field of view into the wedge's complement, which biased the plain Vo
+      metric by ~2 px on the simulated TXM electrode tab.
+    * Each outside-wedge coefficient enters normalised by its
+      centre-independent power (``|U|^2 + |V|^2``) so that a few large,
+      non-ideal coefficients do not dominate; the metric is then a quadratic
+      form whose dependence on the centre is a weighted cross-correlation,
+      ``E(c) = Re sum_w C(w) exp(-4 pi i w (c - c0))``: one pair of FFTs gives
+      it for every trial centre, exactly (a phase ramp, no interpolation of
+      the data and so no noise modulation between integer and fractional
+      centres).
+
+    Stages: a coarse search over ``|c - (cols - 1)/2| <= cols / 4`` with the
+    window centred on the detector, then up to three fine searches with the
+    window re-centred (on the half-pixel grid) at the last estimate, each over
+    ``+/- search_radius`` with step ``tol``, refined by a parabola through the
+    best three points. 360-degree scans contribute both half turns; angles may
+    be irregular or unsorted (the sinogram is interpolated onto a uniform grid
+    of half a turn, periodically for full turns).
 
     Parameters
     ----------
@@ -549,19 +580,39 @@ def find_center(
     angles : array_like, shape (angles,)
         Angles in radians, covering ~180 deg (or 360 deg).
     rows : sequence of int, optional
-        Detector rows used in the fine stage; default three rows around the
-        middle.
+        Detector rows used; default five rows around the middle (at the
+        middle and at +/- 1/8 and 1/4 of the height).
     search_radius : float, optional
-        Half-width in pixels of the fine search around the coarse estimate.
+        Half-width in pixels of each fine search around the current estimate.
     tol : float, optional
-        Grid step in pixels of the fine search.
+        Grid step in pixels of the fine search (a parabola refines the best
+        grid point).
     num_threads : int, optional
-        Threads for the reconstructions.
+        Threads for the FFTs; default all cores.
+    row_band : int, optional
+        Each row in ``rows`` is averaged with ``row_band`` rows either side
+        (clipped to the detector): the sinogram of the vertically averaged
+        slab is as consistent as a single row's and ~sqrt(2 row_band + 1)
+        less noisy. 0 uses the rows alone.
 
     Returns
     -------
     float
-        Rotation-axis column in detector pixels (0 = centre of the first column).
+        Rotation-axis column in detector pixels (0 = centre of the first
+        column): the ``center`` of :func:`reconstruct`, and ``u0 = (cols - 1)/2
+        + axis_offset_px`` of ``sim_devices.physics.DetectorGeometry``.
+
+    Notes
+    -----
+    Accuracy on the simulated TXM electrode tab (512 columns of 130 nm, a
+    sample ~80 x 100 um in a 66 um field of view, ~1000 photons per pixel,
+    181 or 361 angles over 180 or 360 deg, axis offsets -12.3 to +17.9 px):
+    |error| <= 0.2 px with the default rows, <= 0.35 px with three (or one)
+    rows; the earlier phase-correlation + entropy method was off by 0.4-4 px.
+    Without noise the error is <= 0.03 px: the rest is photon noise, as only
+    the projections near the seam carry the centre of a 180-degree scan.
+    Cost: two FFTs of ``(2 M, cols)`` per row and stage, ~0.5 s for 1601
+    angles x 1024 columns on 2 cores.
 
     Examples
     --------
@@ -578,67 +629,128 @@ def find_center(
         proj = proj[:, None, :]
     angles = np.asarray(angles, dtype=np.float64)
     n_ang, n_rows, n_det = proj.shape
-    num_threads = num_threads or os.cpu_count() or 1
-
-    coarse = _center_from_opposite(proj, angles)
+    if angles.shape != (n_ang,):
+        raise ValueError(f"{angles.size} angles for {n_ang} projections")
+    workers = num_threads or os.cpu_count() or 1
     if rows is None:
         mid = n_rows // 2
-        rows = sorted(
-            {min(max(r, 0), n_rows - 1) for r in (mid - n_rows // 8, mid, mid + n_rows // 8)}
-        )
-    # Half a turn only: over 360 deg a wrong centre blurs symmetrically (rings)
-    # instead of drawing arcs, and the entropy no longer has its minimum there.
-    rel = np.mod(angles - angles[0], 2 * np.pi)
-    d_theta = np.pi / max(n_ang, 1)
-    turn = np.flatnonzero(rel <= np.pi + 0.5 * d_theta)
-    # Fewer angles suffice for the metric (arcs from a wrong centre do not need
-    # fine angular sampling to show) and keep the search cheap.
-    turn = turn[:: max(1, len(turn) // 360)]
-    sinos = np.ascontiguousarray(proj[np.ix_(turn, list(rows))].transpose(1, 0, 2))
-    sub_angles = angles[turn]
+        rows = [mid + k * n_rows // 8 for k in (-2, -1, 0, 1, 2)]
+    rows = sorted({min(max(int(r), 0), n_rows - 1) for r in rows})
+    band = max(int(row_band), 0)
+    slabs = np.stack(
+        [
+            proj[:, max(r - band, 0) : min(r + band + 1, n_rows)].mean(axis=1, dtype=np.float32)
+            for r in rows
+        ],
+        axis=1,
+    )
+    sinos = _half_turn_sinograms(slabs, angles)  # (k, M, n_det)
+    n_half = sinos.shape[1]
+    radius = float(n_det)  # sample extent assumed up to one detector width off axis
 
-    half = n_det // 2
-    r = int(0.45 * n_det)  # inside the circle seen by all projections
+    def curve(c0, taus):
+        weights, freq = _seam_weights(sinos, c0, radius, workers)
+        phase = np.exp(-2j * np.pi * np.outer(taus, freq))
+        return np.real(phase @ weights)
 
-    def recon(c):
-        engine = _Gridrec(sub_angles, n_det, c, "shepp", n_det, 1e-4, num_threads, "sinc", True)
-        return engine(sinos)[:, half - r : half + r, half - r : half + r]
-
-    # Histogram range fixed from the coarse reconstruction so that entropies at
-    # different trial centres are comparable.
-    lo, hi = np.percentile(recon(coarse), [0.5, 99.5])
-    span = (hi - lo) or 1.0
-    bins = np.linspace(lo - 0.5 * span, hi + 0.5 * span, 129)
-
-    def metric(c):
-        hist = np.histogram(recon(c), bins=bins)[0].astype(np.float64)
-        prob = hist[hist > 0] / hist.sum()
-        return float(-np.sum(prob * np.log(prob)))
-
-    # Coarse grid (0.5 px) then fine grid (tol) around the best, parabola on top.
-    centers = coarse + np.arange(-search_radius, search_radius + 1e-9, 0.5)
-    values = np.array([metric(c) for c in centers])
-    best = centers[np.argmin(values)]
-    centers = best + np.arange(-0.5, 0.5 + 1e-9, tol)
-    values = np.array([metric(c) for c in centers])
-    i = int(np.argmin(values))
-    if 0 < i < len(values) - 1:
-        y0, y1, y2 = values[i - 1 : i + 2]
-        denom = y0 - 2 * y1 + y2
-        if denom > 0:
-            return float(centers[i] + 0.5 * tol * (y0 - y2) / denom)
-    return float(centers[i])
+    # Coarse: window centred on the detector, shifts covering half its width.
+    c_mid = (n_det - 1) / 2
+    taus = np.arange(-(n_det // 2), n_det // 2 + 0.25, 0.5)
+    center = c_mid + taus[int(np.argmin(curve(c_mid, taus)))] / 2
+    # Fine: re-centre the window (on the half-pixel grid, so the mirror maps
+    # pixels onto pixels) and search the neighbourhood; repeat if it moved.
+    step = max(float(tol), 1e-3)
+    reach = max(float(search_radius), 2 * step)
+    for _ in range(3):
+        c0 = np.clip(np.round(2 * center) / 2, 0, n_det - 1)
+        taus = np.arange(-2 * reach, 2 * reach + 1e-9, 2 * step)
+        values = curve(c0, taus)
+        i = int(np.argmin(values))
+        tau = taus[i]
+        if 0 < i < len(taus) - 1:
+            y0, y1, y2 = values[i - 1 : i + 2]
+            denom = y0 - 2 * y1 + y2
+            if denom > 0:
+                tau += step * (y0 - y2) / denom
+        center = float(c0 + tau / 2)
+        if abs(center - c0) <= 0.5 or n_half < 2:
+            break
+    return center
 
 
-def _center_from_opposite(proj, angles):
-    """Centre from the projections closest to 180 deg apart (phase correlation)."""
-    n_det = proj.shape[-1]
-    # Pick the pair whose separation is closest to pi (works for 180 and 360 scans).
-    target = angles[0] + np.pi
-    j = int(np.argmin(np.abs(angles - target)))
-    ref = proj[0]
-    mov = proj[j][:, ::-1]
-    # Taper the detector edges: phase correlation assumes periodic images.
-    win = np.hanning(n_det + 2)[1:-1].astype(np.float32)
-    shift, _, _ = phase_cross_correlation(ref * win, mov * win, upsample_factor=50)
-    return (n_det - 1 + float(shift[-1])) / 2
+def _half_turn_sinograms(slabs, angles):
+    """Sinograms on a uniform grid of half a turn: ``(k, M, cols)``.
+
+    ``slabs`` is ``(angles, rows, cols)``. Angles are sorted and measured from
+    the first one; ``M`` is half a turn over the median angular step. A scan
+    of a full turn gives two half turns per row (both are complete 180-degree
+    sinograms), interpolated periodically; otherwise angles beyond the scan
+    take the nearest projection.
+    """
+    order = np.argsort(angles, kind="stable")
+    rel = angles[order] - angles[order[0]]
+    data = slabs[order]
+    steps = np.diff(rel)
+    steps = steps[steps > 1e-9]
+    step = float(np.median(steps)) if steps.size else np.pi
+    n_half = int(min(max(round(np.pi / step), 2), 4096))
+    full_turn = rel[-1] >= 2 * np.pi - 1.5 * step
+    if full_turn and rel[-1] < 2 * np.pi - 1e-9:
+        # Periodic: the first projection again at 2 pi closes the turn.
+        rel = np.append(rel, 2 * np.pi)
+        data = np.concatenate([data, data[:1]])
+    starts = (0.0, np.pi) if full_turn else (0.0,)
+    out = []
+    for start in starts:
+        phi = start + np.arange(n_half) * (np.pi / n_half)
+        i = np.clip(np.searchsorted(rel, phi, side="right") - 1, 0, max(len(rel) - 2, 0))
+        if len(rel) < 2:
+            out.append(np.repeat(data[:1], n_half, axis=0))
+            continue
+        gap = np.maximum(rel[i + 1] - rel[i], 1e-12)
+        w = np.clip((phi - rel[i]) / gap, 0.0, 1.0).astype(np.float32)[:, None, None]
+        if np.all(w < 1e-6):
+            out.append(data[i])
+        else:
+            out.append((1 - w) * data[i] + w * data[i + 1])
+    # (M, k, cols) -> (k, M, cols); the half turns of a full turn become extra rows.
+    sinos = np.concatenate(out, axis=1)
+    return np.ascontiguousarray(sinos.transpose(1, 0, 2), dtype=np.float32)
+
+
+def _seam_weights(sinos, c0, radius, workers, taper=0.25, nu_min=2):
+    """Cross-spectrum ``C(w)`` of the seam metric for a window centred on ``c0``.
+
+    The metric for the centre ``c0 + tau / 2`` is ``Re sum_w C(w) exp(-2 pi i w
+    tau)`` (up to a constant); ``freq`` holds the ``w`` (cycles per pixel).
+    """
+    _, n_half, n_det = sinos.shape
+    m = int(round(2 * c0))
+    lo, hi = max(0, m - (n_det - 1)), min(n_det - 1, m)
+    length = hi - lo + 1
+    x = np.abs(np.arange(lo, hi + 1) - m / 2) / max(length / 2, 1.0)
+    win = np.ones(length)
+    edge = x > 1 - taper
+    win[edge] = 0.5 * (1 + np.cos(np.pi * (x[edge] - (1 - taper)) / taper))
+    win = win.astype(np.float32)
+    n_fft = scipy.fft.next_fast_len(length)
+    freq = np.fft.rfftfreq(n_fft)
+    # Band limit: angular sampling resolves |w| <= M / (2 pi R) (no aliasing);
+    # the lowest bins carry the truncated window's changing mass.
+    keep = (freq <= max(n_half / (2 * np.pi * radius), 8.0 / n_fft)) & (freq * n_fft >= 1.5)
+    seg = sinos[..., lo : hi + 1]
+    a = scipy.fft.rfft(seg * win, n=n_fft, axis=-1, workers=workers)[..., keep]
+    b = scipy.fft.rfft(seg[..., ::-1] * win, n=n_fft, axis=-1, workers=workers)[..., keep]
+    freq = freq[keep]
+    # Stack [first half; mirrored half] along angles: transform each half
+    # zero-padded to a full turn; the mirrored half sits half a turn later.
+    u = scipy.fft.fft(a, n=2 * n_half, axis=1, workers=workers)
+    v = scipy.fft.fft(b, n=2 * n_half, axis=1, workers=workers)
+    v[:, 1::2] *= -1
+    nu = np.abs(np.fft.fftfreq(2 * n_half, 1.0 / (2 * n_half)))
+    outside = nu[:, None] >= np.maximum(2 * np.pi * radius * freq[None, :], nu_min)
+    power = np.abs(u) ** 2 + np.abs(v) ** 2
+    floor = _FLOOR * float(np.median(power[:, outside])) if np.any(outside) else 0.0
+    weight = outside / (power + floor + 1e-30)
+    cross = np.sum(weight * np.conj(u) * v, axis=(0, 1))
+    return cross, freq
