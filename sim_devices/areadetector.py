@@ -23,6 +23,7 @@ with the first frame (SWMR forbids creating datasets later).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -51,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 DATA_PATH = "/entry/data/data"
 ATTRIBUTES_PATH = "/entry/instrument/NDAttributes"
+
+#: Frames a camera holds between exposure and file (a real camera's on-board buffer).
+MAX_BUFFERED_FRAMES = 4
 
 pvproperty_with_rbv = get_pv_pair_wrapper(setpoint_suffix="", readback_suffix="_RBV")
 
@@ -232,7 +236,10 @@ class CamGroup(PVGroup):
         the acquisition ends), ``AcquireTime``/``_RBV`` (s), ``AcquirePeriod``/``_RBV``
         (s), ``NumImages``/``_RBV``, ``NumImagesCounter_RBV``, ``NumExposures``/``_RBV``,
         ``ImageMode``/``_RBV`` (Single/Multiple/Continuous), ``TriggerMode``/``_RBV``,
-        ``TimeRemaining_RBV``.
+        ``TimeRemaining_RBV``. Exposures start every ``max(AcquirePeriod, AcquireTime)``
+        on a fixed clock; each frame is rendered and written while the next exposure
+        runs (up to ``MAX_BUFFERED_FRAMES`` behind), so the rate holds as long as a
+        render fits in one period on average.
     Array
         ``ArrayCounter``/``_RBV``, ``ArrayCallbacks``/``_RBV``, ``ArraySizeX_RBV``,
         ``ArraySizeY_RBV``, ``ArraySize0_RBV``/``1``/``2``, ``ArraySize_RBV`` (bytes),
@@ -400,6 +407,24 @@ class CamGroup(PVGroup):
             return False
         return True
 
+    async def _sleep_until_or_stop(self, deadline: float) -> bool:
+        """Sleep until monotonic time ``deadline``; return True if a stop came first."""
+        return await self._sleep_or_stop(deadline - time.monotonic())
+
+    async def _deliver(
+        self, ctx: FrameContext, total: float, period: float, after: asyncio.Task | None
+    ) -> None:
+        """Render one exposed frame after the previous one, hand it to the plugin, count it."""
+        if after is not None:
+            await after  # frames reach the plugin in order (a failure propagates)
+        await self.detector.process_frame(ctx)
+        await self.array_counter.setpoint.write(ctx.frame_index, verify_value=False)
+        await self.array_counter.readback.write(ctx.frame_index)
+        done = ctx.image_index + 1
+        await self.num_images_counter.write(done)
+        if not math.isinf(total):
+            await self.time_remaining.write(max(0.0, (total - done) * period))
+
     async def _acquire(self) -> None:
         mode = self.image_mode.readback.value
         if mode == "Single":
@@ -414,31 +439,48 @@ class CamGroup(PVGroup):
         await self.acquire.readback.write("Acquire")
         await self.detector_state.write("Acquire")
         await self.num_images_counter.write(0)
+        # Exposures start on a fixed clock (one every ``period``); each frame is rendered
+        # and written while the next exposures run, in order, from a buffer of at most
+        # MAX_BUFFERED_FRAMES frames, so a render (or a slow disk) that takes a large part
+        # of the period does not stretch it. The scene evaluates the motors at each
+        # frame's own mid-exposure time, however late it renders.
+        in_flight: collections.deque[asyncio.Task] = collections.deque()
+        base = int(self.array_counter.readback.value)
+        start = time.monotonic()
         index = 0
         try:
             while index < total:
-                t0 = time.monotonic()
-                if await self._sleep_or_stop(exposure):
+                end = start + exposure
+                if await self._sleep_until_or_stop(end):
                     break
-                counter = int(self.array_counter.readback.value) + 1
+                while in_flight and in_flight[0].done():
+                    in_flight.popleft().result()
+                if len(in_flight) >= MAX_BUFFERED_FRAMES:
+                    await in_flight.popleft()
+                    now = time.monotonic()
+                    if now - end > period:
+                        # The buffer stayed full: as a camera limited by its readout, this
+                        # frame ends now and the clock restarts from here.
+                        end = now
                 ctx = FrameContext(
                     exposure_time=exposure,
-                    frame_index=counter,
+                    frame_index=base + index + 1,
                     image_index=index,
                     shape=self.detector.shape,
-                    timestamp=time.time(),
+                    # wall-clock end of the exposure (the scene evaluates motors before it)
+                    timestamp=time.time() - (time.monotonic() - end),
                     rng=self.detector.rng,
                     ioc=self.detector.ioc,
                 )
-                await self.detector.process_frame(ctx)
-                await self.array_counter.setpoint.write(counter, verify_value=False)
-                await self.array_counter.readback.write(counter)
+                after = in_flight[-1] if in_flight else None
+                in_flight.append(
+                    asyncio.get_running_loop().create_task(self._deliver(ctx, total, period, after))
+                )
                 index += 1
-                await self.num_images_counter.write(index)
-                if not math.isinf(total):
-                    await self.time_remaining.write(max(0.0, (total - index) * period))
-                if index < total and await self._sleep_or_stop(period - (time.monotonic() - t0)):
-                    break
+                start = end - exposure + period
+            # Every exposed frame is written before the acquisition completes.
+            while in_flight:
+                await in_flight.popleft()
         except Exception as ex:
             logger.exception("Acquisition failed")
             await self.status_message.write(f"Error: {ex}"[:255])
@@ -447,6 +489,8 @@ class CamGroup(PVGroup):
             await self.detector_state.write("Idle")
             await self.status_message.write("Idle")
         finally:
+            for task in in_flight:
+                task.cancel()
             await self.time_remaining.write(0.0)
             await self.acquire.readback.write("Done")
             await self.acquire.setpoint.write("Done", verify_value=False)

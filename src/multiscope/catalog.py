@@ -132,7 +132,9 @@ class _EmbeddedServer:
         self.root = root
         self.directory = root / "catalog"
         self.assets = root / "assets"
-        for d in (self.directory / "data", self.assets):
+        # Derived results (reconstructions, stitched volumes) are file-referenced like frames.
+        self.derived = root / "derived"
+        for d in (self.directory / "data", self.assets, self.derived):
             d.mkdir(parents=True, exist_ok=True)
         self.mode = mode
         self.api_key = secrets.token_hex(32)
@@ -164,7 +166,8 @@ class _EmbeddedServer:
 
     def _start_subprocess(self, db: Path, tables: str, port: int, init: bool) -> None:
         cmd = [sys.executable, "-m", "tiled", "serve", "catalog", str(db)]
-        cmd += ["-w", str(self.directory / "data"), "-w", tables, "-r", str(self.assets)]
+        cmd += ["-w", str(self.directory / "data"), "-w", tables]
+        cmd += ["-r", str(self.assets), "-r", str(self.derived)]
         cmd += ["--host", "127.0.0.1", "--port", str(port)]
         if init:
             cmd.append("--init")
@@ -197,7 +200,7 @@ class _EmbeddedServer:
         adapter = from_uri(
             db,
             writable_storage=[self.directory / "data", tables],
-            readable_storage=[self.assets],
+            readable_storage=[self.assets, self.derived],
             init_if_not_exists=init,
         )
         app = build_app(adapter, authentication=Authentication(single_user_api_key=self.api_key))

@@ -123,13 +123,24 @@ class Session:
             done = self.pipeline.drain(timeout)
         return self.catalog.drain(timeout) and done
 
-    def close(self, timeout: float = 600.0) -> None:
-        """Let live analysis and storage finish, then close them (idempotent)."""
+    def close(self, timeout: float = 600.0, storage_timeout: float = 60.0) -> None:
+        """Let live analysis and storage finish, then close them (idempotent).
+
+        Analysis gets ``timeout`` s (a reconstruction can take minutes); storage
+        ``storage_timeout`` s: what the catalog has not taken by then stays in the
+        journal for ``multiscope catalog recover``.
+        """
         if self.pipeline is not None:
             self.pipeline.drain(timeout)
             self.pipeline.close(timeout)
-        self.catalog.drain(timeout)
-        self.catalog.close()
+        if not self.catalog.drain(storage_timeout):
+            logger.warning(
+                "the catalog did not take every run within %.0f s; they are in the journal "
+                "(%s): run `multiscope catalog recover`",
+                storage_timeout,
+                self.data_dir / "journal",
+            )
+        self.catalog.close(storage_timeout)
 
     def __repr__(self) -> str:
         mode = "simulated" if self.simulated else "facility"

@@ -51,16 +51,23 @@ def ca_port_pool() -> itertools.count:
     return iter(ports)
 
 
-def _start(pool, log_dir: Path) -> tuple[RunningIOC, simctl.IOCProcess]:
+def start_sim_ioc(
+    pool, log_dir: Path, name: str = "demo", extra_args=(), timeout: float = 30.0
+) -> tuple[RunningIOC, simctl.IOCProcess]:
+    """Start simulated IOC ``name`` on the next pooled port under a unique prefix."""
     port = next(pool)
     prefix = f"T{uuid.uuid4().hex[:6]}:"
-    ioc = simctl.start_ioc("demo", prefix=prefix, port=port, log_dir=log_dir)
+    ioc = simctl.start_ioc(name, prefix=prefix, port=port, log_dir=log_dir, extra_args=extra_args)
     try:
-        simctl.wait_until_ready(ioc, timeout=15)
+        simctl.wait_until_ready(ioc, timeout=timeout)
     except Exception:
         simctl.stop_ioc(ioc.pid)
         raise
     return RunningIOC(prefix, port, ioc.pid, ioc.log_path), ioc
+
+
+def _start(pool, log_dir: Path) -> tuple[RunningIOC, simctl.IOCProcess]:
+    return start_sim_ioc(pool, log_dir, "demo", timeout=15)
 
 
 @pytest.fixture(scope="session")

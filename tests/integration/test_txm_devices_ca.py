@@ -8,9 +8,9 @@ focus; an energy outside the optics' range must be refused with no axis moving.
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
+from conftest import start_sim_ioc
 from ophyd import EpicsSignalRO
 from ophyd.utils import LimitError
 
@@ -28,14 +28,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def txm_ioc(ca_port_pool, tmp_path_factory):
     """The TXM IOC under a unique prefix, for this module."""
-    port = next(ca_port_pool)
-    prefix = f"X{uuid.uuid4().hex[:6]}:"
-    ioc = simctl.start_ioc("txm", prefix=prefix, port=port, log_dir=tmp_path_factory.mktemp("txm"))
-    try:
-        simctl.wait_until_ready(ioc, timeout=30)
-    except Exception:
-        simctl.stop_ioc(ioc.pid)
-        raise
+    _, ioc = start_sim_ioc(ca_port_pool, tmp_path_factory.mktemp("txm"), "txm")
     yield ioc
     simctl.stop_ioc(ioc.pid)
 

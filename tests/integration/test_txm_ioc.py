@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import h5py
 import numpy as np
 import pytest
+from conftest import start_sim_ioc
 from scipy import ndimage
 
 from multiscope import simctl
@@ -56,20 +56,13 @@ def documented_pvs() -> list[str]:
 @pytest.fixture(scope="session")
 def txm_ioc(ca_port_pool, tmp_path_factory):
     """The TXM IOC for the whole session (own port and prefix)."""
-    port = next(ca_port_pool)
-    prefix = f"X{uuid.uuid4().hex[:6]}:"
-    ioc = simctl.start_ioc(
+    running, ioc = start_sim_ioc(
+        ca_port_pool,
+        tmp_path_factory.mktemp("txm-logs"),
         "txm",
-        prefix=prefix,
-        port=port,
-        log_dir=tmp_path_factory.mktemp("txm-logs"),
         extra_args=["--photons", str(PHOTONS), "--seed", str(SEED)],
     )
-    try:
-        simctl.wait_until_ready(ioc, timeout=20)
-    except Exception:
-        simctl.stop_ioc(ioc.pid)
-        raise
+    prefix, port = running.prefix, running.port
     yield SimpleNamespace(prefix=prefix, port=port, pid=ioc.pid, log_path=ioc.log_path)
     simctl.stop_ioc(ioc.pid)
 

@@ -89,8 +89,13 @@ def test_stitcher_publishes_after_the_last_tile_with_measured_offsets(tmp_path):
     np.testing.assert_allclose(offsets[:, 0], TRUE_SHIFTS, atol=0.5)
     np.testing.assert_allclose(offsets[:, 1:], 0, atol=0.5)
     event = stitched_docs[4][1]
-    np.testing.assert_allclose(event["data"]["offsets_vox"], offsets)
-    np.testing.assert_allclose(event["data"]["nominal_offsets_vox"], [0, 30, 60])
+    results = stitched_docs[0][1]["results"]
+    np.testing.assert_allclose(results["offsets_vox"], offsets)
+    np.testing.assert_allclose(results["nominal_offsets_vox"], [0, 30, 60])
+    deviation = np.max(np.abs(offsets[:, 0] - [0, 30, 60]))
+    assert event["data"]["max_offset_deviation_vox"] == pytest.approx(deviation)
+    # Event data are scalars only: the catalog's tables store nothing else.
+    assert all(np.ndim(v) == 0 for k, v in event["data"].items() if k != "volume")
 
     # Particles: every sphere lies inside the stitched volume and the field of view.
     assert result["volume"].shape[0] == height

@@ -37,9 +37,11 @@ Derived run
     ``segmentation``), ``software``, ``analysis_functions``, ``figures``, ``files``.
 ``primary`` (one event)
     ``volume`` (``external="STREAM:"``, ``[1, Z, y, x]`` in ``stitched.h5``),
-    ``offsets_vox`` (``[n_tiles, 3]``, z/y/x of each tile relative to the first),
-    ``nominal_offsets_vox`` (``[n_tiles]``, from the stage heights),
-    ``particle_count``, ``mean_diameter_um``.
+    ``particle_count``, ``mean_diameter_um``, ``max_offset_deviation_vox`` (largest
+    difference between a measured and a nominal z offset). The per-tile offsets
+    are in the start document's ``results`` (``offsets_vox``, ``[n_tiles, 3]``, z/y/x
+    relative to the first tile; ``nominal_offsets_vox`` from the stage heights):
+    the catalog's event tables hold scalars only.
 """
 
 from __future__ import annotations
@@ -297,13 +299,20 @@ class MosaicStitcher(DocumentRouter):
             ],
             "figures": [str(paths["slices_figure"]), str(paths["histogram_figure"])],
             "files": {"volume": str(paths["volume"]), "particles": str(paths["particles"])},
+            "results": {
+                "offsets_vox": np.asarray(offsets).tolist(),
+                "nominal_offsets_vox": np.asarray(nominal).tolist(),
+            },
         }
         docs = derived_run_documents(
             json_safe(md),
             volume_path=paths["volume"],
             volume_shape=volume.shape,
-            scalars={"particle_count": count, "mean_diameter_um": mean_d},
-            arrays={"offsets_vox": offsets, "nominal_offsets_vox": nominal},
+            scalars={
+                "particle_count": count,
+                "mean_diameter_um": mean_d,
+                "max_offset_deviation_vox": float(np.max(np.abs(offsets[:, 0] - nominal))),
+            },
         )
         if self.publish is not None:
             for name, doc in docs:

@@ -16,6 +16,7 @@ import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 
+from ..plan_stubs.frames import take_flats
 from .preflight import (
     PlanArgumentError,
     format_duration,
@@ -216,19 +217,18 @@ def mosaic_radiograph(
     _md.update(md or {})
     cam = getattr(camera, "cam", None)
 
-    @bpp.stage_decorator([camera])
     @bpp.run_decorator(md=_md)
     def run():
         if cam is not None and hasattr(cam, "acquire_time"):
             yield from bps.mv(cam.acquire_time, exposure_s)
         yield from bps.mv(shutter, "open")
-        yield from bps.mv(sample.x, out_x)
-        for _ in range(num_flats):
-            yield from bps.trigger_and_read([camera], name="flat")
+        yield from take_flats(camera, sample.x, out_x, origin[0], num_flats)
+        yield from bps.stage(camera)  # the tiles' file
         for x, z in zip(xs, zs, strict=True):
             yield from bps.checkpoint()
             yield from bps.mv(sample.x, float(x), sample.z, float(z))
             yield from bps.trigger_and_read([camera, sample.x, sample.z])
+        yield from bps.unstage(camera)
         yield from bps.mv(shutter, "close")
         yield from bps.mv(sample.x, origin[0], sample.z, origin[1])
 

@@ -1,6 +1,8 @@
 """Tomography plans for the TXM: step tomography with dark and flat policies.
 
-A tomogram is one run with three streams, as at every tomography beamline:
+A tomogram is one run with three streams, as at every tomography beamline
+(each contiguous block of frames in its own detector file, see
+:mod:`multiscope.plan_stubs.frames`):
 
 ===========  ===================================================================
 ``dark``     frames with the shutter closed (detector offset and dark current)
@@ -27,6 +29,7 @@ import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 
+from ..plan_stubs.frames import take_darks, take_flats
 from .preflight import (
     PlanArgumentError,
     estimate_move_time,
@@ -36,7 +39,16 @@ from .preflight import (
     require_positions_within_limits,
 )
 
-__all__ = ["FLAT_POLICIES", "DARK_POLICIES", "TomoSchedule", "tomo_schedule", "tomo_scan"]
+__all__ = [
+    "FLAT_POLICIES",
+    "DARK_POLICIES",
+    "FLY_FLAT_POLICIES",
+    "MAX_THETA_VELOCITY_DEG_S",
+    "TomoSchedule",
+    "fly_tomo_scan",
+    "tomo_schedule",
+    "tomo_scan",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -274,35 +286,326 @@ def tomo_scan(
     }  # fmt: skip
     _md.update(md or {})
 
-    def dark_set():
-        yield from bps.mv(shutter, "close")
-        for _ in range(num_darks):
-            yield from bps.trigger_and_read([camera], name="dark")
+    def inner():
+        if exposure_signal is not None:
+            yield from bps.mv(exposure_signal, exposure_s)
         yield from bps.mv(shutter, "open")
+        staged = False  # projections go to one file per block between dark/flat sets
+        for index in range(num_projections + 1):
+            if index in schedule.darks_before or index in schedule.flats_before:
+                if staged:
+                    yield from bps.unstage(camera)
+                    staged = False
+                if index in schedule.darks_before:
+                    yield from take_darks(camera, shutter, num_darks)
+                if index in schedule.flats_before:
+                    yield from take_flats(camera, sample.x, x_in + offset, x_in, num_flats)
+            if index == num_projections:
+                break
+            if not staged:
+                yield from bps.stage(camera)
+                staged = True
+            yield from bps.checkpoint()
+            yield from bps.mv(sample.theta, float(schedule.angles_deg[index]))
+            yield from bps.trigger_and_read([camera, sample.theta], name="primary")
+        if staged:
+            yield from bps.unstage(camera)
+        yield from bps.mv(shutter, "close")
 
-    def flat_set():
-        yield from bps.mv(sample.x, x_in + offset)
-        for _ in range(num_flats):
-            yield from bps.trigger_and_read([camera], name="flat")
-        yield from bps.mv(sample.x, x_in)
+    # The RunEngine unstages whatever is still staged if the plan fails.
+    @bpp.run_decorator(md=_md)
+    def run():
+        yield from inner()
+
+    return (yield from run())
+
+
+# ------------------------------------------------------------------------------ fly scan
+
+FLY_FLAT_POLICIES = ("start", "end", "both", "none")
+#: Default rotation-speed ceiling (deg/s): the TXM rotation's VMAX (docs/txm.md).
+MAX_THETA_VELOCITY_DEG_S = 180.0
+# Default readout time added to the exposure when no frame period is given (s).
+_FLY_READOUT_S = 0.005
+# The camera starts ~this long after the rotation passes the gate (measured 20-40 ms over CA).
+_KICKOFF_LATENCY_S = 0.03
+# Constant-speed travel kept before the first and after the last frame (s).
+_FLY_SETTLE_S = 0.1
+# Seconds between two collects while the frames come (live callbacks follow at this pace).
+_FLY_FLUSH_S = 0.5
+
+
+def _check_geometry_md(pixel_size_um, energy_keV, center_guess_px, sample_id) -> None:
+    """Check the geometry and sample metadata of a tomogram (raises PlanArgumentError)."""
+    for name, value in (("pixel_size_um", pixel_size_um), ("energy_keV", energy_keV)):
+        if value is not None:
+            require_number(name, value, minimum=0, exclusive_minimum=True)
+    if center_guess_px is not None:
+        require_number("center_guess_px", center_guess_px)
+    if not isinstance(sample_id, str):
+        raise PlanArgumentError(f"sample_id must be a string, got {sample_id!r}")
+
+
+def _signal_value(signal, default: float) -> float:
+    """A numeric signal's value, or ``default`` when absent or unreadable (checks only)."""
+    if signal is None:
+        return default
+    try:
+        return float(signal.get())
+    except Exception:  # a fake or disconnected signal must not break validation
+        return default
+
+
+class _PassGate:
+    """Triggerable whose status is done when ``positioner`` reaches ``threshold`` (increasing).
+
+    The fly scan starts the camera when the rotation, already at constant speed,
+    passes the first angle: a position gate as a hardware trigger would be.
+    """
+
+    def __init__(self, positioner, threshold: float, timeout: float):
+        self.positioner = positioner
+        self.threshold = float(threshold)
+        self.timeout = float(timeout)
+        self.name = f"{positioner.name}_gate"
+        self.parent = None
+
+    def trigger(self):
+        from ophyd.status import SubscriptionStatus
+
+        def passed(*args, value, **kwargs):
+            return float(value) >= self.threshold
+
+        return SubscriptionStatus(self.positioner, passed, timeout=self.timeout)
+
+
+def fly_tomo_scan(
+    camera,
+    sample,
+    shutter,
+    *,
+    num_projections: int,
+    angle_range_deg: float = 180.0,
+    start_deg: float = 0.0,
+    exposure_s: float,
+    frame_period_s: float | None = None,
+    num_darks: int = 10,
+    num_flats: int = 10,
+    flat_policy: str = "both",
+    dark_policy: str = "start",
+    sample_out_offset_um: float = 300.0,
+    max_velocity_deg_s: float | None = None,
+    pixel_size_um: float | None = None,
+    energy_keV: float | None = None,
+    center_guess_px: float | None = None,
+    sample_id: str = "",
+    md: dict | None = None,
+    flyer=None,
+):
+    """Fly tomography: the rotation turns at constant speed while the camera free-runs.
+
+    One run with streams ``dark`` and ``flat`` (step events, as :func:`tomo_scan`)
+    and ``primary``: ``num_projections`` frames collected from the camera's file,
+    one every ``frame_period_s``, each with its rotation angle at mid-exposure
+    (``<camera>_theta``, recorded by the IOC), as StreamResource/StreamDatum
+    documents (:class:`~multiscope.devices.flyers.FlyingCamera`). The rotation
+    runs from a run-up before ``start_deg`` (acceleration and settling) to past
+    the end of the range at ``angle_range_deg / (num_projections * period)``
+    deg/s; its velocity is restored afterwards, also on failure.
+
+    Parameters
+    ----------
+    camera : StreamingCamera
+        Area detector (frames to HDF5); ``cam.acquire_time`` is set to ``exposure_s``.
+    sample : SampleStage
+        ``theta`` (deg; a motor with ``velocity`` and ``acceleration``) and ``x`` (um).
+    shutter : Movable
+        ``set("open")`` / ``set("close")``; closed for darks.
+    num_projections, angle_range_deg, start_deg, dark_policy
+        As :func:`tomo_schedule` (projections over ``[start, start + range)``).
+    exposure_s : float
+        Exposure per frame (s), > 0.
+    frame_period_s : float, optional
+        Time between frame starts (s), >= ``exposure_s``; default ``exposure_s`` + 5 ms.
+    num_darks, num_flats : int
+        Frames per dark / flat set (>= 1 when the policy takes any).
+    flat_policy : {"start", "end", "both", "none"}
+        When to take flats (``"every"`` would interrupt the rotation).
+    sample_out_offset_um : float
+        How far ``sample.x`` moves for flats (um, non-zero; limits checked).
+    max_velocity_deg_s : float, optional
+        Fastest allowed rotation; default :data:`MAX_THETA_VELOCITY_DEG_S`.
+    pixel_size_um, energy_keV, center_guess_px : float, optional
+        Geometry recorded in the ``tomo`` metadata block.
+    sample_id : str
+        Sample identifier recorded in the metadata.
+    md : dict, optional
+        Metadata merged over the plan's own.
+    flyer : FlyingCamera, optional
+        The free-running camera; by default ``FlyingCamera(camera)`` configured here.
+
+    Raises
+    ------
+    PlanArgumentError
+        Before any message: any invalid argument, a rotation faster than allowed, or
+        a sweep (run-up and run-out included) or sample-out target outside a limit.
+    """
+    if flat_policy not in FLY_FLAT_POLICIES:
+        raise PlanArgumentError(
+            f"flat_policy must be one of {FLY_FLAT_POLICIES} for a fly scan, got {flat_policy!r}"
+        )
+    schedule = tomo_schedule(
+        num_projections,
+        angle_range_deg,
+        start_deg=start_deg,
+        flat_policy=flat_policy,
+        dark_policy=dark_policy,
+    )
+    exposure_s = require_number("exposure_s", exposure_s, minimum=0, exclusive_minimum=True)
+    if frame_period_s is None:
+        frame_period_s = exposure_s + _FLY_READOUT_S
+    frame_period_s = require_number("frame_period_s", frame_period_s, minimum=exposure_s)
+    num_darks = require_int("num_darks", num_darks, minimum=1 if schedule.num_dark_sets else 0)
+    num_flats = require_int("num_flats", num_flats, minimum=1 if schedule.num_flat_sets else 0)
+    offset = require_number("sample_out_offset_um", sample_out_offset_um)
+    if schedule.num_flat_sets and offset == 0:
+        raise PlanArgumentError("sample_out_offset_um must be non-zero when flats are taken")
+    _check_geometry_md(pixel_size_um, energy_keV, center_guess_px, sample_id)
+    if max_velocity_deg_s is None:
+        max_velocity_deg_s = MAX_THETA_VELOCITY_DEG_S
+    max_velocity_deg_s = require_number(
+        "max_velocity_deg_s", max_velocity_deg_s, minimum=0, exclusive_minimum=True
+    )
+    theta = sample.theta
+    velocity = angle_range_deg / (num_projections * frame_period_s)
+    if velocity > max_velocity_deg_s:
+        raise PlanArgumentError(
+            f"rotation speed {velocity:.4g} deg/s (angle_range_deg / (num_projections * "
+            f"frame_period_s)) exceeds max_velocity_deg_s {max_velocity_deg_s:g}; take more "
+            "projections or a longer frame_period_s"
+        )
+    accel_s = max(0.0, _signal_value(getattr(theta, "acceleration", None), 0.0))
+    # Run-up: the ramp (v * ACCL / 2), settling, then the first exposure's first half and
+    # the camera's start latency, all before the first angle; the same margin after the end.
+    runup = velocity * (accel_s + _FLY_SETTLE_S + exposure_s + _KICKOFF_LATENCY_S)
+    sweep_start = start_deg - runup
+    sweep_end = start_deg + angle_range_deg + runup
+    require_positions_within_limits("fly sweep", theta, [sweep_start, sweep_end])
+    x_in = float(sample.x.position)
+    if schedule.num_flat_sets:
+        require_positions_within_limits("sample_out_offset_um", sample.x, [x_in + offset])
+    velocity_signal = getattr(theta, "velocity", None)
+    if velocity_signal is None:
+        raise PlanArgumentError(f"{theta.name} has no velocity to set for the fly scan")
+    exposure_signal = _exposure_signal(camera)
+
+    if flyer is None:
+        from multiscope.devices.flyers import FlyingCamera
+
+        flyer = FlyingCamera(camera)
+    flyer.num_frames = num_projections
+    flyer.frame_period_s = frame_period_s
+    sweep_s = (sweep_end - sweep_start) / velocity + accel_s
+
+    step_frames = num_darks * schedule.num_dark_sets + num_flats * schedule.num_flat_sets
+    to_start_s = estimate_move_time(theta, [sweep_start])
+    out_in_s = 2 * schedule.num_flat_sets * estimate_move_time(sample.x, [x_in + offset, x_in])
+    estimate = step_frames * (exposure_s + _FRAME_OVERHEAD_S) + to_start_s + sweep_s + out_in_s
+    logger.info(
+        "fly_tomo_scan: %d projections at %.4g deg/s (%.1f Hz), %d dark/flat frames, estimated %s",
+        num_projections,
+        velocity,
+        1.0 / frame_period_s,
+        step_frames,
+        format_duration(estimate),
+    )
+
+    angle_key = flyer.attribute_key("theta") if hasattr(flyer, "attribute_key") else None
+    tomo_md = {
+        "num_projections": num_projections,
+        "angle_range_deg": angle_range_deg,
+        "start_deg": start_deg,
+        "exposure_s": exposure_s,
+        "num_darks": num_darks,
+        "num_flats": num_flats,
+        "flat_policy": flat_policy,
+        "flat_every": None,
+        "dark_policy": dark_policy,
+        "sample_out_offset_um": offset,
+        "pixel_size_um": pixel_size_um,
+        "energy_keV": energy_keV,
+        "center_guess_px": center_guess_px,
+        "sample_id": sample_id,
+        "rotation": theta.name,
+        "frame_period_s": frame_period_s,
+        "theta_velocity_deg_s": velocity,
+    }
+    _md = {
+        "plan_name": "fly_tomo_scan",
+        "detectors": [camera.name],
+        "motors": [theta.name],
+        "num_points": num_projections,
+        "num_intervals": num_projections - 1,
+        "plan_args": {"num_projections": num_projections, "angle_range_deg": angle_range_deg,
+                      "exposure_s": exposure_s, "frame_period_s": frame_period_s,
+                      "flat_policy": flat_policy},
+        "hints": {"dimensions": [([angle_key or theta.name], "primary")]},
+        "estimated_duration_s": round(estimate, 3),
+        "sample_id": sample_id,
+        "tomo": tomo_md,
+    }  # fmt: skip
+    _md.update(md or {})
+    gate = _PassGate(
+        theta,
+        start_deg - velocity * (0.5 * exposure_s + _KICKOFF_LATENCY_S),
+        timeout=sweep_s + 10.0,
+    )
+    original_velocity = {}
+
+    def fly():
+        yield from bps.checkpoint()
+        yield from bps.mv(theta, sweep_start)
+        original_velocity["value"] = yield from bps.rd(velocity_signal)
+        yield from bps.mv(velocity_signal, velocity)
+        yield from bps.stage(camera)  # the projections' own file
+        yield from bps.declare_stream(flyer, name="primary", collect=True)
+        move = "fly_tomo_rotation"
+        yield from bps.abs_set(theta, sweep_end, group=move)
+        yield from bps.trigger(gate, wait=True)
+        yield from bps.kickoff(flyer, wait=True)
+        # Collects every _FLY_FLUSH_S while the frames come, and once more at the end.
+        yield from bps.collect_while_completing([flyer], [flyer], _FLY_FLUSH_S, "primary")
+        yield from bps.wait(group=move)
+        yield from bps.unstage(camera)
+        yield from restore_velocity()
+
+    def restore_velocity():
+        if "value" in original_velocity:
+            yield from bps.mv(velocity_signal, original_velocity.pop("value"))
+
+    def cleanup():
+        # On failure: stop the camera and the rotation, then restore the speed.
+        if "value" in original_velocity:
+            yield from bps.stop(flyer)
+            yield from bps.stop(theta)
+        yield from restore_velocity()
 
     def inner():
         if exposure_signal is not None:
             yield from bps.mv(exposure_signal, exposure_s)
         yield from bps.mv(shutter, "open")
-        for index in range(num_projections + 1):
-            if index in schedule.darks_before:
-                yield from dark_set()
-            if index in schedule.flats_before:
-                yield from flat_set()
-            if index == num_projections:
-                break
-            yield from bps.checkpoint()
-            yield from bps.mv(sample.theta, float(schedule.angles_deg[index]))
-            yield from bps.trigger_and_read([camera, sample.theta], name="primary")
+        if 0 in schedule.darks_before:
+            yield from take_darks(camera, shutter, num_darks)
+        if 0 in schedule.flats_before:
+            yield from take_flats(camera, sample.x, x_in + offset, x_in, num_flats)
+        yield from bpp.finalize_wrapper(fly(), cleanup())
+        if num_projections in schedule.flats_before:
+            yield from take_flats(camera, sample.x, x_in + offset, x_in, num_flats)
+        if num_projections in schedule.darks_before:
+            yield from take_darks(camera, shutter, num_darks)
         yield from bps.mv(shutter, "close")
 
-    @bpp.stage_decorator([camera])
+    # The RunEngine unstages whatever is still staged if the plan fails.
     @bpp.run_decorator(md=_md)
     def run():
         yield from inner()

@@ -1,0 +1,222 @@
+"""fly_tomo_scan: validation before any message, message order, documents, restore (no IOC)."""
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.utils import FailedStatus
+from event_model import compose_stream_resource
+from fakes import FakeCamera, FakeShutter
+from ophyd import Signal, SoftPositioner
+from ophyd.status import Status
+
+from multiscope.plans.preflight import PlanArgumentError
+from multiscope.plans.tomography import fly_tomo_scan
+
+NY = NX = 4
+
+
+class FakeRotation(SoftPositioner):
+    """A rotation with the motor-record fields a fly scan sets (VELO, ACCL)."""
+
+    def __init__(self, *, name, **kwargs):
+        super().__init__(name=name, limits=(-720, 720), init_pos=0.0, **kwargs)
+        self.velocity = Signal(name=f"{name}_velocity", value=90.0)
+        self.acceleration = Signal(name=f"{name}_acceleration", value=0.05)
+
+
+class FakeSample:
+    def __init__(self):
+        self.x = SoftPositioner(name="sample_x", limits=(-500, 500), init_pos=0.0)
+        self.theta = FakeRotation(name="sample_theta")
+
+
+class FakeFlyer:
+    """Records what the plan asks; publishes its ``num_frames`` frames when collected."""
+
+    def __init__(self, camera, *, fail_complete=False):
+        self.camera = camera
+        self.name = camera.name
+        self.parent = None
+        self.num_frames = 0
+        self.frame_period_s = 0.0
+        self.fail_complete = fail_complete
+        self.calls = []
+        self.velocity_at_kickoff = None
+        self._collected = 0
+        self._bundles = {}
+
+    def attribute_key(self, attribute):
+        return f"{self.camera.name}_{attribute}"
+
+    def describe_collect(self):
+        keys = {"camera_image": [1, NY, NX], "camera_theta": []}
+        return {
+            key: {"source": "fake", "dtype": "array" if shape else "number",
+                  "shape": shape, "external": "STREAM:"}
+            for key, shape in keys.items()
+        }  # fmt: skip
+
+    def kickoff(self):
+        self.calls.append("kickoff")
+        self._bundles = {
+            key: compose_stream_resource(
+                mimetype="application/x-hdf5", uri="file://localhost/tmp/fake.h5",
+                data_key=key, parameters={"dataset": "/entry/data/data"},
+            )
+            for key in self.describe_collect()
+        }  # fmt: skip
+        status = Status(obj=self)
+        status.set_finished()
+        return status
+
+    def complete(self):
+        self.calls.append("complete")
+        status = Status(obj=self)
+        if self.fail_complete:
+            status.set_exception(RuntimeError("camera IOC disconnected"))
+        else:
+            status.set_finished()
+        return status
+
+    def get_index(self):
+        return self.num_frames
+
+    def collect_asset_docs(self, index=None):
+        self.calls.append("collect")
+        if self._collected >= self.num_frames:
+            return
+        upto = self.num_frames
+        if self._collected == 0:
+            for bundle in self._bundles.values():
+                yield "stream_resource", bundle.stream_resource_doc
+        for bundle in self._bundles.values():
+            indices = {"start": self._collected, "stop": upto}
+            yield "stream_datum", bundle.compose_stream_datum(indices=indices)
+        self._collected = upto
+
+    def stop(self, *, success=False):
+        self.calls.append("stop")
+
+
+@pytest.fixture
+def rig():
+    camera = FakeCamera(name="camera")
+    return camera, FakeSample(), FakeShutter(name="shutter", value="close"), FakeFlyer(camera)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"num_projections": 1}, "num_projections must be >= 2"),
+        ({"angle_range_deg": 0}, "angle_range_deg must be > 0"),
+        ({"exposure_s": 0}, "exposure_s must be > 0"),
+        ({"frame_period_s": 0.01}, "frame_period_s must be >= 0.02"),
+        ({"flat_policy": "every"}, "flat_policy must be one of"),
+        ({"dark_policy": "sometimes"}, "dark_policy must be one of"),
+        ({"num_flats": 0}, "num_flats must be >= 1"),
+        ({"sample_out_offset_um": 900}, "outside its limits"),
+        ({"sample_out_offset_um": 0}, "must be non-zero"),
+        ({"num_projections": 20, "frame_period_s": 0.02}, "exceeds max_velocity_deg_s"),
+        ({"max_velocity_deg_s": 5}, "exceeds max_velocity_deg_s"),
+        ({"max_velocity_deg_s": 0}, "max_velocity_deg_s must be > 0"),
+        ({"start_deg": 700}, "fly sweep"),
+        # every projection angle is inside the limits, the run-up before them is not
+        ({"start_deg": -719.5}, "fly sweep"),
+        ({"start_deg": 540, "angle_range_deg": 179.9}, "fly sweep"),
+        ({"energy_keV": -8}, "energy_keV must be > 0"),
+        ({"center_guess_px": float("nan")}, "center_guess_px must be finite"),
+        ({"sample_id": 3}, "sample_id must be a string"),
+    ],
+)
+def test_bad_arguments_refused_before_any_message(rig, kwargs, fragment):
+    camera, sample, shutter, flyer = rig
+    args = {"num_projections": 90, "exposure_s": 0.02, "frame_period_s": 0.05, **kwargs}
+    with pytest.raises(PlanArgumentError, match=fragment):
+        next(iter(fly_tomo_scan(camera, sample, shutter, flyer=flyer, **args)))
+    assert sample.x.position == 0 and sample.theta.position == 0
+    assert sample.theta.velocity.get() == 90.0
+    assert shutter.get() == "close" and flyer.calls == []
+
+
+def run_plan(rig, **kwargs):
+    camera, sample, shutter, flyer = rig
+    RE = RunEngine({})
+    documents, messages = [], []
+    RE.subscribe(lambda name, doc: documents.append((name, doc)))
+    RE.msg_hook = messages.append
+    args = {"num_projections": 90, "exposure_s": 0.02, "frame_period_s": 0.05, "num_darks": 3,
+            "num_flats": 4, "flat_policy": "both", "dark_policy": "both", "pixel_size_um": 0.26,
+            "energy_keV": 8.0, "sample_id": "tab 3", **kwargs}  # fmt: skip
+    RE(fly_tomo_scan(camera, sample, shutter, flyer=flyer, **args))
+    return documents, messages
+
+
+def test_streams_metadata_and_restored_velocity(rig):
+    camera, sample, shutter, flyer = rig
+    documents, messages = run_plan(rig)
+    start = next(doc for name, doc in documents if name == "start")
+    assert start["plan_name"] == "fly_tomo_scan" and start["num_points"] == 90
+    tomo = start["tomo"]
+    assert tomo["frame_period_s"] == 0.05
+    assert tomo["theta_velocity_deg_s"] == pytest.approx(180 / (90 * 0.05))
+    assert tomo["pixel_size_um"] == 0.26 and tomo["flat_policy"] == "both"
+    assert {"num_darks", "num_flats", "dark_policy", "rotation", "center_guess_px"} <= set(tomo)
+    assert start["estimated_duration_s"] > 90 * 0.05
+    stop = next(doc for name, doc in documents if name == "stop")
+    assert stop["exit_status"] == "success"
+    assert stop["num_events"] == {"dark": 6, "flat": 8, "primary": 90}
+    primary = next(d for n, d in documents if n == "descriptor" and d["name"] == "primary")
+    assert set(primary["data_keys"]) == {"camera_image", "camera_theta"}
+    datums = [doc for name, doc in documents if name == "stream_datum"]
+    assert {d["descriptor"] for d in datums} == {primary["uid"]}
+    seq = sorted((d["seq_nums"]["start"], d["seq_nums"]["stop"]) for d in datums)
+    assert seq == [(1, 91), (1, 91)]  # one datum per data key
+    # The flyer ran N frames at the period; speed, position and shutter are back.
+    assert (flyer.num_frames, flyer.frame_period_s) == (90, 0.05)
+    assert flyer.calls[:2] == ["kickoff", "complete"] and "stop" not in flyer.calls
+    assert sample.theta.velocity.get() == 90.0
+    assert sample.theta.position > 180  # past the end of the range (run-out)
+    assert sample.x.position == 0 and shutter.get() == "close"
+
+
+def test_message_order(rig):
+    camera, sample, shutter, flyer = rig
+    _, messages = run_plan(rig, dark_policy="start", flat_policy="end")
+    theta, velocity = sample.theta, sample.theta.velocity
+    steps = []
+    for msg in messages:
+        if msg.command == "set" and msg.obj is velocity:
+            steps.append(("velocity", msg.args[0]))
+        elif msg.command == "set" and msg.obj is theta:
+            steps.append(("theta", round(msg.args[0], 3)))
+        elif msg.command == "set" and msg.obj is sample.x:
+            steps.append(("x", msg.args[0]))
+        elif msg.command in ("kickoff", "complete", "declare_stream", "open_run", "close_run"):
+            steps.append((msg.command,))
+        elif msg.command == "trigger" and msg.obj is not camera:
+            steps.append(("gate",))
+        elif msg.command == "save":
+            steps.append(("event",))
+    # darks (3 events) before the fly; flats after it, with the sample out and back.
+    velocity_deg_s = 180 / (90 * 0.05)
+    runup = velocity_deg_s * (0.05 + 0.1 + 0.02 + 0.03)  # ACCL, settling, exposure, latency
+    compact = [s for i, s in enumerate(steps) if s != ("event",) or steps[i - 1] != s]
+    assert compact == [
+        ("open_run",), ("event",),
+        ("theta", round(-runup, 3)), ("velocity", velocity_deg_s), ("declare_stream",),
+        ("theta", round(180 + runup, 3)), ("gate",), ("kickoff",), ("complete",),
+        ("velocity", 90.0),
+        ("x", 300.0), ("event",), ("x", 0.0),
+        ("close_run",),
+    ]  # fmt: skip
+    assert np.isclose(runup, 8.0)
+
+
+def test_failed_acquisition_stops_and_restores(rig):
+    camera, sample, shutter, flyer = rig
+    failing = FakeFlyer(camera, fail_complete=True)
+    with pytest.raises(FailedStatus) as info:
+        run_plan((camera, sample, shutter, failing))
+    assert "disconnected" in str(info.value.args[0].exception())
+    assert "stop" in failing.calls
+    assert sample.theta.velocity.get() == 90.0
