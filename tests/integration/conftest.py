@@ -17,7 +17,8 @@ import pytest
 
 from multiscope import config, simctl
 
-PORT_POOL_SIZE = 8
+# Every IOC a test session starts takes one; a restart reuses its port.
+PORT_POOL_SIZE = 32
 
 
 @dataclass
@@ -55,7 +56,9 @@ def start_sim_ioc(
     pool, log_dir: Path, name: str = "demo", extra_args=(), timeout: float = 30.0
 ) -> tuple[RunningIOC, simctl.IOCProcess]:
     """Start simulated IOC ``name`` on the next pooled port under a unique prefix."""
-    port = next(pool)
+    port = next(pool, None)
+    if port is None:
+        raise RuntimeError(f"all {PORT_POOL_SIZE} reserved CA ports are used: raise PORT_POOL_SIZE")
     prefix = f"T{uuid.uuid4().hex[:6]}:"
     ioc = simctl.start_ioc(name, prefix=prefix, port=port, log_dir=log_dir, extra_args=extra_args)
     try:
