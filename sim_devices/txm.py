@@ -749,6 +749,12 @@ class TXMIOC(PVGroup):
             axis_offset_um=float(axis_offset_px) * start_pixel,
             drift=drift,
         )
+        # Render once before serving: the projector's numba kernels compile (or load their
+        # cache) now, not on the first projection of a fly scan, where a 1-2 s stall on a
+        # fresh machine would skip tens of degrees of rotation.
+        self.physics.render(
+            TXMState(binning=binning, theta_deg=30.0), 0.001, (16, 16), np.random.default_rng(0)
+        )
         self.camera = SimAreaDetector(
             prefix=self.prefix, scene=self.scene, shape=shape, ioc=self, seed=self.seed
         )
