@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _report import write_section as replace_section
 from event_model import compose_run
 
 from multiscope.callbacks.frames import FrameReader
@@ -175,13 +175,7 @@ def write_section(path, table, note):
         "Timings vary +-30 % with the load of "
         "the shared machine.\n"
     )
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body + "\n", text).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + body
-    path.write_text(text)
+    replace_section(HEADING, body, path)
     print(f"\nwrote {path}")
 
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _report import write_section as replace_section
 from skimage.transform import iradon
 
 from multiscope.analysis.tomo import find_center, minus_log, normalize, reconstruct
@@ -237,14 +237,7 @@ def write_section(path, table):
         "to 1e-3 of the error. ASTRA's FBP (its own filter discretisation) is ~10 % worse "
         "here. Timings vary +-30 % with the load of the shared machine.\n"
     )
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body + "\n", text).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + body
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    replace_section(HEADING, body, path)
     print(f"\nwrote {path}")
 
 

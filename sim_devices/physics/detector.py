@@ -28,6 +28,8 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
+from multiscope.analysis.optics import depth_of_focus_um, focal_length_mm, wavelength_nm
+
 from .projector import DetectorGeometry
 
 __all__ = [
@@ -50,37 +52,10 @@ __all__ = [
     "wavelength_nm",
 ]
 
-_HC_KEV_NM = 1.239841984  # h c in keV nm
-
 
 # --------------------------------------------------------------------------------------
 # Zone-plate optics
 # --------------------------------------------------------------------------------------
-def wavelength_nm(energy_keV: float) -> float:
-    """X-ray wavelength in nm for a photon energy in keV (1.2398 / E)."""
-    return _HC_KEV_NM / float(energy_keV)
-
-
-def focal_length_mm(diameter_um: float, outermost_zone_nm: float, energy_keV: float) -> float:
-    """Zone-plate focal length ``f = D dr / lambda``.
-
-    Parameters
-    ----------
-    diameter_um : float
-        Zone-plate diameter D, um.
-    outermost_zone_nm : float
-        Outermost zone width dr, nm.
-    energy_keV : float
-        Photon energy, keV.
-
-    Returns
-    -------
-    float
-        Focal length, mm (60 um, 30 nm, 8 keV -> 11.6 mm).
-    """
-    return diameter_um * 1e-3 * outermost_zone_nm / wavelength_nm(energy_keV)
-
-
 def image_distance_mm(f_mm: float, p_mm: float) -> float:
     """Image distance q from the lens equation ``1/p + 1/q = 1/f`` (mm in, mm out).
 
@@ -125,11 +100,6 @@ def object_defocus_um(f_mm: float, p_mm: float, q_mm: float) -> float:
 def numerical_aperture(outermost_zone_nm: float, energy_keV: float) -> float:
     """Zone-plate numerical aperture ``lambda / (2 dr)`` (dimensionless)."""
     return wavelength_nm(energy_keV) / (2.0 * outermost_zone_nm)
-
-
-def depth_of_focus_um(outermost_zone_nm: float, energy_keV: float) -> float:
-    """Full depth of focus ``4 dr^2 / lambda`` in um (30 nm, 8 keV -> 23.2 um)."""
-    return 4.0 * outermost_zone_nm**2 / wavelength_nm(energy_keV) * 1e-3
 
 
 def defocus_blur_sigma_um(defocus_um: float, outermost_zone_nm: float, energy_keV: float) -> float:

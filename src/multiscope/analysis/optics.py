@@ -46,7 +46,9 @@ def wavelength_nm(energy_keV):
     energy = np.asarray(energy_keV, dtype=float)
     if np.any(energy <= 0):
         raise ValueError("energy_keV must be positive")
-    return HC_KEV_NM / energy
+    wavelength = HC_KEV_NM / energy
+    # A plain float for a scalar energy: callers store it in PVs and metadata.
+    return float(wavelength) if wavelength.ndim == 0 else wavelength
 
 
 def focal_length_mm(diameter_um, outermost_zone_nm, energy_keV):

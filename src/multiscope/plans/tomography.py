@@ -227,13 +227,7 @@ def tomo_scan(
     offset = require_number("sample_out_offset_um", sample_out_offset_um)
     if schedule.num_flat_sets and offset == 0:
         raise PlanArgumentError("sample_out_offset_um must be non-zero when flats are taken")
-    for name, value in (("pixel_size_um", pixel_size_um), ("energy_keV", energy_keV)):
-        if value is not None:
-            require_number(name, value, minimum=0, exclusive_minimum=True)
-    if center_guess_px is not None:
-        require_number("center_guess_px", center_guess_px)
-    if not isinstance(sample_id, str):
-        raise PlanArgumentError(f"sample_id must be a string, got {sample_id!r}")
+    _check_geometry_md(pixel_size_um, energy_keV, center_guess_px, sample_id)
     require_positions_within_limits("angles", sample.theta, schedule.angles_deg)
     x_in = float(sample.x.position)
     if schedule.num_flat_sets:
