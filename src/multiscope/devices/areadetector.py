@@ -44,6 +44,7 @@ __all__ = ["DATA_PATH", "ATTRIBUTES_PATH", "StreamingCamera", "StreamHDF5Plugin"
 DATA_PATH = "/entry/data/data"
 ATTRIBUTES_PATH = "/entry/instrument/NDAttributes"
 MIMETYPE = "application/x-hdf5"
+RECONNECT_TIMEOUT_S = 5.0  # channel search back-off after an IOC restart is 1, 2, 4 s
 
 
 class StreamHDF5Plugin(HDF5Plugin_V22):
@@ -218,8 +219,11 @@ class StreamingCamera(DetectorBase):
 
     def trigger_timeout(self) -> float:
         """Seconds one trigger may take before its status fails."""
-        exposure = float(self.cam.acquire_time.get())
-        period = max(exposure, float(self.cam.acquire_period.get()))
+        # Right after an IOC restart (a resumed run) channels are still reconnecting;
+        # wait a little longer than the 1 s default for them, still finitely.
+        wait = RECONNECT_TIMEOUT_S
+        exposure = float(self.cam.acquire_time.get(connection_timeout=wait))
+        period = max(exposure, float(self.cam.acquire_period.get(connection_timeout=wait)))
         return self.num_images * period + self.trigger_margin
 
     def trigger(self) -> DeviceStatus:
