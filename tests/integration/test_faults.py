@@ -134,9 +134,18 @@ def test_beam_ioc_disconnect_suspends_and_resumes_after_restart(fresh_demo_ioc, 
         return (yield from bpp.stage_wrapper(plan, [cam, beam]))
 
     try:
-        (uid,) = session.RE(counts_with_delay())
+        try:
+            (uid,) = session.RE(counts_with_delay())
+        finally:
+            helper.join(30)
+        _check_resumed_run(session, uid, killed, restarted, events)
     finally:
-        helper.join(30)
+        session.close()
+        if "ioc" in restarted:  # the restarted IOC is ours to stop, whatever happened
+            simctl.stop_ioc(restarted["ioc"].pid)
+
+
+def _check_resumed_run(session, uid, killed, restarted, events):
     assert "t" in killed
     # Nothing was recorded while the beam monitor was gone.
     assert restarted["events_during_outage"] <= 6
@@ -146,5 +155,3 @@ def test_beam_ioc_disconnect_suspends_and_resumes_after_restart(fresh_demo_ioc, 
     seq = [doc["seq_num"] for doc in events]
     # Rewind may re-emit an interrupted point; after de-duplication every point is there once.
     assert sorted(set(seq)) == list(range(1, 21))
-    session.close()
-    simctl.stop_ioc(restarted["ioc"].pid)
