@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from .catalog import Catalog
 from .config import apply_ca_client_environment, ca_client_environment
 from .config import data_dir as resolve_data_dir
 from .metadata import JSONMetadataStore
+from .plan_stubs.connection import wait_for_reconnection
 from .suspenders import SuspendFloorOrDisconnect
 
 __all__ = ["InstrumentSpec", "INSTRUMENTS", "Session", "configure_session"]
@@ -307,11 +309,15 @@ def configure_session(
         gate = devices[device_name]
         for attribute in attributes:
             gate = getattr(gate, attribute)
+        # On resume, wait for the devices that were up at start-up: the beam channel
+        # can reconnect seconds before the rest of a restarted IOC.
+        connected_devices = [device for device in devices.values() if device.connected]
         RE.install_suspender(
             SuspendFloorOrDisconnect(
                 gate,
                 spec.beam_floor,
                 sleep=1.0,
+                post_plan=partial(wait_for_reconnection, connected_devices),
                 tripped_message="beam current below floor or its IOC disconnected",
             )
         )
