@@ -44,19 +44,36 @@ Geometry and optics (see ``docs/txm.md``; lengths along the beam in mm)
   every frame exactly (HDF5 attribute ``theta``).
 * Shutter closed or no ring current: dark frames (offset + dark current + read
   noise).
+* **XANES chemistry** (``docs/txm.md``, "XANES chemistry and truth"): every NMC
+  particle carries a seeded Ni oxidation-state field (``--valence-pattern``,
+  ``--valence-seed``; :func:`sim_devices.physics.xanes.assign_valence`). Inside the
+  XANES window (8.10-8.70 keV) frames are rendered with the Ni K-edge model (edge
+  step and whiteline shifting 1.5 eV per valence unit, on the non-resonant
+  attenuation of the other elements), tapered into the tabulated xraydb attenuation
+  over 50 eV at both ends so the two renderings meet exactly at the boundary;
+  outside the window, xraydb as before.
+* **Energy drift**: at every energy inside the XANES window the sample sits
+  elsewhere in the image by a seeded jump (``--energy-drift-px`` rms per axis, at
+  most ``--energy-drift-max-px``), a pure function of seed and energy; frames record
+  the image drift as ``drift_x_px`` / ``drift_y_px`` and ``truth:drift_x_px`` /
+  ``truth:drift_y_px`` show the energy jump at the current energy. Separate from the
+  slow time drift (``--drift-um``). :mod:`sim_devices.xanes_truth` writes the true
+  whiteline map of a projection.
 
 Run::
 
     python -m sim_devices.txm --prefix TXM: --port 5071 [--binning 2] [--shape NY NX]
         [--seed 0] [--photons 20000] [--drift-um 0] [--axis-offset-px 3.7] [--particles N]
+        [--valence-pattern mixed] [--valence-seed SEED] [--energy-drift-px 1]
+        [--energy-drift-max-px 3]
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field, replace
 from textwrap import dedent
 
 import numpy as np
@@ -72,6 +89,7 @@ from sim_devices.physics import (
     DetectorModel,
     DriftModel,
     ElectrodeTab,
+    EnergyDriftModel,
     ZonePlate,
     make_tab,
     object_defocus_um,
@@ -79,15 +97,26 @@ from sim_devices.physics import (
     render_dark,
     render_frame,
 )
+from sim_devices.physics.xanes import (
+    NI_K_EDGE_KEV,
+    XANES_WINDOW_KEV,
+    ValenceField,
+    assign_valence,
+    project_xanes,
+    xanes_weight,
+)
 from sim_devices.server import ioc_argument_parser, run_from_args
 from sim_devices.shutter import Shutter
 
 __all__ = [
     "CAMERA_PIXEL_UM",
     "DEFAULT_DET_Z_MM",
+    "DEFAULT_ENERGY_DRIFT_MAX_PX",
+    "DEFAULT_ENERGY_DRIFT_PX",
     "DEFAULT_ENERGY_KEV",
     "DEFAULT_PORT",
     "DEFAULT_PREFIX",
+    "DEFAULT_VALENCE_PATTERN",
     "DEFAULT_ZP_Z_MM",
     "SAMPLE_OUT_UM",
     "TXMIOC",
@@ -95,9 +124,15 @@ __all__ = [
     "TXMScene",
     "TXMState",
     "TrackedAxis",
+    "VALENCE_PATTERNS",
+    "canonical_valence_pattern",
+    "energy_drift_model",
     "focus_zp_z_mm",
+    "in_focus",
     "main",
+    "make_valence",
     "optics_of",
+    "start_pixel_um",
 ]
 
 DEFAULT_PREFIX = "TXM:"
@@ -135,6 +170,12 @@ PHASE_RING_TRANSMISSION = 0.75
 PHASE_CONTRAST_GAIN = 1.5  # weight of the high-passed thickness added by the ring
 PHASE_HALO_PX = 6.0  # halo width of Zernike contrast
 MAX_DEFOCUS_UM = 2000.0  # beyond this the image is hopeless anyway; caps the blur cost
+
+# XANES: Ni valence field of the NMC particles and sample jumps between energies.
+VALENCE_PATTERNS = ("mixed", "core-shell", "gradient", "radial", "uniform", "none")
+DEFAULT_VALENCE_PATTERN = "mixed"
+DEFAULT_ENERGY_DRIFT_PX = 1.0  # rms per image axis, px at the start-up optics
+DEFAULT_ENERGY_DRIFT_MAX_PX = 3.0
 
 
 # --------------------------------------------------------------------------------------
@@ -217,6 +258,46 @@ DEFAULT_PIXEL_UM = optics_of(
 ).pixel_size_um
 
 
+def start_pixel_um(binning: int, objective: str = "2x") -> float:
+    """Effective pixel (um) at the start-up optics (8 keV, M = 50) for ``binning``."""
+    return optics_of(
+        DEFAULT_ENERGY_KEV, DEFAULT_ZP_Z_MM, DEFAULT_DET_Z_MM, OBJECTIVES[objective], int(binning)
+    ).pixel_size_um
+
+
+def canonical_valence_pattern(pattern: str) -> str:
+    """Name of ``pattern`` as :func:`~sim_devices.physics.xanes.assign_valence` knows it.
+
+    ``"gradient"`` is the radial gradient (``"radial"``); ``"none"`` means no chemistry.
+    """
+    if pattern not in VALENCE_PATTERNS:
+        raise ValueError(f"valence pattern must be one of {VALENCE_PATTERNS}, got {pattern!r}")
+    return "radial" if pattern == "gradient" else pattern
+
+
+def make_valence(tab: ElectrodeTab, pattern: str, seed: int) -> ValenceField | None:
+    """The valence field the IOC gives ``tab`` (None for pattern ``"none"``)."""
+    pattern = canonical_valence_pattern(pattern)
+    if pattern == "none":
+        return None
+    return assign_valence(tab, seed=int(seed), pattern=pattern)
+
+
+def energy_drift_model(
+    rms_px: float, max_px: float, pixel_um: float, seed: int
+) -> EnergyDriftModel:
+    """Energy drift of ``rms_px`` (max ``max_px``) pixels of ``pixel_um``, in the XANES window."""
+    rms_px, max_px = float(rms_px), float(max_px)
+    if not (math.isfinite(rms_px) and rms_px >= 0 and max_px >= 0):
+        raise ValueError("energy drift rms and maximum must be finite and >= 0")
+    return EnergyDriftModel(
+        rms_um=rms_px * pixel_um,
+        max_um=max_px * pixel_um,
+        seed=int(seed),
+        window_keV=XANES_WINDOW_KEV,
+    )
+
+
 # --------------------------------------------------------------------------------------
 # Scene: state -> frame
 # --------------------------------------------------------------------------------------
@@ -269,6 +350,25 @@ class TXMState:
         }
 
 
+def in_focus(
+    state: TXMState,
+    energy_keV: float | None = None,  # noqa: N803 - unit spelling
+    magnification: float = NOMINAL_MAGNIFICATION,
+) -> TXMState:
+    """``state`` at ``energy_keV`` with zone plate and detector in focus at ``magnification``.
+
+    What the energy pseudo-axis (``multiscope.devices.txm.TXMEnergy``, thin lens, no
+    calibration) does: ``zp:z = f (M + 1) / M``, ``det:z = zp:z + f (M + 1)``, so
+    the pixel size stays that of ``M``. For ``sample:y = 0``.
+    """
+    energy = state.energy_keV if energy_keV is None else float(energy_keV)
+    f = ZONE_PLATE.focal_length_mm(energy)
+    zp_z = f * (magnification + 1.0) / magnification
+    return replace(
+        state, energy_keV=energy, zp_z_mm=zp_z, det_z_mm=zp_z + f * (magnification + 1.0)
+    )
+
+
 def _gauss(offset: float, sigma: float) -> float:
     return math.exp(-0.5 * (offset / sigma) ** 2)
 
@@ -289,6 +389,19 @@ class TXMScene:
         Rotation axis minus optical axis across the beam, um (sample plane).
     drift : DriftModel
         Sample drift versus time (off by default).
+    valence : ValenceField, optional
+        Ni oxidation states of the tab's NMC particles: inside the XANES window
+        (``xanes_window_keV``) frames are rendered with the Ni K-edge model
+        (:func:`~sim_devices.physics.xanes.project_xanes`, tapered into the
+        tabulated attenuation at the window ends); None renders xraydb everywhere.
+    energy_drift : EnergyDriftModel
+        Sample jump per energy (image plane, um; off by default).
+    xanes_window_keV : tuple of float
+        Energies where the chemistry is rendered (default
+        :data:`~sim_devices.physics.xanes.XANES_WINDOW_KEV`).
+    cache_size : int
+        Line-integral images kept (least recently used first out), keyed by
+        geometry, sample position, angle, energy and phase ring.
     """
 
     tab: ElectrodeTab
@@ -296,7 +409,11 @@ class TXMScene:
     photons_per_s: float = DEFAULT_PHOTONS
     axis_offset_um: float = DEFAULT_AXIS_OFFSET_PX * DEFAULT_PIXEL_UM
     drift: DriftModel = field(default_factory=DriftModel)
-    _cache: tuple = field(default=(None, None), repr=False)
+    valence: ValenceField | None = None
+    energy_drift: EnergyDriftModel = field(default_factory=EnergyDriftModel)
+    xanes_window_keV: tuple[float, float] = XANES_WINDOW_KEV  # noqa: N815 - unit spelling
+    cache_size: int = 8
+    _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     def axis_offset_px(self, state: TXMState, *, with_sample_x: bool = True) -> float:
         """Rotation-axis column minus detector centre column (px) in ``state``.
@@ -324,10 +441,50 @@ class TXMScene:
             axis_offset_px=self.axis_offset_px(state),
         )
 
+    # -- chemistry and drift ----------------------------------------------------------
+
+    def xanes_weight(self, state: TXMState) -> float:
+        """Weight of the Ni K-edge model at ``state``'s energy (0: xraydb only)."""
+        if self.valence is None:
+            return 0.0
+        return xanes_weight(state.energy_keV, self.xanes_window_keV)
+
+    def energy_drift_px(self, state: TXMState) -> tuple[float, float]:
+        """Image shift (columns, rows) from the energy drift at ``state``, px."""
+        x, y = self.energy_drift.offset_um(state.energy_keV)
+        pixel = state.optics.pixel_size_um
+        return (x / pixel, y / pixel)
+
+    def image_shift_px(self, state: TXMState) -> tuple[float, float]:
+        """Total drift of the image (columns, rows) in ``state``, px: energy + time drift.
+
+        Positive moves the image towards larger column / row indices (the
+        ``scipy.ndimage.shift`` convention); this is what the frame attributes
+        ``drift_x_px`` / ``drift_y_px`` record.
+        """
+        ex, ey = self.energy_drift_px(state)
+        dx, dy, dz = self.drift.offset_um(state.time_s)
+        if dx == dy == dz == 0.0:
+            return (ex, ey)
+        a = math.radians(state.theta_deg)
+        pixel = state.optics.pixel_size_um
+        return (ex - (math.cos(a) * dx - math.sin(a) * dy) / pixel, ey + dz / pixel)
+
     def center_um(self, state: TXMState) -> tuple[float, float, float]:
-        """Tab point on the rotation axis at the detector centre row (tab frame, um)."""
+        """Tab point on the rotation axis at the detector centre row (tab frame, um).
+
+        Includes the time drift (tab frame) and the energy drift (an image-plane
+        shift, turned into the tab frame at the current angle).
+        """
         dx, dy, dz = self.drift.offset_um(state.time_s)
         z = 0.5 * self.tab.height_um - state.sample_um[2] + self._zp_shift_um(state, 1)
+        sx, sy = self.energy_drift.offset_um(state.energy_keV)
+        if sx or sy:
+            # Image shift (sx across, sy down) = sample moved by (sx, -sy) in the lab.
+            a = math.radians(state.theta_deg)
+            dx -= sx * math.cos(a)
+            dy += sx * math.sin(a)
+            dz += sy
         return (float(dx), float(dy), float(z + dz))
 
     def illumination(self, state: TXMState) -> float:
@@ -345,7 +502,10 @@ class TXMScene:
     def line_integrals(self, state: TXMState, shape: tuple[int, int]) -> np.ndarray:
         """``integral mu dl`` (float32, read-only) seen by the camera, incl. phase contrast.
 
-        The last result is cached: frames at rest (darks aside) reuse it.
+        Inside the XANES window (with a valence field) the NMC attenuation follows the
+        Ni K-edge model; elsewhere the tabulated xraydb values.  The last
+        ``cache_size`` results are cached: frames at rest (darks aside), and a
+        sample moved out for flats and back in, reuse them.
         """
         geometry = self.geometry(state, shape)
         center = self.center_um(state)
@@ -353,16 +513,26 @@ class TXMScene:
         if state.phase_ring_in:
             ring = _gauss(math.hypot(*state.phase_ring_xy_um), PHASE_RING_SIGMA_UM)
         key = (geometry, center, float(state.theta_deg), round(state.energy_keV, 6), ring)
-        cached_key, cached = self._cache
-        if cached_key == key:
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
             return cached
-        p = project(self.tab, math.radians(state.theta_deg), state.energy_keV, geometry, center)
+        angle = math.radians(state.theta_deg)
+        weight = self.xanes_weight(state)
+        if weight > 0.0:
+            p = project_xanes(
+                self.tab, self.valence, angle, state.energy_keV, geometry, center, weight=weight
+            )
+        else:
+            p = project(self.tab, angle, state.energy_keV, geometry, center)
         if ring > 0.01:
             # Zernike contrast: dense features darker with a bright halo around them.
             halo = ndimage.gaussian_filter(p, PHASE_HALO_PX, mode="nearest", truncate=3.0)
             p = p + np.float32(PHASE_CONTRAST_GAIN * ring) * (p - halo)
         p.flags.writeable = False
-        self._cache = (key, p)
+        self._cache[key] = p
+        while len(self._cache) > max(int(self.cache_size), 1):
+            self._cache.popitem(last=False)
         return p
 
     def detector_model(self, state: TXMState, shape: tuple[int, int]) -> DetectorModel:
@@ -374,6 +544,12 @@ class TXMScene:
             zone_plate=ZONE_PLATE,
         )
 
+    def attributes(self, state: TXMState) -> dict[str, float]:
+        """Per-frame HDF5 attributes: the state's, plus the image drift (px)."""
+        attrs = state.attributes()
+        attrs["drift_x_px"], attrs["drift_y_px"] = self.image_shift_px(state)
+        return attrs
+
     def render(
         self,
         state: TXMState,
@@ -384,11 +560,11 @@ class TXMScene:
         """One uint16 frame and its attributes."""
         model = self.detector_model(state, shape)
         if not state.shutter_open or model.photons_per_s <= 0:
-            return render_dark(exposure_s, rng, model), state.attributes()
+            return render_dark(exposure_s, rng, model), self.attributes(state)
         p = self.line_integrals(state, shape)
         defocus = float(np.clip(state.optics.defocus_um, -MAX_DEFOCUS_UM, MAX_DEFOCUS_UM))
         frame = render_frame(p, exposure_s, rng, model, defocus, state.energy_keV)
-        return frame, state.attributes()
+        return frame, self.attributes(state)
 
 
 # --------------------------------------------------------------------------------------
@@ -510,7 +686,8 @@ class TXMIOC(PVGroup):
         ``sim_devices.areadetector``), plus ``cam1:BinX``/``BinY`` (+ ``_RBV``:
         1, 2 or 4, set together; refused while acquiring or capturing). Frames
         carry the attributes ``theta`` (deg, mid-exposure), ``sample_x``,
-        ``sample_y``, ``sample_z`` (um) and ``energy`` (keV).
+        ``sample_y``, ``sample_z`` (um), ``energy`` (keV) and ``drift_x_px``,
+        ``drift_y_px`` (image drift, px: columns +right, rows +down).
     Beam
         ``ring:current`` (mA), ``ring:status``, ``ring:current:SP``, ``ring:dump``,
         ``ring:inject``; ``shutter:Cmd``, ``shutter:Pos-Sts``, ``shutter:Open-Sts``,
@@ -519,7 +696,9 @@ class TXMIOC(PVGroup):
         ``truth:axis_offset_px`` (rotation axis column minus centre column, px, at
         ``sample:x = 0``),
         ``truth:focus_zp_z`` (mm, in focus for the current energy, det:z, sample:y),
-        ``truth:seed`` (phantom seed).
+        ``truth:seed`` (phantom seed), ``truth:drift_x_px``, ``truth:drift_y_px``
+        (energy drift of the image at the current energy, px),
+        ``truth:valence_seed``, ``truth:valence_pattern`` (Ni valence field).
 
     Parameters
     ----------
@@ -540,6 +719,16 @@ class TXMIOC(PVGroup):
         Number of NMC particles (default: fill 45 % of the coating).
     tab : ElectrodeTab, optional
         A ready phantom (tests), instead of building one from ``seed``.
+    valence_pattern : str
+        Ni valence field of the NMC particles: ``mixed`` (default), ``core-shell``,
+        ``gradient`` (= ``radial``), ``uniform``, or ``none`` (no chemistry).
+    valence_seed : int, optional
+        Seed of the valence field (default ``seed``).
+    energy_drift_px : float
+        Rms image jump per axis at each energy of the XANES window (px at the
+        start-up optics); 0 disables it.
+    energy_drift_max_px : float
+        Largest jump (px at the start-up optics).
     """
 
     # -- condenser ------------------------------------------------------------------
@@ -711,6 +900,36 @@ class TXMIOC(PVGroup):
         read_only=True,
         doc="Ground truth: phantom seed (the same seed rebuilds the phantom)",
     )
+    truth_drift_x_px = pvproperty(
+        name="truth:drift_x_px",
+        value=0.0,
+        read_only=True,
+        precision=4,
+        units="px",
+        doc="Ground truth: energy drift of the image at the current energy, columns (px, +right)",
+    )
+    truth_drift_y_px = pvproperty(
+        name="truth:drift_y_px",
+        value=0.0,
+        read_only=True,
+        precision=4,
+        units="px",
+        doc="Ground truth: energy drift of the image at the current energy, rows (px, +down)",
+    )
+    truth_valence_seed = pvproperty(
+        name="truth:valence_seed",
+        value=0,
+        dtype=ChannelType.LONG,
+        read_only=True,
+        doc="Ground truth: seed of the Ni valence field (with the pattern, rebuilds it)",
+    )
+    truth_valence_pattern = pvproperty(
+        name="truth:valence_pattern",
+        value="mixed",
+        dtype=ChannelType.STRING,
+        read_only=True,
+        doc="Ground truth: Ni valence pattern (core-shell, radial, uniform, mixed; none)",
+    )
 
     def __init__(
         self,
@@ -723,6 +942,10 @@ class TXMIOC(PVGroup):
         axis_offset_px: float = DEFAULT_AXIS_OFFSET_PX,
         particles: int | None = None,
         tab: ElectrodeTab | None = None,
+        valence_pattern: str = DEFAULT_VALENCE_PATTERN,
+        valence_seed: int | None = None,
+        energy_drift_px: float = DEFAULT_ENERGY_DRIFT_PX,
+        energy_drift_max_px: float = DEFAULT_ENERGY_DRIFT_MAX_PX,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -742,19 +965,31 @@ class TXMIOC(PVGroup):
             DEFAULT_ENERGY_KEV, DEFAULT_ZP_Z_MM, DEFAULT_DET_Z_MM, self.objective, binning
         ).pixel_size_um
         drift = DriftModel(rms_um=(float(drift_um),) * 3, seed=self.seed)
+        self.valence_pattern = canonical_valence_pattern(valence_pattern)
+        self.valence_seed = self.seed if valence_seed is None else int(valence_seed)
         self.physics = TXMScene(
             tab=tab,
             seed=self.seed,
             photons_per_s=float(photons),
             axis_offset_um=float(axis_offset_px) * start_pixel,
             drift=drift,
+            valence=make_valence(tab, self.valence_pattern, self.valence_seed),
+            energy_drift=energy_drift_model(
+                energy_drift_px, energy_drift_max_px, start_pixel, self.seed
+            ),
         )
         # Render once before serving: the projector's numba kernels compile (or load their
         # cache) now, not on the first projection of a fly scan, where a 1-2 s stall on a
-        # fresh machine would skip tens of degrees of rotation.
-        self.physics.render(
-            TXMState(binning=binning, theta_deg=30.0), 0.001, (16, 16), np.random.default_rng(0)
-        )
+        # fresh machine would skip tens of degrees of rotation. The second frame, at the
+        # Ni edge, builds the valence shells and the edge model's xraydb fits.
+        for energy in (DEFAULT_ENERGY_KEV, NI_K_EDGE_KEV + 0.018):
+            self.physics.render(
+                TXMState(binning=binning, theta_deg=30.0, energy_keV=energy),
+                0.001,
+                (16, 16),
+                np.random.default_rng(0),
+            )
+        self.physics._cache.clear()
         self.camera = SimAreaDetector(
             prefix=self.prefix, scene=self.scene, shape=shape, ioc=self, seed=self.seed
         )
@@ -826,6 +1061,9 @@ class TXMIOC(PVGroup):
         await self._write_if_changed(
             self.truth_axis_offset_px, self.physics.axis_offset_px(state, with_sample_x=False), 1e-6
         )
+        drift_x, drift_y = self.physics.energy_drift_px(state)
+        await self._write_if_changed(self.truth_drift_x_px, drift_x, 1e-6)
+        await self._write_if_changed(self.truth_drift_y_px, drift_y, 1e-6)
 
     async def _axis_moved(self, axis: TrackedAxis) -> None:
         await self.update_derived()
@@ -834,6 +1072,8 @@ class TXMIOC(PVGroup):
     async def truth_seed(self, instance, async_lib):
         """Publish the seed and the derived PVs at start-up."""
         await instance.write(self.seed)
+        await self.truth_valence_seed.write(self.valence_seed)
+        await self.truth_valence_pattern.write(self.valence_pattern)
         # Informational, as on a real controller: fly scans may use up to this.
         await self.sample_theta.fields.max_velocity.write(MAX_THETA_VELOCITY)
         for pair in (self.bin_x, self.bin_y):
@@ -923,6 +1163,32 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="number of NMC particles (default: fill 45 %% of the coating)",
     )
+    parser.add_argument(
+        "--valence-pattern",
+        choices=VALENCE_PATTERNS,
+        default=DEFAULT_VALENCE_PATTERN,
+        help="Ni oxidation-state field of the NMC particles (gradient = radial; none: no "
+        "chemistry, xraydb at every energy; default %(default)s)",
+    )
+    parser.add_argument(
+        "--valence-seed",
+        type=int,
+        default=None,
+        help="seed of the valence field (default: --seed)",
+    )
+    parser.add_argument(
+        "--energy-drift-px",
+        type=float,
+        default=DEFAULT_ENERGY_DRIFT_PX,
+        help="rms image jump per axis at each energy in the XANES window, px at the "
+        "start-up optics (0 disables; default %(default)s)",
+    )
+    parser.add_argument(
+        "--energy-drift-max-px",
+        type=float,
+        default=DEFAULT_ENERGY_DRIFT_MAX_PX,
+        help="largest energy jump, px (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     ioc = TXMIOC(
         prefix=args.prefix,
@@ -933,6 +1199,10 @@ def main(argv: list[str] | None = None) -> None:
         drift_um=args.drift_um,
         axis_offset_px=args.axis_offset_px,
         particles=args.particles,
+        valence_pattern=args.valence_pattern,
+        valence_seed=args.valence_seed,
+        energy_drift_px=args.energy_drift_px,
+        energy_drift_max_px=args.energy_drift_max_px,
     )
     run_from_args(ioc.pvdb, args)
 

@@ -15,6 +15,7 @@ Units: um, keV, s, rad; mu in 1/um.  Axis conventions are in
 from .detector import (
     DetectorModel,
     DriftModel,
+    EnergyDriftModel,
     ZonePlate,
     defocus_blur_sigma_um,
     depth_of_focus_um,
@@ -49,6 +50,7 @@ __all__ = [
     "DetectorModel",
     "DriftModel",
     "ElectrodeTab",
+    "EnergyDriftModel",
     "Material",
     "VoxelVolume",
     "ZonePlate",

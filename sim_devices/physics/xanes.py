@@ -47,6 +47,16 @@ positions.  Because the whiteline is wider (FWHM 4.5 eV, 2 sigma = 3.8 eV) than 
 largest valence shift (3 eV), every such sum is unimodal and its maximum lies
 between the smallest and largest single-valence whiteline on the ray.
 
+Rendering window
+----------------
+The model only matters near the edge; far from it the tabulated xraydb attenuation is
+exact and cheaper.  :data:`XANES_WINDOW_KEV` (8.10-8.70 keV) is where renderers (the
+TXM IOC) switch to :func:`project_xanes`; :func:`xanes_weight` tapers the resonant
+model into the tabulated value over :data:`XANES_TAPER_KEV` (50 eV, raised cosine)
+at both ends, so at the window boundary the two renderings are identical and the
+spectrum is continuous (C1) across it.  Inside the taper the model differs from
+xraydb by < 0.5 %, and the whiteline (~8.35 keV) is 150 eV from either taper.
+
 Units: energies in keV at the interface unless the name says ``_eV``; lengths um;
 mu 1/um.
 
@@ -85,6 +95,8 @@ __all__ = [
     "WHITELINE_AMPLITUDE",
     "WHITELINE_FWHM_EV",
     "WHITELINE_NI2_EV",
+    "XANES_TAPER_KEV",
+    "XANES_WINDOW_KEV",
     "TrueWhitelineMap",
     "ValenceField",
     "assign_valence",
@@ -102,6 +114,7 @@ __all__ = [
     "whiteline_center_eV",
     "whiteline_energy_eV",
     "xanes_mu_volume",
+    "xanes_weight",
 ]
 
 #: Tabulated Ni K-edge (xraydb), keV.
@@ -118,6 +131,10 @@ EDGE_WIDTH_EV = 1.5
 WHITELINE_FWHM_EV = 4.5
 #: Whiteline height in units of the edge jump.
 WHITELINE_AMPLITUDE = 0.55
+#: Energies (keV) where renderers use the resonant model (:func:`xanes_weight` > 0).
+XANES_WINDOW_KEV = (8.10, 8.70)
+#: Width (keV) of the raised-cosine taper at each end of :data:`XANES_WINDOW_KEV`.
+XANES_TAPER_KEV = 0.05
 
 _NMC = MATERIAL_IDS["nmc811"]
 _CBD = MATERIAL_IDS["cbd"]
@@ -310,6 +327,50 @@ def mu_tables(energies_keV) -> np.ndarray:
             mu = xraydb.material_mu(mat.formula, e_ev, density=mat.density_g_cm3)
             out[:, m] = np.asarray(mu, dtype=np.float64) * _PER_CM_TO_PER_UM
     return out
+
+
+def xanes_weight(
+    energy_keV: float,
+    window_keV: tuple[float, float] = XANES_WINDOW_KEV,
+    taper_keV: float = XANES_TAPER_KEV,
+) -> float:
+    """Weight of the resonant model in rendered NMC811 attenuation at ``energy_keV``.
+
+    1 inside the window less its tapers, 0 outside the window, a raised cosine in
+    between (continuous with a continuous derivative), so
+    ``mu = mu_xraydb + w (mu_model - mu_xraydb)`` joins the tabulated attenuation
+    smoothly at the window boundary (see the module docstring).
+
+    Parameters
+    ----------
+    energy_keV : float
+        Photon energy, keV.
+    window_keV : tuple of float
+        (low, high) window, keV.
+    taper_keV : float
+        Taper width at each end, keV (0: a hard switch).
+
+    Returns
+    -------
+    float
+        Weight in [0, 1].
+
+    Examples
+    --------
+    >>> [round(xanes_weight(e), 6) for e in (8.0, 8.10, 8.125, 8.35, 8.69, 8.70)]
+    [0.0, 0.0, 0.5, 1.0, 0.095492, 0.0]
+    """
+    e = float(energy_keV)
+    lo, hi = (float(v) for v in window_keV)
+    if not lo < e < hi:
+        return 0.0
+    taper = float(taper_keV)
+    if taper <= 0:
+        return 1.0
+    edge = min(e - lo, hi - e) / taper
+    if edge >= 1.0:
+        return 1.0
+    return 0.5 - 0.5 * math.cos(math.pi * edge)
 
 
 # --------------------------------------------------------------------------------------
@@ -544,6 +605,7 @@ def project_xanes(
     detector: DetectorGeometry,
     center_um: tuple[float, float, float] | None = None,
     base_mu: np.ndarray | None = None,
+    weight: float = 1.0,
 ) -> np.ndarray:
     """Exact line integrals of mu through the tab with the valence-dependent NMC model.
 
@@ -563,6 +625,10 @@ def project_xanes(
     base_mu : numpy.ndarray, optional
         mu of the standard materials at ``energy_keV`` (a row of :func:`mu_tables`);
         default :func:`.materials.mu_table` (slow on a cache miss: ~0.1 s).
+    weight : float
+        Blend of the NMC attenuation: ``base_mu[nmc] + weight * (model - base_mu[nmc])``
+        (:func:`xanes_weight`; 1: the model, 0: the tabulated value everywhere,
+        i.e. exactly :func:`.projector.project`).
 
     Returns
     -------
@@ -572,7 +638,20 @@ def project_xanes(
     st = _cached_shell_tab(tab, valence_field)
     base = mu_table(energy_keV) if base_mu is None else np.asarray(base_mu, dtype=np.float64)
     pore_mu = base[MATERIAL_IDS[tab.pore_material]]
-    mus = _shell_mu(st, base, lambda v: nmc_mu_near_edge(energy_keV, v), pore_mu)
+    w = float(weight)
+    if w == 1.0:
+
+        def mu_of(v):
+            return nmc_mu_near_edge(energy_keV, v)
+
+    else:
+        tabulated = base[_NMC]
+
+        def mu_of(v):
+            model = nmc_mu_near_edge(energy_keV, v)
+            return tabulated + w * (model - tabulated)
+
+    mus = _shell_mu(st, base, mu_of, pore_mu)
     return project(st.tab, angle_rad, energy_keV, detector, center_um=center_um, mu=mus)
 
 

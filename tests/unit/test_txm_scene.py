@@ -99,8 +99,11 @@ def test_scene_with_shutter_closed_gives_darks_and_attributes(ioc):
     frame, attrs = ioc.scene(ctx)  # in-process the shutter is closed
     assert frame.shape == SHAPE and frame.dtype == np.uint16
     assert abs(frame.mean() - 100.0) < 2 and frame.std() < 5
-    assert set(attrs) == {"theta", "sample_x", "sample_y", "sample_z", "energy"}
+    assert set(attrs) == {
+        "theta", "sample_x", "sample_y", "sample_z", "energy", "drift_x_px", "drift_y_px"
+    }  # fmt: skip
     assert attrs["energy"] == 8.0
+    assert attrs["drift_x_px"] == attrs["drift_y_px"] == 0.0  # no energy drift at 8 keV
 
 
 def test_sample_out_gives_a_flat(ioc):
