@@ -94,6 +94,8 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
             "multiscope.plans.scans",
             "multiscope.plans.tomography",
             "multiscope.plans.mosaic",
+            "multiscope.plans.xanes",
+            "multiscope.plans.calibration",
         ),
         facility_prefix="TXM:",
         beam_current="beam_current.current",

@@ -47,8 +47,13 @@ def take_darks(camera, shutter, num: int):
 
 
 @plan
-def take_flats(camera, sample_x, out_position: float, in_position: float, num: int):
-    """Move the sample out along ``sample_x``, take ``num`` frames in ``flat``, move it back."""
+def take_flats(
+    camera, sample_x, out_position: float, in_position: float, num: int, *, also_read=()
+):
+    """Move the sample out along ``sample_x``, take ``num`` frames in ``flat``, move it back.
+
+    ``also_read`` is read with every frame, as in :func:`take_frames`.
+    """
     yield from bps.mv(sample_x, out_position)
-    yield from take_frames(camera, num, "flat")
+    yield from take_frames(camera, num, "flat", also_read=also_read)
     yield from bps.mv(sample_x, in_position)

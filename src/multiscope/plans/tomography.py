@@ -161,6 +161,52 @@ def _theta_speed(rotation) -> float:
         return 0.0
 
 
+def step_tomogram(
+    camera, sample, shutter, schedule, *, num_darks, num_flats, x_in, x_out, also_read=()
+):
+    """The frames of one step tomogram inside an open run, shutter open (a plan fragment).
+
+    Darks and flats where ``schedule`` puts them, one ``primary`` event per angle
+    reading ``camera``, ``sample.theta`` and ``also_read``; flats read ``also_read``
+    too. Projections between two dark/flat sets go to one detector file. Used by
+    :func:`tomo_scan` and by the XANES tomograms (one per energy, in one run).
+
+    Parameters
+    ----------
+    camera, sample, shutter
+        As :func:`tomo_scan`.
+    schedule : TomoSchedule
+        Angles and where the dark and flat sets go.
+    num_darks, num_flats : int
+        Frames per dark / flat set.
+    x_in, x_out : float
+        ``sample.x`` in the beam and out of it (flats).
+    also_read : sequence of Readable
+        Read with every projection and flat (e.g. the energy and its index).
+    """
+    num_projections = len(schedule.angles_deg)
+    staged = False  # projections go to one file per block between dark/flat sets
+    for index in range(num_projections + 1):
+        if index in schedule.darks_before or index in schedule.flats_before:
+            if staged:
+                yield from bps.unstage(camera)
+                staged = False
+            if index in schedule.darks_before:
+                yield from take_darks(camera, shutter, num_darks)
+            if index in schedule.flats_before:
+                yield from take_flats(camera, sample.x, x_out, x_in, num_flats, also_read=also_read)
+        if index == num_projections:
+            break
+        if not staged:
+            yield from bps.stage(camera)
+            staged = True
+        yield from bps.checkpoint()
+        yield from bps.mv(sample.theta, float(schedule.angles_deg[index]))
+        yield from bps.trigger_and_read([camera, sample.theta, *also_read], name="primary")
+    if staged:
+        yield from bps.unstage(camera)
+
+
 def tomo_scan(
     camera,
     sample,
@@ -284,26 +330,10 @@ def tomo_scan(
         if exposure_signal is not None:
             yield from bps.mv(exposure_signal, exposure_s)
         yield from bps.mv(shutter, "open")
-        staged = False  # projections go to one file per block between dark/flat sets
-        for index in range(num_projections + 1):
-            if index in schedule.darks_before or index in schedule.flats_before:
-                if staged:
-                    yield from bps.unstage(camera)
-                    staged = False
-                if index in schedule.darks_before:
-                    yield from take_darks(camera, shutter, num_darks)
-                if index in schedule.flats_before:
-                    yield from take_flats(camera, sample.x, x_in + offset, x_in, num_flats)
-            if index == num_projections:
-                break
-            if not staged:
-                yield from bps.stage(camera)
-                staged = True
-            yield from bps.checkpoint()
-            yield from bps.mv(sample.theta, float(schedule.angles_deg[index]))
-            yield from bps.trigger_and_read([camera, sample.theta], name="primary")
-        if staged:
-            yield from bps.unstage(camera)
+        yield from step_tomogram(
+            camera, sample, shutter, schedule, num_darks=num_darks, num_flats=num_flats,
+            x_in=x_in, x_out=x_in + offset,
+        )  # fmt: skip
         yield from bps.mv(shutter, "close")
 
     # The RunEngine unstages whatever is still staged if the plan fails.
