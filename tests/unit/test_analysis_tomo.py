@@ -1,9 +1,12 @@
 """Tomography against an analytic phantom: spheres in a cylinder, exact line integrals."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from skimage.transform import iradon
 
+from multiscope.analysis import tomo
 from multiscope.analysis.tomo import find_center, minus_log, normalize, reconstruct
 
 N = 128  # detector columns
@@ -139,8 +142,11 @@ def test_gridrec_no_worse_than_iradon(scan, circle):
     err_iradon = rmse_in_circle(ref, phantom)
     # gridrec models iradon's linear interpolation in Fourier space (replicas
     # beyond |w| = 1.5 and replica points under 3 % weight are dropped), so the
-    # RMSEs agree to ~0.1 %: measured +0.13 % here, -0.17 % on the 1024-px
-    # benchmark phantom. Tolerance: 0.5 % (a tie within noise; see report).
+    # RMSEs agree to ~0.1 %: measured +0.13 % here, -0.23 % on the 1024-px
+    # benchmark phantom. Not "no worse": the dropped points are part of
+    # iradon's result, and on this low-noise phantom they carry more signal
+    # than noise; gridding all of them (5 bands, 2.3x the points) gives -0.01 %.
+    # Tolerance: 0.5 % (a tie within noise).
     assert err_grid <= 1.005 * err_iradon, (err_grid, err_iradon)
     # Same units and geometry as iradon: the difference is a few % of the error.
     assert rmse_in_circle(rec, ref) < 0.1 * err_iradon
@@ -152,6 +158,32 @@ def test_gridrec_no_worse_than_iradon(scan, circle):
     yy, xx = np.ogrid[-half : N - half, -half : N - half]
     inside = yy**2 + xx**2 <= (0.3 * N) ** 2
     assert rec[:, inside].mean() == pytest.approx(phantom[:, inside].mean(), rel=0.02)
+
+
+def test_gridrec_pairs_lone_slices_threads_and_reuse_agree(scan):
+    """Pairs (complex packing), a lone slice (real FFTs), kept plans and threads agree."""
+    _, theta, center, lines = scan
+    tomo._ENGINES.clear()
+    batch = reconstruct(lines[:, :5], theta, center=center, circle=True)  # 2 pairs + 1 lone
+    assert len(tomo._ENGINES) == 1  # the geometry is kept
+    for r in (0, 3, 4):
+        alone = reconstruct(lines[:, r : r + 1], theta, center=center, circle=True)
+        # Different NUFFT point sets: equal to the NUFFT's accuracy (eps 3e-3).
+        np.testing.assert_allclose(alone[0], batch[r], atol=1e-3 * np.abs(batch).max())
+    # Same points: equal to rounding (threads may sum the NUFFT in another order).
+    tiny = 1e-6 * np.abs(batch).max()
+    again = reconstruct(lines[:, :5], theta, center=center, circle=True)  # kept plans
+    np.testing.assert_allclose(again, batch, rtol=0, atol=tiny)
+    # Concurrent calls: the kept engine serves one, a fresh one the other.
+    with ThreadPoolExecutor(2) as pool:
+        results = list(
+            pool.map(lambda _: reconstruct(lines[:, :5], theta, center, circle=True), range(4))
+        )
+    for res in results:
+        np.testing.assert_allclose(res, batch, rtol=0, atol=tiny)
+    # Another geometry replaces the kept one.
+    reconstruct(lines[:, :1], theta, center=center + 0.5)
+    assert len(tomo._ENGINES) == 1
 
 
 @pytest.mark.parametrize("circle", [False, True])
