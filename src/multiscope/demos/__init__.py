@@ -19,6 +19,7 @@ __all__ = ["DEMOS", "DemoResult", "run_demos"]
 # insert their demos here at their place in the chain.
 DEMOS: dict[str, str] = {
     "demo": "multiscope.demos.harness",
+    "tomo": "multiscope.demos.tomo",
 }
 
 
