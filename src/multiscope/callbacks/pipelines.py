@@ -1,11 +1,14 @@
 """Live analysis pipelines an instrument's session subscribes, as one callback each.
 
-:class:`TomographyPipeline` gives every tomography run a live preview and, at
+:class:`TomographyPipeline` (the TXM's) gives every tomography run a live preview and, at
 its end, a full reconstruction stored as a derived run; reconstructions of
 mosaic tiles also go to the mosaic stitcher, which stitches, labels particles
-and stores its own derived run when the last tile is in. The session wraps the
-pipeline in a :class:`~multiscope.callbacks.background.BackgroundCallback`, so
-none of this runs on the RunEngine's thread.
+and stores its own derived run when the last tile is in. XANES runs
+(``xanes_2d``, ``xanes_3d``) go to a :class:`~multiscope.callbacks.xanes.LiveXANESMap`
+(live whiteline and edge maps, a derived ``xanes_map`` run at the end). The
+session wraps the pipeline in a
+:class:`~multiscope.callbacks.background.BackgroundCallback`, so none of this
+runs on the RunEngine's thread.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from event_model import RunRouter
 
 from .mosaic import MosaicStitcher
 from .tomo import TOMO_PLANS, LiveTomoPreview, TomoReconstructor, tomo_factory
+from .xanes import XANES_PLANS, LiveXANESMap
 
 __all__ = ["TomographyPipeline", "tomography_pipeline"]
 
@@ -24,12 +28,13 @@ Publish = Callable[[str, dict], object]
 
 
 class TomographyPipeline:
-    """Preview, reconstruction and stitching of tomography runs.
+    """Preview, reconstruction and stitching of tomography runs; live maps of XANES runs.
 
     Parameters
     ----------
     output_dir : Path
-        Where derived files go (``recon/<raw uid>/``, ``mosaics/<mosaic id>/``).
+        Where derived files go (``recon/<raw uid>/``, ``mosaics/<mosaic id>/``,
+        ``xanes/<raw uid>/``).
     publish : callable
         ``publish(name, doc)`` stores derived runs (the catalog writer).
 
@@ -41,12 +46,19 @@ class TomographyPipeline:
         Holds finished mosaics in ``stitcher.results``.
     reconstructions : list of TomoReconstructor
         One per tomography run, in order (``.uid``, ``.center``, ``.paths``).
+    xanes : LiveXANESMap or None
+        The map of the latest XANES run (``xanes.maps["whiteline_eV"]``, updated
+        live; ``xanes.paths`` once stored). Only the latest is kept: a 2D map
+        holds its run's absorbance stack.
     """
 
     def __init__(self, output_dir: Path, publish: Publish):
         output_dir = Path(output_dir)
         self.preview: LiveTomoPreview | None = None
         self.reconstructions: list[TomoReconstructor] = []
+        self.xanes: LiveXANESMap | None = None
+        self._xanes_dir = output_dir / "xanes"
+        self._publish = publish
         self.stitcher = MosaicStitcher(output_dir / "mosaics", publish=publish)
 
         def publish_reconstruction(name: str, doc: dict) -> None:
@@ -56,13 +68,21 @@ class TomographyPipeline:
         self._reconstructor = tomo_factory(
             TomoReconstructor, output_dir=output_dir / "recon", publish=publish_reconstruction
         )
-        self._router = RunRouter([self._preview_factory, self._reconstruction_factory])
+        self._router = RunRouter(
+            [self._preview_factory, self._reconstruction_factory, self._xanes_factory]
+        )
 
     def _preview_factory(self, name: str, start: dict):
         if start.get("plan_name") not in TOMO_PLANS:
             return [], []
         self.preview = LiveTomoPreview()
         return [self.preview], []
+
+    def _xanes_factory(self, name: str, start: dict):
+        if start.get("plan_name") not in XANES_PLANS:
+            return [], []
+        self.xanes = LiveXANESMap(self._xanes_dir, publish=self._publish)
+        return [self.xanes], []
 
     def _reconstruction_factory(self, name: str, start: dict):
         callbacks, subfactories = self._reconstructor(name, start)
