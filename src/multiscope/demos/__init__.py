@@ -20,6 +20,7 @@ __all__ = ["DEMOS", "DemoResult", "run_demos"]
 DEMOS: dict[str, str] = {
     "demo": "multiscope.demos.harness",
     "tomo": "multiscope.demos.tomo",
+    "xanes": "multiscope.demos.xanes",
 }
 
 
