@@ -9,11 +9,14 @@ back from the catalog and scores them against the simulated ground truth.
 from __future__ import annotations
 
 import importlib
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["DEMOS", "DemoResult", "run_demos"]
+
+logger = logging.getLogger(__name__)
 
 # Chain order: laser mill, XRM, TXM tomography, XANES, FIB-SEM. Instrument issues
 # insert their demos here at their place in the chain.
@@ -41,7 +44,11 @@ def run_demos(names: list[str], data_dir: Path) -> list[DemoResult]:
     for name in [n for n in DEMOS if n in names]:
         print(f"=== demo: {name} ===", flush=True)
         t0 = time.monotonic()
-        result = importlib.import_module(DEMOS[name]).run(data_dir)
+        try:
+            result = importlib.import_module(DEMOS[name]).run(data_dir)
+        except Exception as exc:  # one broken demo must not hide the others' results
+            logger.exception("demo %s failed", name)
+            result = DemoResult(name=name, passed=False, elapsed_s=0.0, details=[repr(exc)])
         result.elapsed_s = time.monotonic() - t0
         results.append(result)
     print()
