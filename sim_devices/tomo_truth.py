@@ -105,17 +105,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from sim_devices.physics import ElectrodeTab, make_tab
+from sim_devices.physics import ElectrodeTab
 from sim_devices.physics.materials import MATERIAL_IDS
+from sim_devices.truth_common import add_ioc_arguments, phantom, scene
 from sim_devices.txm import (
     DEFAULT_AXIS_OFFSET_PX,
-    DEFAULT_DET_Z_MM,
     DEFAULT_ENERGY_KEV,
-    DEFAULT_ZP_Z_MM,
-    OBJECTIVES,
     TXMScene,
     TXMState,
-    optics_of,
 )
 
 __all__ = [
@@ -158,32 +155,6 @@ PARTICLE_COLUMNS = (
 )
 
 _NMC = MATERIAL_IDS["nmc811"]
-
-
-def phantom(seed: int, particles: int | None = None) -> ElectrodeTab:
-    """The tab the TXM IOC builds for ``--seed`` and ``--particles`` (same call)."""
-    return make_tab(seed=int(seed), n_particles=particles)
-
-
-def scene(
-    tab: ElectrodeTab,
-    binning: int,
-    axis_offset_px: float = DEFAULT_AXIS_OFFSET_PX,
-    seed: int = 0,
-    photons_per_s: float | None = None,
-) -> TXMScene:
-    """The IOC's renderer for this tab, with its axis offset (px at the start-up optics).
-
-    Built as :class:`sim_devices.txm.TXMIOC` builds it (drift off), so frames
-    rendered with :meth:`TXMScene.render` are those the IOC would serve.
-    """
-    start_pixel = optics_of(
-        DEFAULT_ENERGY_KEV, DEFAULT_ZP_Z_MM, DEFAULT_DET_Z_MM, OBJECTIVES["2x"], int(binning)
-    ).pixel_size_um
-    kwargs = {} if photons_per_s is None else {"photons_per_s": float(photons_per_s)}
-    return TXMScene(
-        tab=tab, seed=int(seed), axis_offset_um=float(axis_offset_px) * start_pixel, **kwargs
-    )
 
 
 @dataclass(frozen=True)
@@ -497,21 +468,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Ground truth (mu volume, axis, tile steps, particles) of simulated "
         "TXM tomograms, in the frame of multiscope.analysis.tomo.reconstruct.",
     )
-    parser.add_argument("--seed", type=int, required=True, help="the IOC's phantom seed")
-    parser.add_argument(
-        "--particles", type=int, default=None, help="the IOC's --particles (default: fill)"
-    )
-    parser.add_argument("--binning", type=int, choices=(1, 2, 4), required=True)
-    parser.add_argument(
-        "--shape", type=int, nargs=2, metavar=("ROWS", "COLS"), required=True,
-        help="binned frame shape",
-    )  # fmt: skip
-    parser.add_argument(
-        "--axis-offset-px",
-        type=float,
-        default=DEFAULT_AXIS_OFFSET_PX,
-        help="the IOC's --axis-offset-px (default %(default)s)",
-    )
+    add_ioc_arguments(parser)
     parser.add_argument(
         "--energy-keV", dest="energy_keV", type=float, default=DEFAULT_ENERGY_KEV,
         help="energy of the mu volume (default %(default)s)",

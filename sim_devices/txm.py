@@ -961,9 +961,7 @@ class TXMIOC(PVGroup):
         self.seed = int(seed)
         if tab is None:
             tab = make_tab(seed=self.seed, n_particles=particles)
-        start_pixel = optics_of(
-            DEFAULT_ENERGY_KEV, DEFAULT_ZP_Z_MM, DEFAULT_DET_Z_MM, self.objective, binning
-        ).pixel_size_um
+        start_pixel = start_pixel_um(binning)
         drift = DriftModel(rms_um=(float(drift_um),) * 3, seed=self.seed)
         self.valence_pattern = canonical_valence_pattern(valence_pattern)
         self.valence_seed = self.seed if valence_seed is None else int(valence_seed)

@@ -79,7 +79,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from sim_devices.physics import ElectrodeTab, make_tab
+from sim_devices.physics import ElectrodeTab
 from sim_devices.physics.xanes import (
     NI_K_EDGE_KEV,
     XANES_WINDOW_KEV,
@@ -87,15 +87,14 @@ from sim_devices.physics.xanes import (
     true_whiteline_map,
     whiteline_energy_eV,
 )
+from sim_devices.truth_common import add_ioc_arguments, phantom, scene
 from sim_devices.txm import (
     DEFAULT_AXIS_OFFSET_PX,
     DEFAULT_VALENCE_PATTERN,
     VALENCE_PATTERNS,
-    TXMScene,
     TXMState,
     canonical_valence_pattern,
     make_valence,
-    start_pixel_um,
 )
 
 __all__ = [
@@ -112,11 +111,6 @@ __all__ = [
 FORMAT = "multiscope.xanes_truth"
 VERSION = 1
 UNITS = "energies eV (window keV), lengths um, angles deg, positions px from 0"
-
-
-def phantom(seed: int, particles: int | None = None) -> ElectrodeTab:
-    """The tab the TXM IOC builds for ``--seed`` and ``--particles`` (same call)."""
-    return make_tab(seed=int(seed), n_particles=particles)
 
 
 def valence_field(tab: ElectrodeTab, pattern: str, seed: int) -> ValenceField:
@@ -195,16 +189,15 @@ def build_truth(
     vseed = int(seed) if valence_seed is None else int(valence_seed)
     tab = phantom(seed, particles) if tab is None else tab
     vf = valence_field(tab, pattern, vseed)
-    pixel0 = start_pixel_um(binning)
     # The IOC's renderer without any drift: geometry and centre exactly as it projects.
-    scene = TXMScene(tab=tab, seed=int(seed), axis_offset_um=float(axis_offset_px) * pixel0)
+    renderer = scene(tab, binning, axis_offset_px, seed)
     state = TXMState(
         theta_deg=float(theta_deg),
         sample_um=(float(sample_x_um), 0.0, float(sample_z_um)),
         binning=int(binning),
     )
-    geometry = scene.geometry(state, (rows, cols))
-    center = scene.center_um(state)
+    geometry = renderer.geometry(state, (rows, cols))
+    center = renderer.center_um(state)
     truth = true_whiteline_map(tab, vf, geometry, math.radians(float(theta_deg)), center)
     vmin, vmax = vf.valence_range
     mask = np.asarray(truth.mask, bool)
@@ -290,21 +283,7 @@ def _parser() -> argparse.ArgumentParser:
         description="True Ni whiteline map (eV), NMC mask and valence field of the "
         "projection the simulated TXM IOC images with the same arguments.",
     )
-    parser.add_argument("--seed", type=int, required=True, help="the IOC's phantom seed")
-    parser.add_argument(
-        "--particles", type=int, default=None, help="the IOC's --particles (default: fill)"
-    )
-    parser.add_argument("--binning", type=int, choices=(1, 2, 4), required=True)
-    parser.add_argument(
-        "--shape", type=int, nargs=2, metavar=("ROWS", "COLS"), required=True,
-        help="binned frame shape",
-    )  # fmt: skip
-    parser.add_argument(
-        "--axis-offset-px",
-        type=float,
-        default=DEFAULT_AXIS_OFFSET_PX,
-        help="the IOC's --axis-offset-px (default %(default)s)",
-    )
+    add_ioc_arguments(parser)
     parser.add_argument("--theta-deg", type=float, default=0.0, help="sample:theta (deg)")
     parser.add_argument("--sample-x-um", type=float, default=0.0, help="sample:x (um)")
     parser.add_argument("--sample-z-um", type=float, default=0.0, help="sample:z (um)")
