@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import subprocess
 import sys
 import time
@@ -47,10 +46,10 @@ import numpy as np
 
 from .. import simctl
 from ..analysis.tomo import minus_log, normalize
-from ..config import apply_ca_client_environment, ca_client_environment
 from ..plans.mosaic import mosaic_heights
 from ..session import configure_session
 from . import DemoResult
+from ._txm_ioc import txm_ioc
 
 __all__ = ["TOLERANCES", "TomoDemoConfig", "run"]
 
@@ -98,57 +97,6 @@ class TomoDemoConfig:
         if self.particles is not None:
             args += ["--particles", str(self.particles)]
         return args
-
-
-# ----------------------------------------------------------------------------- IOC
-
-
-def _recorded_args(pid: int) -> list[str] | None:
-    """Options after ``--port N`` on a running IOC's command line (None if unreadable)."""
-    try:
-        parts = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    cmd = [p.decode(errors="replace") for p in parts if p]
-    if "--port" not in cmd:
-        return None
-    return cmd[cmd.index("--port") + 2 :]
-
-
-def _add_ca_port(port: int) -> None:
-    """Let this process's CA clients search ``port`` too, keeping the ports listed already."""
-    listed = os.environ.get("EPICS_CA_ADDR_LIST", "").split()
-    ports = [int(a.rsplit(":", 1)[1]) for a in listed if a.startswith("127.0.0.1:")]
-    apply_ca_client_environment(ca_client_environment([*ports, port]))
-
-
-def _txm_ioc(config: TomoDemoConfig, data_dir: Path, port: int | None):
-    """Prefix of a TXM IOC with ``config``'s options, and the process if started here.
-
-    A TXM IOC recorded by ``multiscope sim start`` is reused when its command line
-    has exactly these options; otherwise a dedicated one is started (not recorded
-    in the state file, so it never replaces the user's) and stopped by the caller.
-    """
-    record = simctl.status(data_dir).get("txm")
-    reusable = port is None and record and record["alive"]
-    if reusable and _recorded_args(record["pid"]) == config.ioc_args():
-        return None, None
-    port = port or simctl.free_port()
-    prefix = f"TXMDEMO{uuid.uuid4().hex[:4]}:"
-    ioc = simctl.start_ioc(
-        "txm",
-        prefix=prefix,
-        port=port,
-        log_dir=data_dir / "sim" / "logs",
-        extra_args=config.ioc_args(),
-    )
-    try:
-        simctl.wait_until_ready(ioc, timeout=60.0)  # builds the phantom first (~2 s)
-    except Exception:
-        simctl.stop_ioc(ioc.pid)
-        raise
-    _add_ca_port(port)
-    return prefix, ioc
 
 
 # ----------------------------------------------------------------------------- truth
@@ -294,7 +242,7 @@ def run(
     session = None
     truth_proc = None
     print("starting the simulated TXM IOC ...", flush=True)
-    prefix, ioc = _txm_ioc(config, data_dir, port)
+    prefix, ioc = txm_ioc(config.ioc_args(), data_dir, port, "TXMDEMO")
     try:
         session = configure_session(
             {}, "txm", data_dir=data_dir, prefix=prefix, table=False, progress=True

@@ -45,7 +45,7 @@ from ..callbacks.frames import FrameReader
 from ..plans.xanes import energy_grid
 from ..session import configure_session
 from . import DemoResult
-from .tomo import _add_ca_port, _recorded_args
+from ._txm_ioc import txm_ioc
 
 __all__ = ["TOLERANCES", "XanesDemoConfig", "run"]
 
@@ -121,27 +121,6 @@ class XanesDemoConfig:
         ]  # fmt: skip
 
 
-def _txm_ioc(config: XanesDemoConfig, data_dir: Path, port: int | None):
-    """Prefix of a TXM IOC with ``config``'s options, and the process if started here."""
-    record = simctl.status(data_dir).get("txm")
-    reusable = port is None and record and record["alive"]
-    if reusable and _recorded_args(record["pid"]) == config.ioc_args():
-        return None, None
-    port = port or simctl.free_port()
-    prefix = f"XANESDEMO{uuid.uuid4().hex[:4]}:"
-    ioc = simctl.start_ioc(
-        "txm", prefix=prefix, port=port, log_dir=data_dir / "sim" / "logs",
-        extra_args=config.ioc_args(),
-    )  # fmt: skip
-    try:
-        simctl.wait_until_ready(ioc, timeout=60.0)
-    except Exception:
-        simctl.stop_ioc(ioc.pid)
-        raise
-    _add_ca_port(port)
-    return prefix, ioc
-
-
 class _AppliedDrift:
     """Collects the jump the IOC applied to each sample frame (per-frame attributes)."""
 
@@ -206,7 +185,7 @@ def run(
     session = None
     truth_proc = None
     print("starting the simulated TXM IOC (Ni K-edge chemistry) ...", flush=True)
-    prefix, ioc = _txm_ioc(config, data_dir, port)
+    prefix, ioc = txm_ioc(config.ioc_args(), data_dir, port, "XANESDEMO")
     try:
         session = configure_session(
             {}, "txm", data_dir=data_dir, prefix=prefix, table=False, progress=True
@@ -252,9 +231,8 @@ def run(
         analysis_s = time.monotonic() - t0
         errors = list(session.pipeline.errors) if session.pipeline is not None else []
         applied_px = applied.per_energy(len(grid.energies_keV))
-        reference = int(
-            _derived_map(session, uid).metadata["start"]["parameters"]["reference_index"]
-        )
+        derived = _derived_map(session, uid)
+        reference = int(derived.metadata["start"]["parameters"]["reference_index"])
         truth_proc = subprocess.Popen(
             [sys.executable, "-m", "sim_devices.xanes_truth",
              *config.truth_args(applied_px[reference], pixel_um), "--out", str(truth_path)],
@@ -263,7 +241,7 @@ def run(
         out, _ = truth_proc.communicate(timeout=TRUTH_TIMEOUT_S)
         if truth_proc.returncode != 0:
             raise RuntimeError(f"ground truth failed:\n{out}")
-        result = _score(session, uid, truth_path, applied_px)
+        result = _score(session, uid, derived, truth_path, applied_px)
         result.details += [
             f"timings: acquisition {acquisition_s:.0f} s, map after the last energy "
             f"{analysis_s:.0f} s",
@@ -298,11 +276,9 @@ def _derived_map(session, uid: str):
     raise RuntimeError(f"no xanes_map derived run for raw run {uid}")
 
 
-def _score(session, uid: str, truth_path: Path, applied_px: np.ndarray) -> DemoResult:
-    """Read the raw and derived runs back from the catalog and score them."""
-    raw = session.catalog.run(uid)
-    exit_status = raw.metadata["stop"]["exit_status"]
-    derived = _derived_map(session, uid)
+def _score(session, uid: str, derived, truth_path: Path, applied_px: np.ndarray) -> DemoResult:
+    """Score the derived map (read back from the catalog) and the raw run's exit."""
+    exit_status = session.catalog.run(uid).metadata["stop"]["exit_status"]
     start = derived.metadata["start"]
     with h5py.File(start["results"]["maps"], "r") as f:
         whiteline = f["whiteline_eV"][()]
