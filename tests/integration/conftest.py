@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 from multiscope import config, simctl
@@ -87,3 +89,25 @@ def fresh_demo_ioc(ca_port_pool, tmp_path):
     running, ioc = _start(ca_port_pool, tmp_path)
     yield running
     simctl.stop_ioc(ioc.pid)
+
+
+def acquire(cam, exposure: float, n: int = 1, period: float = 0.0):
+    """Acquire ``n`` frames over CA into a new file; return (frames float64, attributes).
+
+    ``cam`` is a staged-per-call :class:`multiscope.devices.areadetector.StreamingCamera`;
+    frames and per-frame attributes are read back from the HDF5 file the IOC wrote.
+    """
+    cam.cam.acquire_time.set(exposure).wait(5)
+    cam.cam.acquire_period.set(period).wait(5)
+    cam.images_per_trigger.put(n)
+    cam.stage()
+    try:
+        cam.trigger().wait(cam.trigger_timeout() + 5)
+        docs = list(cam.collect_asset_docs())
+    finally:
+        cam.unstage()
+    path = docs[0][1]["uri"].removeprefix("file://localhost")
+    with h5py.File(path, "r") as f:
+        frames = f["/entry/data/data"][:].astype(np.float64)
+        attrs = {k: v[:] for k, v in f["/entry/instrument/NDAttributes"].items()}
+    return frames, attrs

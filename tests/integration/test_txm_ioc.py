@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import h5py
 import numpy as np
 import pytest
-from conftest import start_sim_ioc
+from conftest import acquire, start_sim_ioc
 from scipy import ndimage
 
 from multiscope import simctl
@@ -119,20 +118,7 @@ def nominal(txm):
 
 def grab(cam, exposure=EXPOSURE, n=1, period=0.0):
     """Acquire ``n`` frames into a new file; return (frames float64, attributes)."""
-    cam.cam.acquire_time.set(exposure).wait(5)
-    cam.cam.acquire_period.set(period).wait(5)
-    cam.images_per_trigger.put(n)
-    cam.stage()
-    try:
-        cam.trigger().wait(cam.trigger_timeout() + 5)
-        docs = list(cam.collect_asset_docs())
-    finally:
-        cam.unstage()
-    path = docs[0][1]["uri"].removeprefix("file://localhost")
-    with h5py.File(path, "r") as f:
-        frames = f["/entry/data/data"][:].astype(np.float64)
-        attrs = {k: v[:] for k, v in f["/entry/instrument/NDAttributes"].items()}
-    return frames, attrs
+    return acquire(cam, exposure, n, period)
 
 
 def sharpness(frame):

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import h5py
 import numpy as np
 import pytest
-from conftest import start_sim_ioc
+from conftest import acquire, start_sim_ioc
 
 from multiscope import simctl
 from multiscope.analysis.xanes import align_stack, fit_whiteline, normalize, shift_stack
@@ -83,20 +82,7 @@ def txm(txm_ioc, tmp_path_factory):
 
 def grab(cam, n=1):
     """Acquire ``n`` frames into a new file; return (frames float64, attributes)."""
-    cam.cam.acquire_time.set(EXPOSURE).wait(5)
-    cam.cam.acquire_period.set(0.0).wait(5)
-    cam.images_per_trigger.put(n)
-    cam.stage()
-    try:
-        cam.trigger().wait(cam.trigger_timeout() + 5)
-        docs = list(cam.collect_asset_docs())
-    finally:
-        cam.unstage()
-    path = docs[0][1]["uri"].removeprefix("file://localhost")
-    with h5py.File(path, "r") as f:
-        frames = f["/entry/data/data"][:].astype(np.float64)
-        attrs = {k: v[:] for k, v in f["/entry/instrument/NDAttributes"].items()}
-    return frames, attrs
+    return acquire(cam, EXPOSURE, n)
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,7 @@ from multiscope.analysis.focus import find_focus_peak, normalized_variance
 from multiscope.plan_stubs.frames import take_frames
 from multiscope.session import configure_session
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif("txm" not in simctl.SIM_MODULES, reason="no simulated TXM IOC registered"),
-]
+pytestmark = pytest.mark.integration
 
 # 150 eV across the Ni K-edge: the in-focus zone-plate position moves by 0.44 mm; a frame
 # 0.3 mm out of focus loses 14-21 % of its normalised variance (measured), a refocused one

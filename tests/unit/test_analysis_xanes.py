@@ -29,24 +29,12 @@ thickness, where photon noise decides.
 import numpy as np
 import pytest
 from scipy import optimize
+from xanes_grid import E_KEV, POST, PRE, WINDOW
 
+import sim_devices.physics as phys
+import sim_devices.physics.xanes as xph
 from multiscope.analysis import xanes as xa
 
-xph = pytest.importorskip("sim_devices.physics.xanes")
-phys = pytest.importorskip("sim_devices.physics")
-
-E_KEV = (
-    np.concatenate(
-        [
-            np.arange(8200, 8326, 12.5),
-            np.arange(8330, 8346, 1.0),
-            np.arange(8346, 8358.1, 0.5),
-            np.arange(8360, 8441, 10.0),
-        ]
-    )
-    / 1000
-)
-PRE, POST, WINDOW = (8.2, 8.325), (8.37, 8.44), (8.3455, 8.3581)
 MIN_JUMP = 0.03  # absorbance; ~0.5 um of NMC811
 N_POINTS = 9  # 0.5 eV steps: the 9-point stencil spans +-2 eV, ~the whiteline FWHM
 SS = 4

@@ -21,27 +21,15 @@ import h5py
 import numpy as np
 import pytest
 from event_model import RunRouter, compose_run
+from xanes_grid import E_KEV, POST, PRE, WINDOW
 
+import sim_devices.physics as phys
+import sim_devices.physics.xanes as xph
 from multiscope.callbacks.pipelines import TomographyPipeline
 from multiscope.callbacks.xanes import XANES_PLANS, LiveXANESMap, fit_volumes, xanes_factory
 from multiscope.plan_stubs.xanes import flat_indices
+from sim_devices.areadetector import HDF5FrameWriter
 
-xph = pytest.importorskip("sim_devices.physics.xanes")
-phys = pytest.importorskip("sim_devices.physics")
-HDF5FrameWriter = pytest.importorskip("sim_devices.areadetector").HDF5FrameWriter
-
-E_KEV = (
-    np.concatenate(
-        [
-            np.arange(8200, 8326, 12.5),
-            np.arange(8330, 8346, 1.0),
-            np.arange(8346, 8358.1, 0.5),
-            np.arange(8360, 8441, 10.0),
-        ]
-    )
-    / 1000
-)
-PRE, POST, WINDOW = (8.2, 8.325), (8.37, 8.44), (8.3455, 8.3581)
 MIN_JUMP = 0.03
 SS = 4  # sub-rays per pixel and axis: pixel-area integration (see test_analysis_xanes.py)
 PIXEL_UM = 0.2
