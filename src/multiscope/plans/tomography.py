@@ -294,23 +294,11 @@ def tomo_scan(
         format_duration(estimate),
     )
 
-    tomo_md = {
-        "num_projections": num_projections,
-        "angle_range_deg": angle_range_deg,
-        "start_deg": start_deg,
-        "exposure_s": exposure_s,
-        "num_darks": num_darks,
-        "num_flats": num_flats,
-        "flat_policy": flat_policy,
-        "flat_every": flat_every,
-        "dark_policy": dark_policy,
-        "sample_out_offset_um": offset,
-        "pixel_size_um": pixel_size_um,
-        "energy_keV": energy_keV,
-        "center_guess_px": center_guess_px,
-        "sample_id": sample_id,
-        "rotation": sample.theta.name,
-    }
+    tomo_md = tomo_block(
+        num_projections, angle_range_deg, start_deg, exposure_s, num_darks, num_flats,
+        flat_policy, flat_every, dark_policy, offset, pixel_size_um, energy_keV,
+        center_guess_px, sample_id, sample.theta.name,
+    )  # fmt: skip
     _md = {
         "plan_name": "tomo_scan",
         "detectors": [camera.name],
@@ -357,6 +345,27 @@ _KICKOFF_LATENCY_S = 0.03
 _FLY_SETTLE_S = 0.1
 # Seconds between two collects while the frames come (live callbacks follow at this pace).
 _FLY_FLUSH_S = 0.5
+
+
+def tomo_block(
+    num_projections, angle_range_deg, start_deg, exposure_s, num_darks, num_flats, flat_policy,
+    flat_every, dark_policy, sample_out_offset_um, pixel_size_um, energy_keV, center_guess_px,
+    sample_id, rotation, **extra,
+) -> dict:  # fmt: skip
+    """The ``tomo`` block of a tomogram's start document (what reconstruction reads).
+
+    One builder for every plan that takes tomograms, so the keys cannot drift apart;
+    ``rotation`` is the data key of the rotation angle, ``extra`` plan-specific keys.
+    """
+    return {
+        "num_projections": num_projections, "angle_range_deg": angle_range_deg,
+        "start_deg": start_deg, "exposure_s": exposure_s, "num_darks": num_darks,
+        "num_flats": num_flats, "flat_policy": flat_policy, "flat_every": flat_every,
+        "dark_policy": dark_policy, "sample_out_offset_um": sample_out_offset_um,
+        "pixel_size_um": pixel_size_um, "energy_keV": energy_keV,
+        "center_guess_px": center_guess_px, "sample_id": sample_id, "rotation": rotation,
+        **extra,
+    }  # fmt: skip
 
 
 def _check_geometry_md(pixel_size_um, energy_keV, center_guess_px, sample_id) -> None:
@@ -545,25 +554,12 @@ def fly_tomo_scan(
     )
 
     angle_key = flyer.attribute_key("theta") if hasattr(flyer, "attribute_key") else None
-    tomo_md = {
-        "num_projections": num_projections,
-        "angle_range_deg": angle_range_deg,
-        "start_deg": start_deg,
-        "exposure_s": exposure_s,
-        "num_darks": num_darks,
-        "num_flats": num_flats,
-        "flat_policy": flat_policy,
-        "flat_every": None,
-        "dark_policy": dark_policy,
-        "sample_out_offset_um": offset,
-        "pixel_size_um": pixel_size_um,
-        "energy_keV": energy_keV,
-        "center_guess_px": center_guess_px,
-        "sample_id": sample_id,
-        "rotation": theta.name,
-        "frame_period_s": frame_period_s,
-        "theta_velocity_deg_s": velocity,
-    }
+    tomo_md = tomo_block(
+        num_projections, angle_range_deg, start_deg, exposure_s, num_darks, num_flats,
+        flat_policy, None, dark_policy, offset, pixel_size_um, energy_keV,
+        center_guess_px, sample_id, theta.name,
+        frame_period_s=frame_period_s, theta_velocity_deg_s=velocity,
+    )  # fmt: skip
     _md = {
         "plan_name": "fly_tomo_scan",
         "detectors": [camera.name],

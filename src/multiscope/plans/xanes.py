@@ -62,7 +62,7 @@ from .preflight import (
     require_number,
     require_positions_within_limits,
 )
-from .tomography import _FRAME_OVERHEAD_S, step_tomogram, tomo_schedule
+from .tomography import _FRAME_OVERHEAD_S, step_tomogram, tomo_block, tomo_schedule
 
 __all__ = ["energy_grid", "xanes_2d", "xanes_3d", "xanes_campaign"]
 
@@ -356,15 +356,11 @@ def xanes_3d(
     blocks = 1 + n + 2 * flat_sets  # each flat set splits a tomogram's projections
     estimate = frames * (c.exposure_s + _FRAME_OVERHEAD_S) + c.energy_moves_s + n * back_s
     estimate += n * steps_s + flat_sets * c.out_in_s + blocks * BLOCK_OVERHEAD_S
-    tomo_md = {
-        "num_projections": num_projections, "angle_range_deg": float(angle_range_deg),
-        "start_deg": float(start_deg), "exposure_s": c.exposure_s, "num_darks": c.num_darks,
-        "num_flats": c.num_flats, "flat_policy": tomo_flat_policy,
-        "flat_every": tomo_flat_every, "dark_policy": "start",
-        "sample_out_offset_um": c.x_out - c.x_in, "pixel_size_um": pixel_size_um,
-        "energy_keV": None, "center_guess_px": center_guess_px, "sample_id": sample_id,
-        "rotation": sample.theta.name,
-    }  # fmt: skip
+    tomo_md = tomo_block(
+        num_projections, float(angle_range_deg), float(start_deg), c.exposure_s, c.num_darks,
+        c.num_flats, tomo_flat_policy, tomo_flat_every, "start", c.x_out - c.x_in,
+        pixel_size_um, None, center_guess_px, sample_id, sample.theta.name,
+    )  # fmt: skip
     start = _start_md(
         "xanes_3d", camera, energy, c, num_frames=num_projections,
         num_points=n * num_projections, estimate_s=estimate, md={"tomo": tomo_md, **(md or {})},
