@@ -34,9 +34,19 @@ Geometry and optics (see ``docs/txm.md``; lengths along the beam in mm)
   centre column at ``sample:x = 0`` (the x stage carries the axis: add
   ``sample:x / pixel``), including the effect of ``zp:x``.
 * A zone-plate offset ``zp:x/y`` moves the field of view by ``(1 + 1/M)`` times
-  the offset (the image moves as if the sample moved by minus that) and, like a
-  misaligned condenser or order-sorting aperture, reduces the illumination
+  the offset (the image moves as if the sample moved by minus that: ``+zp:x``
+  moves the image towards smaller columns, ``+zp:y`` towards larger rows) and,
+  like a misaligned condenser or order-sorting aperture, reduces the illumination
   (Gaussian fall-off; every axis is aligned at 0).
+* **Zone-plate travel tilt** (``--zp-tilt-mrad X Y``, default 0 0): the ``zp:z``
+  stage is not parallel to the optical axis, so the zone plate's effective
+  transverse position is ``zp:x/y + tilt * (zp:z - ZP_TILT_REFERENCE_Z_MM)`` (um;
+  the reference is the in-focus ``zp:z`` at the Ni K-edge, M = 50) and refocusing
+  over an energy scan walks the image across the detector. It acts wherever
+  ``zp:x/y`` act (image shift, rotation-axis column, illumination);
+  ``truth:zp_shift_x_px`` / ``truth:zp_shift_y_px`` show the resulting image
+  shift (px, +columns / +rows, ``scipy.ndimage.shift`` sense) of the whole
+  effective offset, ``zp:x/y`` included.
 * The Zernike phase ring, when in and aligned, adds edge contrast with a halo
   (a high-pass of the projected thickness) and absorbs 25 % of the beam.
 * ``theta``, ``sample:x/y/z`` and ``mono:energy`` are evaluated at the middle of
@@ -59,13 +69,17 @@ Geometry and optics (see ``docs/txm.md``; lengths along the beam in mm)
   ``truth:drift_y_px`` show the energy jump at the current energy. Separate from the
   slow time drift (``--drift-um``). :mod:`sim_devices.xanes_truth` writes the true
   whiteline map of a projection.
+* **Pixel-area integration** (``--supersample N``): each pixel averages the
+  transmission of N x N sub-rays, as a camera pixel integrates a particle's rim.
+  Default 1 (pixel centres) for tomography, which renders every projection afresh;
+  2D XANES, which renders one cached image per energy, uses 4 (the XANES demo).
 
 Run::
 
     python -m sim_devices.txm --prefix TXM: --port 5071 [--binning 2] [--shape NY NX]
         [--seed 0] [--photons 20000] [--drift-um 0] [--axis-offset-px 3.7] [--particles N]
         [--valence-pattern mixed] [--valence-seed SEED] [--energy-drift-px 1]
-        [--energy-drift-max-px 3]
+        [--energy-drift-max-px 3] [--supersample 1] [--zp-tilt-mrad 0 0]
 """
 
 from __future__ import annotations
@@ -116,6 +130,7 @@ __all__ = [
     "DEFAULT_ENERGY_KEV",
     "DEFAULT_PORT",
     "DEFAULT_PREFIX",
+    "DEFAULT_SUPERSAMPLE",
     "DEFAULT_VALENCE_PATTERN",
     "DEFAULT_ZP_Z_MM",
     "SAMPLE_OUT_UM",
@@ -125,6 +140,7 @@ __all__ = [
     "TXMState",
     "TrackedAxis",
     "VALENCE_PATTERNS",
+    "ZP_TILT_REFERENCE_Z_MM",
     "canonical_valence_pattern",
     "energy_drift_model",
     "focus_zp_z_mm",
@@ -147,6 +163,13 @@ _F0 = ZONE_PLATE.focal_length_mm(DEFAULT_ENERGY_KEV)
 #: Zone plate and detector positions in focus at M = 50 and 8 keV (thin lens).
 DEFAULT_ZP_Z_MM = _F0 * (NOMINAL_MAGNIFICATION + 1.0) / NOMINAL_MAGNIFICATION
 DEFAULT_DET_Z_MM = DEFAULT_ZP_Z_MM + _F0 * (NOMINAL_MAGNIFICATION + 1.0)
+#: zp:z (mm) where the zone-plate travel tilt adds no transverse offset: in focus at the
+#: Ni K-edge and M = 50 (thin lens), the middle of the XANES scans this tilt matters for.
+ZP_TILT_REFERENCE_Z_MM = (
+    ZONE_PLATE.focal_length_mm(NI_K_EDGE_KEV)
+    * (NOMINAL_MAGNIFICATION + 1.0)
+    / NOMINAL_MAGNIFICATION
+)
 
 CAMERA_PIXEL_UM = 6.5
 SENSOR_SHAPE = (1024, 1024)
@@ -176,6 +199,13 @@ VALENCE_PATTERNS = ("mixed", "core-shell", "gradient", "radial", "uniform", "non
 DEFAULT_VALENCE_PATTERN = "mixed"
 DEFAULT_ENERGY_DRIFT_PX = 1.0  # rms per image axis, px at the start-up optics
 DEFAULT_ENERGY_DRIFT_MAX_PX = 3.0
+# Pixel-area integration (sub-rays per pixel and axis, ``--supersample``) costs ~s^2:
+# measured on 2 cores (7344 particles) 13 -> 68 ms per 256 x 256 projection at s = 4,
+# 3 -> 13 ms at 128 x 128. Default 1 (pixel centres): a tomogram renders every
+# projection afresh (3 x 181 of 256 x 256 in the tomo demo: +30 s, and fly-scan frames
+# of 50 ms would render late). 2D XANES renders one cached image per energy and needs
+# the camera's area integration at particle rims and edges: its demo passes 4.
+DEFAULT_SUPERSAMPLE = 1
 
 
 # --------------------------------------------------------------------------------------
@@ -369,6 +399,13 @@ def in_focus(
     )
 
 
+def _finite_pair(values, what: str) -> tuple[float, float]:
+    pair = tuple(float(v) for v in values)
+    if len(pair) != 2 or not all(math.isfinite(v) for v in pair):
+        raise ValueError(f"{what} must be two finite numbers, got {values!r}")
+    return pair
+
+
 def _gauss(offset: float, sigma: float) -> float:
     return math.exp(-0.5 * (offset / sigma) ** 2)
 
@@ -396,12 +433,23 @@ class TXMScene:
         tabulated attenuation at the window ends); None renders xraydb everywhere.
     energy_drift : EnergyDriftModel
         Sample jump per energy (image plane, um; off by default).
+    zp_travel_tilt_mrad : tuple of float
+        Tilt (x, y) of the zone plate's z travel against the optical axis, mrad:
+        the zone plate moves sideways by ``tilt * (zp:z - zp_tilt_reference_z_mm)``
+        um as it refocuses (:meth:`zp_transverse_um`; default (0, 0): none).
+    zp_tilt_reference_z_mm : float
+        ``zp:z`` (mm) where the tilt adds no offset (default
+        :data:`ZP_TILT_REFERENCE_Z_MM`, in focus at the Ni K-edge).
     xanes_window_keV : tuple of float
         Energies where the chemistry is rendered (default
         :data:`~sim_devices.physics.xanes.XANES_WINDOW_KEV`).
     cache_size : int
         Line-integral images kept (least recently used first out), keyed by
         geometry, sample position, angle, energy and phase ring.
+    supersample : int
+        Sub-rays per pixel and axis: ``s > 1`` averages each pixel's transmission
+        over its area as a camera does (:func:`~sim_devices.physics.projector.project`,
+        ~s^2 the cost); 1 (default) samples pixel centres.
     """
 
     tab: ElectrodeTab
@@ -411,8 +459,11 @@ class TXMScene:
     drift: DriftModel = field(default_factory=DriftModel)
     valence: ValenceField | None = None
     energy_drift: EnergyDriftModel = field(default_factory=EnergyDriftModel)
+    zp_travel_tilt_mrad: tuple[float, float] = (0.0, 0.0)
+    zp_tilt_reference_z_mm: float = ZP_TILT_REFERENCE_Z_MM
     xanes_window_keV: tuple[float, float] = XANES_WINDOW_KEV  # noqa: N815 - unit spelling
     cache_size: int = 8
+    supersample: int = DEFAULT_SUPERSAMPLE
     _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     def axis_offset_px(self, state: TXMState, *, with_sample_x: bool = True) -> float:
@@ -427,10 +478,30 @@ class TXMScene:
             shift += state.sample_um[0]
         return shift / state.optics.pixel_size_um
 
-    @staticmethod
-    def _zp_shift_um(state: TXMState, axis: int) -> float:
+    def zp_transverse_um(self, state: TXMState) -> tuple[float, float]:
+        """Effective transverse zone-plate position (x, y), um: ``zp:x/y`` plus the travel tilt.
+
+        A z stage that is not parallel to the optical axis carries the zone plate
+        sideways by ``tilt (mrad) * (zp:z - reference) (mm)`` = um as it refocuses.
+        """
+        dz_mm = state.zp_z_mm - self.zp_tilt_reference_z_mm
+        tilt_x, tilt_y = self.zp_travel_tilt_mrad
+        return (state.zp_xy_um[0] + tilt_x * dz_mm, state.zp_xy_um[1] + tilt_y * dz_mm)
+
+    def _zp_shift_um(self, state: TXMState, axis: int) -> float:
         # The image of the sample follows a transverse zone-plate offset by (1 + 1/M).
-        return (1.0 + 1.0 / state.optics.magnification) * state.zp_xy_um[axis]
+        return (1.0 + 1.0 / state.optics.magnification) * self.zp_transverse_um(state)[axis]
+
+    def zp_image_shift_px(self, state: TXMState) -> tuple[float, float]:
+        """Image shift (columns, rows) from the effective zone-plate offset in ``state``, px.
+
+        ``scipy.ndimage.shift`` convention, as :meth:`image_shift_px`: a frame is the
+        frame of a centred zone plate shifted by ``(rows, columns)``. ``+zp:x`` moves
+        the image towards smaller columns (as the sample moving by ``-x``), ``+zp:y``
+        towards larger rows (down).
+        """
+        pixel = state.optics.pixel_size_um
+        return (-self._zp_shift_um(state, 0) / pixel, self._zp_shift_um(state, 1) / pixel)
 
     def geometry(self, state: TXMState, shape: tuple[int, int]) -> DetectorGeometry:
         """Detector grid in the sample plane for ``state``."""
@@ -494,7 +565,7 @@ class TXMScene:
         factor *= _gauss(math.hypot(cx, cy), CONDENSER_XY_SIGMA_MM)
         factor *= _gauss(cz, CONDENSER_Z_SIGMA_MM) * _gauss(pitch, CONDENSER_PITCH_SIGMA_MRAD)
         factor *= _gauss(math.hypot(*state.aperture_xy_um), APERTURE_SIGMA_UM)
-        factor *= _gauss(math.hypot(*state.zp_xy_um), ZP_XY_SIGMA_UM)
+        factor *= _gauss(math.hypot(*self.zp_transverse_um(state)), ZP_XY_SIGMA_UM)
         if state.phase_ring_in:
             factor *= PHASE_RING_TRANSMISSION
         return factor
@@ -503,16 +574,18 @@ class TXMScene:
         """``integral mu dl`` (float32, read-only) seen by the camera, incl. phase contrast.
 
         Inside the XANES window (with a valence field) the NMC attenuation follows the
-        Ni K-edge model; elsewhere the tabulated xraydb values.  The last
-        ``cache_size`` results are cached: frames at rest (darks aside), and a
-        sample moved out for flats and back in, reuse them.
+        Ni K-edge model; elsewhere the tabulated xraydb values.  Each pixel integrates
+        ``supersample`` x ``supersample`` sub-rays (transmission averaged over the
+        pixel's area).  The last ``cache_size`` results are cached: frames at rest
+        (darks aside), and a sample moved out for flats and back in, reuse them.
         """
         geometry = self.geometry(state, shape)
         center = self.center_um(state)
         ring = 0.0
         if state.phase_ring_in:
             ring = _gauss(math.hypot(*state.phase_ring_xy_um), PHASE_RING_SIGMA_UM)
-        key = (geometry, center, float(state.theta_deg), round(state.energy_keV, 6), ring)
+        sub = max(int(self.supersample), 1)
+        key = (geometry, center, float(state.theta_deg), round(state.energy_keV, 6), ring, sub)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
@@ -521,10 +594,11 @@ class TXMScene:
         weight = self.xanes_weight(state)
         if weight > 0.0:
             p = project_xanes(
-                self.tab, self.valence, angle, state.energy_keV, geometry, center, weight=weight
-            )
+                self.tab, self.valence, angle, state.energy_keV, geometry, center,
+                weight=weight, supersample=sub,
+            )  # fmt: skip
         else:
-            p = project(self.tab, angle, state.energy_keV, geometry, center)
+            p = project(self.tab, angle, state.energy_keV, geometry, center, supersample=sub)
         if ring > 0.01:
             # Zernike contrast: dense features darker with a bright halo around them.
             halo = ndimage.gaussian_filter(p, PHASE_HALO_PX, mode="nearest", truncate=3.0)
@@ -638,6 +712,11 @@ class TrackedAxis(MotorAxis):
             await self.on_position(self)
 
 
+def _truth_px(name: str, doc: str):
+    """A read-only ground-truth image shift PV (px)."""
+    return pvproperty(name=name, value=0.0, read_only=True, precision=4, units="px", doc=doc)
+
+
 def _axis(prefix, *, velocity, limits, egu, position=0.0, acceleration=0.05, precision=4, doc):
     return SubGroup(
         TrackedAxis,
@@ -698,7 +777,9 @@ class TXMIOC(PVGroup):
         ``truth:focus_zp_z`` (mm, in focus for the current energy, det:z, sample:y),
         ``truth:seed`` (phantom seed), ``truth:drift_x_px``, ``truth:drift_y_px``
         (energy drift of the image at the current energy, px),
-        ``truth:valence_seed``, ``truth:valence_pattern`` (Ni valence field).
+        ``truth:valence_seed``, ``truth:valence_pattern`` (Ni valence field),
+        ``truth:zp_shift_x_px``, ``truth:zp_shift_y_px`` (image shift from the
+        effective transverse zone-plate position, travel tilt included, px).
 
     Parameters
     ----------
@@ -729,6 +810,12 @@ class TXMIOC(PVGroup):
         start-up optics); 0 disables it.
     energy_drift_max_px : float
         Largest jump (px at the start-up optics).
+    zp_tilt_mrad : tuple of float
+        Tilt (x, y) of the zone plate's z travel against the optical axis, mrad
+        (``--zp-tilt-mrad``; :attr:`TXMScene.zp_travel_tilt_mrad`); (0, 0): none.
+    supersample : int
+        Sub-rays per pixel and axis of every render (``--supersample``; 1: pixel
+        centres, for tomography; 4 for 2D XANES, see :data:`DEFAULT_SUPERSAMPLE`).
     """
 
     # -- condenser ------------------------------------------------------------------
@@ -900,21 +987,13 @@ class TXMIOC(PVGroup):
         read_only=True,
         doc="Ground truth: phantom seed (the same seed rebuilds the phantom)",
     )
-    truth_drift_x_px = pvproperty(
-        name="truth:drift_x_px",
-        value=0.0,
-        read_only=True,
-        precision=4,
-        units="px",
-        doc="Ground truth: energy drift of the image at the current energy, columns (px, +right)",
+    truth_drift_x_px = _truth_px(
+        "truth:drift_x_px",
+        "Ground truth: energy drift of the image at the current energy, columns (px, +right)",
     )
-    truth_drift_y_px = pvproperty(
-        name="truth:drift_y_px",
-        value=0.0,
-        read_only=True,
-        precision=4,
-        units="px",
-        doc="Ground truth: energy drift of the image at the current energy, rows (px, +down)",
+    truth_drift_y_px = _truth_px(
+        "truth:drift_y_px",
+        "Ground truth: energy drift of the image at the current energy, rows (px, +down)",
     )
     truth_valence_seed = pvproperty(
         name="truth:valence_seed",
@@ -929,6 +1008,16 @@ class TXMIOC(PVGroup):
         dtype=ChannelType.STRING,
         read_only=True,
         doc="Ground truth: Ni valence pattern (core-shell, radial, uniform, mixed; none)",
+    )
+    truth_zp_shift_x_px = _truth_px(
+        "truth:zp_shift_x_px",
+        "Ground truth: image shift from the effective zone-plate x (zp:x + travel tilt), "
+        "columns (px, +right)",
+    )
+    truth_zp_shift_y_px = _truth_px(
+        "truth:zp_shift_y_px",
+        "Ground truth: image shift from the effective zone-plate y (zp:y + travel tilt), "
+        "rows (px, +down)",
     )
 
     def __init__(
@@ -946,6 +1035,8 @@ class TXMIOC(PVGroup):
         valence_seed: int | None = None,
         energy_drift_px: float = DEFAULT_ENERGY_DRIFT_PX,
         energy_drift_max_px: float = DEFAULT_ENERGY_DRIFT_MAX_PX,
+        supersample: int = DEFAULT_SUPERSAMPLE,
+        zp_tilt_mrad: tuple[float, float] = (0.0, 0.0),
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -975,6 +1066,8 @@ class TXMIOC(PVGroup):
             energy_drift=energy_drift_model(
                 energy_drift_px, energy_drift_max_px, start_pixel, self.seed
             ),
+            supersample=supersample,
+            zp_travel_tilt_mrad=_finite_pair(zp_tilt_mrad, "zp_tilt_mrad"),
         )
         # Render once before serving: the projector's numba kernels compile (or load their
         # cache) now, not on the first projection of a fly scan, where a 1-2 s stall on a
@@ -1062,6 +1155,9 @@ class TXMIOC(PVGroup):
         drift_x, drift_y = self.physics.energy_drift_px(state)
         await self._write_if_changed(self.truth_drift_x_px, drift_x, 1e-6)
         await self._write_if_changed(self.truth_drift_y_px, drift_y, 1e-6)
+        zp_shift_x, zp_shift_y = self.physics.zp_image_shift_px(state)
+        await self._write_if_changed(self.truth_zp_shift_x_px, zp_shift_x, 1e-6)
+        await self._write_if_changed(self.truth_zp_shift_y_px, zp_shift_y, 1e-6)
 
     async def _axis_moved(self, axis: TrackedAxis) -> None:
         await self.update_derived()
@@ -1187,6 +1283,26 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_ENERGY_DRIFT_MAX_PX,
         help="largest energy jump, px (default %(default)s)",
     )
+    parser.add_argument(
+        "--supersample",
+        type=int,
+        choices=range(1, 9),
+        default=DEFAULT_SUPERSAMPLE,
+        metavar="N",
+        help="sub-rays per pixel and axis, 1-8: pixel-area integration as a camera does, "
+        "~N^2 the render cost (default %(default)s: pixel centres, for tomography; 2D "
+        "XANES: 4)",
+    )
+    parser.add_argument(
+        "--zp-tilt-mrad",
+        type=float,
+        nargs=2,
+        metavar=("X", "Y"),
+        default=(0.0, 0.0),
+        help="tilt of the zone plate's z travel against the optical axis, mrad: the zone "
+        "plate moves sideways by tilt * (zp:z - z at the Ni edge) um as the energy axis "
+        "refocuses (default 0 0)",
+    )
     args = parser.parse_args(argv)
     ioc = TXMIOC(
         prefix=args.prefix,
@@ -1201,6 +1317,8 @@ def main(argv: list[str] | None = None) -> None:
         valence_seed=args.valence_seed,
         energy_drift_px=args.energy_drift_px,
         energy_drift_max_px=args.energy_drift_max_px,
+        supersample=args.supersample,
+        zp_tilt_mrad=tuple(args.zp_tilt_mrad),
     )
     run_from_args(ioc.pvdb, args)
 

@@ -15,7 +15,13 @@ absorbance* along its ray, ``sum_k L_k J(E) [s(E - E0(v_k)) + A g(E - Ew(v_k))]`
 minus its smooth non-resonant background -- what pre-edge subtraction and
 edge-step normalisation of the measured spectrum estimate. It lies between the
 smallest and largest single-valence whiteline on the ray (8350.05 eV for Ni2+,
-+1.5 eV per valence unit). Rays are sampled at pixel centres, as the IOC renders.
++1.5 eV per valence unit). With the IOC's ``--supersample N`` (N > 1: each pixel
+averages the transmission of N x N sub-rays, as a camera does; the XANES demo uses
+4) pass the same ``--supersample``: a pixel's resonant absorbance is then what it
+measures minus the same without the Ni resonance,
+``-ln mean exp(-b - r) + ln mean exp(-b)`` over its sub-rays
+(:func:`sim_devices.physics.xanes.true_whiteline_map`), and its NMC thickness the
+mean chord.
 
 Consistency with the IOC
 ------------------------
@@ -43,7 +49,8 @@ HDF5 layout (``--out``)
     ``whiteline_min_eV``, ``whiteline_max_eV`` (single-valence whitelines of that
     range: every unmasked pixel lies between them), ``edge_keV`` (8.333),
     ``xanes_window_keV`` (where the IOC renders the chemistry),
-    ``n_fitted`` (unmasked pixels), ``units``.
+    ``n_fitted`` (unmasked pixels), ``supersample`` (sub-rays per pixel and
+    axis), ``units``.
 ``/whiteline_eV`` (rows, cols) float64
     Truth whiteline energy, eV; NaN where masked.
 ``/mask`` (rows, cols) bool
@@ -51,7 +58,8 @@ HDF5 layout (``--out``)
     convention as :func:`multiscope.analysis.xanes.normalize`). Exactly the pixels
     that are *not* masked should be fitted.
 ``/nmc_thickness_um`` (rows, cols) float64
-    NMC811 chord length along each ray, um (0 where masked).
+    NMC811 chord length along each ray (the mean over the pixel's sub-rays), um (0
+    where masked).
 ``/mean_whiteline_eV`` (rows, cols) float64
     Thickness-weighted mean of the per-voxel whiteline energies, eV (NaN where
     masked): differs from ``whiteline_eV`` where valences mix; for comparison only.
@@ -66,7 +74,8 @@ Command line::
 
     python -m sim_devices.xanes_truth --seed 0 --binning 4 --shape 128 128 \\
         --axis-offset-px 3.7 --theta-deg 0 --sample-x-um 0 --sample-z-um 0 \\
-        [--particles N] [--valence-pattern mixed] [--valence-seed S] --out truth.h5
+        [--particles N] [--valence-pattern mixed] [--valence-seed S] [--supersample 4] \\
+        --out truth.h5
 """
 
 from __future__ import annotations
@@ -90,6 +99,7 @@ from sim_devices.physics.xanes import (
 from sim_devices.truth_common import add_ioc_arguments, phantom, scene
 from sim_devices.txm import (
     DEFAULT_AXIS_OFFSET_PX,
+    DEFAULT_SUPERSAMPLE,
     DEFAULT_VALENCE_PATTERN,
     VALENCE_PATTERNS,
     TXMState,
@@ -158,6 +168,7 @@ def build_truth(
     valence_pattern: str = DEFAULT_VALENCE_PATTERN,
     valence_seed: int | None = None,
     tab: ElectrodeTab | None = None,
+    supersample: int = DEFAULT_SUPERSAMPLE,
 ) -> XanesTruth:
     """True whiteline map of the projection the TXM IOC images with these arguments.
 
@@ -179,6 +190,8 @@ def build_truth(
         The IOC's ``--valence-seed`` (default ``seed``).
     tab : ElectrodeTab, optional
         The phantom, when already built (it must be ``phantom(seed, particles)``).
+    supersample : int
+        The IOC's ``--supersample`` (sub-rays per pixel and axis of its renders).
 
     Returns
     -------
@@ -198,7 +211,9 @@ def build_truth(
     )
     geometry = renderer.geometry(state, (rows, cols))
     center = renderer.center_um(state)
-    truth = true_whiteline_map(tab, vf, geometry, math.radians(float(theta_deg)), center)
+    truth = true_whiteline_map(
+        tab, vf, geometry, math.radians(float(theta_deg)), center, supersample=int(supersample)
+    )
     vmin, vmax = vf.valence_range
     mask = np.asarray(truth.mask, bool)
     attrs = {
@@ -225,6 +240,7 @@ def build_truth(
         "edge_keV": NI_K_EDGE_KEV,
         "xanes_window_keV": np.asarray(XANES_WINDOW_KEV, dtype=np.float64),
         "n_fitted": int(np.count_nonzero(~mask)),
+        "supersample": int(supersample),
         "units": UNITS,
     }
     n = tab.n_nmc
@@ -296,6 +312,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--valence-seed", type=int, default=None, help="the IOC's --valence-seed (default: --seed)"
     )
+    parser.add_argument(
+        "--supersample",
+        type=int,
+        default=DEFAULT_SUPERSAMPLE,
+        help="the IOC's --supersample (default %(default)s)",
+    )
     parser.add_argument("--out", required=True, help="HDF5 file to write")
     return parser
 
@@ -317,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         sample_z_um=args.sample_z_um,
         valence_pattern=args.valence_pattern,
         valence_seed=args.valence_seed,
+        supersample=args.supersample,
     )
     path = write_truth(args.out, truth)
     a = truth.attrs

@@ -43,9 +43,13 @@ edge-step normalisation of the measured spectrum estimate.  It is computed
 numerically from the same model (:func:`true_whiteline_map`).  It is **not** the
 thickness-weighted mean of the per-voxel whiteline energies (also returned, as
 ``mean_whiteline_eV``, for comparison): mixing shifted peaks is not linear in their
-positions.  Because the whiteline is wider (FWHM 4.5 eV, 2 sigma = 3.8 eV) than the
-largest valence shift (3 eV), every such sum is unimodal and its maximum lies
-between the smallest and largest single-valence whiteline on the ray.
+positions.  For frames integrated over each pixel's area (``supersample=s``: a
+camera averages the *transmission* of its ``s x s`` sub-rays) the pixel's resonant
+absorbance is ``-ln mean exp(-b - r) + ln mean exp(-b)`` over its sub-rays, what
+it measures minus the same without the resonance.  Because the whiteline is wider
+(FWHM 4.5 eV, 2 sigma = 3.8 eV) than the largest valence shift (3 eV), every such
+sum is unimodal and its maximum lies between the smallest and largest single-valence
+whiteline on the ray.
 
 Rendering window
 ----------------
@@ -85,7 +89,7 @@ import xraydb
 
 from .materials import MATERIAL_IDS, MATERIALS, mu_table
 from .phantom import ElectrodeTab, VoxelVolume
-from .projector import DetectorGeometry, project
+from .projector import DetectorGeometry, bin_pixels, project, supersampled_geometry
 
 __all__ = [
     "EDGE_OFFSET_EV",
@@ -606,6 +610,7 @@ def project_xanes(
     center_um: tuple[float, float, float] | None = None,
     base_mu: np.ndarray | None = None,
     weight: float = 1.0,
+    supersample: int = 1,
 ) -> np.ndarray:
     """Exact line integrals of mu through the tab with the valence-dependent NMC model.
 
@@ -629,6 +634,10 @@ def project_xanes(
         Blend of the NMC attenuation: ``base_mu[nmc] + weight * (model - base_mu[nmc])``
         (:func:`xanes_weight`; 1: the model, 0: the tabulated value everywhere,
         i.e. exactly :func:`.projector.project`).
+    supersample : int
+        Sub-rays per pixel and axis: ``s > 1`` integrates each pixel's transmission
+        over its area as a camera does (:func:`.projector.project`); the matching
+        truth is ``true_whiteline_map(..., supersample=s)``.
 
     Returns
     -------
@@ -652,7 +661,10 @@ def project_xanes(
             return tabulated + w * (model - tabulated)
 
     mus = _shell_mu(st, base, mu_of, pore_mu)
-    return project(st.tab, angle_rad, energy_keV, detector, center_um=center_um, mu=mus)
+    return project(
+        st.tab, angle_rad, energy_keV, detector, center_um=center_um, mu=mus,
+        supersample=supersample,
+    )  # fmt: skip
 
 
 def _project_shell_quantity(st, angle_rad, detector, center_um, q_of_valence):
@@ -720,9 +732,14 @@ def true_whiteline_map(
     min_thickness_um : float
         Rays with NMC thickness <= this are masked (default 0: no NMC at all).
     supersample : int
-        For pixel-area-integrated frames rendered on an ``s x s`` finer grid and
-        binned (see :func:`supersampled_geometry`): the truth spectrum of a pixel is
-        then the mean of its sub-rays' resonant absorbance (thickness likewise).
+        For pixel-area-integrated frames (``project_xanes(..., supersample=s)``,
+        :func:`supersampled_geometry`): the truth spectrum of a pixel is then the
+        resonant part of what it measures, ``-ln mean exp(-b - r) + ln mean exp(-b)``
+        over its ``s x s`` sub-rays (``r`` resonant, ``b`` all other absorbance of
+        the sub-ray at that energy), i.e. the pixel's absorbance minus the same
+        without the Ni resonance.  Not the mean of ``r``: where sub-rays differ in
+        thickness (particle rims, the laser-cut edge) the thinner ones transmit more
+        and weigh more.  Thickness and ``mean_whiteline_eV``: means over sub-rays.
 
     Returns
     -------
@@ -750,8 +767,23 @@ def true_whiteline_map(
     grid = np.arange(e_lo, e_hi + step_eV, step_eV)
     good = ~mask
     spectra = np.empty((grid.size, int(good.sum())), np.float64)
+    base = mu_tables(grid * 1e-3) if s > 1 else None
     for k, e in enumerate(grid):
-        spectra[k] = proj(lambda v, e=e: _resonant_ev(e, v))[good]
+        if s == 1:
+            spectra[k] = proj(lambda v, e=e: _resonant_ev(e, v))[good]
+            continue
+        # A camera pixel averages its sub-rays' transmission, so its resonant
+        # absorbance is -ln mean(exp(-b - r)) + ln mean(exp(-b)) (b: the rest of each
+        # sub-ray at this energy): thin sub-rays weigh more than in the mean of r.
+        r = _project_shell_quantity(
+            st, angle_rad, fine, center_um, lambda v, e=e: _resonant_ev(e, v)
+        )
+        mus = base[k].copy()
+        mus[_NMC] = float(nmc_mu_background(e * 1e-3))
+        b = project(tab, angle_rad, e * 1e-3, fine, center_um=center_um, mu=mus)
+        weight = np.exp(-b.astype(np.float64))
+        seen = bin_pixels(weight * np.exp(-r.astype(np.float64)), s) / bin_pixels(weight, s)
+        spectra[k] = -np.log(seen)[good]
     kmax = np.clip(np.argmax(spectra, axis=0), 1, grid.size - 2)
     cols_ = np.arange(spectra.shape[1])
     ym, y0, yp = spectra[kmax - 1, cols_], spectra[kmax, cols_], spectra[kmax + 1, cols_]
@@ -761,34 +793,6 @@ def true_whiteline_map(
     e_sum = proj(whiteline_energy_eV)
     mean[good] = e_sum[good] / thick[good]
     return TrueWhitelineMap(wl, mean, thick, mask)
-
-
-def supersampled_geometry(geometry: DetectorGeometry, factor: int) -> DetectorGeometry:
-    """Detector grid ``factor`` times finer whose ``factor x factor`` blocks bin to ``geometry``.
-
-    Block means of the fine pixel centres coincide with the coarse pixel centres, so
-    ``bin_pixels(project(..., fine), factor)`` approximates pixel-area integration.
-    """
-    f = int(factor)
-    if f < 1:
-        raise ValueError("factor must be >= 1")
-    if f == 1:
-        return geometry
-    return DetectorGeometry(
-        rows=geometry.rows * f,
-        cols=geometry.cols * f,
-        pixel_size_um=geometry.pixel_size_um / f,
-        axis_offset_px=geometry.axis_offset_px * f,
-    )
-
-
-def bin_pixels(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over ``factor x factor`` blocks of the last two axes."""
-    f = int(factor)
-    if f == 1:
-        return image
-    *lead, r, c = image.shape
-    return image.reshape(*lead, r // f, f, c // f, f).mean(axis=(-3, -1))
 
 
 # --------------------------------------------------------------------------------------

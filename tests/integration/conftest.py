@@ -7,6 +7,7 @@ created, so every port an IOC of this test session may use is reserved up front
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import uuid
@@ -69,6 +70,57 @@ def start_sim_ioc(
         simctl.stop_ioc(ioc.pid)
         raise
     return RunningIOC(prefix, port, ioc.pid, ioc.log_path), ioc
+
+
+@contextlib.contextmanager
+def txm_session(pool, tmp_path_factory, name: str, extra_args=()):
+    """A TXM session on its own simulated TXM IOC; the session closed, the IOC stopped after.
+
+    Yields ``(session, running IOC)``; logs and data go to ``<name>-logs`` / ``<name>-data``.
+    """
+    from multiscope.session import configure_session
+
+    running, ioc = start_sim_ioc(
+        pool, tmp_path_factory.mktemp(f"{name}-logs"), "txm", extra_args=extra_args
+    )
+    session = None
+    try:
+        session = configure_session(
+            {},
+            "txm",
+            data_dir=tmp_path_factory.mktemp(f"{name}-data"),
+            prefix=running.prefix,
+            table=False,
+            progress=False,
+        )
+        yield session, running
+    finally:
+        if session is not None:
+            session.close(timeout=120)
+        simctl.stop_ioc(ioc.pid)
+
+
+def finished_run(session, uid):
+    """Run ``uid`` from the session's catalog once it has it all; the run must have succeeded."""
+    assert session.catalog.drain(120)
+    run = session.catalog.run(uid)
+    assert run.metadata["stop"]["exit_status"] == "success"
+    return run
+
+
+def run_focus_calibration(session, camera, energy, shutter, energies, step_mm):
+    """Run ``focus_calibration`` (0.4 mm of zp:z in ``step_mm`` steps, 0.1 s frames); its run."""
+    (uid,) = session.RE(
+        session.plans["focus_calibration"](
+            camera, energy, shutter, energies, zp_z_range_mm=0.4, zp_z_step_mm=step_mm,
+            exposure_s=0.1,
+        )
+    )  # fmt: skip
+    run = finished_run(session, uid)
+    start, stop = run.metadata["start"], run.metadata["stop"]
+    print(f"focus_calibration: estimated {start['estimated_duration_s']:.1f} s, "
+          f"took {stop['time'] - start['time']:.1f} s")  # fmt: skip
+    return run
 
 
 def _start(pool, log_dir: Path) -> tuple[RunningIOC, simctl.IOCProcess]:

@@ -15,13 +15,11 @@ import numpy as np
 import pytest
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
-from conftest import start_sim_ioc
+from conftest import finished_run, run_focus_calibration, txm_session
 from ophyd import EpicsSignalRO
 
-from multiscope import simctl
 from multiscope.analysis.focus import find_focus_peak, normalized_variance
 from multiscope.plan_stubs.frames import take_frames
-from multiscope.session import configure_session
 
 pytestmark = pytest.mark.integration
 
@@ -35,36 +33,11 @@ DEFOCUS_MM = 0.3
 @pytest.fixture(scope="module")
 def txm(ca_port_pool, tmp_path_factory):
     """A TXM session on its own simulated IOC, and the IOC's true-focus PV."""
-    running, ioc = start_sim_ioc(
-        ca_port_pool,
-        tmp_path_factory.mktemp("xanes-logs"),
-        "txm",
-        extra_args=["--binning", "4", "--shape", "128", "128"],
-    )
-    session = None
-    try:
-        session = configure_session(
-            {},
-            "txm",
-            data_dir=tmp_path_factory.mktemp("xanes-data"),
-            prefix=running.prefix,
-            table=False,
-            progress=False,
-        )
+    extra_args = ["--binning", "4", "--shape", "128", "128"]
+    with txm_session(ca_port_pool, tmp_path_factory, "xanes", extra_args) as (session, running):
         truth = EpicsSignalRO(f"{running.prefix}truth:focus_zp_z", name="truth_focus_zp_z")
         truth.wait_for_connection(timeout=10)
         yield session, truth
-    finally:
-        if session is not None:
-            session.close(timeout=120)
-        simctl.stop_ioc(ioc.pid)
-
-
-def _run(session, uid):
-    assert session.catalog.drain(120)
-    run = session.catalog.run(uid)
-    assert run.metadata["stop"]["exit_status"] == "success"
-    return run
 
 
 def _in_focus_references(energy, camera, shutter, truth, energies):
@@ -100,7 +73,7 @@ def test_xanes_2d_refocuses_at_every_energy(txm):
             pixel_size_um=pixel_um, sample_id="NMC811 tab",
         )
     )  # fmt: skip
-    run = _run(session, uid)
+    run = finished_run(session, uid)
     start, stop = run.metadata["start"], run.metadata["stop"]
     print(f"xanes_2d: estimated {start['estimated_duration_s']:.1f} s, "
           f"took {stop['time'] - start['time']:.1f} s")  # fmt: skip
@@ -115,7 +88,7 @@ def test_xanes_2d_refocuses_at_every_energy(txm):
     frames = np.asarray(primary["camera_image"], dtype=float).reshape(8, 128, 128)
 
     (ref_uid,) = session.RE(_in_focus_references(energy, camera, d["shutter"], truth, ENERGIES_KEV))
-    refs = _run(session, ref_uid)
+    refs = finished_run(session, ref_uid)
     focused = np.asarray(refs["focus"].read()["camera_image"], float).reshape(8, 128, 128)
     blurred = np.asarray(refs["defocus"].read()["camera_image"], float).reshape(8, 128, 128)
     ratio = normalized_variance(frames) / normalized_variance(focused)
@@ -138,17 +111,8 @@ def test_focus_calibration_recovers_the_true_focus(txm):
     # ~0.15 mm from the thin-lens zone-plate position, which the calibration must find.
     sample.y.set(150.0).wait(10)
     try:
-        (uid,) = session.RE(
-            session.plans["focus_calibration"](
-                camera, energy, d["shutter"], energies, zp_z_range_mm=0.4, zp_z_step_mm=step,
-                exposure_s=0.1,
-            )
-        )  # fmt: skip
-        run = _run(session, uid)
-        start, stop = run.metadata["start"], run.metadata["stop"]
-        print(f"focus_calibration: estimated {start['estimated_duration_s']:.1f} s, "
-              f"took {stop['time'] - start['time']:.1f} s")  # fmt: skip
-        block = start["focus_calibration"]
+        run = run_focus_calibration(session, camera, energy, d["shutter"], energies, step)
+        block = run.metadata["start"]["focus_calibration"]
         found = run["focus"].read()
         primary = run["primary"].read()
         errors, offsets = [], []

@@ -1,9 +1,18 @@
-"""In-process fake devices for plan unit tests (no IOC): readable, movable, triggerable."""
+"""In-process fake devices for plan unit tests (no IOC): readable, movable, triggerable.
+
+Also a fake TXM energy axis (``ophyd.sim.make_fake_device``) whose motors arrive as
+soon as they are put, and the run-document helpers the plan tests share.
+"""
 
 import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Device, Signal, SoftPositioner
-from ophyd.sim import SynSignal
+from ophyd.sim import SynSignal, make_fake_device
+
+from multiscope.analysis.optics import focal_length_mm, lens_distances_mm
+from multiscope.devices.txm import TXMEnergy
+
+D_UM, DR_NM = 120.0, 30.0  # the simulated TXM's zone plate
 
 
 class CamSettings(Device):
@@ -28,3 +37,57 @@ class FakeShutter(Signal):
         if value not in ("open", "close"):
             raise ValueError(value)
         return super().set(value, **kwargs)
+
+
+def thin_lens(energy_keV, magnification=50.0):
+    """(zp_z, det_z) mm of the simulated TXM's zone plate in thin-lens focus (analysis.optics)."""
+    p, q = lens_distances_mm(focal_length_mm(D_UM, DR_NM, energy_keV), magnification)
+    return p, p + q
+
+
+def instant_motor(motor, position, limits, velocity=5.0):
+    """A fake Motor at ``position`` with limits, that 'arrives' as soon as it is put."""
+    motor.user_readback.sim_put(position)
+    motor.user_setpoint.sim_put(position)
+    motor.user_setpoint.sim_set_limits(limits)
+    motor.velocity.sim_put(velocity)
+    motor.acceleration.sim_put(0.1)
+    motor.motor_done_move.sim_put(1)
+    motor.user_readback.alarm_severity = 0  # read by EpicsMotor at the end of a move; no fake
+
+    def arrive(value, *args, **kwargs):
+        motor.user_setpoint.sim_put(value)
+        motor.user_readback.sim_put(value)
+        motor.motor_done_move.sim_put(0)
+        motor.motor_done_move.sim_put(1)
+
+    motor.user_setpoint.sim_set_putter(arrive)
+    return motor
+
+
+def fake_txm_energy(energy_keV=8.0, zp_xy_um=(0.0, 0.0), pixel_nm=260.0):
+    """A fake TXMEnergy at ``energy_keV`` in thin-lens focus, zone plate x/y at ``zp_xy_um``.
+
+    ``pixel_nm``: the effective pixel (binning 4, 2x objective, M = 50 by default).
+    """
+    device = make_fake_device(TXMEnergy)("TXM:", name="energy")
+    device.zp_diameter_um.sim_put(D_UM)
+    device.zp_outermost_zone_nm.sim_put(DR_NM)
+    device.pixel_size.sim_put(pixel_nm)
+    zp_z, det_z = thin_lens(energy_keV)
+    instant_motor(device.mono, energy_keV, (5.0, 15.0), 1.0)
+    instant_motor(device.zp_z, zp_z, (5.0, 60.0), 5.0)
+    instant_motor(device.det_z, det_z, (300.0, 2500.0), 100.0)
+    instant_motor(device.zp_x, zp_xy_um[0], (-500.0, 500.0), 100.0)  # um
+    instant_motor(device.zp_y, zp_xy_um[1], (-500.0, 500.0), 100.0)
+    return device
+
+
+def event_streams(documents):
+    """{stream: [event data]} for every run in ``documents`` ((name, doc) pairs)."""
+    names = {doc["uid"]: doc["name"] for name, doc in documents if name == "descriptor"}
+    streams = {}
+    for name, doc in documents:
+        if name == "event":
+            streams.setdefault(names[doc["descriptor"]], []).append(doc["data"])
+    return streams

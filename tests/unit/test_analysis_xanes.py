@@ -196,6 +196,51 @@ def test_masked_pixels_are_those_without_enough_nmc(scene, drifted):
     )
 
 
+# Thickness (um of NMC811) above which material_mask must keep every in-view pixel:
+# 6 standard errors of a thin pixel's edge step (0.004 absorbance at this SNR) are
+# 0.38 um at 0.064 per um; measured: none thicker than 0.56 um masked on this scene
+# (the fixed 0.03 threshold: 0.58 um, and 615 instead of 507 pixels with NMC masked).
+SURE_UM = 0.6
+
+
+def test_significance_mask_is_exactly_the_pixels_without_nmc_down_to_the_noise(scene, drifted):
+    truth = scene["truth"]
+    th = truth.nmc_thickness_um
+    aligned = drifted["aligned"]
+    _, jump, _ = xa.normalize(aligned, E_KEV, PRE, POST, min_edge_jump=-np.inf)
+    error = xa.edge_step_error(aligned, E_KEV, PRE, POST)
+    outside = xa.out_of_view(drifted["shifts"], jump.shape)
+    assert np.all(np.isfinite(error[~outside])) and np.all(np.isnan(error[outside]))
+    # The standard error is the step's noise: on pixels without NMC the step scatters
+    # about 0 as the errors say (median absolute z of a normal variable: 0.674).
+    z_empty = jump[truth.mask & ~outside] / error[truth.mask & ~outside]
+    assert 0.55 < float(np.median(np.abs(z_empty))) < 0.85
+    mask = xa.material_mask(jump, error)
+    norm, _, _ = xa.normalize(aligned, E_KEV, PRE, POST, min_edge_jump=-np.inf)
+    norm[:, mask] = np.nan
+    wl = xa.fit_whiteline(norm, E_KEV, WINDOW, mask=mask, n_points=N_POINTS)
+    rmse, n = _rmse(wl, truth.whiteline_eV, ~mask)
+    in_view = ~outside
+    fitted_empty = int(np.count_nonzero(~mask & truth.mask & in_view))
+    masked_nmc = mask & ~truth.mask & in_view
+    deepest = float(th[masked_nmc].max()) if masked_nmc.any() else 0.0
+    old = drifted["mask"]  # the fixed 0.03 threshold
+    print(
+        f"significance mask: {fitted_empty} px without NMC fitted; {int(masked_nmc.sum())} of "
+        f"{int((~truth.mask & in_view).sum())} px with NMC masked, the thickest "
+        f"{deepest:.3f} um (fixed 0.03 threshold: {int((old & ~truth.mask & in_view).sum())}, "
+        f"thickest {float(th[old & ~truth.mask & in_view].max()):.3f} um); median step error "
+        f"{np.nanmedian(error[truth.mask & in_view]):.4f}; whiteline rmse {rmse:.3f} eV "
+        f"over all {n} kept px"
+    )
+    assert rmse <= 0.1
+    assert fitted_empty == 0
+    assert mask[outside].all()
+    assert not (mask & (th >= SURE_UM) & in_view).any()
+    # Better than the fixed threshold: fewer pixels with NMC masked.
+    assert masked_nmc.sum() < (old & ~truth.mask & in_view).sum()
+
+
 # --------------------------------------------------------------------------------------
 # Method checks on model spectra
 # --------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import pytest
 from event_model import RunRouter, compose_run
-from xanes_grid import E_KEV, POST, PRE, WINDOW
+from xanes_grid import E3_KEV, E_KEV, POST, PRE, WINDOW, small_tab
 
 import sim_devices.physics as phys
 import sim_devices.physics.xanes as xph
@@ -34,7 +34,11 @@ MIN_JUMP = 0.03
 SS = 4  # sub-rays per pixel and axis: pixel-area integration (see test_analysis_xanes.py)
 PIXEL_UM = 0.2
 IMAGE, ENERGY, INDEX = "camera_image", "energy_energy", "xanes_energy_index"
-BAND_UM = 0.25  # +-4 sigma of the edge-jump noise around the mask threshold
+# The final mask (analysis.xanes.material_mask) keeps every in-view pixel with at least
+# this much NMC (um); measured on the three policies: none thicker than 0.55-0.64 um
+# masked (the former fixed 0.03 threshold was only exact outside +-0.25 um of 0.47 um,
+# i.e. above 0.72 um).
+SURE_UM = 0.7
 
 
 # ---------------------------------------------------------------------- documents
@@ -145,6 +149,17 @@ def run_documents(directory, plan_name, block, darks, energies_frames, *, tomo=N
 # ---------------------------------------------------------------------- 2D scene
 @pytest.fixture(scope="module")
 def scene():
+    return build_scene(0.0)
+
+
+@pytest.fixture(scope="module")
+def edge_scene():
+    """The tab's cut edge in view: its right ~40 % (x > 14 um) is empty."""
+    return build_scene(10.0)
+
+
+def build_scene(x_um: float):
+    """The drifted absorbance stack and its truth, with the tab point ``x_um`` centred."""
     tab = phys.make_tab(
         seed=5,
         width_um=28,
@@ -165,10 +180,10 @@ def scene():
     absorbance = []
     for k, e in enumerate(E_KEV):
         # Image shift (rows, cols) -> tab frame: columns follow +x, rows follow -z.
-        center = (-drift[k, 1] * PIXEL_UM, 0.0, 14.0 + drift[k, 0] * PIXEL_UM)
+        center = (x_um - drift[k, 1] * PIXEL_UM, 0.0, 14.0 + drift[k, 0] * PIXEL_UM)
         pf = xph.project_xanes(tab, vf, 0.0, e, fine, center_um=center, base_mu=base[k])
         absorbance.append(-np.log(xph.bin_pixels(np.exp(-pf.astype(np.float64)), SS)))
-    truth = xph.true_whiteline_map(tab, vf, geo, 0.0, center_um=(0.0, 0.0, 14.0), supersample=SS)
+    truth = xph.true_whiteline_map(tab, vf, geo, 0.0, center_um=(x_um, 0.0, 14.0), supersample=SS)
     return {"geo": geo, "drift": drift, "absorbance": np.asarray(absorbance), "truth": truth}
 
 
@@ -209,7 +224,7 @@ def _rmse(wl_eV, truth_eV, sel):  # noqa: N803
     return float(np.sqrt(np.mean(d * d))), int(d.size)
 
 
-def _check_accuracy(live, scene, label):
+def _check_accuracy(live, scene, label, min_kept=0.75):
     truth = scene["truth"]
     maps = live.maps
     mask, wl = maps["mask"], maps["whiteline_eV"]
@@ -218,20 +233,21 @@ def _check_accuracy(live, scene, label):
     rmse, n = _rmse(wl, truth.whiteline_eV, kept)
     # Drift: the applied shift undoes the content's displacement.
     err = maps["shifts_px"] + scene["drift"]
-    # Mask: the material mask at the edge-jump threshold, plus exactly the pixels out of view.
+    # Mask: exactly the pixels without NMC plus those out of view, except NMC thinner
+    # than the detection limit (SURE_UM), which photon noise may hide.
     th = truth.nmc_thickness_um
-    jump = maps["edge_jump"]
-    k = float(np.nanmedian(jump[th > 2] / th[th > 2]))
-    material = th <= MIN_JUMP / k
-    clear = np.abs(th - MIN_JUMP / k) > BAND_UM
-    expected = material | maps["out_of_view"]
+    outside = maps["out_of_view"]
+    clear = truth.mask | (th >= SURE_UM) | outside
+    expected = truth.mask | outside
+    masked_nmc = mask & ~truth.mask & ~outside
     print(
         f"{label}: whiteline rmse {rmse:.3f} eV over all {n} kept px; drift error max "
-        f"{np.abs(err).max():.4f} px; mask differs from the material mask on "
-        f"{int((mask != expected)[~clear].sum())} of {int((~clear).sum())} px in the noise band"
+        f"{np.abs(err).max():.4f} px; {int(masked_nmc.sum())} of {int((~clear).sum())} px "
+        f"under {SURE_UM} um of NMC masked (thickest "
+        f"{float(th[masked_nmc].max()) if masked_nmc.any() else 0.0:.3f} um)"
     )
     assert rmse <= 0.1
-    assert n > 0.75 * mask.size
+    assert n > min_kept * mask.size
     assert np.abs(err).max() < 0.3
     assert mask[truth.mask].all()
     assert np.array_equal(mask[clear], expected[clear])
@@ -321,6 +337,27 @@ def test_live_map_flat_policies(tmp_path, scene, policy, flat_every, beam_ramp):
         assert notes["7"] == "flat set 5" and notes["8"] == "flat set 10"
 
 
+def test_live_map_with_the_cut_edge_in_view(tmp_path, edge_scene):
+    # The IOC demo's sample_x_um=30 case at unit scale: the thick coating ends inside
+    # the field. Re-aligning each energy by a sub-pixel shift must not leak its edge
+    # into the empty side, and thin NMC at the cut must fit like any other.
+    truth = edge_scene["truth"]
+    empty = truth.mask.mean()
+    assert 0.3 < empty < 0.6
+    darks, per_energy = render_2d(edge_scene, "interpolate", 10, seed=3)
+    live = LiveXANESMap(tmp_path / "out")
+    block = xanes_block(E_KEV, "interpolate", 10)
+    feed(live, run_documents(tmp_path / "raw", "xanes_2d", block, darks, per_energy))
+    _check_accuracy(live, edge_scene, "cut edge in view", min_kept=0.4)
+    # No edge leaked into the empty side: its steps scatter about 0 as their errors
+    # say (median |z| of a normal variable: 0.674), none reaches certain material.
+    jump, error = live.maps["edge_jump"], live.maps["edge_jump_error"]
+    z = jump[truth.mask & ~live.maps["out_of_view"]] / error[truth.mask & ~live.maps["out_of_view"]]
+    print(f"empty side: median |z| {np.median(np.abs(z)):.2f}, max z {z.max():.1f}")
+    assert 0.55 < float(np.median(np.abs(z))) < 0.85
+    assert float(z.max()) < 8.0
+
+
 def test_replay_without_live_updates_gives_the_same_maps(tmp_path, scene):
     # A run read back from the catalog or journal: the same documents, fed after the fact.
     darks, per_energy = render_2d(scene, "every_n", 10, seed=2, num_flats=4)
@@ -375,28 +412,12 @@ def test_factory_and_txm_pipeline_route_xanes_runs(tmp_path):
 
 
 # ---------------------------------------------------------------------- 3D
-E3_KEV = np.concatenate(
-    [
-        [8.30, 8.31, 8.32],
-        [8.330, 8.336, 8.340, 8.343],
-        np.arange(8346, 8358.1, 1.0) / 1000,
-        [8.37, 8.38, 8.39],
-    ]
-)
 NX3 = 32
 
 
 @pytest.fixture(scope="module")
 def run3d(tmp_path_factory):
-    tab = phys.make_tab(
-        seed=2,
-        width_um=4.4,
-        coating_thickness_um=4.4,
-        foil_thickness_um=0.0,
-        height_um=6.4,
-        diameter_median_um=2.0,
-        diameter_range_um=(1.2, 3.0),
-    )
+    tab = small_tab()
     vf = xph.assign_valence(tab, seed=3, pattern="uniform")
     geo = phys.DetectorGeometry(NX3, NX3, PIXEL_UM)
     model = phys.DetectorModel(geometry=geo, photons_per_s=1e5, gain_adu_per_photon=0.6)

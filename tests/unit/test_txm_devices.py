@@ -17,6 +17,7 @@ import pytest
 from bluesky import RunEngine
 from bluesky.protocols import Configurable, Movable, Readable, Stageable, Triggerable
 from bluesky.simulators import RunEngineSimulator
+from fakes import instant_motor as _instant_motor
 from ophyd import Device, PositionerBase
 from ophyd.areadetector import DetectorBase
 from ophyd.sim import make_fake_device
@@ -29,33 +30,14 @@ from multiscope.plan_stubs import txm as txm_stubs
 
 D_UM = 60.0  # zone-plate diameter
 DR_NM = 30.0  # outermost zone width
-LIMITS = {"mono": (5.0, 15.0), "zp_z": (5.0, 25.0), "det_z": (300.0, 1200.0)}
+LIMITS = {"mono": (5.0, 15.0), "zp_z": (5.0, 25.0), "det_z": (300.0, 1200.0),
+          "zp_x": (-500.0, 500.0), "zp_y": (-500.0, 500.0)}  # fmt: skip
 
 
 def thin_lens(energy_keV, magnification=50.0):
     """(zp_z, det_z) from analysis.optics."""
     p, q = lens_distances_mm(focal_length_mm(D_UM, DR_NM, energy_keV), magnification)
     return p, p + q
-
-
-def _instant_motor(motor, position, limits, velocity=5.0):
-    """A fake Motor at ``position`` with limits, that 'arrives' as soon as it is put."""
-    motor.user_readback.sim_put(position)
-    motor.user_setpoint.sim_put(position)
-    motor.user_setpoint.sim_set_limits(limits)
-    motor.velocity.sim_put(velocity)
-    motor.acceleration.sim_put(0.1)
-    motor.motor_done_move.sim_put(1)
-    motor.user_readback.alarm_severity = 0  # read by EpicsMotor at the end of a move; no fake
-
-    def arrive(value, *args, **kwargs):
-        motor.user_setpoint.sim_put(value)
-        motor.user_readback.sim_put(value)
-        motor.motor_done_move.sim_put(0)
-        motor.motor_done_move.sim_put(1)
-
-    motor.user_setpoint.sim_set_putter(arrive)
-    return motor
 
 
 @pytest.fixture
@@ -67,6 +49,8 @@ def energy():
     _instant_motor(device.mono, 8.0, LIMITS["mono"], velocity=1.0)
     _instant_motor(device.zp_z, zp_z, LIMITS["zp_z"], velocity=2.0)
     _instant_motor(device.det_z, det_z, LIMITS["det_z"], velocity=20.0)
+    _instant_motor(device.zp_x, 12.0, LIMITS["zp_x"], velocity=100.0)  # hand-aligned, um
+    _instant_motor(device.zp_y, -3.0, LIMITS["zp_y"], velocity=100.0)
     return device
 
 
@@ -82,7 +66,7 @@ def calibration_4():
         {
             "zp_z": [0.010, 0.020, 0.025, 0.028],
             "det_z": [-0.5, -0.2, 0.1, 0.3],
-            "zp_x": [1.0, 2.0, 3.0, 4.0],  # another device's axis: ignored here
+            "zp_x": [0.001, 0.002, 0.003, 0.004],  # mm: the zone plate at 1-4 um across
         },
     )
 
@@ -147,6 +131,63 @@ def test_calibration_signal_accepts_object_json_and_clears(energy):
     assert energy.forward(12.0).zp_z == pytest.approx(thin_lens(12.0)[0])
     with pytest.raises(ValueError, match="strictly increasing"):
         energy.calibration.put({"energies_keV": [8.0, 7.0], "offsets": {}})
+
+
+def _commands(motor):
+    """Record every setpoint put to ``motor`` (after the fixture's instant arrival)."""
+    puts = []
+    arrive = motor.user_setpoint._put_func
+
+    def record(value, *args, **kwargs):
+        puts.append(value)
+        arrive(value, *args, **kwargs)
+
+    motor.user_setpoint.sim_set_putter(record)
+    return puts
+
+
+def test_uncalibrated_zone_plate_xy_is_never_commanded(energy):
+    puts = {axis: _commands(getattr(energy, axis)) for axis in ("zp_x", "zp_y")}
+    energy.calibration.put(FocusCalibration([7.0, 10.0], {"zp_z": [0.01, 0.02]}))
+    assert energy.commanded_axes() == ("mono", "zp_z", "det_z")
+    reals = energy.forward(9.0)
+    assert (reals.zp_x, reals.zp_y) == (12.0, -3.0)  # where the hand alignment left it
+    energy.set(9.0).wait(5)
+    assert puts == {"zp_x": [], "zp_y": []}
+    assert (energy.zp_x.position, energy.zp_y.position) == (12.0, -3.0)
+
+
+def test_calibrated_zone_plate_xy_follows_the_spline_in_um(energy):
+    cal = calibration_4()  # zp_x in mm; no zp_y: that axis stays where it is
+    energy.calibration.put(cal)
+    assert energy.commanded_axes() == ("mono", "zp_z", "det_z", "zp_x")
+    puts = _commands(energy.zp_y)
+    for e in (7.0, 8.35, 9.8):
+        assert energy.forward(e).zp_x == pytest.approx(cal.offset("zp_x", e) * 1e3, abs=1e-9)
+    energy.set(8.35).wait(5)
+    assert energy.zp_x.position == pytest.approx(cal.offset("zp_x", 8.35) * 1e3)
+    assert 2.0 < energy.zp_x.position < 3.0 and puts == []
+    # the slowest commanded axis sets the timeout; zp_x counts now
+    energy.zp_x.velocity.sim_put(1e-3)
+    assert energy.move_timeout(9.0) > (cal.offset("zp_x", 9.0) * 1e3 - 2.35) / 1e-3
+
+
+def test_calibrated_zone_plate_xy_outside_its_limits_refused_without_motion(energy):
+    energy.zp_y.user_setpoint.sim_set_limits((-2.0, 2.0))
+    energy.calibration.put(
+        FocusCalibration([7.0, 10.0], {"zp_x": [0.001, 0.001], "zp_y": [0.0, 0.004]})
+    )
+    energy.set(7.5).wait(5)  # zp_y 0.67 um: inside
+    assert energy.zp_y.position == pytest.approx(2 / 3, abs=1e-9)
+    before = {axis: getattr(energy, axis).user_setpoint.get() for axis in LIMITS}
+    with pytest.raises(LimitError, match=r"zp_y target 3.33.* outside soft limits \[-2.0, 2.0\]"):
+        energy.set(9.5)
+    assert {axis: getattr(energy, axis).user_setpoint.get() for axis in LIMITS} == before
+
+
+def test_sequential_energy_moves_refused():
+    with pytest.raises(ValueError, match="concurrently"):
+        make_fake_device(txm_devices.TXMEnergy)("TXM:", name="energy", concurrent=False)
 
 
 def test_move_sets_every_real_axis_with_finite_timeout(energy):

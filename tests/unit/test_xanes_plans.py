@@ -11,10 +11,20 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 from bluesky.suspenders import SuspendBoolHigh
-from fakes import CamSettings, FakeCamera, FakeShutter, FakeStage
+from fakes import (
+    D_UM,
+    DR_NM,
+    CamSettings,
+    FakeCamera,
+    FakeShutter,
+    FakeStage,
+    fake_txm_energy,
+    thin_lens,
+)
+from fakes import event_streams as _streams
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
-from ophyd.sim import SynSignal, make_fake_device
+from ophyd.sim import SynSignal
 from scipy import ndimage
 
 from multiscope.analysis.focus import (
@@ -25,8 +35,7 @@ from multiscope.analysis.focus import (
     normalized_variance,
     sharpness,
 )
-from multiscope.analysis.optics import FocusCalibration, focal_length_mm, lens_distances_mm
-from multiscope.devices.txm import TXMEnergy
+from multiscope.analysis.optics import FocusCalibration, focal_length_mm
 from multiscope.plan_stubs.xanes import (
     BLOCK_OVERHEAD_S,
     estimate_energy_moves_s,
@@ -39,7 +48,6 @@ from multiscope.plans.preflight import PlanArgumentError
 from multiscope.plans.xanes import energy_grid, xanes_2d, xanes_3d, xanes_campaign
 from multiscope.session import INSTRUMENTS
 
-D_UM, DR_NM = 120.0, 30.0  # the simulated TXM's zone plate
 ENERGIES = [8.28, 8.30, 8.32, 8.333, 8.35, 8.37, 8.40, 8.43]
 #: The start document's xanes block, key for key (decision 0006).
 XANES_KEYS = {
@@ -49,40 +57,9 @@ XANES_KEYS = {
 }  # fmt: skip
 
 
-def thin_lens(energy_keV, magnification=50.0):
-    p, q = lens_distances_mm(focal_length_mm(D_UM, DR_NM, energy_keV), magnification)
-    return p, p + q
-
-
-def _instant_motor(motor, position, limits, velocity):
-    """A fake Motor at ``position`` that arrives as soon as it is put."""
-    motor.user_readback.sim_put(position)
-    motor.user_setpoint.sim_put(position)
-    motor.user_setpoint.sim_set_limits(limits)
-    motor.velocity.sim_put(velocity)
-    motor.acceleration.sim_put(0.1)
-    motor.motor_done_move.sim_put(1)
-    motor.user_readback.alarm_severity = 0
-
-    def arrive(value, *args, **kwargs):
-        motor.user_setpoint.sim_put(value)
-        motor.user_readback.sim_put(value)
-        motor.motor_done_move.sim_put(0)
-        motor.motor_done_move.sim_put(1)
-
-    motor.user_setpoint.sim_set_putter(arrive)
-
-
 @pytest.fixture
 def energy():
-    device = make_fake_device(TXMEnergy)("TXM:", name="energy")
-    device.zp_diameter_um.sim_put(D_UM)
-    device.zp_outermost_zone_nm.sim_put(DR_NM)
-    zp_z, det_z = thin_lens(8.0)
-    _instant_motor(device.mono, 8.0, (5.0, 15.0), 1.0)
-    _instant_motor(device.zp_z, zp_z, (5.0, 60.0), 5.0)
-    _instant_motor(device.det_z, det_z, (300.0, 2500.0), 100.0)
-    return device
+    return fake_txm_energy()
 
 
 @pytest.fixture
@@ -106,16 +83,6 @@ def recorded():
 def _state(energy, sample, shutter):
     reals = {axis: getattr(energy, axis).user_setpoint.get() for axis in ("mono", "zp_z", "det_z")}
     return reals, sample.x.position, sample.theta.position, shutter.get()
-
-
-def _streams(documents):
-    """{stream: [event data]} for every run in ``documents``."""
-    names = {doc["uid"]: doc["name"] for name, doc in documents if name == "descriptor"}
-    streams = {}
-    for name, doc in documents:
-        if name == "event":
-            streams.setdefault(names[doc["descriptor"]], []).append(doc["data"])
-    return streams
 
 
 def _descriptors(documents):

@@ -30,8 +30,14 @@ THETA, SAMPLE_X, SAMPLE_Z = 25.0, 1.7, -14.0
 PATTERN, VALENCE_SEED = "core-shell", 11
 
 
+@pytest.fixture(scope="module", params=[1, 4], ids=["pixel-centres", "area-4x4"])
+def supersample(request):
+    """The IOC's ``--supersample``: pixel centres, or 4 x 4 sub-rays per pixel (XANES)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def truth_file(tmp_path_factory):
+def truth_file(tmp_path_factory, supersample):
     out = tmp_path_factory.mktemp("xanes-truth") / "truth.h5"
     xanes_truth.main(
         [
@@ -39,19 +45,22 @@ def truth_file(tmp_path_factory):
             "--shape", *map(str, SHAPE), "--axis-offset-px", str(AXIS_OFFSET_PX),
             "--theta-deg", str(THETA), "--sample-x-um", str(SAMPLE_X),
             "--sample-z-um", str(SAMPLE_Z), "--valence-pattern", PATTERN,
-            "--valence-seed", str(VALENCE_SEED), "--out", str(out),
+            "--valence-seed", str(VALENCE_SEED), "--supersample", str(supersample),
+            "--out", str(out),
         ]
     )  # fmt: skip
     return out
 
 
 @pytest.fixture(scope="module")
-def ioc():
+def ioc(supersample):
     # As `python -m sim_devices.txm --seed 5 --particles 400 --binning 4 --shape 56 72
-    # --axis-offset-px -2.3 --valence-pattern core-shell --valence-seed 11` builds it.
+    # --axis-offset-px -2.3 --valence-pattern core-shell --valence-seed 11
+    # --supersample N` builds it.
     return TXMIOC(
         prefix="XT:", shape=SHAPE, binning=BINNING, seed=SEED, particles=PARTICLES,
         axis_offset_px=AXIS_OFFSET_PX, valence_pattern=PATTERN, valence_seed=VALENCE_SEED,
+        supersample=supersample,
     )  # fmt: skip
 
 
@@ -63,7 +72,7 @@ def state_at(energy: float) -> TXMState:
     return in_focus(base, energy)
 
 
-def test_layout_of_the_truth_file(truth_file):
+def test_layout_of_the_truth_file(truth_file, supersample):
     with h5py.File(truth_file, "r") as f:
         assert f.attrs["format"] == "multiscope.xanes_truth" and f.attrs["version"] == 1
         for name in ("whiteline_eV", "mask", "nmc_thickness_um", "mean_whiteline_eV"):
@@ -74,6 +83,7 @@ def test_layout_of_the_truth_file(truth_file):
     assert (a["seed"], a["particles"], a["binning"]) == (SEED, PARTICLES, BINNING)
     assert (a["rows"], a["cols"]) == SHAPE
     assert a["valence_pattern"] == PATTERN and a["valence_seed"] == VALENCE_SEED
+    assert a["supersample"] == supersample
     assert a["pixel_size_um"] == pytest.approx(0.26)
     assert a["axis_column_px"] == pytest.approx(
         (SHAPE[1] - 1) / 2 + AXIS_OFFSET_PX + SAMPLE_X / 0.26
@@ -113,13 +123,19 @@ def drift_free(ioc) -> TXMScene:
 
 
 def _resonant(scene: TXMScene, energy: float) -> np.ndarray:
-    """Line integrals minus the same projection with NMC's non-resonant mu only."""
+    """Line integrals minus the same projection with NMC's non-resonant mu only.
+
+    Both integrated over each pixel's area as the IOC renders at this energy.
+    """
     state = state_at(energy)
     rendered = scene.line_integrals(state, SHAPE).astype(np.float64)
     mus = mu_table(energy)
     mus[MATERIAL_IDS["nmc811"]] = float(xph.nmc_mu_background(energy))
     geometry, center = scene.geometry(state, SHAPE), scene.center_um(state)
-    background = project(scene.tab, math.radians(THETA), energy, geometry, center, mu=mus)
+    sub = scene.supersample
+    background = project(
+        scene.tab, math.radians(THETA), energy, geometry, center, mu=mus, supersample=sub
+    )
     return rendered - background.astype(np.float64)
 
 

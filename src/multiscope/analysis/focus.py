@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .optics import lens_distances_mm
+from .xanes import feature_image, register_translation
 
 __all__ = [
     "DETECTOR_MODES",
@@ -41,8 +42,10 @@ __all__ = [
     "effective_focal_length_mm",
     "find_focus_peak",
     "focus_offsets_mm",
+    "image_displacement_px",
     "normalized_variance",
     "sharpness",
+    "zone_plate_correction_um",
 ]
 
 
@@ -250,3 +253,77 @@ def focus_offsets_mm(
         p, q = lens_distances_mm(effective_focal_length_mm(best_zp_z_mm, det_z_mm), magnification)
         return float(p - thin_zp_z_mm), float(p + q - thin_det_z_mm)
     raise ValueError(f"detector must be one of {DETECTOR_MODES}, got {detector!r}")
+
+
+# -- lateral: where the image sits, and the zone-plate move that puts it back ---------------
+
+
+def image_displacement_px(reference, moving, *, sigma: float = 1.0) -> np.ndarray:
+    """Displacement (rows, columns) of ``moving`` against ``reference``, px.
+
+    ``moving`` is ``reference`` shifted by the result (``scipy.ndimage.shift``
+    sense). Both frames are turned into absorbance-like images ``-ln(I / mean I)``
+    and registered on their Gaussian gradient magnitude
+    (:func:`~multiscope.analysis.xanes.feature_image`,
+    :func:`~multiscope.analysis.xanes.register_translation`): edges stay where they
+    are when the contrast changes across an absorption edge, so frames below and
+    above the edge register as well as two frames at one energy.
+
+    Parameters
+    ----------
+    reference, moving : array_like, shape (ny, nx)
+        Raw frames (counts > 0; dark offsets do not matter much for edges).
+    sigma : float
+        Gaussian scale of the gradient, px (1: noise-robust at full resolution).
+    """
+    images = []
+    for frame in (reference, moving):
+        data = _frames(frame)
+        if data.ndim != 2:
+            raise ValueError(f"need one 2D frame each, got shape {data.shape}")
+        mean = _means(data)
+        images.append(feature_image(-np.log(np.clip(data, 1e-3 * mean, None) / mean),
+                                    "gradient", sigma))  # fmt: skip
+    if images[0].shape != images[1].shape:
+        raise ValueError(f"frames differ in shape: {images[0].shape} vs {images[1].shape}")
+    # register_translation gives the shift that registers moving onto reference: minus ours
+    return -register_translation(images[0], images[1])
+
+
+def zone_plate_correction_um(
+    displacement_px, pixel_size_um: float, magnification: float, orientation
+) -> np.ndarray:
+    """Zone-plate move (x, y), um, that undoes an image displacement.
+
+    A transverse zone-plate move ``d`` moves the image of the sample by
+    ``(1 + 1/M) d`` in the sample plane, i.e. ``(1 + 1/M) d / pixel`` px, along the
+    instrument's ``orientation``.
+
+    Parameters
+    ----------
+    displacement_px : array_like, shape (2,)
+        Image displacement (rows, columns) to undo (:func:`image_displacement_px`).
+    pixel_size_um : float
+        Pixel size at the sample, um.
+    magnification : float
+        X-ray magnification ``M``.
+    orientation : array_like, shape (2, 2)
+        Image displacement (rows, columns) per +1 of zone-plate (x, y), in units of
+        ``(1 + 1/M) / pixel`` (``TXMEnergy.zp_image_orientation``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(dx, dy)`` um to add to the zone plate's x and y.
+
+    Examples
+    --------
+    >>> zone_plate_correction_um([0.0, 10.2], 0.26, 50.0, ((0, 1), (-1, 0)))
+    array([2.6, 0. ])
+    """
+    shift = np.asarray(displacement_px, dtype=float).reshape(2)
+    matrix = np.asarray(orientation, dtype=float).reshape(2, 2)
+    if not (pixel_size_um > 0 and magnification > 0):
+        raise ValueError("pixel size and magnification must be positive")
+    gain = (1.0 + 1.0 / magnification) / pixel_size_um  # px per um of zone plate
+    return np.linalg.solve(gain * matrix, -shift) + 0.0  # + 0.0: no negative zeros

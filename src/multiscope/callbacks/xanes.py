@@ -18,12 +18,14 @@ live and on a run replayed from the catalog alike:
   :func:`~multiscope.analysis.xanes.align_stack` to the reference energy with
   the re-sampling (partial-volume) correction, normalisation, whiteline and edge
   fits; the result is stored as a derived run.
-* ``xanes_3d``: each energy's projections are normalised the same way,
-  ``-log``-ed, the rotation centre is found once (first energy) and each energy
-  is reconstructed (:mod:`multiscope.analysis.tomo`) into an HDF5 file of
-  volumes (attenuation in 1/um when the pixel size is known).  The live maps are
-  those of the central slice.  At the stop the same per-voxel fit runs slab by
-  slab along z.
+* ``xanes_3d`` (step or fly: fly frames come without events, ``num_frames`` per
+  energy in order, the angle in their HDF5 attribute): each energy's projections
+  are normalised the same way, ``-log``-ed, registered to the first energy's
+  (drift: a row shift of the projections and a rotation-centre shift), the
+  rotation centre is found once (first energy) and each energy is reconstructed
+  (:mod:`multiscope.analysis.tomo`) into an HDF5 file of volumes (attenuation
+  in 1/um when the pixel size is known).  The live maps are those of the central
+  slice.  At the stop the same per-voxel fit runs slab by slab along z.
 
 Memory (``xanes_3d``): while acquiring, one energy's projections
 ``(angles, ny, nx)`` and one volume ``(ny, nx, nx)`` (float32) plus the central
@@ -51,9 +53,12 @@ Derived run (``plan_name="xanes_map"``)
 
 ``<output_dir>/<raw uid>/maps.h5`` holds ``whiteline_eV``, ``edge_eV`` (float32,
 NaN where masked), ``mask`` (bool, True = masked: too little of the element, or
-out of view), ``shifts_px`` (``(energies, 2)``, 2D: applied shifts in px,
-rows/cols; 3D: zeros), ``out_of_view`` (bool), ``edge_jump`` (float32) and
-``energies_keV``; 3D maps are ``(z, y, x)``.  The TXM session's pipeline puts
+out of view), ``shifts_px`` (``(energies, 2)``, applied shifts in px,
+rows/cols), ``out_of_view`` (bool), ``edge_jump`` (float32) and
+``energies_keV``; 3D maps are ``(z, y, x)``; 3D ``shifts_px`` are the drift
+corrections (rows applied to the projections, columns as a rotation-centre shift;
+:mod:`multiscope.analysis.xanes_drift`) and ``out_of_view`` the z-slices a row
+shift could not fill.  The TXM session's pipeline puts
 ``<output_dir>`` at ``<data_dir>/derived/txm/xanes``.
 
 Examples
@@ -78,9 +83,11 @@ import numpy as np
 from event_model import DocumentRouter, compose_run
 
 from multiscope.analysis import xanes as xa
+from multiscope.analysis import xanes_drift as xd
 from multiscope.analysis.tomo import find_center, minus_log, normalize, reconstruct
 from multiscope.callbacks.frames import FrameReader
 from multiscope.callbacks.tomo import (
+    THETA_ATTRIBUTE,
     json_safe,
     nice_length,
     qualified_name,
@@ -170,7 +177,13 @@ class LiveXANESMap(DocumentRouter):
         Energy whose image defines the frame of the final 2D maps (default -1: the
         last, a post-edge energy, whose contrast is that of the structure model).
     min_edge_jump : float
-        2D: pixels whose edge step (absorbance) is below this are masked.
+        2D: live maps mask pixels whose edge step (absorbance) is below this; the
+        final map keeps a pixel whose step is at least this (and above its scatter)
+        if it connects to certain material (:func:`~multiscope.analysis.xanes.material_mask`).
+    significance : tuple of float
+        2D final map: ``(low, high)`` significance (edge step / its standard error
+        from the pixel's pre/post-edge scatter) of possible and certain material;
+        possible pixels connected to certain ones are kept, the rest masked.
     min_edge_jump_per_um : float
         3D: voxels whose edge step (attenuation, 1/um; per voxel without a pixel
         size) is below this are masked.
@@ -188,8 +201,16 @@ class LiveXANESMap(DocumentRouter):
     algorithm, filter_name : str
         3D: passed to :func:`~multiscope.analysis.tomo.reconstruct`.
     center : float, optional
-        3D: rotation-axis column; default: :func:`~multiscope.analysis.tomo.find_center`
-        on the first energy (the ``tomo.center_guess_px`` is not trusted).
+        3D: rotation-axis column of the reference (first processed) energy; default:
+        :func:`~multiscope.analysis.tomo.find_center` on it (the
+        ``tomo.center_guess_px`` is not trusted).
+    correct_drift : bool
+        3D: estimate each energy's image shift against the first processed energy's
+        projections (:func:`~multiscope.analysis.xanes_drift.register_projections`)
+        and correct it before reconstructing: the column shift moves that energy's
+        rotation centre, the row shift is applied to its projections.
+    drift_angles : int
+        3D: reference projections kept for the drift estimate (evenly spread).
     live : bool
         Update the maps while the run is acquired.
     reader_timeout : float
@@ -226,6 +247,7 @@ class LiveXANESMap(DocumentRouter):
         reference_index: int = -1,
         min_edge_jump: float = 0.03,
         min_edge_jump_per_um: float = 0.01,
+        significance: tuple[float, float] = (6.0, 8.0),
         n_points: int | None = None,
         correct_resampling: bool = True,
         chunk_slices: int | None = None,
@@ -233,6 +255,8 @@ class LiveXANESMap(DocumentRouter):
         algorithm: str = "gridrec",
         filter_name: str = "shepp",
         center: float | None = None,
+        correct_drift: bool = True,
+        drift_angles: int = 32,
         live: bool = True,
         reader_timeout: float = 10.0,
     ) -> None:
@@ -241,6 +265,7 @@ class LiveXANESMap(DocumentRouter):
         self.publish = publish
         self.reference_index = reference_index
         self.min_edge_jump = float(min_edge_jump)
+        self.significance = (float(significance[0]), float(significance[1]))
         self.min_edge_jump_per_um = float(min_edge_jump_per_um)
         self.fixed_n_points = n_points
         self.correct_resampling = correct_resampling
@@ -249,6 +274,8 @@ class LiveXANESMap(DocumentRouter):
         self.algorithm = algorithm
         self.filter_name = filter_name
         self.fixed_center = center
+        self.correct_drift = bool(correct_drift)
+        self.drift_angles = int(drift_angles)
         self.live = live
         self.frames = FrameReader(timeout=reader_timeout)
         self._listeners: list[Callable[[dict, int], object]] = []
@@ -291,6 +318,14 @@ class LiveXANESMap(DocumentRouter):
         self._live_slices: np.ndarray | None = None
         self.aligned: np.ndarray | None = None
         self._missing_warned = False
+        # 3D: fly runs (frames without events), drift across energies.
+        self._fly = False
+        self._frames_per_energy = 0
+        self._drift_ref: xd.ProjectionReference | None = None
+        self._drift_reference_index: int | None = None
+        self._shifts_3d: np.ndarray | None = None
+        self._centers: dict[int, float] = {}
+        self._angle_gap_rad = 0.0
 
     # ------------------------------------------------------------------ documents
     def start(self, doc):
@@ -313,6 +348,13 @@ class LiveXANESMap(DocumentRouter):
         self.window = tuple(float(v) for v in self.md["whiteline_keV"])
         self.n_points = self.fixed_n_points or _stencil(self.energies, self.window)
         self.angle_key = self.tomo_md.get("rotation", "sample_theta")
+        # Fly tomograms (decision 0006): primary frames come without events, num_frames
+        # per energy in energy order; the angle is the frames' HDF5 attribute.
+        self._fly = self.kind == "3d" and self.tomo_md.get("scan_mode") == "fly"
+        self._frames_per_energy = int(self.md.get("num_frames") or 0)
+        if self._fly and self._frames_per_energy < 1:
+            raise ValueError("a fly xanes_3d run needs xanes.num_frames (projections per energy)")
+        self._shifts_3d = np.full((len(self.energies), 2), np.nan)
         policy = self.md.get("flat_policy", "every")
         try:
             self._expected_flats = set(
@@ -349,6 +391,9 @@ class LiveXANESMap(DocumentRouter):
             return
         if self.frames.resource_of(doc).data_key != self.md["image_field"]:
             return
+        if self._fly and stream == "primary":
+            self._fly_frames(doc)
+            return
         block = self.frames.read(doc)
         s0, s1 = block.seq_nums
         n_events = max(1, s1 - s0)
@@ -365,6 +410,19 @@ class LiveXANESMap(DocumentRouter):
                     self._add_frame(stream, index, frame, angle)
                 else:
                     self._frames_waiting.setdefault(key, []).append(frame)
+        self._advance()
+
+    def _fly_frames(self, doc) -> None:
+        """Fly projections: energy index from the sequence number, angle from the file."""
+        block = self.frames.read(doc, attributes=(THETA_ATTRIBUTE,))
+        theta = block.attributes.get(THETA_ATTRIBUTE)
+        s0, s1 = block.seq_nums
+        per_event = max(1, len(block.data) // max(1, s1 - s0))
+        for k, frame in enumerate(block.data):
+            seq = s0 + k // per_event
+            index = (seq - 1) // self._frames_per_energy  # seq_nums start at 1
+            angle = None if theta is None else float(theta[k])
+            self._add_frame("primary", index, frame, angle)
         self._advance()
 
     def event_page(self, doc):
@@ -634,9 +692,15 @@ class LiveXANESMap(DocumentRouter):
             related=related if correct else None,
         )
         t_align = time.perf_counter() - t0
-        norm, jump, mask = xa.normalize(
-            aligned, e, self.pre, self.post, min_edge_jump=self.min_edge_jump
-        )
+        # Normalise every finite pixel, then mask by significance against each pixel's
+        # own scatter and connection to certain material (analysis.xanes.material_mask).
+        norm, jump, _ = xa.normalize(aligned, e, self.pre, self.post, min_edge_jump=-np.inf)
+        jump_error = xa.edge_step_error(aligned, e, self.pre, self.post)
+        mask = xa.material_mask(
+            jump, jump_error, min_edge_jump=self.min_edge_jump,
+            low=self.significance[0], high=self.significance[1],
+        )  # fmt: skip
+        norm[:, mask] = np.nan
         wl = xa.fit_whiteline(norm, e, self.window, mask=mask, n_points=self.n_points)
         edge = xa.edge_energy(norm, e, mask=mask, window=self._edge_window())
         all_shifts = np.full((len(self.energies), 2), np.nan)
@@ -648,6 +712,7 @@ class LiveXANESMap(DocumentRouter):
             "shifts_px": all_shifts,
             "out_of_view": xa.out_of_view(shifts, mask.shape),
             "edge_jump": jump.astype(np.float32),
+            "edge_jump_error": jump_error.astype(np.float32),
         }
         self.aligned = aligned
         self._live_aligned = None  # the final maps replace the live ones
@@ -656,6 +721,10 @@ class LiveXANESMap(DocumentRouter):
             **self._common_parameters(done),
             "reference_index": int(ref_energy if ref_energy in done else done[-1]),
             "min_edge_jump": self.min_edge_jump,
+            "mask": "edge step significant against its pre/post-edge scatter (z >= "
+            f"{self.significance[0]:g}, or step >= min_edge_jump and z >= 1) and connected "
+            f"to z >= {self.significance[1]:g}",
+            "significance": list(self.significance),
             "alignment": "gradient features, cross-correlation (2 passes)"
             + (", model-refined" if correct else ""),
             "correct_resampling": bool(correct),
@@ -677,14 +746,19 @@ class LiveXANESMap(DocumentRouter):
         frames = np.asarray(fs.frames, np.float32)[order]
         proj = minus_log(self._transmission(frames, flat))
         angles = np.deg2rad(angles_deg)
-        if self.center is None:
+        shift = self._drift_shift(index, proj, angles)
+        if self.center is None:  # the reference energy: its shift is zero
             if self.fixed_center is not None:
                 self.center = float(self.fixed_center)
             else:
                 self.center = float(find_center(proj, angles, rows=structured_rows(proj)))
             logger.info("xanes_3d run %s: rotation centre %.2f px", self.raw_uid, self.center)
+        # The image drifted by -shift: its rotation axis too (columns), and its slices (rows).
+        center = self.center - float(shift[1])
+        proj = xd.shift_rows(proj, float(shift[0]))
+        self._centers[index] = center
         volume = reconstruct(
-            proj, angles, center=self.center, algorithm=self.algorithm, filter_name=self.filter_name
+            proj, angles, center=center, algorithm=self.algorithm, filter_name=self.filter_name
         )
         pixel_um = self._pixel_um()
         if pixel_um:
@@ -708,6 +782,32 @@ class LiveXANESMap(DocumentRouter):
         self._volume_means[index] = float(np.mean(volume))
         self._live_slices[index] = volume[volume.shape[0] // 2]
 
+    def _drift_shift(self, index: int, proj: np.ndarray, angles: np.ndarray) -> np.ndarray:
+        """Shift (rows, cols) registering energy ``index`` onto the reference energy.
+
+        The reference is the first energy processed (normally the first of the grid):
+        live, each energy is reconstructed as soon as it is complete, so its reference
+        must already be there; a later one would mean reconstructing every earlier
+        energy again.  The maps are then in the reference energy's frame.
+        """
+        shift = np.zeros(2)
+        if self.correct_drift:
+            if self._drift_ref is None:
+                self._drift_ref = xd.projection_reference(proj, angles, self.drift_angles)
+                self._drift_reference_index = index
+            else:
+                shift = xd.register_projections(self._drift_ref, proj, angles)
+                _, gap = xd.matched_angles(self._drift_ref.angles_rad, angles)
+                self._angle_gap_rad = max(self._angle_gap_rad, float(gap.max()))
+                logger.debug(
+                    "xanes_3d run %s: energy %d shift (%.3f, %.3f) px",
+                    self.raw_uid,
+                    index,
+                    *shift,
+                )
+        self._shifts_3d[index] = shift
+        return shift
+
     def _pixel_um(self) -> float | None:
         value = self.md.get("pixel_size_um") or self.tomo_md.get("pixel_size_um")
         return float(value) if value else None
@@ -729,6 +829,9 @@ class LiveXANESMap(DocumentRouter):
         threshold = self._jump_3d()
         edge_window = self._edge_window()
         _, nz, ny, nx = ds.shape
+        shifts = self._shifts_3d
+        # z-slices some energy's row shift could not fill: masked, as 2D's out-of-view pixels.
+        oov_rows = xd.out_of_view_rows(shifts[done, 0], nz)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         maps_path = self.run_dir / "maps.h5"
         tmp = maps_path.with_name(maps_path.name + ".part")
@@ -747,9 +850,10 @@ class LiveXANESMap(DocumentRouter):
                 chunk_slices=slab,
                 indices=done,
                 edge_window=edge_window,
+                out_of_view_slices=oov_rows,
             )
-            out["shifts_px"] = np.zeros((len(self.energies), 2))
-            out["out_of_view"] = np.zeros((nz, ny, nx), bool)
+            out["shifts_px"] = shifts
+            out["out_of_view"] = np.broadcast_to(oov_rows[:, None, None], (nz, ny, nx))
             out["energies_keV"] = self.energies
             out.attrs["derived_from"] = self.raw_uid
             out.attrs["units"] = "eV; edge_jump in 1/um" if self._pixel_um() else "eV"
@@ -784,19 +888,38 @@ class LiveXANESMap(DocumentRouter):
             "chunk_slices": slab,
             "units": "1/um" if self._pixel_um() else "attenuation per voxel",
             "fit_s": round(t_fit, 3),
+            **self._drift_parameters(done),
         }
         kept = ~maps["mask"]
+        done_shifts = shifts[done]
         self.metrics = _summary(
             fitted["sample"],
             maps["edge_eV"][kept],
             maps["edge_jump"][kept],
             fitted["n_masked"] / float(nz * ny * nx),
-            0.0,
-            0.0,
+            float(oov_rows.mean()),
+            float(np.abs(done_shifts).max()) if done_shifts.size else 0.0,
             len(done),
         )
         self._figures(central, norm_c, e, hist=(fitted["counts"], fitted["bins"]))
         self._publish_run()
+
+    def _drift_parameters(self, done) -> dict:
+        """What the 3D drift correction did, for the derived run's parameters."""
+        return {
+            "drift_correction": self.correct_drift,
+            "drift_method": (
+                f"{qualified_name(xd.register_projections)}: angle-matched projections "
+                f"(up to {self.drift_angles}), gradient features, summed cross-power"
+                if self.correct_drift
+                else "none"
+            ),
+            "drift_reference_index": self._drift_reference_index,
+            "shifts_px": {str(i): [float(v) for v in self._shifts_3d[i]] for i in done},
+            "centers_px": {str(i): float(self._centers[i]) for i in done},
+            "max_angle_gap_deg": round(math.degrees(self._angle_gap_rad), 4),
+            "scan_mode": "fly" if self._fly else "step",
+        }
 
     # ------------------------------------------------------------------ outputs
     def _common_parameters(self, done) -> dict:
@@ -928,6 +1051,7 @@ def fit_volumes(
     chunk_slices: int,
     indices: Sequence[int] | None = None,
     edge_window: tuple[float, float] | None = None,
+    out_of_view_slices: np.ndarray | None = None,
 ) -> dict:
     """Per-voxel normalisation, whiteline and edge fit of a stack of volumes, slab by slab.
 
@@ -958,6 +1082,9 @@ def fit_volumes(
         Energies (rows of ``volumes``) to use, increasing; default all.
     edge_window : tuple of float, optional
         Window of :func:`~multiscope.analysis.xanes.edge_energy`.
+    out_of_view_slices : numpy.ndarray, optional
+        ``(z,)`` bool: z-slices to mask whole (rows the drift correction could not
+        fill, :func:`~multiscope.analysis.xanes_drift.out_of_view_rows`).
 
     Returns
     -------
@@ -989,6 +1116,9 @@ def fit_volumes(
         norm, jump, mask = xa.normalize(
             y, e, pre_edge, post_edge, min_edge_jump=min_edge_jump, e0=e0
         )
+        if out_of_view_slices is not None and out_of_view_slices[z0:z1].any():
+            mask = mask | out_of_view_slices[z0:z1, None, None]
+            norm[:, mask] = np.nan
         wl = xa.fit_whiteline(norm, e, whiteline, mask=mask, n_points=n_points)
         edge = xa.edge_energy(norm, e, mask=mask, window=edge_window)
         dsets["whiteline_eV"][z0:z1] = wl * 1000.0

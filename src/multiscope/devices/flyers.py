@@ -20,15 +20,18 @@ Documents of one fly acquisition (``<cam>`` is the camera's name)::
                           <cam>_theta  external "STREAM:", shape [],         <f8
     stream_resource  data_key <cam>_image, uri file://localhost<capture file>,
                      parameters {dataset: /entry/data/data, chunk_shape: [1, ny, nx],
-                                 slice: "<first>:<first + N>"}
+                                 slice: "<first>:<first + N>" (only if first > 0)}
     stream_resource  data_key <cam>_theta, parameters {dataset:
                      /entry/instrument/NDAttributes/theta, slice: ...}
     stream_datum     per data key, indices {start, stop} = rows of the FILE
 
 Frames already in the capture file (darks and flats taken earlier in the same
 staging) come first, so ``indices`` start at the file's frame count at kickoff.
-``parameters.slice`` carries the same window for tiled: its HDF5 consolidator
-reads a stream's rows from the start of the dataset and ignores ``indices``.
+``parameters.slice`` carries the same window for tiled when it does not start at
+row 0: its HDF5 consolidator reads a stream's rows from the start of the dataset
+and ignores ``indices``; it applies the first resource's slice to all the
+stream's files joined, so a file of the fly frames alone (the plans stage one per
+acquisition) carries none.
 
 Examples
 --------
@@ -43,12 +46,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 from event_model import compose_stream_resource
 from ophyd.device import Staged
 from ophyd.status import Status
+from ophyd.utils.errors import InvalidState
 
 from multiscope.devices.areadetector import ATTRIBUTES_PATH, DATA_PATH, MIMETYPE
 
@@ -96,6 +101,7 @@ class FlyingCamera:
         self.attributes = tuple(attributes)
         self.complete_margin = float(complete_margin)
         self._lock = threading.Lock()
+        self._settling = weakref.WeakSet()  # statuses this flyer has finished or failed
         self._reset()
 
     def _reset(self) -> None:
@@ -261,12 +267,19 @@ class FlyingCamera:
 
     def _finish(self, status: Status, exc: Exception | None = None) -> None:
         with self._lock:
-            if status.done:
+            # ``done`` turns True only once ophyd's callback thread has run, so a second
+            # caller (Acquire's monitor and its put-completion, close together) would
+            # see it False and raise InvalidState: remember which statuses we settled.
+            if status.done or status in self._settling:
                 return
-            if exc is None:
-                status.set_finished()
-            else:
-                status.set_exception(exc)
+            self._settling.add(status)
+            try:
+                if exc is None:
+                    status.set_finished()
+                else:
+                    status.set_exception(exc)
+            except InvalidState:
+                pass  # its own timeout settled it a moment earlier: that result stands
 
     def _watch(self, complete: Status, ended: threading.Event) -> None:
         """Wait for the end of the acquisition; fail early if the IOC goes away."""
@@ -309,7 +322,10 @@ class FlyingCamera:
         ny = int(self.camera.cam.array_size.array_size_y.get())
         nx = int(self.camera.cam.array_size.array_size_x.get())
         first = int(self._first_row or 0)
-        window = f"{first}:{first + self.num_frames}"
+        # tiled's consolidator applies the first resource's ``slice`` to the rows of all
+        # the stream's resources joined, so a stream of several fly acquisitions (one
+        # file each, xanes_3d) must not carry one: only a window not at row 0 needs it.
+        window = {"slice": f"{first}:{first + self.num_frames}"} if first else {}
         datasets = {self.image_key: (DATA_PATH, {"chunk_shape": [1, ny, nx]})}
         for attribute in self.attributes:
             datasets[self.attribute_key(attribute)] = (f"{ATTRIBUTES_PATH}/{attribute}", {})
@@ -318,7 +334,7 @@ class FlyingCamera:
                 mimetype=MIMETYPE,
                 uri=f"file://localhost{path}",
                 data_key=key,
-                parameters={"dataset": dataset, "slice": window, **extra},
+                parameters={"dataset": dataset, **window, **extra},
             )
 
     def get_index(self) -> int:

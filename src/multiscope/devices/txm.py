@@ -17,8 +17,10 @@ Units: mm for ``cond:x/y/z`` (``pitch`` mrad), ``zp:z`` and ``det:z``; um for
 :class:`TXMEnergy` is the energy pseudo axis: a new energy moves the monochromator,
 and the zone plate and detector to the thin-lens focus at the configured
 magnification (plus a measured :class:`~multiscope.analysis.optics.FocusCalibration`
-correction, when one is set), so the image stays in focus at the same pixel size.
-Every target is checked before anything moves.
+correction, when one is set), so the image stays in focus at the same pixel size;
+when the calibration holds the zone plate's transverse ``zp_x``/``zp_y`` it also
+moves the zone plate sideways, so the field stays put on the detector (decision
+0007). Every target is checked before anything moves.
 
 Examples
 --------
@@ -28,7 +30,7 @@ With a 60 um zone plate of 30 nm outermost zones at M = 50:
 >>> energy = txm.energy("TXM:")                          # doctest: +SKIP
 >>> energy.wait_for_connection()                          # doctest: +SKIP
 >>> energy.forward(8.35)                                  # doctest: +SKIP
-TXMEnergyRealPos(mono=8.35, zp_z=12.36..., det_z=630.61...)
+TXMEnergyRealPos(mono=8.35, zp_z=12.36..., det_z=630.61..., zp_x=0.0, zp_y=0.0)
 >>> energy.set(8.35).wait()                               # doctest: +SKIP
 >>> energy.calibration.put(calibration.to_dict())         # doctest: +SKIP
 """
@@ -134,7 +136,8 @@ class ZonePlate(Device):
     """Fresnel zone-plate objective, prefix e.g. ``TXM:zp:``.
 
     ``z`` is the distance p from the sample (mm); :class:`TXMEnergy` moves the same
-    axis to keep focus, so move ``z`` by hand only for alignment.
+    axis to keep focus, so move ``z`` by hand only for alignment. It also moves
+    ``x``/``y`` when its focus calibration holds them (decision 0007).
     """
 
     # transverse centring (um)
@@ -266,25 +269,38 @@ class TXMEnergy(PseudoPositioner):
     """Energy (keV) that keeps the zone plate and detector in focus at constant magnification.
 
     Pseudo axis ``energy``; real axes ``mono`` (``mono:energy``, keV), ``zp_z``
-    (``zp:z``, mm) and ``det_z`` (``det:z``, mm)::
+    (``zp:z``, mm), ``det_z`` (``det:z``, mm) and the zone plate's transverse
+    ``zp_x``, ``zp_y`` (``zp:x``, ``zp:y``, um)::
 
         forward(E):  mono = E
                      zp_z  = p(E)      + calibration offset "zp_z" at E
                      det_z = p(E)+q(E) + calibration offset "det_z" at E
+                     zp_x  = 1000 * calibration "zp_x" at E (mm -> um)  if calibrated,
+                             else the current position (not moved)
+                     zp_y  = likewise
                      with (p, q) = lens_distances_mm(focal_length_mm(D, dr, E), M)
         inverse:     E = mono
 
     ``D`` and ``dr`` are read from the IOC (``zp:diameter``, ``zp:dr``) at each
     calculation; ``M`` (``magnification``) and the focus ``calibration`` are soft
-    configuration signals that plans set. Only the calibration's ``zp_z`` and ``det_z``
-    offsets apply here; other axes it may hold (e.g. ``zp_x``) belong to other devices.
+    configuration signals that plans set. The calibration stores every axis in mm
+    (:class:`~multiscope.analysis.optics.FocusCalibration`); its ``zp_x``/``zp_y``
+    are absolute transverse positions (the thin lens puts the zone plate on the
+    axis, 0), converted here to the motors' um (:attr:`ZP_XY_UM_PER_MM`). Without
+    them the zone plate's transverse axes are never commanded, so a hand alignment
+    stays (decision 0007).
 
     Before anything moves, :meth:`check_value` (called by ``set``/``move``) refuses,
     with one :class:`~ophyd.utils.LimitError` naming each failing parameter: an energy
     outside the mono's soft limits (the optics' range; a mono without limits refuses
     every energy), an energy the calibration does not cover (when one is set), and
-    any real-axis target outside that axis's soft limits. Moves fail after the
-    longest real-axis :meth:`Motor.move_timeout` plus ``move_margin`` seconds.
+    any commanded real-axis target outside that axis's soft limits. Moves fail after
+    the longest commanded real-axis :meth:`Motor.move_timeout` plus ``move_margin``
+    seconds.
+
+    :attr:`zp_image_orientation` is the instrument's image response to the zone
+    plate's transverse axes, which the focus calibration uses to turn an image
+    shift into a zone-plate correction (``pixel_size``, nm, gives the pixel).
 
     Parameters
     ----------
@@ -305,6 +321,20 @@ class TXMEnergy(PseudoPositioner):
     mono = Cpt(Motor, "mono:energy", kind="normal")  # keV
     zp_z = Cpt(Motor, "zp:z", kind="normal")  # p, mm from the sample
     det_z = Cpt(Motor, "det:z", kind="normal")  # p + q, mm from the sample
+    # transverse zone plate (um): commanded only when the calibration holds them
+    zp_x = Cpt(Motor, "zp:x", kind="normal")
+    zp_y = Cpt(Motor, "zp:y", kind="normal")
+    # effective pixel at the sample (nm) from the IOC's current optics; read by plans
+    pixel_size = Cpt(EpicsSignalRO, "optics:pixel_size", kind="omitted")
+
+    #: Real axes the calibration may or may not hold; others are always commanded.
+    TRANSVERSE_AXES = ("zp_x", "zp_y")
+    #: The calibration's mm per the zone plate's transverse motor unit (um).
+    ZP_XY_UM_PER_MM = 1000.0
+    #: Image displacement (rows, columns) per +1 of (``zp_x``, ``zp_y``), in units of
+    #: ``(1 + 1/M) / pixel``: ``+zp:x`` moves the image to smaller columns (as the sample
+    #: moving by ``-x``), ``+zp:y`` to larger rows (down); ``docs/txm.md``.
+    zp_image_orientation = ((0.0, 1.0), (-1.0, 0.0))
 
     # configuration
     magnification = Cpt(Signal, value=NOMINAL_MAGNIFICATION, kind="config")  # X-ray q / p
@@ -313,6 +343,9 @@ class TXMEnergy(PseudoPositioner):
     calibration = Cpt(CalibrationSignal, kind="config")
 
     def __init__(self, prefix: str = "", *, name: str, move_margin: float = 2.0, **kwargs):
+        if not kwargs.get("concurrent", True):
+            # _concurrent_move leaves uncalibrated transverse axes alone; sequential would not
+            raise ValueError("TXMEnergy moves its real axes concurrently only")
         super().__init__(prefix, name=name, **kwargs)
         self.move_margin = float(move_margin)
 
@@ -341,11 +374,37 @@ class TXMEnergy(PseudoPositioner):
         diameter, zone, magnification = self._optics()
         p, q = lens_distances_mm(focal_length_mm(diameter, zone, energy), magnification)
         calibration = self.focus_calibration()
+        transverse = {
+            axis: (
+                float(calibration.offset(axis, energy)) * self.ZP_XY_UM_PER_MM
+                if axis in calibration.offsets
+                else _hold_position(getattr(self, axis))
+            )
+            for axis in self.TRANSVERSE_AXES
+        }
         return self.RealPosition(
             mono=energy,
             zp_z=float(p + calibration.offset("zp_z", energy)),
             det_z=float(p + q + calibration.offset("det_z", energy)),
+            **transverse,
         )
+
+    def commanded_axes(self) -> tuple[str, ...]:
+        """Real axes an energy move commands now: all but uncalibrated transverse ones."""
+        offsets = self.focus_calibration().offsets
+        return tuple(
+            real.attr_name
+            for real in self._real
+            if real.attr_name not in self.TRANSVERSE_AXES or real.attr_name in offsets
+        )
+
+    def _commanded(self, real_pos) -> list:
+        commanded = self.commanded_axes()
+        return [
+            (real, target)
+            for real, target in zip(self._real, real_pos, strict=True)
+            if real.attr_name in commanded
+        ]
 
     @real_position_argument
     def inverse(self, real_pos):
@@ -395,7 +454,7 @@ class TXMEnergy(PseudoPositioner):
             )
 
         problems = []
-        for real, target in zip(self._real, self.forward(pseudo_pos), strict=True):
+        for real, target in self._commanded(self.forward(pseudo_pos)):
             attr = real.attr_name
             if not math.isfinite(target):
                 problems.append(f"{attr} target {target} is not finite")
@@ -413,10 +472,16 @@ class TXMEnergy(PseudoPositioner):
     @pseudo_position_argument
     def move_timeout(self, pseudo_pos) -> float:
         """Seconds allowed for a move to ``pseudo_pos``: slowest real axis + ``move_margin``."""
-        targets = self.forward(pseudo_pos)
         return max(
-            real.move_timeout(target) for real, target in zip(self._real, targets, strict=True)
+            real.move_timeout(target) for real, target in self._commanded(self.forward(pseudo_pos))
         ) + float(self.move_margin)
+
+    def _concurrent_move(self, real_pos, **kwargs):
+        """Start the commanded real axes at once (an uncalibrated zp_x/zp_y is left alone)."""
+        moves = self._commanded(real_pos)
+        self._real_waiting.extend(real for real, _ in moves)
+        for real, target in moves:
+            real.move(target, wait=False, moved_cb=self._real_finished, **kwargs)
 
     @pseudo_position_argument
     def move(self, position, wait: bool = True, timeout: float | None = None, moved_cb=None):
@@ -425,6 +490,14 @@ class TXMEnergy(PseudoPositioner):
         if timeout is None:
             timeout = self.move_timeout(position)
         return super().move(position, wait=wait, timeout=timeout, moved_cb=moved_cb)
+
+
+def _hold_position(motor) -> float:
+    """Where an axis that must not move is: its readback (fakes: the setpoint)."""
+    position = motor.position
+    if position is None:
+        position = motor.user_setpoint.get()
+    return float(position)
 
 
 def _positive(value) -> bool:

@@ -15,13 +15,31 @@ One run; its documents carry everything needed to recompute the result:
 ===========  ===================================================================
 ``primary``  one frame per zone-plate position: image, the energy device's
              readbacks (``energy_zp_z``...), ``focus_energy_index``
-``focus``    one event per energy: best ``zp_z``, offsets, peak sharpness
+``focus``    one event per energy: best ``zp_z``, offsets, peak sharpness (lateral:
+             image displacement, pixel size, zone-plate x/y)
 ===========  ===================================================================
+
+with ``lateral``: ``lateral`` (one in-focus frame per energy) and, with
+``check_lateral``, ``lateral_check`` (a frame per energy through the calibrated
+axis) and ``lateral_residual`` (its remaining displacement);
 
 and a ``focus_calibration`` block in the start document (energies, scan offsets,
 thin-lens positions, optics, metric, fit window, detector mode, the previous
-calibration). The zone plate's transverse position is not calibrated: the energy
-axis does not move it, and a sharpness scan cannot see it.
+calibration).
+
+**Lateral** (``lateral=True``, the default): a zone-plate z stage is never exactly
+parallel to the optical axis, so refocusing moves the zone plate sideways and the
+image walks across the detector. After finding the focus at each energy the plan
+takes one in-focus frame (stream ``lateral``), measures its displacement against
+the first energy's in-focus frame (:func:`~multiscope.analysis.focus.image_displacement_px`,
+edges only, so the contrast change across an absorption edge does not bias it) and
+turns it into the zone-plate x/y that puts the image back
+(:func:`~multiscope.analysis.focus.zone_plate_correction_um`, with the pixel size
+read from ``energy.pixel_size`` at that frame); the calibration then also holds
+``zp_x``/``zp_y`` (absolute positions, mm, as every calibration axis). With
+``check_lateral`` the optics visit every energy again through the calibrated
+energy axis, one frame each (stream ``lateral_check``), and the remaining
+displacement is recorded (stream ``lateral_residual``).
 
 Examples
 --------
@@ -48,7 +66,9 @@ from ..analysis.focus import (
     SHARPNESS_METRICS,
     find_focus_peak,
     focus_offsets_mm,
+    image_displacement_px,
     sharpness,
+    zone_plate_correction_um,
 )
 from ..analysis.optics import FocusCalibration, focal_length_mm, lens_distances_mm
 from ..plan_stubs.xanes import BLOCK_OVERHEAD_S, estimate_moves_s
@@ -69,6 +89,10 @@ logger = logging.getLogger(__name__)
 FOCUS_INDEX_FIELD = "focus_energy_index"
 _RESULT_FIELDS = ("energy_keV", "zp_z_mm", "det_z_mm", "zp_z_offset_mm", "det_z_offset_mm",
                   "peak_sharpness")  # fmt: skip
+#: Extra ``focus`` fields of a lateral calibration: image displacement against the
+#: reference energy (px, columns +right / rows +down), pixel size, zone-plate x/y (mm).
+_LATERAL_FIELDS = ("shift_x_px", "shift_y_px", "pixel_size_um", "zp_x_mm", "zp_y_mm")
+_RESIDUAL_FIELDS = ("energy_keV", "residual_x_px", "residual_y_px")
 
 
 class FocusNotFoundError(RuntimeError):
@@ -134,6 +158,18 @@ class _FrameGrabber:
         return positions[-num:], np.asarray(frames[-num:])
 
 
+def _position(energy, axis: str) -> float:
+    """Readback of ``energy.<axis>``, refused (PlanArgumentError) when it has none."""
+    motor = getattr(energy, axis, None)
+    position = None if motor is None else motor.position
+    if position is None or not math.isfinite(float(position)):
+        raise PlanArgumentError(
+            f"lateral calibration needs {energy.name}.{axis} with a position (got {position!r}); "
+            "pass lateral=False to calibrate the focus only"
+        )
+    return float(position)
+
+
 def _thin_lens(energy, energies) -> tuple[np.ndarray, np.ndarray, dict]:
     """Thin-lens (zp_z, det_z) at each energy (mm), and the optics used."""
     optics = {
@@ -161,6 +197,8 @@ def focus_calibration(
     metric: str = "normalized_variance",
     fit_window: int = 2,
     detector: str = "fixed",
+    lateral: bool = True,
+    check_lateral: bool = True,
     sample_id: str = "",
     md: dict | None = None,
 ):
@@ -199,6 +237,13 @@ def focus_calibration(
         Frames on each side of the sharpest one in the peak fit (>= 1).
     detector : {"fixed", "magnification"}
         How the detector offsets follow (:func:`~multiscope.analysis.focus.focus_offsets_mm`).
+    lateral : bool
+        Also calibrate the zone plate's x/y so the image stays where it is at the
+        first energy (module docstring); needs ``energy.zp_x``, ``zp_y`` and
+        ``pixel_size``. False: ``zp_z``/``det_z`` only, as before.
+    check_lateral : bool
+        With ``lateral``: revisit every energy with the new calibration and record
+        the remaining image displacement (one frame per energy).
     sample_id : str
         Sample identifier.
     md : dict, optional
@@ -241,6 +286,22 @@ def focus_calibration(
         raise PlanArgumentError(f"detector must be one of {DETECTOR_MODES}, got {detector!r}")
     if not isinstance(sample_id, str):
         raise PlanArgumentError(f"sample_id must be a string, got {sample_id!r}")
+    for key, flag in (("lateral", lateral), ("check_lateral", check_lateral)):
+        if not isinstance(flag, bool):
+            raise PlanArgumentError(f"{key} must be True or False, got {flag!r}")
+    check_lateral = lateral and check_lateral
+    if lateral:
+        zp_xy0_um = [_position(energy, axis) for axis in ("zp_x", "zp_y")]
+        orientation = np.asarray(getattr(energy, "zp_image_orientation", ()), dtype=float)
+        if orientation.shape != (2, 2) or abs(np.linalg.det(orientation)) < 1e-6:
+            raise PlanArgumentError(
+                f"{energy.name}.zp_image_orientation must be an invertible 2 x 2 matrix"
+            )
+        if getattr(energy, "pixel_size", None) is None:
+            raise PlanArgumentError(
+                f"lateral calibration needs {energy.name}.pixel_size (nm); pass lateral=False "
+                "to calibrate the focus only"
+            )
     zp_thin, det_thin, optics = _thin_lens(energy, energies)
     require_positions_within_limits("energies_keV", energy.mono, energies)
     require_positions_within_limits("det_z at the thin lens", energy.det_z, det_thin)
@@ -250,11 +311,15 @@ def focus_calibration(
     home = float(np.clip(energy.mono.position, energies[0], energies[-1]))
 
     num_points = energies.size * offsets.size
-    frames_s = num_points * (exposure_s + _FRAME_OVERHEAD_S)
+    extra_frames = energies.size * (int(lateral) + int(check_lateral))
+    frames_s = (num_points + extra_frames) * (exposure_s + _FRAME_OVERHEAD_S)
     # Per energy the zone plate goes back to the scan's start, then step by step across it.
     scan_s = energies.size * estimate_moves_s(energy.zp_z, [2 * span, *offsets + span])
     moves_s = max(estimate_moves_s(energy.mono, energies), estimate_moves_s(energy.det_z, det_thin))
-    estimate = frames_s + scan_s + moves_s + energies.size * BLOCK_OVERHEAD_S
+    blocks = energies.size * (1 + int(lateral) + int(check_lateral))
+    # the check pass revisits every energy (out and back): twice the energy moves again
+    moves_s *= 1 + 2 * int(check_lateral)
+    estimate = frames_s + scan_s + moves_s + blocks * BLOCK_OVERHEAD_S
     logger.info("focus_calibration: %d energies x %d zp_z positions, estimated %s",
                 energies.size, offsets.size, format_duration(estimate))  # fmt: skip
     image_key = getattr(camera, "image_key", f"{camera.name}_image")
@@ -265,7 +330,18 @@ def focus_calibration(
         "fit_window": fit_window, "detector": detector, "image_field": image_key,
         "position_field": energy.zp_z.name, "energy_index_field": FOCUS_INDEX_FIELD,
         "previous_calibration": energy.calibration.get(),
+        "lateral": None,
     }  # fmt: skip
+    if lateral:
+        # Enough to recompute zp_x/zp_y from the catalog: frames in `lateral`, pixel
+        # sizes in `focus`, the zone plate's start and the image's response here.
+        block["lateral"] = {
+            "reference_index": 0, "stream": "lateral", "zp_x0_um": zp_xy0_um[0],
+            "zp_y0_um": zp_xy0_um[1], "zp_image_orientation": orientation.tolist(),
+            "registration": "image_displacement_px", "registration_sigma_px": 1.0,
+            "check": check_lateral,
+            "check_streams": ["lateral_check", "lateral_residual"] if check_lateral else [],
+        }  # fmt: skip
     start = {
         "plan_name": "focus_calibration",
         "detectors": [camera.name],
@@ -284,8 +360,31 @@ def focus_calibration(
 
     # Soft signals of this run only (never module globals).
     index = Signal(name=FOCUS_INDEX_FIELD, value=0)
-    results = {key: Signal(name=f"focus_{key}", value=0.0) for key in _RESULT_FIELDS}
+    fields = _RESULT_FIELDS + (_LATERAL_FIELDS if lateral else ())
+    results = {key: Signal(name=f"focus_{key}", value=0.0) for key in fields}
+    residuals = {key: Signal(name=f"focus_{key}", value=0.0) for key in _RESIDUAL_FIELDS}
     grabber = _FrameGrabber(image_key, energy.zp_z.name)
+    in_focus = _FrameGrabber(image_key, energy.zp_z.name, stream="lateral")
+    checked = _FrameGrabber(image_key, energy.zp_z.name, stream="lateral_check")
+    reference = []  # the first energy's in-focus frame
+
+    def one_frame(stream, frames):
+        yield from bps.stage(camera)
+        yield from bps.trigger_and_read([camera, energy, index], name=stream)
+        yield from bps.unstage(camera)
+        return frames.take(1)[1][0]
+
+    def lateral_shift(i, peak_zp_z):
+        """In-focus frame at energy i; (displacement rows/cols px, pixel um, zp x/y um)."""
+        yield from bps.mv(energy.zp_z, peak_zp_z)
+        frame = yield from one_frame("lateral", in_focus)
+        pixel_um = float((yield from bps.rd(energy.pixel_size))) / 1000.0
+        if i == 0:
+            reference[:] = [frame]
+        shift = image_displacement_px(reference[0], frame)
+        move = zone_plate_correction_um(shift, pixel_um, optics["magnification"], orientation)
+        return shift, pixel_um, np.asarray(zp_xy0_um) + move
+
     acquire_time = getattr(getattr(camera, "cam", None), "acquire_time", None)
 
     def scan(i):
@@ -307,13 +406,34 @@ def focus_calibration(
             )
         zp_off, det_off = focus_offsets_mm(peak.position, det_thin[i], zp_thin[i], det_thin[i],
                                            optics["magnification"], detector)  # fmt: skip
-        values = (energies[i], peak.position, det_thin[i], zp_off, det_off, peak.value)
-        for key, value in zip(_RESULT_FIELDS, values, strict=True):
+        values = [energies[i], peak.position, det_thin[i], zp_off, det_off, peak.value]
+        zp_xy_um = (math.nan, math.nan)
+        if lateral:
+            shift, pixel_um, zp_xy_um = yield from lateral_shift(i, peak.position)
+            values += [shift[1], shift[0], pixel_um, zp_xy_um[0] / 1e3, zp_xy_um[1] / 1e3]
+            logger.info("image at %.4f keV displaced by (%+.2f, %+.2f) px (x, y): zone "
+                        "plate to (%.3f, %.3f) um", energies[i], shift[1], shift[0],
+                        *zp_xy_um)  # fmt: skip
+        for key, value in zip(fields, values, strict=True):
             yield from bps.mv(results[key], float(value))
         yield from bps.trigger_and_read(list(results.values()), name="focus")
         logger.info("focus at %.4f keV: zp_z %.4f mm (thin lens %+.4f mm)",
                     energies[i], peak.position, zp_off)  # fmt: skip
-        return zp_off, det_off
+        return zp_off, det_off, zp_xy_um[0] / 1e3, zp_xy_um[1] / 1e3
+
+    def check(i):
+        """Energy i through the calibrated axis: the image's remaining displacement."""
+        yield from bps.checkpoint()
+        yield from bps.mv(index, i)
+        yield from bps.mv(energy, energies[i])
+        frame = yield from one_frame("lateral_check", checked)
+        residual = image_displacement_px(reference[0], frame)
+        for key, value in zip(_RESIDUAL_FIELDS, (energies[i], residual[1], residual[0]),
+                              strict=True):  # fmt: skip
+            yield from bps.mv(residuals[key], float(value))
+        yield from bps.trigger_and_read(list(residuals.values()), name="lateral_residual")
+        logger.info("after calibration at %.4f keV the image is off by (%+.2f, %+.2f) px",
+                    energies[i], residual[1], residual[0])  # fmt: skip
 
     def body():
         if acquire_time is not None:
@@ -322,15 +442,19 @@ def focus_calibration(
         found = []
         for i in range(energies.size):
             found.append((yield from scan(i)))
-        calibration = FocusCalibration(
-            energies.tolist(), {"zp_z": [f[0] for f in found], "det_z": [f[1] for f in found]}
-        )
+        table = {"zp_z": [f[0] for f in found], "det_z": [f[1] for f in found]}
+        if lateral:
+            table.update(zp_x=[f[2] for f in found], zp_y=[f[3] for f in found])
+        calibration = FocusCalibration(energies.tolist(), table)
         yield from bps.mv(energy.calibration, calibration.to_dict())
+        if check_lateral:
+            for i in range(energies.size):
+                yield from check(i)
         yield from bps.mv(energy, home)  # in focus again, with the new calibration
         yield from bps.mv(shutter, "close")
 
     @bpp.run_decorator(md=start)  # the RunEngine unstages the camera if the plan fails
     def run():
-        yield from bpp.subs_wrapper(body(), grabber)
+        yield from bpp.subs_wrapper(body(), [grabber, in_focus, checked])
 
     return (yield from run())

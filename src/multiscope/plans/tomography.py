@@ -412,6 +412,94 @@ class _PassGate:
         return SubscriptionStatus(self.positioner, passed, timeout=self.timeout)
 
 
+@dataclass(frozen=True)
+class FlySweep:
+    """One fly tomogram's rotation, fixed and checked before anything moves."""
+
+    start_deg: float  # run-up start
+    end_deg: float  # run-out end
+    gate_deg: float  # the camera starts when the rotation passes this angle
+    velocity: float  # deg/s
+    period_s: float  # frame period
+    duration_s: float  # estimated sweep time, ramp included
+
+
+def fly_sweep(theta, num_projections, angle_range_deg, start_deg, exposure_s,
+              frame_period_s=None, max_velocity_deg_s=None) -> FlySweep:  # fmt: skip
+    """Check and fix the rotation of a fly tomogram (raises PlanArgumentError).
+
+    Run-up: the ramp (v * ACCL / 2), settling, then the first exposure's first half
+    and the camera's start latency, all before the first angle; the same margin
+    after the end. The whole sweep must lie within the rotation's limits.
+    """
+    if frame_period_s is None:
+        frame_period_s = exposure_s + _FLY_READOUT_S
+    period = require_number("frame_period_s", frame_period_s, minimum=exposure_s)
+    if max_velocity_deg_s is None:
+        max_velocity_deg_s = MAX_THETA_VELOCITY_DEG_S
+    vmax = require_number(
+        "max_velocity_deg_s", max_velocity_deg_s, minimum=0, exclusive_minimum=True
+    )
+    velocity = angle_range_deg / (num_projections * period)
+    if velocity > vmax:
+        raise PlanArgumentError(
+            f"rotation speed {velocity:.4g} deg/s (angle_range_deg / (num_projections * "
+            f"frame_period_s)) exceeds max_velocity_deg_s {vmax:g}; take more projections "
+            "or a longer frame_period_s"
+        )
+    accel_s = max(0.0, _signal_value(getattr(theta, "acceleration", None), 0.0))
+    runup = velocity * (accel_s + _FLY_SETTLE_S + exposure_s + _KICKOFF_LATENCY_S)
+    first, last = start_deg - runup, start_deg + angle_range_deg + runup
+    require_positions_within_limits("fly sweep", theta, [first, last])
+    if getattr(theta, "velocity", None) is None:
+        raise PlanArgumentError(f"{theta.name} has no velocity to set for the fly scan")
+    gate = start_deg - velocity * (0.5 * exposure_s + _KICKOFF_LATENCY_S)
+    return FlySweep(first, last, gate, velocity, period, (last - first) / velocity + accel_s)
+
+
+def fly_projections(camera, theta, flyer, sweep: FlySweep, *, declare: bool = True):
+    """The projections of one fly tomogram inside an open run (a plan fragment).
+
+    Rotation to the run-up start, its speed set, the camera staged (the projections'
+    own file), the rotation started, the camera kicked off as it passes the gate,
+    frames collected into ``primary`` while they come (``declare`` the stream the
+    first time in a run). The rotation's speed is restored after the sweep; on
+    failure the camera and the rotation are stopped first.
+    """
+    velocity_signal = theta.velocity
+    gate = _PassGate(theta, sweep.gate_deg, timeout=sweep.duration_s + 10.0)
+    saved = {}
+
+    def restore_velocity():
+        if "value" in saved:
+            yield from bps.mv(velocity_signal, saved.pop("value"))
+
+    def sweep_frames():
+        yield from bps.mv(theta, sweep.start_deg)
+        saved["value"] = yield from bps.rd(velocity_signal)
+        yield from bps.mv(velocity_signal, sweep.velocity)
+        yield from bps.stage(camera)
+        if declare:
+            yield from bps.declare_stream(flyer, name="primary", collect=True)
+        move = f"fly_rotation_{id(gate)}"
+        yield from bps.abs_set(theta, sweep.end_deg, group=move)
+        yield from bps.trigger(gate, wait=True)
+        yield from bps.kickoff(flyer, wait=True)
+        # Collects every _FLY_FLUSH_S while the frames come, and once more at the end.
+        yield from bps.collect_while_completing([flyer], [flyer], _FLY_FLUSH_S, "primary")
+        yield from bps.wait(group=move)
+        yield from bps.unstage(camera)
+        yield from restore_velocity()
+
+    def cleanup():
+        if "value" in saved:  # failed during the sweep
+            yield from bps.stop(flyer)
+            yield from bps.stop(theta)
+        yield from restore_velocity()
+
+    return (yield from bpp.finalize_wrapper(sweep_frames(), cleanup()))
+
+
 def fly_tomo_scan(
     camera,
     sample,
@@ -495,41 +583,19 @@ def fly_tomo_scan(
         dark_policy=dark_policy,
     )
     exposure_s = require_number("exposure_s", exposure_s, minimum=0, exclusive_minimum=True)
-    if frame_period_s is None:
-        frame_period_s = exposure_s + _FLY_READOUT_S
-    frame_period_s = require_number("frame_period_s", frame_period_s, minimum=exposure_s)
     num_darks = require_int("num_darks", num_darks, minimum=1 if schedule.num_dark_sets else 0)
     num_flats = require_int("num_flats", num_flats, minimum=1 if schedule.num_flat_sets else 0)
     offset = require_number("sample_out_offset_um", sample_out_offset_um)
     if schedule.num_flat_sets and offset == 0:
         raise PlanArgumentError("sample_out_offset_um must be non-zero when flats are taken")
     _check_geometry_md(pixel_size_um, energy_keV, center_guess_px, sample_id)
-    if max_velocity_deg_s is None:
-        max_velocity_deg_s = MAX_THETA_VELOCITY_DEG_S
-    max_velocity_deg_s = require_number(
-        "max_velocity_deg_s", max_velocity_deg_s, minimum=0, exclusive_minimum=True
-    )
     theta = sample.theta
-    velocity = angle_range_deg / (num_projections * frame_period_s)
-    if velocity > max_velocity_deg_s:
-        raise PlanArgumentError(
-            f"rotation speed {velocity:.4g} deg/s (angle_range_deg / (num_projections * "
-            f"frame_period_s)) exceeds max_velocity_deg_s {max_velocity_deg_s:g}; take more "
-            "projections or a longer frame_period_s"
-        )
-    accel_s = max(0.0, _signal_value(getattr(theta, "acceleration", None), 0.0))
-    # Run-up: the ramp (v * ACCL / 2), settling, then the first exposure's first half and
-    # the camera's start latency, all before the first angle; the same margin after the end.
-    runup = velocity * (accel_s + _FLY_SETTLE_S + exposure_s + _KICKOFF_LATENCY_S)
-    sweep_start = start_deg - runup
-    sweep_end = start_deg + angle_range_deg + runup
-    require_positions_within_limits("fly sweep", theta, [sweep_start, sweep_end])
+    sweep = fly_sweep(theta, num_projections, angle_range_deg, start_deg, exposure_s,
+                      frame_period_s, max_velocity_deg_s)  # fmt: skip
+    frame_period_s, velocity = sweep.period_s, sweep.velocity
     x_in = float(sample.x.position)
     if schedule.num_flat_sets:
         require_positions_within_limits("sample_out_offset_um", sample.x, [x_in + offset])
-    velocity_signal = getattr(theta, "velocity", None)
-    if velocity_signal is None:
-        raise PlanArgumentError(f"{theta.name} has no velocity to set for the fly scan")
     exposure_signal = _exposure_signal(camera)
 
     if flyer is None:
@@ -538,12 +604,12 @@ def fly_tomo_scan(
         flyer = FlyingCamera(camera)
     flyer.num_frames = num_projections
     flyer.frame_period_s = frame_period_s
-    sweep_s = (sweep_end - sweep_start) / velocity + accel_s
 
     step_frames = num_darks * schedule.num_dark_sets + num_flats * schedule.num_flat_sets
-    to_start_s = estimate_move_time(theta, [sweep_start])
+    to_start_s = estimate_move_time(theta, [sweep.start_deg])
     out_in_s = 2 * schedule.num_flat_sets * estimate_move_time(sample.x, [x_in + offset, x_in])
-    estimate = step_frames * (exposure_s + _FRAME_OVERHEAD_S) + to_start_s + sweep_s + out_in_s
+    estimate = step_frames * (exposure_s + _FRAME_OVERHEAD_S) + to_start_s + sweep.duration_s
+    estimate += out_in_s
     logger.info(
         "fly_tomo_scan: %d projections at %.4g deg/s (%.1f Hz), %d dark/flat frames, estimated %s",
         num_projections,
@@ -575,40 +641,6 @@ def fly_tomo_scan(
         "tomo": tomo_md,
     }  # fmt: skip
     _md.update(md or {})
-    gate = _PassGate(
-        theta,
-        start_deg - velocity * (0.5 * exposure_s + _KICKOFF_LATENCY_S),
-        timeout=sweep_s + 10.0,
-    )
-    original_velocity = {}
-
-    def fly():
-        yield from bps.checkpoint()
-        yield from bps.mv(theta, sweep_start)
-        original_velocity["value"] = yield from bps.rd(velocity_signal)
-        yield from bps.mv(velocity_signal, velocity)
-        yield from bps.stage(camera)  # the projections' own file
-        yield from bps.declare_stream(flyer, name="primary", collect=True)
-        move = "fly_tomo_rotation"
-        yield from bps.abs_set(theta, sweep_end, group=move)
-        yield from bps.trigger(gate, wait=True)
-        yield from bps.kickoff(flyer, wait=True)
-        # Collects every _FLY_FLUSH_S while the frames come, and once more at the end.
-        yield from bps.collect_while_completing([flyer], [flyer], _FLY_FLUSH_S, "primary")
-        yield from bps.wait(group=move)
-        yield from bps.unstage(camera)
-        yield from restore_velocity()
-
-    def restore_velocity():
-        if "value" in original_velocity:
-            yield from bps.mv(velocity_signal, original_velocity.pop("value"))
-
-    def cleanup():
-        # On failure: stop the camera and the rotation, then restore the speed.
-        if "value" in original_velocity:
-            yield from bps.stop(flyer)
-            yield from bps.stop(theta)
-        yield from restore_velocity()
 
     def inner():
         if exposure_signal is not None:
@@ -618,7 +650,8 @@ def fly_tomo_scan(
             yield from take_darks(camera, shutter, num_darks)
         if 0 in schedule.flats_before:
             yield from take_flats(camera, sample.x, x_in + offset, x_in, num_flats)
-        yield from bpp.finalize_wrapper(fly(), cleanup())
+        yield from bps.checkpoint()
+        yield from fly_projections(camera, theta, flyer, sweep)
         if num_projections in schedule.flats_before:
             yield from take_flats(camera, sample.x, x_in + offset, x_in, num_flats)
         if num_projections in schedule.darks_before:

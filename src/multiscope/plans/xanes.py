@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 
-from ..plan_stubs.frames import take_darks
+from ..plan_stubs.frames import take_darks, take_flats
 from ..plan_stubs.txm import move_energy
 from ..plan_stubs.xanes import (
     BLOCK_OVERHEAD_S,
@@ -62,7 +62,16 @@ from .preflight import (
     require_number,
     require_positions_within_limits,
 )
-from .tomography import _FRAME_OVERHEAD_S, step_tomogram, tomo_block, tomo_schedule
+from .tomography import (
+    _FRAME_OVERHEAD_S,
+    FLY_FLAT_POLICIES,
+    FlySweep,
+    fly_projections,
+    fly_sweep,
+    step_tomogram,
+    tomo_block,
+    tomo_schedule,
+)
 
 __all__ = ["energy_grid", "xanes_2d", "xanes_3d", "xanes_campaign"]
 
@@ -303,19 +312,36 @@ def xanes_3d(
     filter: str = "none",
     pixel_size_um: float | None = None,
     center_guess_px: float | None = None,
+    scan_mode: str = "step",
+    frame_period_s: float | None = None,
+    max_velocity_deg_s: float | None = None,
+    flyer=None,
     sample_id: str = "",
     md: dict | None = None,
 ):
-    """3D XANES: a step tomogram at each energy, all in one run (decision 0006).
+    """3D XANES: a tomogram (step or fly) at each energy, all in one run (decision 0006).
 
-    Darks once at the start; at each energy: set the index, refocus, then the
-    tomography plans' own step tomogram
-    (:func:`~multiscope.plans.tomography.step_tomogram`), with flat sets where
-    ``tomo_flat_policy`` puts them if ``flat_policy`` picks this energy, none
-    otherwise. ``primary`` events carry the image, the rotation angle (data key
-    ``tomo.rotation``), the energy readback and ``xanes_energy_index``; the start
-    document has the ``xanes`` block (``num_frames`` = projections per energy)
-    and the tomography plans' ``tomo`` block.
+    Darks once at the start; at each energy: set the index, refocus, then a
+    tomogram with flat sets where ``tomo_flat_policy`` puts them if ``flat_policy``
+    picks this energy, none otherwise. The start document has the ``xanes`` block
+    (``num_frames`` = projections per energy) and the tomography plans' ``tomo``
+    block, whose ``scan_mode`` says which kind of tomogram:
+
+    ``"step"``
+        The tomography plans' own step tomogram
+        (:func:`~multiscope.plans.tomography.step_tomogram`): ``primary`` events
+        carry the image, the rotation angle (data key ``tomo.rotation``), the
+        energy readback and ``xanes_energy_index``.
+    ``"fly"``
+        As :func:`~multiscope.plans.tomography.fly_tomo_scan`: the rotation sweeps
+        the range at constant speed while the camera free-runs
+        (:class:`~multiscope.devices.flyers.FlyingCamera`, one file per energy);
+        ``primary`` holds exactly ``num_projections`` collected frames per energy,
+        in energy order (``<camera>_image``, and the angle at mid-exposure
+        ``<camera>_theta`` from the frames' HDF5 attribute ``theta``), no events;
+        an ``xanes_energy`` event per energy (before its tomogram) carries the
+        energy readbacks and ``xanes_energy_index``. The rotation's speed is
+        restored after every sweep, also on failure.
 
     Parameters
     ----------
@@ -331,16 +357,34 @@ def xanes_3d(
         As :func:`xanes_2d`.
     center_guess_px : float, optional
         Recorded in the ``tomo`` block.
+    scan_mode : {"step", "fly"}
+        Step tomograms, or fly tomograms (``tomo_flat_policy`` then ``"start"``,
+        ``"end"`` or ``"both"``: flats would interrupt the rotation).
+    frame_period_s, max_velocity_deg_s, flyer
+        Fly only, as :func:`~multiscope.plans.tomography.fly_tomo_scan`.
 
     Raises
     ------
     PlanArgumentError
-        Before any message, as :func:`xanes_2d`, and for angles outside the limits.
+        Before any message, as :func:`xanes_2d`, and for angles (fly: the whole
+        sweep, run-up included) outside the limits or a rotation faster than allowed.
     """
     c = _check(camera, energy, sample, grid, exposure_s, num_flats, num_darks, flat_policy,
                flat_every, sample_out_offset_um, filter, pixel_size_um, sample_id)  # fmt: skip
+    if scan_mode not in ("step", "fly"):
+        raise PlanArgumentError(f'scan_mode must be "step" or "fly", got {scan_mode!r}')
     if tomo_flat_policy == "none":
         raise PlanArgumentError('tomo_flat_policy="none" contradicts the XANES flat policy')
+    fly = scan_mode == "fly"
+    if fly and tomo_flat_policy not in FLY_FLAT_POLICIES:
+        raise PlanArgumentError(
+            f"tomo_flat_policy must be one of {FLY_FLAT_POLICIES[:-1]} for fly tomograms, "
+            f"got {tomo_flat_policy!r}"
+        )
+    if not fly and (frame_period_s, max_velocity_deg_s, flyer) != (None, None, None):
+        raise PlanArgumentError(
+            'frame_period_s, max_velocity_deg_s and flyer are for scan_mode="fly" only'
+        )
     with_flats = tomo_schedule(num_projections, angle_range_deg, start_deg=start_deg,
                                flat_policy=tomo_flat_policy, flat_every=tomo_flat_every,
                                dark_policy="none")  # fmt: skip
@@ -349,25 +393,53 @@ def xanes_3d(
     require_positions_within_limits("angles", sample.theta, with_flats.angles_deg)
     if center_guess_px is not None:
         require_number("center_guess_px", center_guess_px)
+    sweep = None
+    if fly:
+        sweep = fly_sweep(sample.theta, num_projections, float(angle_range_deg),
+                          float(start_deg), c.exposure_s, frame_period_s,
+                          max_velocity_deg_s)  # fmt: skip
     n, flat_sets = len(c.grid), len(c.flats_at) * with_flats.num_flat_sets
-    frames = c.num_darks + n * num_projections + flat_sets * c.num_flats
-    back_s = estimate_moves_s(sample.theta, [start_deg + angle_range_deg, start_deg])
-    steps_s = estimate_moves_s(sample.theta, with_flats.angles_deg[:2]) * num_projections
-    blocks = 1 + n + 2 * flat_sets  # each flat set splits a tomogram's projections
-    estimate = frames * (c.exposure_s + _FRAME_OVERHEAD_S) + c.energy_moves_s + n * back_s
-    estimate += n * steps_s + flat_sets * c.out_in_s + blocks * BLOCK_OVERHEAD_S
+    step_frames = c.num_darks + flat_sets * c.num_flats
+    estimate = c.energy_moves_s + flat_sets * c.out_in_s
+    if fly:
+        # Per energy: back to the run-up start at full speed, then the sweep.
+        back_s = estimate_moves_s(sample.theta, [sweep.start_deg])
+        estimate += step_frames * (c.exposure_s + _FRAME_OVERHEAD_S) + n * (
+            back_s + sweep.duration_s
+        )
+        estimate += (1 + n + flat_sets) * BLOCK_OVERHEAD_S
+    else:
+        frames = step_frames + n * num_projections
+        back_s = estimate_moves_s(sample.theta, [start_deg + angle_range_deg, start_deg])
+        steps_s = estimate_moves_s(sample.theta, with_flats.angles_deg[:2]) * num_projections
+        blocks = 1 + n + 2 * flat_sets  # each flat set splits a tomogram's projections
+        estimate += frames * (c.exposure_s + _FRAME_OVERHEAD_S) + n * (back_s + steps_s)
+        estimate += blocks * BLOCK_OVERHEAD_S
+    extra = {"scan_mode": scan_mode}
+    if fly:
+        extra.update(frame_period_s=sweep.period_s, theta_velocity_deg_s=sweep.velocity)
     tomo_md = tomo_block(
         num_projections, float(angle_range_deg), float(start_deg), c.exposure_s, c.num_darks,
         c.num_flats, tomo_flat_policy, tomo_flat_every, "start", c.x_out - c.x_in,
-        pixel_size_um, None, center_guess_px, sample_id, sample.theta.name,
+        pixel_size_um, None, center_guess_px, sample_id, sample.theta.name, **extra,
     )  # fmt: skip
+    plan_args = {"num_projections": num_projections, "angle_range_deg": angle_range_deg,
+                 "tomo_flat_policy": tomo_flat_policy, "scan_mode": scan_mode}  # fmt: skip
+    if fly:
+        plan_args["frame_period_s"] = sweep.period_s
     start = _start_md(
         "xanes_3d", camera, energy, c, num_frames=num_projections,
         num_points=n * num_projections, estimate_s=estimate, md={"tomo": tomo_md, **(md or {})},
-        plan_args={"num_projections": num_projections, "angle_range_deg": angle_range_deg,
-                   "tomo_flat_policy": tomo_flat_policy},
+        plan_args=plan_args,
     )  # fmt: skip
     index = energy_index_signal()
+    if fly and flyer is None:
+        from multiscope.devices.flyers import FlyingCamera
+
+        flyer = FlyingCamera(camera)
+    if fly:
+        flyer.num_frames = num_projections
+        flyer.frame_period_s = sweep.period_s
 
     @bpp.run_decorator(md=start)
     def run():
@@ -376,14 +448,38 @@ def xanes_3d(
             yield from bps.checkpoint()
             yield from bps.mv(index, i)
             yield from move_energy(energy, e)
-            yield from step_tomogram(
-                camera, sample, shutter, with_flats if i in c.flats_at else without,
-                num_darks=0, num_flats=c.num_flats, x_in=c.x_in, x_out=c.x_out,
-                also_read=[energy, index],
-            )  # fmt: skip
+            schedule = with_flats if i in c.flats_at else without
+            if fly:
+                yield from _fly_tomogram(
+                    camera, sample, flyer, sweep, schedule, c, also_read=[energy, index],
+                    declare=i == 0,
+                )  # fmt: skip
+            else:
+                yield from step_tomogram(
+                    camera, sample, shutter, schedule, num_darks=0, num_flats=c.num_flats,
+                    x_in=c.x_in, x_out=c.x_out, also_read=[energy, index],
+                )  # fmt: skip
         yield from bps.mv(shutter, "close")
 
     return (yield from run())
+
+
+def _fly_tomogram(camera, sample, flyer, sweep: FlySweep, schedule, c: _Checked, *, also_read,
+                  declare):  # fmt: skip
+    """One energy's fly tomogram inside an open run, shutter open (a plan fragment).
+
+    The sweep of :func:`~multiscope.plans.tomography.fly_tomo_scan`: flats before
+    and/or after as ``schedule`` says; the rotation's speed is restored after the
+    sweep and on failure (then the camera and the rotation are stopped too).
+    """
+    n = len(schedule.angles_deg)
+    # The energy readbacks of this tomogram: its collected frames carry none.
+    yield from bps.trigger_and_read(list(also_read), name="xanes_energy")
+    if 0 in schedule.flats_before:
+        yield from take_flats(camera, sample.x, c.x_out, c.x_in, c.num_flats, also_read=also_read)
+    yield from fly_projections(camera, sample.theta, flyer, sweep, declare=declare)
+    if n in schedule.flats_before:
+        yield from take_flats(camera, sample.x, c.x_out, c.x_in, c.num_flats, also_read=also_read)
 
 
 def xanes_campaign(

@@ -1,0 +1,142 @@
+"""Fly ``xanes_3d`` over Channel Access on the simulated TXM IOC, with a jump at every energy.
+
+The IOC renders its Ni K-edge chemistry (``--valence-pattern mixed``) and moves the
+sample image by a seeded jump at every energy (``--energy-drift-px 1.5``, at most 3
+px; each frame records it as the HDF5 attributes ``drift_x_px`` / ``drift_y_px``).
+Eight energies, a 24-projection fly tomogram each (binning 4, 128 x 128 px): the
+run must complete and read back from the catalog with every frame and angle, and
+the drift :class:`~multiscope.callbacks.xanes.LiveXANESMap` measures on the
+projections must match the IOC's recorded jumps (relative to the first energy, its
+reference) within 0.3 px in rows.  Columns are not asserted: they are an open
+problem (docs/xanes.md, "Known limits"), not a test to expect to fail.  Each fly
+tomogram's angles are offset from the reference's by the camera's start latency,
+which biases the angle-matched column registration: the fixture prints the column
+errors (0.02-0.14 px with gaps under 0.8 deg; up to 1.9 px at one energy with gaps
+of 1.2-3 deg).  Step tomograms repeat the angles exactly; their column correction
+is tested in ``tests/unit/test_xanes_3d.py``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import h5py
+import numpy as np
+import pytest
+from conftest import txm_session
+
+from multiscope.callbacks.frames import uri_to_path
+from multiscope.callbacks.xanes import LiveXANESMap
+
+pytestmark = pytest.mark.integration
+
+ENERGIES_KEV = [8.28, 8.30, 8.32, 8.333, 8.35, 8.37, 8.40, 8.43]
+NUM_PROJECTIONS = 24
+EXPOSURE_S = 0.05
+PERIOD_S = 0.1  # 75 deg/s: the start latency is a smaller angle than at 150 deg/s
+
+
+@pytest.fixture(scope="module")
+def txm(ca_port_pool, tmp_path_factory):
+    """A TXM session on its own simulated IOC with XANES chemistry and energy jumps."""
+    extra_args = ["--binning", "4", "--shape", "128", "128", "--seed", "3",
+                  "--valence-pattern", "mixed", "--energy-drift-px", "1.5",
+                  "--energy-drift-max-px", "3"]  # fmt: skip
+    with txm_session(ca_port_pool, tmp_path_factory, "xanes3d", extra_args) as (session, _):
+        yield session
+
+
+def _primary_attributes(documents, name: str) -> np.ndarray:
+    """Per-frame HDF5 attribute ``name`` of the primary frames, in seq_num order."""
+    descriptors = {d["uid"]: d["name"] for n, d in documents if n == "descriptor"}
+    resources = {d["uid"]: d for n, d in documents if n == "stream_resource"}
+    values = {}
+    for n, d in documents:
+        if n != "stream_datum" or descriptors[d["descriptor"]] != "primary":
+            continue
+        resource = resources[d["stream_resource"]]
+        if resource["data_key"] != "camera_image":
+            continue
+        with h5py.File(uri_to_path(resource["uri"]), "r") as f:
+            rows = f[f"/entry/instrument/NDAttributes/{name}"]
+            chunk = rows[d["indices"]["start"] : d["indices"]["stop"]]
+        for k, v in enumerate(chunk):
+            values[d["seq_nums"]["start"] + k] = float(v)
+    return np.array([values[s] for s in sorted(values)])
+
+
+@pytest.fixture(scope="module")
+def fly_run(txm, tmp_path_factory):
+    """Run the fly xanes_3d, read it back, map it; return what the tests check."""
+    tmp_path = tmp_path_factory.mktemp("xanes3d-maps")
+    session = txm
+    d, plans = session.devices, session.plans
+    camera, energy = d["camera"], d["energy"]
+    energy.calibration.put({})  # thin lens: the IOC's optics are thin lenses
+    grid = plans["energy_grid"]("Ni", energies_keV=ENERGIES_KEV, whiteline_eV=(-5, 40))
+    pixel_um = d["objective"].pixel_size.get() / 1000
+    documents = []
+    token = session.RE.subscribe(lambda name, doc: documents.append((name, doc)))
+    t0 = time.monotonic()
+    try:
+        (uid,) = session.RE(
+            plans["xanes_3d"](
+                camera, energy, d["sample"], d["shutter"], grid, scan_mode="fly",
+                num_projections=NUM_PROJECTIONS, exposure_s=EXPOSURE_S, frame_period_s=PERIOD_S,
+                flat_policy="every_n", flat_every=4, tomo_flat_policy="start", num_flats=2,
+                num_darks=2, pixel_size_um=pixel_um, sample_id="NMC811 tab",
+            )
+        )  # fmt: skip
+    finally:
+        session.RE.unsubscribe(token)
+    elapsed = time.monotonic() - t0
+    assert session.catalog.drain(120)
+    run = session.catalog.run(uid)
+    start, stop = run.metadata["start"], run.metadata["stop"]
+    assert stop["exit_status"] == "success", stop.get("reason")
+    print(f"fly xanes_3d: estimated {start['estimated_duration_s']:.1f} s, took {elapsed:.1f} s")
+    assert start["tomo"]["scan_mode"] == "fly"
+    n_frames = len(ENERGIES_KEV) * NUM_PROJECTIONS
+
+    # Read back from the catalog: every projection, its angle; the energies per tomogram.
+    primary = run["primary"].read()
+    frames = np.asarray(primary["camera_image"]).reshape(-1, 128, 128)
+    theta = np.asarray(primary["camera_theta"], float).reshape(len(ENERGIES_KEV), -1)
+    assert frames.shape[0] == n_frames and frames.mean() > 100
+    assert np.all(np.diff(theta, axis=1) > 0)  # one sweep per energy
+    spacing = 180.0 / NUM_PROJECTIONS
+    assert np.abs(theta[:, 0]).max() < spacing  # each sweep starts at its first angle
+    marks = run["xanes_energy"].read()
+    assert np.asarray(marks["xanes_energy_index"]).tolist() == list(range(len(ENERGIES_KEV)))
+    np.testing.assert_allclose(marks["energy_energy"], ENERGIES_KEV, atol=1e-3)
+
+    # The XANES map of the run's documents; its shifts against the IOC's recorded jumps.
+    live = LiveXANESMap(tmp_path / "maps")
+    t1 = time.monotonic()
+    for name, doc in documents:
+        live(name, doc)
+    print(f"LiveXANESMap: {time.monotonic() - t1:.1f} s for {len(ENERGIES_KEV)} energies")
+    assert sorted(live.energies_done) == list(range(len(ENERGIES_KEV)))
+    with h5py.File(live.paths["maps"], "r") as f:
+        shifts = f["shifts_px"][()]
+        assert f["whiteline_eV"].shape == (128, 128, 128)
+    drift = np.stack(
+        [
+            _primary_attributes(documents, "drift_y_px"),
+            _primary_attributes(documents, "drift_x_px"),
+        ],
+        axis=1,
+    ).reshape(len(ENERGIES_KEV), NUM_PROJECTIONS, 2)
+    assert np.ptp(drift, axis=1).max() < 1e-6  # the jump is the same at every angle
+    truth = -(drift[:, 0] - drift[0, 0])  # the shift that undoes it, relative to the reference
+    err = shifts - truth
+    print("recorded jumps (rows, cols) px:", np.round(drift[:, 0], 3).tolist())
+    print("shift error (rows, cols) px:", np.round(err, 3).tolist())
+    print(f"angle mismatch to the reference up to {live.parameters['max_angle_gap_deg']} deg")
+    return shifts, truth, err
+
+
+def test_fly_xanes_3d_completes_and_corrects_vertical_jumps(fly_run):
+    shifts, truth, err = fly_run
+    assert np.abs(truth).max() > 1.0  # the IOC did jump
+    assert np.abs(err[:, 0]).max() < 0.3  # rows: the slices' z
