@@ -1017,10 +1017,11 @@ def edge_step_error(
     ssr = np.zeros(y.shape[1])
     var_intercepts = 0.0
     for idx in (i_pre, i_post):
-        x = np.stack([np.ones(idx.size), e[idx] - e0], axis=1)
-        pinv = np.linalg.pinv(x)
-        residual = y[idx] - x @ (pinv @ y[idx])
+        x = e[idx] - e0
+        offset, slope = _line_fit(y, e, idx, e0)  # the lines normalize() subtracts
+        residual = y[idx] - (offset + slope * x[:, None])
         ssr += np.sum(residual * residual, axis=0)
+        pinv = np.linalg.pinv(np.stack([np.ones_like(x), x], axis=1))
         var_intercepts += float(np.sum(pinv[0] ** 2))  # Var(intercept at e0) / sigma^2
     sigma2 = ssr / (i_pre.size + i_post.size - 4)
     return np.sqrt(sigma2 * var_intercepts).reshape(stack.shape[1:])

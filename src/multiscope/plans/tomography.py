@@ -457,6 +457,20 @@ def fly_sweep(theta, num_projections, angle_range_deg, start_deg, exposure_s,
     return FlySweep(first, last, gate, velocity, period, (last - first) / velocity + accel_s)
 
 
+def fly_camera(camera, flyer, num_frames: int, frame_period_s: float):
+    """``flyer`` set to take ``num_frames`` frames every ``frame_period_s`` per kickoff.
+
+    ``flyer=None`` makes a :class:`~multiscope.devices.flyers.FlyingCamera` of ``camera``.
+    """
+    if flyer is None:
+        from multiscope.devices.flyers import FlyingCamera
+
+        flyer = FlyingCamera(camera)
+    flyer.num_frames = num_frames
+    flyer.frame_period_s = frame_period_s
+    return flyer
+
+
 def fly_projections(camera, theta, flyer, sweep: FlySweep, *, declare: bool = True):
     """The projections of one fly tomogram inside an open run (a plan fragment).
 
@@ -598,12 +612,7 @@ def fly_tomo_scan(
         require_positions_within_limits("sample_out_offset_um", sample.x, [x_in + offset])
     exposure_signal = _exposure_signal(camera)
 
-    if flyer is None:
-        from multiscope.devices.flyers import FlyingCamera
-
-        flyer = FlyingCamera(camera)
-    flyer.num_frames = num_projections
-    flyer.frame_period_s = frame_period_s
+    flyer = fly_camera(camera, flyer, num_projections, frame_period_s)
 
     step_frames = num_darks * schedule.num_dark_sets + num_flats * schedule.num_flat_sets
     to_start_s = estimate_move_time(theta, [sweep.start_deg])

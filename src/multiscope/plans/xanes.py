@@ -66,6 +66,7 @@ from .tomography import (
     _FRAME_OVERHEAD_S,
     FLY_FLAT_POLICIES,
     FlySweep,
+    fly_camera,
     fly_projections,
     fly_sweep,
     step_tomogram,
@@ -433,13 +434,8 @@ def xanes_3d(
         plan_args=plan_args,
     )  # fmt: skip
     index = energy_index_signal()
-    if fly and flyer is None:
-        from multiscope.devices.flyers import FlyingCamera
-
-        flyer = FlyingCamera(camera)
     if fly:
-        flyer.num_frames = num_projections
-        flyer.frame_period_s = sweep.period_s
+        flyer = fly_camera(camera, flyer, num_projections, sweep.period_s)
 
     @bpp.run_decorator(md=start)
     def run():
