@@ -495,6 +495,8 @@ def fly_projections(camera, theta, flyer, sweep: FlySweep, *, declare: bool = Tr
         yield from bps.stage(camera)
         if declare:
             yield from bps.declare_stream(flyer, name="primary", collect=True)
+        if hasattr(flyer, "prepare"):  # settings put now, not between gate and kickoff
+            yield from bps.prepare(flyer, None, wait=True)
         move = f"fly_rotation_{id(gate)}"
         yield from bps.abs_set(theta, sweep.end_deg, group=move)
         yield from bps.trigger(gate, wait=True)
