@@ -27,7 +27,7 @@ import collections
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,11 +235,14 @@ class CamGroup(PVGroup):
         ``Acquire``/``Acquire_RBV`` (Done/Acquire; a put of Acquire completes when
         the acquisition ends), ``AcquireTime``/``_RBV`` (s), ``AcquirePeriod``/``_RBV``
         (s), ``NumImages``/``_RBV``, ``NumImagesCounter_RBV``, ``NumExposures``/``_RBV``,
-        ``ImageMode``/``_RBV`` (Single/Multiple/Continuous), ``TriggerMode``/``_RBV``,
-        ``TimeRemaining_RBV``. Exposures start every ``max(AcquirePeriod, AcquireTime)``
-        on a fixed clock; each frame is rendered and written while the next exposure
-        runs (up to ``MAX_BUFFERED_FRAMES`` behind), so the rate holds as long as a
-        render fits in one period on average.
+        ``ImageMode``/``_RBV`` (Single/Multiple/Continuous), ``TriggerMode``/``_RBV``
+        (Internal/External), ``TimeRemaining_RBV``. Exposures start every
+        ``max(AcquirePeriod, AcquireTime)`` on a fixed clock: at Acquire (Internal), or
+        at the instrument's start pulse (External: the camera is armed, state Waiting,
+        until the detector's ``start_trigger`` fires, e.g. a rotation passing an angle).
+        Each frame is rendered and written while the next exposure runs (up to
+        ``MAX_BUFFERED_FRAMES`` behind), so the rate holds as long as a render fits in
+        one period on average.
     Array
         ``ArrayCounter``/``_RBV``, ``ArrayCallbacks``/``_RBV``, ``ArraySizeX_RBV``,
         ``ArraySizeY_RBV``, ``ArraySize0_RBV``/``1``/``2``, ``ArraySize_RBV`` (bytes),
@@ -285,7 +288,7 @@ class CamGroup(PVGroup):
         dtype=ChannelType.ENUM,
         enum_strings=("Internal", "External"),
         value="Internal",
-        doc="Trigger source (only Internal simulated)",
+        doc="Internal: frames start at Acquire; External: the first waits for the start pulse",
     )
     time_remaining = pvproperty(
         name="TimeRemaining_RBV", value=0.0, read_only=True, doc="Seconds left in acquisition"
@@ -411,6 +414,30 @@ class CamGroup(PVGroup):
         """Sleep until monotonic time ``deadline``; return True if a stop came first."""
         return await self._sleep_or_stop(deadline - time.monotonic())
 
+    async def _start_time(self, external: bool) -> float | None:
+        """Monotonic time the first exposure starts: now, or the start pulse (External).
+
+        Armed, the camera waits for the detector's ``start_trigger``; the pulse's own
+        time starts the frame clock, so the first frame is exposed where the
+        instrument fired it, however late this task wakes. None if stopped first.
+        """
+        if not external:
+            return time.monotonic()
+        source = self.detector.start_trigger
+        if source is None:
+            raise RuntimeError("TriggerMode External: no start trigger is wired to this camera")
+        pulse = asyncio.ensure_future(source())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({pulse, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pulse, stop):
+                task.cancel()
+        if not pulse.done() or pulse.cancelled():
+            return None
+        await self.detector_state.write("Acquire")
+        return pulse.result()
+
     async def _deliver(
         self, ctx: FrameContext, total: float, period: float, after: asyncio.Task | None
     ) -> None:
@@ -435,9 +462,10 @@ class CamGroup(PVGroup):
             total = math.inf
         exposure = max(0.0, float(self.acquire_time.readback.value))
         period = max(exposure, float(self.acquire_period.readback.value))
+        external = self.trigger_mode.readback.value == "External"
         await self.acquire.setpoint.write("Acquire", verify_value=False)
         await self.acquire.readback.write("Acquire")
-        await self.detector_state.write("Acquire")
+        await self.detector_state.write("Waiting" if external else "Acquire")
         await self.num_images_counter.write(0)
         # Exposures start on a fixed clock (one every ``period``); each frame is rendered
         # and written while the next exposures run, in order, from a buffer of at most
@@ -446,9 +474,11 @@ class CamGroup(PVGroup):
         # frame's own mid-exposure time, however late it renders.
         in_flight: collections.deque[asyncio.Task] = collections.deque()
         base = int(self.array_counter.readback.value)
-        start = time.monotonic()
         index = 0
         try:
+            start = await self._start_time(external)
+            if start is None:  # stopped while armed
+                total = 0
             while index < total:
                 end = start + exposure
                 if await self._sleep_until_or_stop(end):
@@ -811,6 +841,9 @@ class SimAreaDetector(PVGroup):
         Passed to the scene as ``ctx.ioc`` (the instrument IOC holding the state).
     seed : int, optional
         Seed of the noise generator.
+    start_trigger : async callable, optional
+        ``await start_trigger()`` returns the monotonic time of the instrument's next
+        start pulse; with ``TriggerMode`` External the first exposure starts then.
     """
 
     cam = SubGroup(CamGroup, prefix="cam1:", doc="Detector driver")
@@ -823,9 +856,11 @@ class SimAreaDetector(PVGroup):
         shape: tuple[int, int] = (64, 64),
         ioc: Any = None,
         seed: int | None = None,
+        start_trigger: Callable[[], Awaitable[float]] | None = None,
         **kwargs,
     ):
         self.scene = scene
+        self.start_trigger = start_trigger
         self.shape = (int(shape[0]), int(shape[1]))
         self.ioc = ioc
         self.rng = np.random.default_rng(seed)

@@ -52,6 +52,12 @@ Geometry and optics (see ``docs/txm.md``; lengths along the beam in mm)
 * ``theta``, ``sample:x/y/z`` and ``mono:energy`` are evaluated at the middle of
   each exposure from the motors' trajectories, so fly scans record the angle of
   every frame exactly (HDF5 attribute ``theta``).
+* **Position-synchronised start:** the rotation's position compare
+  (``sample:rotation_trigger:Position``) fires the camera's start pulse when
+  ``sample:theta`` passes that angle increasing; a camera in ``TriggerMode``
+  External (armed by Acquire) starts its frame clock at the exact crossing time,
+  so a fly scan's first frame is where the plan put it, whatever the client's or
+  the network's latency.
 * Shutter closed or no ring current: dark frames (offset + dark current + read
   noise).
 * **XANES chemistry** (``docs/txm.md``, "XANES chemistry and truth"): every NMC
@@ -84,6 +90,7 @@ Run::
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict, deque
@@ -181,6 +188,7 @@ DEFAULT_AXIS_OFFSET_PX = 3.7
 FILL_CURRENT_MA = 400.0
 SAMPLE_OUT_UM = 200.0
 MAX_THETA_VELOCITY = 180.0  # deg/s, sample:theta.VMAX
+_TRIGGER_POLL_S = 0.001  # position compare poll (the crossing time itself is exact)
 
 # Alignment tolerances (Gaussian sigma of the illumination versus offset).
 CONDENSER_XY_SIGMA_MM = 0.1
@@ -755,7 +763,9 @@ class TXMIOC(PVGroup):
     Sample
         ``sample:x``, ``sample:y``, ``sample:z`` (um; x across the beam, y along it,
         z up; ``|sample:x| >= 200`` is sample-out), ``sample:theta`` (deg,
-        -720..720, VELO up to 180 deg/s for fly scans).
+        -720..720, VELO up to 180 deg/s for fly scans);
+        ``sample:rotation_trigger:Position`` (deg) and ``:Pulses_RBV``: the rotation's
+        position compare, the start pulse of a camera in TriggerMode External.
     Detector and energy
         ``det:z`` (mm, p + q), ``objective:mag`` (2x/8x), ``mono:energy`` (keV, 5..15).
     Optics (read-only, follow the motors)
@@ -902,6 +912,19 @@ class TXMIOC(PVGroup):
         limits=(-720, 720),
         egu="deg",
         doc="Sample rotation (deg); VELO up to 180 deg/s for fly scans",
+    )
+    rotation_trigger_position = pvproperty(
+        name="sample:rotation_trigger:Position",
+        value=0.0,
+        precision=4,
+        units="deg",
+        doc="Angle whose increasing crossing by sample:theta fires the camera's start pulse",
+    )
+    rotation_trigger_pulses = pvproperty(
+        name="sample:rotation_trigger:Pulses_RBV",
+        value=0,
+        read_only=True,
+        doc="Start pulses fired since the IOC started",
     )
     # -- detector, objective, energy --------------------------------------------------
     det_z = _axis(
@@ -1082,7 +1105,12 @@ class TXMIOC(PVGroup):
             )
         self.physics._cache.clear()
         self.camera = SimAreaDetector(
-            prefix=self.prefix, scene=self.scene, shape=shape, ioc=self, seed=self.seed
+            prefix=self.prefix,
+            scene=self.scene,
+            shape=shape,
+            ioc=self,
+            seed=self.seed,
+            start_trigger=self.rotation_start_pulse,
         )
         self.pvdb.update(self.camera.pvdb)
         self._t0 = time.monotonic()
@@ -1130,6 +1158,34 @@ class TXMIOC(PVGroup):
         end = time.monotonic() - (time.time() - ctx.timestamp)
         state = self.state(end - 0.5 * ctx.exposure_time)
         return self.physics.render(state, ctx.exposure_time, ctx.shape, ctx.rng)
+
+    async def rotation_start_pulse(self) -> float:
+        """Wait for ``sample:theta`` to pass the trigger angle increasing; return when.
+
+        The position compare of a rotation controller (e.g. PSO): armed now, it fires
+        on the next crossing of ``sample:rotation_trigger:Position`` from below. The
+        crossing time comes from the recorded trajectory (bisection between two
+        polls), so the pulse is exact however late this task wakes.
+        """
+        threshold = float(self.rotation_trigger_position.value)
+        axis = self.sample_theta
+        t_before = time.monotonic()
+        p_before = axis.position_at(t_before)
+        while True:
+            await asyncio.sleep(_TRIGGER_POLL_S)
+            t_after = time.monotonic()
+            p_after = axis.position_at(t_after)
+            if p_before < threshold <= p_after:
+                break
+            t_before, p_before = t_after, p_after
+        for _ in range(40):  # to well under a microsecond
+            middle = 0.5 * (t_before + t_after)
+            if axis.position_at(middle) >= threshold:
+                t_after = middle
+            else:
+                t_before = middle
+        await self.rotation_trigger_pulses.write(int(self.rotation_trigger_pulses.value) + 1)
+        return t_after
 
     # -- derived PVs ----------------------------------------------------------------
 

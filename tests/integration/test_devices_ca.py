@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import h5py
@@ -149,3 +150,18 @@ def test_killing_ioc_mid_move_fails_move_within_timeout(fresh_demo_ioc):
     print(f"\nkill-to-fail: {elapsed:.2f} s (move timeout {timeout:.2f} s)")
     assert status.done and not status.success
     assert elapsed <= timeout + 2.0
+
+
+def test_external_trigger_without_a_start_source_fails_clearly(cam):
+    # The demo instrument wires no start pulse to its camera: armed, it must say so.
+    cam.cam.trigger_mode.set("External").wait(5)
+    try:
+        cam.cam.image_mode.set("Single").wait(5)
+        ended = threading.Event()
+        cam.cam.acquire.put(1, use_complete=True, callback=lambda *a, **k: ended.set())
+        assert ended.wait(5)  # put-completion: the acquisition ended
+        assert cam.cam.detector_state.get(as_string=True, use_monitor=False) == "Error"
+        message = cam.cam.status_message.get(as_string=True, use_monitor=False)
+        assert "no start trigger" in message
+    finally:
+        cam.cam.trigger_mode.set("Internal").wait(5)

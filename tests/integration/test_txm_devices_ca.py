@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import h5py
 import numpy as np
 import pytest
 from conftest import acquire, start_sim_ioc
@@ -171,3 +172,66 @@ def test_image_is_sharpest_where_the_energy_move_put_the_zone_plate(energy, devi
     assert abs(best) <= 1, f"sharpest at {best} steps from the chosen focus: {scores}"
     # The scan resolves focus at all: five steps (10 DOF) out is clearly blurred.
     assert max(scores[0], scores[-1]) < 0.8 * scores.max(), scores
+
+
+# ------------------------------------------------------------- position-triggered start
+def _fly(devices, fire_at_deg, num_frames=5, exposure_s=0.02, period_s=0.05):
+    """A staged camera whose FlyingCamera starts on the rotation's position trigger."""
+    from multiscope.devices.flyers import FlyingCamera
+
+    camera, sample = devices["camera"], devices["sample"]
+    camera.cam.acquire_time.set(exposure_s).wait(5)
+    flyer = FlyingCamera(
+        camera, num_frames=num_frames, frame_period_s=period_s,
+        start_trigger=sample.rotation_trigger,
+    )  # fmt: skip
+    camera.stage()
+    flyer.prepare({"start_position": fire_at_deg, "start_timeout_s": 10.0}).wait(5)
+    return camera, sample, flyer
+
+
+def test_position_trigger_starts_the_frames_where_the_rotation_passes(devices):
+    theta = devices["sample"].theta
+    theta.set(0.0).wait(theta.move_timeout(0.0) + 5)
+    velocity = theta.velocity.get()
+    camera, sample, flyer = _fly(devices, fire_at_deg=30.0)
+    try:
+        pulses = sample.rotation_trigger.pulses.get()
+        captured = camera.hdf1.num_captured.get(use_monitor=False)
+        flyer.kickoff().wait(5)
+        assert camera.cam.trigger_mode.get(as_string=True) == "External"
+        time.sleep(0.3)  # armed, the rotation at rest: no frame
+        assert camera.cam.detector_state.get(as_string=True) == "Waiting"
+        assert camera.hdf1.num_captured.get(use_monitor=False) == captured
+        theta.set(60.0).wait(theta.move_timeout(60.0) + 5)
+        flyer.complete().wait(10)
+        docs = list(flyer.collect_asset_docs())
+    finally:
+        camera.unstage()
+    assert sample.rotation_trigger.pulses.get() == pulses + 1
+    assert camera.cam.trigger_mode.get(as_string=True) == "Internal"  # restored
+    resource = next(
+        d for n, d in docs if n == "stream_resource" and d["data_key"].endswith("theta")
+    )
+    with h5py.File(resource["uri"].removeprefix("file://localhost"), "r") as f:
+        angles = f["/entry/instrument/NDAttributes/theta"][captured : captured + 5]
+    # The first exposure starts at the crossing: its middle is half an exposure later.
+    assert angles[0] == pytest.approx(30.0 + velocity * 0.5 * 0.02, abs=0.01)
+    np.testing.assert_allclose(np.diff(angles), velocity * 0.05, atol=0.01)
+
+
+def test_stop_while_armed_ends_with_no_frames(devices):
+    theta = devices["sample"].theta
+    theta.set(0.0).wait(theta.move_timeout(0.0) + 5)
+    camera, sample, flyer = _fly(devices, fire_at_deg=500.0)  # never reached
+    try:
+        pulses = sample.rotation_trigger.pulses.get()
+        flyer.kickoff().wait(5)
+        flyer.stop()
+        with pytest.raises(RuntimeError, match="after 0 of 5 frames"):
+            flyer.complete().wait(5)
+        assert camera.cam.acquire.get(use_monitor=False) == 0
+    finally:
+        camera.unstage()
+    assert sample.rotation_trigger.pulses.get() == pulses
+    assert camera.cam.trigger_mode.get(as_string=True) == "Internal"

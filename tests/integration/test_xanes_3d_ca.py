@@ -7,13 +7,10 @@ Eight energies, a 24-projection fly tomogram each (binning 4, 128 x 128 px): the
 run must complete and read back from the catalog with every frame and angle, and
 the drift :class:`~multiscope.callbacks.xanes.LiveXANESMap` measures on the
 projections must match the IOC's recorded jumps (relative to the first energy, its
-reference) within 0.3 px in rows.  Columns are not asserted: they are an open
-problem (docs/xanes.md, "Known limits"), not a test to expect to fail.  Each fly
-tomogram's angles are offset from the reference's by the camera's start latency,
-which biases the angle-matched column registration: the fixture prints the column
-errors (0.02-0.14 px with gaps under 0.8 deg; up to 1.9 px at one energy with gaps
-of 1.2-3 deg).  Step tomograms repeat the angles exactly; their column correction
-is tested in ``tests/unit/test_xanes_3d.py``.
+reference) within 0.3 px in rows and in columns.  The columns need every energy's
+tomogram at the reference's angles: the rotation's position trigger starts each
+sweep's frames at the same angle (decision 0008).  With the client-side gate it
+replaced, the sweeps started 0.6-3 deg apart and the column errors reached 0.3-1.9 px.
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ pytestmark = pytest.mark.integration
 ENERGIES_KEV = [8.28, 8.30, 8.32, 8.333, 8.35, 8.37, 8.40, 8.43]
 NUM_PROJECTIONS = 24
 EXPOSURE_S = 0.05
-PERIOD_S = 0.1  # 75 deg/s: the start latency is a smaller angle than at 150 deg/s
+PERIOD_S = 0.1  # 75 deg/s
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +72,7 @@ def fly_run(txm, tmp_path_factory):
     energy.calibration.put({})  # thin lens: the IOC's optics are thin lenses
     grid = plans["energy_grid"]("Ni", energies_keV=ENERGIES_KEV, whiteline_eV=(-5, 40))
     pixel_um = d["objective"].pixel_size.get() / 1000
+    pulses_before = d["sample"].rotation_trigger.pulses.get()
     documents = []
     token = session.RE.subscribe(lambda name, doc: documents.append((name, doc)))
     t0 = time.monotonic()
@@ -104,8 +102,11 @@ def fly_run(txm, tmp_path_factory):
     theta = np.asarray(primary["camera_theta"], float).reshape(len(ENERGIES_KEV), -1)
     assert frames.shape[0] == n_frames and frames.mean() > 100
     assert np.all(np.diff(theta, axis=1) > 0)  # one sweep per energy
-    spacing = 180.0 / NUM_PROJECTIONS
-    assert np.abs(theta[:, 0]).max() < spacing  # each sweep starts at its first angle
+    # Each sweep's frames started on the rotation's position trigger: the first is
+    # exposed about the first angle, and every energy repeats the reference's angles.
+    assert d["sample"].rotation_trigger.pulses.get() - pulses_before == len(ENERGIES_KEV)
+    np.testing.assert_allclose(theta[:, 0], 0.0, atol=0.01)
+    assert np.abs(theta - theta[:1]).max() < 0.01
     marks = run["xanes_energy"].read()
     assert np.asarray(marks["xanes_energy_index"]).tolist() == list(range(len(ENERGIES_KEV)))
     np.testing.assert_allclose(marks["energy_energy"], ENERGIES_KEV, atol=1e-3)
@@ -136,7 +137,8 @@ def fly_run(txm, tmp_path_factory):
     return shifts, truth, err
 
 
-def test_fly_xanes_3d_completes_and_corrects_vertical_jumps(fly_run):
+def test_fly_xanes_3d_completes_and_corrects_the_jumps(fly_run):
     shifts, truth, err = fly_run
     assert np.abs(truth).max() > 1.0  # the IOC did jump
     assert np.abs(err[:, 0]).max() < 0.3  # rows: the slices' z
+    assert np.abs(err[:, 1]).max() < 0.3  # columns: the rotation centre

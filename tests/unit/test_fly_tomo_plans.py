@@ -212,6 +212,46 @@ def test_message_order(rig):
     assert np.isclose(runup, 8.0)
 
 
+class TriggeredFlyer(FakeFlyer):
+    """A flyer started by the rotation's position trigger (records what it prepared)."""
+
+    def __init__(self, camera):
+        super().__init__(camera)
+        self.start_trigger = object()
+        self.prepared = []
+
+    def prepare(self, value):
+        self.prepared.append(dict(value))
+        status = Status(obj=self)
+        status.set_finished()
+        return status
+
+
+def test_position_triggered_camera_is_armed_before_the_rotation_starts(rig):
+    camera, sample, shutter, _ = rig
+    flyer = TriggeredFlyer(camera)
+    _, messages = run_plan((camera, sample, shutter, flyer), dark_policy="none")
+    theta = sample.theta
+    steps = []
+    for msg in messages:
+        if msg.command == "set" and msg.obj is theta:
+            steps.append(("theta", round(msg.args[0], 3)))
+        elif msg.command in ("prepare", "kickoff", "complete"):
+            steps.append((msg.command,))
+        elif msg.command == "trigger" and msg.obj is not camera:
+            steps.append(("gate",))  # the software gate: must not be used
+    velocity_deg_s = 180 / (90 * 0.05)
+    runup = velocity_deg_s * (0.05 + 0.1 + 0.02 + 0.03)
+    assert steps == [
+        ("theta", round(-runup, 3)), ("prepare",), ("kickoff",),
+        ("theta", round(180 + runup, 3)), ("complete",),
+    ]  # fmt: skip
+    # The pulse fires where the first exposure starts: half an exposure before 0 deg.
+    (prepared,) = flyer.prepared
+    assert prepared["start_position"] == pytest.approx(-velocity_deg_s * 0.5 * 0.02)
+    assert prepared["start_timeout_s"] > (180 + 2 * runup) / velocity_deg_s
+
+
 def test_failed_acquisition_stops_and_restores(rig):
     camera, sample, shutter, flyer = rig
     failing = FakeFlyer(camera, fail_complete=True)

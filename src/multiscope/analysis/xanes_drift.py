@@ -23,16 +23,17 @@ pair alone is noisy, the sum is not.  Only a subset of the reference projections
 is kept (``max_angles``, evenly spread over the angles), so memory stays at
 ``4 * max_angles * rows * cols`` bytes.
 
-Step tomograms repeat their angles exactly.  Fly tomograms do not: the camera
-starts a few tens of ms after the rotation passes its gate, so every energy's
-angles are offset by a fraction of their spacing, and a projection at a slightly
-different angle is shifted by its features' motion: the column shift is biased
-by about ``d * (2 / pi) * x`` px for an offset ``d`` rad and features ``x`` px
-from the axis (measured on the simulated TXM: up to 0.34 px with gaps up to 3 deg
-at 150 deg/s; at 75 deg/s <= 0.16 px for 7 of 8 energies, one energy 0.32-1.9
-px).  Rows are not affected.  Pairing with the neighbours on both sides and
-interpolating to a zero gap, or registering the mean projections, were tried and
-are worse (decorrelation over a whole angle step).
+Step tomograms repeat their angles exactly, and so do fly tomograms started by the
+rotation's position trigger (decision 0008: within 0.0005 deg on the simulated
+TXM).  Fly tomograms started by a client-side gate do not: the camera starts a few
+tens of ms after the rotation passes the gate, so every energy's angles are offset
+by a fraction of their spacing, and a projection at a slightly different angle is
+shifted by its features' motion: the column shift is biased by about
+``d * (2 / pi) * x`` px for an offset ``d`` rad and features ``x`` px from the
+axis (measured on the simulated TXM: 0.3-1.9 px at some energy with gaps of
+0.6-3 deg).  Rows are not affected.  Pairing with the neighbours on both sides
+and interpolating to a zero gap, or registering the mean projections, were tried
+and are worse (decorrelation over a whole angle step).
 
 Examples
 --------

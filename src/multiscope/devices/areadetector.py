@@ -118,6 +118,8 @@ class StreamingCamera(DetectorBase):
             [
                 ("cam.acquire", 0),  # stop any acquisition in progress
                 ("cam.image_mode", "Multiple"),
+                # a client that died mid fly scan may have left the camera on its start pulse
+                ("cam.trigger_mode", "Internal"),
                 ("cam.array_callbacks", "Enable"),
             ]
         )

@@ -7,10 +7,13 @@ frames, and each frame's per-frame attributes (e.g. the rotation angle at
 mid-exposure) are recorded in the same file. It follows bluesky's ``Flyable``,
 ``Collectable`` and ``WritesStreamAssets`` protocols (sync ophyd statuses)::
 
-    kickoff  -> NumImages=N, AcquirePeriod=P, ImageMode=Multiple, Acquire=1
-                (done once the IOC reports Acquire; the file's frame count is the offset)
+    prepare  -> (camera staged) NumImages=N, AcquirePeriod=P, ImageMode=Multiple and,
+                with a start trigger, TriggerMode=External and the trigger's Position
+    kickoff  -> Acquire=1 (done once the IOC reports Acquire: acquiring, or armed for
+                the start pulse; the file's frame count is the offset)
     complete -> done when the N frames are in the file (fails after N * P + margin,
-                at once if the IOC disconnects, or if fewer frames were written)
+                plus the start timeout when triggered, at once if the IOC
+                disconnects, or if fewer frames were written)
     collect_asset_docs -> two StreamResources (first call), then StreamDatums for the
                 frames written since the last call
 
@@ -80,6 +83,10 @@ class FlyingCamera:
         data keys ``<camera>_<name>``; the IOC must record them.
     complete_margin : float, optional
         Seconds added to ``num_frames * period`` before :meth:`complete` fails.
+    start_trigger : PositionTrigger, optional
+        Start the frames on this position compare's pulse (camera ``TriggerMode``
+        External, armed at kickoff) instead of at kickoff; :meth:`prepare` takes its
+        ``start_position`` and ``start_timeout_s``.
     name : str, optional
         Name (descriptor ``object_keys``); the camera's name by default.
     """
@@ -92,6 +99,7 @@ class FlyingCamera:
         frame_period_s: float = 0.0,
         attributes: tuple[str, ...] = ("theta",),
         complete_margin: float = 5.0,
+        start_trigger=None,
         name: str | None = None,
     ):
         self.camera = camera
@@ -100,6 +108,9 @@ class FlyingCamera:
         self.frame_period_s = float(frame_period_s)
         self.attributes = tuple(attributes)
         self.complete_margin = float(complete_margin)
+        self.start_trigger = start_trigger
+        self.start_position: float | None = None  # where start_trigger fires
+        self.start_timeout_s = 0.0  # longest wait for the start pulse after kickoff
         self._lock = threading.Lock()
         self._settling = weakref.WeakSet()  # statuses this flyer has finished or failed
         self._prepared: dict | None = None  # restore values of settings put by prepare()
@@ -137,21 +148,27 @@ class FlyingCamera:
     # -- configuration ---------------------------------------------------------------
 
     def prepare(self, value: dict | None = None) -> Status:
-        """Set ``num_frames`` and/or ``frame_period_s`` (bluesky ``Preparable``).
+        """Set the next acquisition (bluesky ``Preparable``).
 
-        With the camera staged, the next acquisition's settings (frames, period,
-        mode) are also put to the IOC now: a fly plan starts the camera as the
-        rotation passes a gate, and whatever kickoff still had to put then would
-        delay the first frame (the first put on a channel also waits for its
-        connection: 0.1 s, 9 deg at 75 deg/s, was measured). Kickoff is then a single
-        put (Acquire). Staging after this would overwrite the settings, so they are
-        only put while staged.
+        ``value`` may hold ``num_frames``, ``frame_period_s`` and, with a
+        ``start_trigger``, ``start_position`` (axis units, required before kickoff)
+        and ``start_timeout_s`` (the longest wait for the pulse after kickoff).
+
+        With the camera staged, the settings (frames, period, mode, trigger) are also
+        put to the IOC now, so kickoff is a single put (Acquire). Staging after this
+        would overwrite them, so they are only put while staged.
         """
         value = value or {}
         if "num_frames" in value:
             self.num_frames = int(value["num_frames"])
         if "frame_period_s" in value:
             self.frame_period_s = float(value["frame_period_s"])
+        if "start_position" in value or "start_timeout_s" in value:
+            if self.start_trigger is None:
+                raise ValueError(f"{self.name}: start_position needs a start_trigger")
+            if "start_position" in value:
+                self.start_position = float(value["start_position"])
+            self.start_timeout_s = max(0.0, float(value.get("start_timeout_s", 0.0)))
         if self.camera._staged == Staged.yes and self._prepared is None:
             self._prepared = self._apply_settings()
         status = Status(obj=self)
@@ -165,7 +182,8 @@ class FlyingCamera:
 
     def complete_timeout(self) -> float:
         """Seconds from kickoff until :meth:`complete` fails."""
-        return self.num_frames * self.period() + self.complete_margin
+        wait = self.start_timeout_s if self.start_trigger is not None else 0.0
+        return wait + self.num_frames * self.period() + self.complete_margin
 
     def describe_configuration(self):
         """The camera's configuration (exposure, sizes, ...)."""
@@ -225,6 +243,8 @@ class FlyingCamera:
             raise RuntimeError(f"{self.name}: kickoff while the previous acquisition runs")
         if self.num_frames < 1:
             raise ValueError(f"{self.name}: num_frames must be >= 1, got {self.num_frames}")
+        if self.start_trigger is not None and self.start_position is None:
+            raise ValueError(f"{self.name}: prepare a start_position for the start trigger")
         prepared = self._prepared
         self._prepared = None
         self._reset()
@@ -258,21 +278,22 @@ class FlyingCamera:
         return kickoff
 
     def _apply_settings(self) -> dict:
-        """Set frames, period and mode for a fly acquisition; return what to restore."""
+        """Set frames, period, mode and trigger for a fly acquisition; return what to restore."""
         cam = self.camera.cam
         timeout = 5.0
-        # Restored when the acquisition ends: later step-scan triggers (flats at the end)
-        # must acquire the camera's own number of frames again.
-        restore = {
-            cam.num_images: cam.num_images.get(),
-            cam.acquire_period: cam.acquire_period.get(),
-            cam.image_mode: cam.image_mode.get(),
-        }
-        for signal, value in (
+        settings = [
             (cam.num_images, self.num_frames),
             (cam.acquire_period, self.frame_period_s),
             (cam.image_mode, "Multiple"),
-        ):
+        ]
+        if self.start_trigger is not None and self.start_position is not None:
+            settings.append((cam.trigger_mode, "External"))
+        # Restored when the acquisition ends: later step-scan triggers (flats at the end)
+        # must acquire the camera's own number of frames, at once, again.
+        restore = {signal: signal.get() for signal, _ in settings}
+        if self.start_trigger is not None and self.start_position is not None:
+            settings.insert(0, (self.start_trigger.fire_at, self.start_position))
+        for signal, value in settings:
             signal.set(value, timeout=timeout).wait(timeout)
         return restore
 

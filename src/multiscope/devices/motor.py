@@ -8,10 +8,11 @@ soft limits before anything moves, naming the axis.
 
 from __future__ import annotations
 
-from ophyd import EpicsMotor
+from ophyd import Component as Cpt
+from ophyd import Device, EpicsMotor, EpicsSignal, EpicsSignalRO
 from ophyd.utils import LimitError
 
-__all__ = ["Motor", "LimitError"]
+__all__ = ["Motor", "LimitError", "PositionTrigger"]
 
 
 class Motor(EpicsMotor):
@@ -54,3 +55,16 @@ class Motor(EpicsMotor):
         if timeout is None:
             timeout = self.move_timeout(position)
         return super().move(position, wait=wait, timeout=timeout, **kwargs)
+
+
+class PositionTrigger(Device):
+    """Position compare of a motion controller: a start pulse at an axis position.
+
+    Prefix e.g. ``TXM:sample:rotation_trigger:``. Armed by the device it triggers
+    (a camera in ``TriggerMode`` External), it fires once when the axis passes
+    ``fire_at`` increasing, so an acquisition starts where the axis is, not when
+    a client notices it (the pulse never crosses the network).
+    """
+
+    fire_at = Cpt(EpicsSignal, "Position", kind="config")  # axis position (axis units)
+    pulses = Cpt(EpicsSignalRO, "Pulses_RBV", kind="omitted")  # pulses fired so far

@@ -50,7 +50,7 @@ from ophyd.utils import LimitError
 
 from multiscope.analysis.optics import FocusCalibration, focal_length_mm, lens_distances_mm
 from multiscope.devices.areadetector import StreamingCamera
-from multiscope.devices.motor import Motor
+from multiscope.devices.motor import Motor, PositionTrigger
 
 __all__ = [
     "CAMERA_PIXEL_UM",
@@ -172,7 +172,8 @@ class SampleStage(Device):
     """Sample stage, prefix e.g. ``TXM:sample:``.
 
     ``x`` across the beam, ``y`` along it, ``z`` vertical (um); ``theta`` is the
-    tomography rotation (deg, soft limits -720..720, velocity settable for fly scans).
+    tomography rotation (deg, soft limits -720..720, velocity settable for fly scans);
+    ``rotation_trigger`` its position compare (the start pulse of a fly scan's camera).
     """
 
     # translations (um)
@@ -181,6 +182,7 @@ class SampleStage(Device):
     z = Cpt(Motor, "z", kind="normal")
     # rotation (deg)
     theta = Cpt(Motor, "theta", kind="hinted")
+    rotation_trigger = Cpt(PositionTrigger, "rotation_trigger:", kind="omitted")
 
 
 class Objective(Device):

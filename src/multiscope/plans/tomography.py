@@ -339,7 +339,8 @@ FLY_FLAT_POLICIES = ("start", "end", "both", "none")
 MAX_THETA_VELOCITY_DEG_S = 180.0
 # Default readout time added to the exposure when no frame period is given (s).
 _FLY_READOUT_S = 0.005
-# The camera starts ~this long after the rotation passes the gate (measured 20-40 ms over CA).
+# Without a position trigger, the camera starts ~this long after the rotation passes the
+# software gate (measured 20-40 ms over CA; more on a loaded machine: decision 0008).
 _KICKOFF_LATENCY_S = 0.03
 # Constant-speed travel kept before the first and after the last frame (s).
 _FLY_SETTLE_S = 0.1
@@ -392,8 +393,9 @@ def _signal_value(signal, default: float) -> float:
 class _PassGate:
     """Triggerable whose status is done when ``positioner`` reaches ``threshold`` (increasing).
 
-    The fly scan starts the camera when the rotation, already at constant speed,
-    passes the first angle: a position gate as a hardware trigger would be.
+    The fallback for a rotation without a position trigger: the plan kicks the
+    camera off when the client sees the rotation pass the gate, so the first frame
+    comes a network and scheduling latency later (decision 0008).
     """
 
     def __init__(self, positioner, threshold: float, timeout: float):
@@ -418,7 +420,8 @@ class FlySweep:
 
     start_deg: float  # run-up start
     end_deg: float  # run-out end
-    gate_deg: float  # the camera starts when the rotation passes this angle
+    gate_deg: float  # a software gate kicks the camera off here (latency ahead)
+    first_exposure_deg: float  # where the first exposure starts: the position trigger
     velocity: float  # deg/s
     period_s: float  # frame period
     duration_s: float  # estimated sweep time, ramp included
@@ -453,19 +456,23 @@ def fly_sweep(theta, num_projections, angle_range_deg, start_deg, exposure_s,
     require_positions_within_limits("fly sweep", theta, [first, last])
     if getattr(theta, "velocity", None) is None:
         raise PlanArgumentError(f"{theta.name} has no velocity to set for the fly scan")
-    gate = start_deg - velocity * (0.5 * exposure_s + _KICKOFF_LATENCY_S)
-    return FlySweep(first, last, gate, velocity, period, (last - first) / velocity + accel_s)
+    first_exposure = start_deg - velocity * 0.5 * exposure_s
+    gate = first_exposure - velocity * _KICKOFF_LATENCY_S
+    duration = (last - first) / velocity + accel_s
+    return FlySweep(first, last, gate, first_exposure, velocity, period, duration)
 
 
-def fly_camera(camera, flyer, num_frames: int, frame_period_s: float):
+def fly_camera(camera, flyer, num_frames: int, frame_period_s: float, start_trigger=None):
     """``flyer`` set to take ``num_frames`` frames every ``frame_period_s`` per kickoff.
 
-    ``flyer=None`` makes a :class:`~multiscope.devices.flyers.FlyingCamera` of ``camera``.
+    ``flyer=None`` makes a :class:`~multiscope.devices.flyers.FlyingCamera` of
+    ``camera``, started by ``start_trigger`` (the rotation's position compare, e.g.
+    ``sample.rotation_trigger``) when there is one.
     """
     if flyer is None:
         from multiscope.devices.flyers import FlyingCamera
 
-        flyer = FlyingCamera(camera)
+        flyer = FlyingCamera(camera, start_trigger=start_trigger)
     flyer.num_frames = num_frames
     flyer.frame_period_s = frame_period_s
     return flyer
@@ -475,13 +482,18 @@ def fly_projections(camera, theta, flyer, sweep: FlySweep, *, declare: bool = Tr
     """The projections of one fly tomogram inside an open run (a plan fragment).
 
     Rotation to the run-up start, its speed set, the camera staged (the projections'
-    own file), the rotation started, the camera kicked off as it passes the gate,
-    frames collected into ``primary`` while they come (``declare`` the stream the
-    first time in a run). The rotation's speed is restored after the sweep; on
-    failure the camera and the rotation are stopped first.
+    own file) and prepared, then started: with a position trigger (the flyer's
+    ``start_trigger``) armed before the rotation starts, to expose from
+    ``sweep.first_exposure_deg`` exactly; otherwise kicked off as the client sees the
+    rotation pass ``sweep.gate_deg``. Frames are collected into ``primary`` while
+    they come (``declare`` the stream the first time in a run). The rotation's speed
+    is restored after the sweep; on failure the camera and the rotation are stopped
+    first.
     """
     velocity_signal = theta.velocity
-    gate = _PassGate(theta, sweep.gate_deg, timeout=sweep.duration_s + 10.0)
+    timeout = sweep.duration_s + 10.0
+    gate = _PassGate(theta, sweep.gate_deg, timeout=timeout)
+    triggered = getattr(flyer, "start_trigger", None) is not None
     saved = {}
 
     def restore_velocity():
@@ -495,12 +507,18 @@ def fly_projections(camera, theta, flyer, sweep: FlySweep, *, declare: bool = Tr
         yield from bps.stage(camera)
         if declare:
             yield from bps.declare_stream(flyer, name="primary", collect=True)
-        if hasattr(flyer, "prepare"):  # settings put now, not between gate and kickoff
-            yield from bps.prepare(flyer, None, wait=True)
         move = f"fly_rotation_{id(gate)}"
-        yield from bps.abs_set(theta, sweep.end_deg, group=move)
-        yield from bps.trigger(gate, wait=True)
-        yield from bps.kickoff(flyer, wait=True)
+        if triggered:
+            start = {"start_position": sweep.first_exposure_deg, "start_timeout_s": timeout}
+            yield from bps.prepare(flyer, start, wait=True)
+            yield from bps.kickoff(flyer, wait=True)  # armed: frames start at the pulse
+            yield from bps.abs_set(theta, sweep.end_deg, group=move)
+        else:
+            if hasattr(flyer, "prepare"):  # settings put now, not between gate and kickoff
+                yield from bps.prepare(flyer, None, wait=True)
+            yield from bps.abs_set(theta, sweep.end_deg, group=move)
+            yield from bps.trigger(gate, wait=True)
+            yield from bps.kickoff(flyer, wait=True)
         # Collects every _FLY_FLUSH_S while the frames come, and once more at the end.
         yield from bps.collect_while_completing([flyer], [flyer], _FLY_FLUSH_S, "primary")
         yield from bps.wait(group=move)
@@ -579,7 +597,8 @@ def fly_tomo_scan(
     md : dict, optional
         Metadata merged over the plan's own.
     flyer : FlyingCamera, optional
-        The free-running camera; by default ``FlyingCamera(camera)`` configured here.
+        The free-running camera; by default a ``FlyingCamera(camera)`` started by
+        ``sample.rotation_trigger`` (if the stage has one) configured here.
 
     Raises
     ------
@@ -614,7 +633,8 @@ def fly_tomo_scan(
         require_positions_within_limits("sample_out_offset_um", sample.x, [x_in + offset])
     exposure_signal = _exposure_signal(camera)
 
-    flyer = fly_camera(camera, flyer, num_projections, frame_period_s)
+    flyer = fly_camera(camera, flyer, num_projections, frame_period_s,
+                       getattr(sample, "rotation_trigger", None))  # fmt: skip
 
     step_frames = num_darks * schedule.num_dark_sets + num_flats * schedule.num_flat_sets
     to_start_s = estimate_move_time(theta, [sweep.start_deg])

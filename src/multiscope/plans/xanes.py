@@ -435,7 +435,8 @@ def xanes_3d(
     )  # fmt: skip
     index = energy_index_signal()
     if fly:
-        flyer = fly_camera(camera, flyer, num_projections, sweep.period_s)
+        flyer = fly_camera(camera, flyer, num_projections, sweep.period_s,
+                           getattr(sample, "rotation_trigger", None))  # fmt: skip
 
     @bpp.run_decorator(md=start)
     def run():
