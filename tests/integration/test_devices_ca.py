@@ -165,3 +165,14 @@ def test_external_trigger_without_a_start_source_fails_clearly(cam):
         assert "no start trigger" in message
     finally:
         cam.cam.trigger_mode.set("Internal").wait(5)
+
+
+def test_camera_connects_the_lazy_pvs_it_uses_up_front(demo_ioc, tmp_path):
+    # ophyd would connect each lazy PV at its first use, one by one, each within 1 s:
+    # a first stage failed that way on a loaded machine. They connect with the device.
+    camera = demo.cam(demo_ioc.prefix, write_path_template=str(tmp_path))
+    camera.wait_for_connection(timeout=10)
+    connected = {w.dotted_name for w in camera.walk_signals() if w.item.connected}
+    used = camera.used_signal_names()
+    assert {"hdf1.file_path_exists", "cam.trigger_mode", "hdf1.num_captured"} <= set(used)
+    assert set(used) <= connected, set(used) - connected

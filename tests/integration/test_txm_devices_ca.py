@@ -194,8 +194,10 @@ def test_position_trigger_starts_the_frames_where_the_rotation_passes(devices):
     theta = devices["sample"].theta
     theta.set(0.0).wait(theta.move_timeout(0.0) + 5)
     velocity = theta.velocity.get()
-    camera, sample, flyer = _fly(devices, fire_at_deg=30.0)
+    camera, sample, flyer = _fly(devices, fire_at_deg=10.0)
     try:
+        flyer.prepare({"start_position": 30.0}).wait(5)  # a second prepare moves the pulse
+        assert sample.rotation_trigger.fire_at.get(use_monitor=False) == 30.0
         pulses = sample.rotation_trigger.pulses.get()
         captured = camera.hdf1.num_captured.get(use_monitor=False)
         flyer.kickoff().wait(5)

@@ -34,7 +34,7 @@ from ophyd.areadetector import ADComponent as ADCpt
 from ophyd.areadetector import EpicsSignalWithRBV as SignalWithRBV
 from ophyd.areadetector.cam import CamBase
 from ophyd.areadetector.plugins import HDF5Plugin_V22
-from ophyd.device import Staged
+from ophyd.device import DEFAULT_CONNECTION_TIMEOUT, Staged
 from ophyd.status import DeviceStatus
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,33 @@ class StreamHDF5Plugin(HDF5Plugin_V22):
                 ("file_template", "%s%s_%6.6d.h5"),
             ]
         )
+
+
+#: Lazy PVs of the driver and file plugin that the camera's own methods use.
+_USED_SIGNALS = (
+    "cam.acquire", "cam.acquire_time", "cam.acquire_period", "cam.num_images",
+    "cam.image_mode", "cam.trigger_mode", "cam.array_callbacks", "cam.detector_state",
+    "cam.array_size.array_size_x", "cam.array_size.array_size_y",
+    "hdf1.capture", "hdf1.num_captured", "hdf1.full_file_name", "hdf1.file_path",
+    "hdf1.file_path_exists", "hdf1.file_name", "hdf1.file_number",
+)  # fmt: skip
+
+
+def _make_lazy_signal(device, dotted: str) -> None:
+    """Instantiate ``device.<dotted>`` without ophyd's blocking wait for a lazy PV."""
+    *path, attr = dotted.split(".")
+    owner = device
+    for part in path:
+        owner = getattr(owner, part)
+    saved = owner.__dict__.get("lazy_wait_for_connection")
+    owner.lazy_wait_for_connection = False
+    try:
+        getattr(owner, attr)
+    finally:
+        if saved is None:
+            del owner.lazy_wait_for_connection
+        else:
+            owner.lazy_wait_for_connection = saved
 
 
 class StreamingCamera(DetectorBase):
@@ -128,6 +155,34 @@ class StreamingCamera(DetectorBase):
         self._pending: list[tuple[str, dict]] = []
         self._events_written = 0
         self._frame_shape: tuple[int, int] | None = None
+
+    # -- connection -------------------------------------------------------------
+
+    def used_signal_names(self) -> list[str]:
+        """Dotted names of the lazy areaDetector PVs this camera uses itself.
+
+        Staging, triggering and flying use them; everything the stage puts is
+        included. Subclasses using more PVs extend the list.
+        """
+        names = list(_USED_SIGNALS)
+        for owner, sigs in (("", self.stage_sigs), ("cam.", self.cam.stage_sigs),
+                            ("hdf1.", self.hdf1.stage_sigs)):  # fmt: skip
+            names += [owner + key for key in sigs if isinstance(key, str)]
+        return [n for n in dict.fromkeys(names) if "parent" not in n.split(".")]
+
+    def wait_for_connection(self, all_signals=False, timeout=DEFAULT_CONNECTION_TIMEOUT):
+        """Wait for the camera's PVs, the lazy ones it uses included, all at once.
+
+        ophyd connects a lazy PV at its first use, one at a time, each within the
+        1 s default: on a loaded machine the first stage of a run failed that way
+        (``HDF1:FilePathExists_RBV``), and the first fly scan's first put cost
+        0.1 s. Here they are made without waiting and waited for together, within
+        ``timeout``.
+        """
+        if not all_signals:
+            for dotted in self.used_signal_names():
+                _make_lazy_signal(self, dotted)
+        super().wait_for_connection(all_signals=all_signals, timeout=timeout)
 
     # -- names ------------------------------------------------------------------
 

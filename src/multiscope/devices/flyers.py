@@ -169,8 +169,10 @@ class FlyingCamera:
             if "start_position" in value:
                 self.start_position = float(value["start_position"])
             self.start_timeout_s = max(0.0, float(value.get("start_timeout_s", 0.0)))
-        if self.camera._staged == Staged.yes and self._prepared is None:
-            self._prepared = self._apply_settings()
+        if self.camera._staged == Staged.yes:
+            restore = self._apply_settings()
+            if self._prepared is None:  # a second prepare keeps the first's restore values
+                self._prepared = restore
         status = Status(obj=self)
         status.set_finished()
         return status
