@@ -188,7 +188,9 @@ DEFAULT_AXIS_OFFSET_PX = 3.7
 FILL_CURRENT_MA = 400.0
 SAMPLE_OUT_UM = 200.0
 MAX_THETA_VELOCITY = 180.0  # deg/s, sample:theta.VMAX
-_TRIGGER_POLL_S = 0.001  # position compare poll (the crossing time itself is exact)
+# Position-compare polls while the rotation moves / rests (the crossing time itself is
+# exact: the polls only bound how late the frame clock hears of it).
+_TRIGGER_POLL_S = (0.001, 0.01)
 
 # Alignment tolerances (Gaussian sigma of the illumination versus offset).
 CONDENSER_XY_SIGMA_MM = 0.1
@@ -443,11 +445,8 @@ class TXMScene:
         Sample jump per energy (image plane, um; off by default).
     zp_travel_tilt_mrad : tuple of float
         Tilt (x, y) of the zone plate's z travel against the optical axis, mrad:
-        the zone plate moves sideways by ``tilt * (zp:z - zp_tilt_reference_z_mm)``
+        the zone plate moves sideways by ``tilt * (zp:z - ZP_TILT_REFERENCE_Z_MM)``
         um as it refocuses (:meth:`zp_transverse_um`; default (0, 0): none).
-    zp_tilt_reference_z_mm : float
-        ``zp:z`` (mm) where the tilt adds no offset (default
-        :data:`ZP_TILT_REFERENCE_Z_MM`, in focus at the Ni K-edge).
     xanes_window_keV : tuple of float
         Energies where the chemistry is rendered (default
         :data:`~sim_devices.physics.xanes.XANES_WINDOW_KEV`).
@@ -468,7 +467,6 @@ class TXMScene:
     valence: ValenceField | None = None
     energy_drift: EnergyDriftModel = field(default_factory=EnergyDriftModel)
     zp_travel_tilt_mrad: tuple[float, float] = (0.0, 0.0)
-    zp_tilt_reference_z_mm: float = ZP_TILT_REFERENCE_Z_MM
     xanes_window_keV: tuple[float, float] = XANES_WINDOW_KEV  # noqa: N815 - unit spelling
     cache_size: int = 8
     supersample: int = DEFAULT_SUPERSAMPLE
@@ -492,7 +490,7 @@ class TXMScene:
         A z stage that is not parallel to the optical axis carries the zone plate
         sideways by ``tilt (mrad) * (zp:z - reference) (mm)`` = um as it refocuses.
         """
-        dz_mm = state.zp_z_mm - self.zp_tilt_reference_z_mm
+        dz_mm = state.zp_z_mm - ZP_TILT_REFERENCE_Z_MM
         tilt_x, tilt_y = self.zp_travel_tilt_mrad
         return (state.zp_xy_um[0] + tilt_x * dz_mm, state.zp_xy_um[1] + tilt_y * dz_mm)
 
@@ -1165,14 +1163,15 @@ class TXMIOC(PVGroup):
         The position compare of a rotation controller (e.g. PSO): armed now, it fires
         on the next crossing of ``sample:rotation_trigger:Position`` from below. The
         crossing time comes from the recorded trajectory (bisection between two
-        polls), so the pulse is exact however late this task wakes.
+        polls), so the pulse is exact however late this task wakes; at rest it polls
+        less often (no crossing can happen).
         """
         threshold = float(self.rotation_trigger_position.value)
         axis = self.sample_theta
         t_before = time.monotonic()
         p_before = axis.position_at(t_before)
         while True:
-            await asyncio.sleep(_TRIGGER_POLL_S)
+            await asyncio.sleep(_TRIGGER_POLL_S[0] if axis.moving else _TRIGGER_POLL_S[1])
             t_after = time.monotonic()
             p_after = axis.position_at(t_after)
             if p_before < threshold <= p_after:

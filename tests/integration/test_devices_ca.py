@@ -176,3 +176,15 @@ def test_camera_connects_the_lazy_pvs_it_uses_up_front(demo_ioc, tmp_path):
     used = camera.used_signal_names()
     assert {"hdf1.file_path_exists", "cam.trigger_mode", "hdf1.num_captured"} <= set(used)
     assert set(used) <= connected, set(used) - connected
+
+
+def test_stage_takes_a_camera_off_a_left_over_external_trigger(cam):
+    # A client that died mid fly scan leaves the camera waiting for a start pulse;
+    # staging sets it back to Internal, and unstaging must not restore External.
+    cam.cam.trigger_mode.set("External").wait(5)
+    cam.stage()
+    try:
+        assert cam.cam.trigger_mode.get(as_string=True, use_monitor=False) == "Internal"
+    finally:
+        cam.unstage()
+    assert cam.cam.trigger_mode.get(as_string=True, use_monitor=False) == "Internal"

@@ -29,7 +29,7 @@ thickness, where photon noise decides.
 import numpy as np
 import pytest
 from scipy import optimize
-from xanes_grid import E_KEV, POST, PRE, WINDOW
+from xanes_grid import E_KEV, POST, PRE, WINDOW, wide_tab
 
 import sim_devices.physics as phys
 import sim_devices.physics.xanes as xph
@@ -63,16 +63,7 @@ def _render(tab, vf, geo, drift_px, rng, model, flat, dark):
 
 @pytest.fixture(scope="module")
 def scene():
-    tab = phys.make_tab(
-        seed=5,
-        width_um=28,
-        coating_thickness_um=8,
-        foil_thickness_um=2,
-        height_um=28,
-        diameter_median_um=4.0,
-        diameter_range_um=(1.5, 7.0),
-    )
-    vf = xph.assign_valence(tab, seed=1, pattern="mixed")
+    tab, vf = wide_tab()
     geo = phys.DetectorGeometry(128, 128, 0.2)
     # 1e5 photons do not fit in 16 bits at gain 1: 0.6 ADU per photon.
     model = phys.DetectorModel(geometry=geo, photons_per_s=1e5, gain_adu_per_photon=0.6)

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import pytest
 from event_model import RunRouter, compose_run
-from xanes_grid import E3_KEV, E_KEV, POST, PRE, WINDOW, small_tab
+from xanes_grid import E3_KEV, E_KEV, POST, PRE, WINDOW, small_tab, wide_tab
 
 import sim_devices.physics as phys
 import sim_devices.physics.xanes as xph
@@ -160,16 +160,7 @@ def edge_scene():
 
 def build_scene(x_um: float):
     """The drifted absorbance stack and its truth, with the tab point ``x_um`` centred."""
-    tab = phys.make_tab(
-        seed=5,
-        width_um=28,
-        coating_thickness_um=8,
-        foil_thickness_um=2,
-        height_um=28,
-        diameter_median_um=4.0,
-        diameter_range_um=(1.5, 7.0),
-    )
-    vf = xph.assign_valence(tab, seed=1, pattern="mixed")
+    tab, vf = wide_tab()
     geo = phys.DetectorGeometry(128, 128, PIXEL_UM)
     rng = np.random.default_rng(7)
     n = E_KEV.size

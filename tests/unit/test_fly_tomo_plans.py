@@ -4,98 +4,11 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 from bluesky.utils import FailedStatus
-from event_model import compose_stream_resource
-from fakes import FakeCamera, FakeShutter
-from ophyd import Signal, SoftPositioner
+from fakes import FakeCamera, FakeFlyer, FakeSample, FakeShutter
 from ophyd.status import Status
 
 from multiscope.plans.preflight import PlanArgumentError
 from multiscope.plans.tomography import fly_tomo_scan
-
-NY = NX = 4
-
-
-class FakeRotation(SoftPositioner):
-    """A rotation with the motor-record fields a fly scan sets (VELO, ACCL)."""
-
-    def __init__(self, *, name, **kwargs):
-        super().__init__(name=name, limits=(-720, 720), init_pos=0.0, **kwargs)
-        self.velocity = Signal(name=f"{name}_velocity", value=90.0)
-        self.acceleration = Signal(name=f"{name}_acceleration", value=0.05)
-
-
-class FakeSample:
-    def __init__(self):
-        self.x = SoftPositioner(name="sample_x", limits=(-500, 500), init_pos=0.0)
-        self.theta = FakeRotation(name="sample_theta")
-
-
-class FakeFlyer:
-    """Records what the plan asks; publishes its ``num_frames`` frames when collected."""
-
-    def __init__(self, camera, *, fail_complete=False):
-        self.camera = camera
-        self.name = camera.name
-        self.parent = None
-        self.num_frames = 0
-        self.frame_period_s = 0.0
-        self.fail_complete = fail_complete
-        self.calls = []
-        self.velocity_at_kickoff = None
-        self._collected = 0
-        self._bundles = {}
-
-    def attribute_key(self, attribute):
-        return f"{self.camera.name}_{attribute}"
-
-    def describe_collect(self):
-        keys = {"camera_image": [1, NY, NX], "camera_theta": []}
-        return {
-            key: {"source": "fake", "dtype": "array" if shape else "number",
-                  "shape": shape, "external": "STREAM:"}
-            for key, shape in keys.items()
-        }  # fmt: skip
-
-    def kickoff(self):
-        self.calls.append("kickoff")
-        self._bundles = {
-            key: compose_stream_resource(
-                mimetype="application/x-hdf5", uri="file://localhost/tmp/fake.h5",
-                data_key=key, parameters={"dataset": "/entry/data/data"},
-            )
-            for key in self.describe_collect()
-        }  # fmt: skip
-        status = Status(obj=self)
-        status.set_finished()
-        return status
-
-    def complete(self):
-        self.calls.append("complete")
-        status = Status(obj=self)
-        if self.fail_complete:
-            status.set_exception(RuntimeError("camera IOC disconnected"))
-        else:
-            status.set_finished()
-        return status
-
-    def get_index(self):
-        return self.num_frames
-
-    def collect_asset_docs(self, index=None):
-        self.calls.append("collect")
-        if self._collected >= self.num_frames:
-            return
-        upto = self.num_frames
-        if self._collected == 0:
-            for bundle in self._bundles.values():
-                yield "stream_resource", bundle.stream_resource_doc
-        for bundle in self._bundles.values():
-            indices = {"start": self._collected, "stop": upto}
-            yield "stream_datum", bundle.compose_stream_datum(indices=indices)
-        self._collected = upto
-
-    def stop(self, *, success=False):
-        self.calls.append("stop")
 
 
 @pytest.fixture

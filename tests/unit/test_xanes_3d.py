@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 from event_model import compose_run
 from scipy import ndimage
-from test_xanes_plans import energy  # noqa: F401 - fixture: a fake TXMEnergy
 from xanes_grid import E3_KEV as E_KEV
 from xanes_grid import small_tab
 
@@ -221,7 +220,7 @@ def test_register_projections_recovers_a_known_shift():
     assert ref.features.shape == (8, 48, 56)
     for true in [(2.37, -1.81), (-0.4, 2.9)]:
         moved = np.stack([ndimage.shift(p, true, order=3, mode="nearest") for p in base])
-        shift = xd.register_projections(ref, moved, angles[::-1][::-1])
+        shift = xd.register_projections(ref, moved, angles)
         np.testing.assert_allclose(shift, -np.asarray(true), atol=0.05)
     # shift_rows undoes a row drift; the rows it cannot fill are named.
     moved = xd.shift_rows(base, 1.6)
@@ -274,9 +273,15 @@ def test_fly_documents_give_the_maps_of_step_documents(tmp_path, frames):
 
 # ---------------------------------------------------------------------- the plan, fly
 @pytest.fixture
-def fly_rig(energy):  # noqa: F811 - the fixture imported above
-    from fakes import FakeCamera, FakeShutter
-    from test_fly_tomo_plans import FakeFlyer, FakeSample
+def energy():
+    from fakes import fake_txm_energy
+
+    return fake_txm_energy()
+
+
+@pytest.fixture
+def fly_rig(energy):
+    from fakes import FakeCamera, FakeFlyer, FakeSample, FakeShutter
 
     class Flyer(FakeFlyer):
         def kickoff(self):  # one acquisition per energy, as FlyingCamera's kickoff resets

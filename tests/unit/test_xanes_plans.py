@@ -14,17 +14,15 @@ from bluesky.suspenders import SuspendBoolHigh
 from fakes import (
     D_UM,
     DR_NM,
-    CamSettings,
     FakeCamera,
     FakeShutter,
     FakeStage,
+    defocus_blur_px,
     fake_txm_energy,
     thin_lens,
 )
 from fakes import event_streams as _streams
-from ophyd import Component as Cpt
-from ophyd import Device, Signal
-from ophyd.sim import SynSignal
+from ophyd import Signal
 from scipy import ndimage
 
 from multiscope.analysis.focus import (
@@ -395,26 +393,15 @@ def true_offset_mm(energy_keV):
     return 0.07 + 0.3 * (energy_keV - 8.3)
 
 
-class FocusCamera(Device):
-    """A camera whose image blurs as the zone plate leaves a known focus (as the IOC's)."""
-
-    image = Cpt(SynSignal, kind="hinted")
-    cam = Cpt(CamSettings)
-
-    def trigger(self):
-        return self.image.trigger()
-
-
 @pytest.fixture
 def focus_camera(energy):
-    camera = FocusCamera(name="camera")
+    camera = FakeCamera(name="camera")  # its image blurs as the zone plate leaves the focus
     pattern = _pattern()
 
     def render():
         e = energy.mono.position
         defocus_um = abs(energy.zp_z.position - thin_lens(e)[0] - true_offset_mm(e)) * 1e3
-        # blur sigma (px of 0.26 um) beyond half the depth of focus, as the simulated IOC
-        sigma = max(0.0, defocus_um - 11.6) * 0.5 * 0.0026 / 0.26
+        sigma = defocus_blur_px(defocus_um)
         return ndimage.gaussian_filter(pattern, sigma) if sigma > 0.05 else pattern
 
     camera.image.sim_set_func(render)

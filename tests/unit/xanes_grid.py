@@ -1,8 +1,9 @@
-"""The energy grids (keV), analysis windows and 3D tab the XANES unit tests share."""
+"""The energy grids (keV), analysis windows and tabs the XANES unit tests share."""
 
 import numpy as np
 
 import sim_devices.physics as phys
+import sim_devices.physics.xanes as xph
 
 # Coarse pre-edge, 1 eV through the edge, 0.5 eV over the whiteline, coarse post-edge.
 E_KEV = (
@@ -40,3 +41,18 @@ def small_tab():
         diameter_median_um=2.0,
         diameter_range_um=(1.2, 3.0),
     )
+
+
+def wide_tab():
+    """The 2D runs' NMC811 tab (28 x 28 um, 8 um coating on 2 um foil, seed 5) and its
+    mixed Ni valence field (seed 1)."""
+    tab = phys.make_tab(
+        seed=5,
+        width_um=28,
+        coating_thickness_um=8,
+        foil_thickness_um=2,
+        height_um=28,
+        diameter_median_um=4.0,
+        diameter_range_um=(1.5, 7.0),
+    )
+    return tab, xph.assign_valence(tab, seed=1, pattern="mixed")

@@ -54,6 +54,7 @@ __all__ = [
     "cross_power_peak",
     "edge_energy",
     "edge_step_error",
+    "steepest_rise",
     "feature_image",
     "fit_whiteline",
     "linear_combination_fit",
@@ -941,12 +942,7 @@ def normalize(
         raise ValueError(f"energies {e.shape} do not match stack {stack.shape}")
     dtype = np.float64 if stack.dtype == np.float64 else np.float32
     y = stack.reshape(stack.shape[0], -1).astype(dtype, copy=False)
-    i_pre = _range_index(e, pre_edge, "pre_edge")
-    i_post = _range_index(e, post_edge, "post_edge")
-    if e0 is None:
-        e0 = _steepest_rise_e0(y, e, i_pre, i_post)
-    pre = _line_fit(y, e, i_pre, e0)
-    post = _line_fit(y, e, i_post, e0)
+    _, _, e0, pre, post = _edge_lines(y, e, pre_edge, post_edge, e0)
     step = post[0] - pre[0]
     masked = ~(step >= min_edge_jump)
     safe = np.where(masked, 1.0, step).astype(dtype)
@@ -956,14 +952,52 @@ def normalize(
     return norm.reshape(stack.shape), step.reshape(spatial), masked.reshape(spatial)
 
 
-def _steepest_rise_e0(y, e, i_pre, i_post) -> float:
-    """Edge energy of :func:`normalize`: steepest rise of the mean spectrum between the ranges."""
-    lo, hi = i_pre[-1], i_post[0]
-    mean = np.nanmean(y[lo : hi + 1], axis=1) if hi > lo + 1 else None
-    if mean is None or not np.all(np.isfinite(mean)):
+def _edge_lines(y, e, pre_edge, post_edge, e0):
+    """Pre- and post-edge ranges, ``e0`` and the lines fitted there (normalize's steps)."""
+    i_pre = _range_index(e, pre_edge, "pre_edge")
+    i_post = _range_index(e, post_edge, "post_edge")
+    if e0 is None:
+        e0 = steepest_rise(y, e, pre_edge, post_edge)
+    return i_pre, i_post, e0, _line_fit(y, e, i_pre, e0), _line_fit(y, e, i_post, e0)
+
+
+def steepest_rise(spectra: np.ndarray, energies: np.ndarray, pre_edge, post_edge) -> float:
+    """Edge energy ``e0``: where the mean spectrum rises fastest between the ranges.
+
+    Parameters
+    ----------
+    spectra : numpy.ndarray
+        One spectrum ``(energies,)`` or spectra ``(energies, ...)``, averaged over
+        their pixels (only between the end of ``pre_edge`` and the start of
+        ``post_edge``).
+    energies : numpy.ndarray
+        Increasing energies.
+    pre_edge, post_edge : tuple of float
+        The ranges of :func:`normalize`.
+
+    Returns
+    -------
+    float
+        Middle of the steepest interval; the middle between the ranges when fewer
+        than three energies lie there or the mean is not finite.
+
+    Examples
+    --------
+    >>> e = np.linspace(8.30, 8.36, 7)
+    >>> print(round(steepest_rise(np.tanh((e - 8.335) / 0.005), e, (8.30, 8.32), (8.35, 8.36)), 4))
+    8.335
+    """
+    e = np.asarray(energies, dtype=np.float64)
+    lo = int(_range_index(e, pre_edge, "pre_edge")[-1])
+    hi = int(_range_index(e, post_edge, "post_edge")[0])
+    if hi <= lo + 1:
         return 0.5 * (e[lo] + e[hi])
-    d = np.diff(mean) / np.diff(e[lo : hi + 1])
-    k = int(np.argmax(d))
+    segment = np.asarray(spectra)[lo : hi + 1]
+    if segment.ndim > 1:
+        segment = np.nanmean(segment.reshape(segment.shape[0], -1), axis=1)
+    if not np.all(np.isfinite(segment)):
+        return 0.5 * (e[lo] + e[hi])
+    k = int(np.argmax(np.diff(segment) / np.diff(e[lo : hi + 1])))
     return 0.5 * (e[lo + k] + e[lo + k + 1])
 
 
@@ -1008,17 +1042,13 @@ def edge_step_error(
     stack = np.asarray(stack)
     e = np.asarray(energies, dtype=np.float64)
     y = stack.reshape(stack.shape[0], -1).astype(np.float64)
-    i_pre = _range_index(e, pre_edge, "pre_edge")
-    i_post = _range_index(e, post_edge, "post_edge")
-    if e0 is None:
-        e0 = _steepest_rise_e0(y, e, i_pre, i_post)
+    i_pre, i_post, e0, pre, post = _edge_lines(y, e, pre_edge, post_edge, e0)
     if i_pre.size + i_post.size <= 4:
         raise ValueError("need > 4 pre- and post-edge energies in all to estimate the noise")
     ssr = np.zeros(y.shape[1])
     var_intercepts = 0.0
-    for idx in (i_pre, i_post):
+    for idx, (offset, slope) in ((i_pre, pre), (i_post, post)):  # normalize()'s lines
         x = e[idx] - e0
-        offset, slope = _line_fit(y, e, idx, e0)  # the lines normalize() subtracts
         residual = y[idx] - (offset + slope * x[:, None])
         ssr += np.sum(residual * residual, axis=0)
         pinv = np.linalg.pinv(np.stack([np.ones_like(x), x], axis=1))
@@ -1099,8 +1129,7 @@ def material_mask(
     certain = possible & (z >= high)
     labels, n = ndimage.label(possible, structure=np.ones((3,) * jump.ndim, bool))
     keep = np.zeros(n + 1, bool)
-    keep[np.unique(labels[certain])] = True
-    keep[0] = False
+    keep[np.unique(labels[certain])] = True  # certain is within possible: never label 0
     return ~keep[labels]
 
 

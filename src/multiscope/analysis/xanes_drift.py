@@ -37,6 +37,7 @@ and are worse (decorrelation over a whole angle step).
 
 Examples
 --------
+>>> from scipy import ndimage
 >>> rng = np.random.default_rng(0)
 >>> base = ndimage.gaussian_filter(rng.random((12, 40, 48)), (0, 2, 2))
 >>> angles = np.linspace(0, np.pi, 12, endpoint=False)
@@ -51,9 +52,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
-from .xanes import cross_power_peak, feature_image, out_of_view
+from .xanes import cross_power_peak, feature_image, out_of_view, shift_stack
 
 __all__ = [
     "ProjectionReference",
@@ -188,11 +188,10 @@ def shift_rows(projections: np.ndarray, rows: float, order: int = 3) -> np.ndarr
     projections = np.asarray(projections)
     if rows == 0:
         return projections
-    out = np.empty(projections.shape, np.float32)
-    for k, p in enumerate(projections):
-        # One image at a time: a 3D shift would interpolate (and prefilter) across angles.
-        out[k] = ndimage.shift(p.astype(np.float64), (rows, 0.0), order=order, mode="nearest")
-    return out
+    # One image at a time (shift_stack): a 3D shift would interpolate across angles.
+    shifts = np.broadcast_to((float(rows), 0.0), (len(projections), 2))
+    shifted = shift_stack(projections, shifts, order=order, fill_value=None)
+    return shifted.astype(np.float32, copy=False)
 
 
 def out_of_view_rows(row_shifts, n_rows: int, tolerance_px: float = 0.5) -> np.ndarray:

@@ -111,6 +111,9 @@ logger = logging.getLogger(__name__)
 
 XANES_PLANS = ("xanes_2d", "xanes_3d")
 MAP_DATASETS = ("whiteline_eV", "edge_eV", "mask", "shifts_px", "out_of_view", "edge_jump")
+# A pixel whose step passes min_edge_jump still needs this significance (rim scatter).
+_MIN_STEP_SIGNIFICANCE = 1.0
+
 _DEFAULT_KEYS = {
     "image_field": "camera_image",
     "energy_field": "energy_energy",
@@ -324,7 +327,6 @@ class LiveXANESMap(DocumentRouter):
         self._drift_ref: xd.ProjectionReference | None = None
         self._drift_reference_index: int | None = None
         self._shifts_3d: np.ndarray | None = None
-        self._centers: dict[int, float] = {}
         self._angle_gap_rad = 0.0
 
     # ------------------------------------------------------------------ documents
@@ -699,6 +701,7 @@ class LiveXANESMap(DocumentRouter):
         mask = xa.material_mask(
             jump, jump_error, min_edge_jump=self.min_edge_jump,
             low=self.significance[0], high=self.significance[1],
+            min_significance=_MIN_STEP_SIGNIFICANCE,
         )  # fmt: skip
         norm[:, mask] = np.nan
         wl = xa.fit_whiteline(norm, e, self.window, mask=mask, n_points=self.n_points)
@@ -722,7 +725,8 @@ class LiveXANESMap(DocumentRouter):
             "reference_index": int(ref_energy if ref_energy in done else done[-1]),
             "min_edge_jump": self.min_edge_jump,
             "mask": "edge step significant against its pre/post-edge scatter (z >= "
-            f"{self.significance[0]:g}, or step >= min_edge_jump and z >= 1) and connected "
+            f"{self.significance[0]:g}, or step >= min_edge_jump and z >= "
+            f"{_MIN_STEP_SIGNIFICANCE:g}) and connected "
             f"to z >= {self.significance[1]:g}",
             "significance": list(self.significance),
             "alignment": "gradient features, cross-correlation (2 passes)"
@@ -756,7 +760,6 @@ class LiveXANESMap(DocumentRouter):
         # The image drifted by -shift: its rotation axis too (columns), and its slices (rows).
         center = self.center - float(shift[1])
         proj = xd.shift_rows(proj, float(shift[0]))
-        self._centers[index] = center
         volume = reconstruct(
             proj, angles, center=center, algorithm=self.algorithm, filter_name=self.filter_name
         )
@@ -824,7 +827,7 @@ class LiveXANESMap(DocumentRouter):
         e = self.energies[done]
         ds = self._volumes["volumes"]
         self._volumes.flush()
-        e0 = _steepest_rise(self._volume_means[done], e, self.pre, self.post)
+        e0 = xa.steepest_rise(self._volume_means[done], e, self.pre, self.post)
         slab = self._slab_slices(ds.shape)
         threshold = self._jump_3d()
         edge_window = self._edge_window()
@@ -916,7 +919,8 @@ class LiveXANESMap(DocumentRouter):
             ),
             "drift_reference_index": self._drift_reference_index,
             "shifts_px": {str(i): [float(v) for v in self._shifts_3d[i]] for i in done},
-            "centers_px": {str(i): float(self._centers[i]) for i in done},
+            # each energy's rotation centre: the reference's minus its column shift
+            "centers_px": {str(i): self.center - float(self._shifts_3d[i, 1]) for i in done},
             "max_angle_gap_deg": round(math.degrees(self._angle_gap_rad), 4),
             "scan_mode": "fly" if self._fly else "step",
         }
@@ -1140,16 +1144,6 @@ def _stencil(energies: np.ndarray, window: tuple[float, float]) -> int:
     step = float(np.median(np.diff(inside)))
     n = 2 * int(round(0.002 / step)) + 1
     return int(np.clip(n, 3, inside.size if inside.size % 2 else inside.size - 1))
-
-
-def _steepest_rise(mean: np.ndarray, e: np.ndarray, pre, post) -> float:
-    """Energy of the steepest rise of a mean spectrum between the two windows (e0)."""
-    lo = int(np.flatnonzero(e <= pre[1])[-1])
-    hi = int(np.flatnonzero(e >= post[0])[0])
-    if hi <= lo + 1 or not np.all(np.isfinite(mean[lo : hi + 1])):
-        return 0.5 * (e[lo] + e[hi])
-    k = int(np.argmax(np.diff(mean[lo : hi + 1]) / np.diff(e[lo : hi + 1])))
-    return 0.5 * (e[lo + k] + e[lo + k + 1])
 
 
 def _summary(wl, edge, jump, masked, out_of_view, max_shift, n_energies) -> dict[str, float]:

@@ -72,10 +72,11 @@ class StreamHDF5Plugin(HDF5Plugin_V22):
         )
 
 
-#: Lazy PVs of the driver and file plugin that the camera's own methods use.
+#: Lazy PVs of the driver and file plugin that the camera's methods use (besides the
+#: stage_sigs, which :meth:`StreamingCamera.used_signal_names` adds).
 _USED_SIGNALS = (
-    "cam.acquire", "cam.acquire_time", "cam.acquire_period", "cam.num_images",
-    "cam.image_mode", "cam.trigger_mode", "cam.array_callbacks", "cam.detector_state",
+    "cam.acquire_time", "cam.acquire_period", "cam.num_images", "cam.trigger_mode",
+    "cam.detector_state",
     "cam.array_size.array_size_x", "cam.array_size.array_size_y",
     "hdf1.capture", "hdf1.num_captured", "hdf1.full_file_name", "hdf1.file_path",
     "hdf1.file_path_exists", "hdf1.file_name", "hdf1.file_number",
@@ -145,8 +146,6 @@ class StreamingCamera(DetectorBase):
             [
                 ("cam.acquire", 0),  # stop any acquisition in progress
                 ("cam.image_mode", "Multiple"),
-                # a client that died mid fly scan may have left the camera on its start pulse
-                ("cam.trigger_mode", "Internal"),
                 ("cam.array_callbacks", "Enable"),
             ]
         )
@@ -221,6 +220,11 @@ class StreamingCamera(DetectorBase):
                 "%s: capture was left on (a previous client died?); closing it", self.name
             )
             self.hdf1.capture.set(0, timeout=5.0).wait(5.0)
+        # Likewise a camera left waiting for a fly scan's start pulse would never take a
+        # step-scan frame. Not a stage_sig: unstage would put External back.
+        if self.cam.trigger_mode.get(as_string=True, use_monitor=False) != "Internal":
+            logger.warning("%s: camera left on an external trigger; setting Internal", self.name)
+            self.cam.trigger_mode.set("Internal", timeout=5.0).wait(5.0)
         staged = super().stage()
         try:
             timeout = 5.0

@@ -114,6 +114,7 @@ class FlyingCamera:
         self._lock = threading.Lock()
         self._settling = weakref.WeakSet()  # statuses this flyer has finished or failed
         self._prepared: dict | None = None  # restore values of settings put by prepare()
+        self._prepared_file = ""  # the capture file they were put for
         self._reset()
 
     def _reset(self) -> None:
@@ -171,8 +172,13 @@ class FlyingCamera:
             self.start_timeout_s = max(0.0, float(value.get("start_timeout_s", 0.0)))
         if self.camera._staged == Staged.yes:
             restore = self._apply_settings()
-            if self._prepared is None:  # a second prepare keeps the first's restore values
+            if self._prepared is None:
                 self._prepared = restore
+            else:  # a second prepare: the first's restore values stand, its own are added
+                for signal, old in restore.items():
+                    self._prepared.setdefault(signal, old)
+            # Staging again (a new file) puts the stage's own settings: prepare anew then.
+            self._prepared_file = self.camera.hdf1.full_file_name.get(use_monitor=False)
         status = Status(obj=self)
         status.set_finished()
         return status
@@ -247,15 +253,16 @@ class FlyingCamera:
             raise ValueError(f"{self.name}: num_frames must be >= 1, got {self.num_frames}")
         if self.start_trigger is not None and self.start_position is None:
             raise ValueError(f"{self.name}: prepare a start_position for the start trigger")
-        prepared = self._prepared
-        self._prepared = None
+        file_name = camera.hdf1.full_file_name.get(use_monitor=False)
+        prepared, self._prepared = self._prepared, None
+        if file_name != self._prepared_file:
+            prepared = None  # prepared for an earlier staging
         self._reset()
         cam = camera.cam
         timeout = 5.0
         self._restore = prepared if prepared is not None else self._apply_settings()
         self._first_row = self._captured()
-        path = Path(camera.hdf1.full_file_name.get(use_monitor=False)).absolute()
-        self._make_resources(path)
+        self._make_resources(Path(file_name).absolute())
 
         kickoff = self._kickoff_status = Status(obj=self, timeout=timeout)
         complete = self._complete_status = Status(obj=self, timeout=self.complete_timeout())

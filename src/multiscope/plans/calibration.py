@@ -71,6 +71,7 @@ from ..analysis.focus import (
     zone_plate_correction_um,
 )
 from ..analysis.optics import FocusCalibration, focal_length_mm, lens_distances_mm
+from ..plan_stubs.frames import take_frames
 from ..plan_stubs.xanes import BLOCK_OVERHEAD_S, estimate_moves_s
 from .preflight import (
     PlanArgumentError,
@@ -369,9 +370,7 @@ def focus_calibration(
     reference = []  # the first energy's in-focus frame
 
     def one_frame(stream, frames):
-        yield from bps.stage(camera)
-        yield from bps.trigger_and_read([camera, energy, index], name=stream)
-        yield from bps.unstage(camera)
+        yield from take_frames(camera, 1, stream, also_read=[energy, index])
         return frames.take(1)[1][0]
 
     def lateral_shift(i, peak_zp_z):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
+from bluesky.utils import short_uid
 
 from ..plan_stubs.frames import take_darks, take_flats
 from .preflight import (
@@ -420,11 +421,15 @@ class FlySweep:
 
     start_deg: float  # run-up start
     end_deg: float  # run-out end
-    gate_deg: float  # a software gate kicks the camera off here (latency ahead)
     first_exposure_deg: float  # where the first exposure starts: the position trigger
     velocity: float  # deg/s
     period_s: float  # frame period
     duration_s: float  # estimated sweep time, ramp included
+
+    @property
+    def gate_deg(self) -> float:
+        """Where a software gate kicks the camera off: its start latency ahead."""
+        return self.first_exposure_deg - self.velocity * _KICKOFF_LATENCY_S
 
 
 def fly_sweep(theta, num_projections, angle_range_deg, start_deg, exposure_s,
@@ -457,9 +462,8 @@ def fly_sweep(theta, num_projections, angle_range_deg, start_deg, exposure_s,
     if getattr(theta, "velocity", None) is None:
         raise PlanArgumentError(f"{theta.name} has no velocity to set for the fly scan")
     first_exposure = start_deg - velocity * 0.5 * exposure_s
-    gate = first_exposure - velocity * _KICKOFF_LATENCY_S
     duration = (last - first) / velocity + accel_s
-    return FlySweep(first, last, gate, first_exposure, velocity, period, duration)
+    return FlySweep(first, last, first_exposure, velocity, period, duration)
 
 
 def fly_camera(camera, flyer, num_frames: int, frame_period_s: float, start_trigger=None):
@@ -478,6 +482,28 @@ def fly_camera(camera, flyer, num_frames: int, frame_period_s: float, start_trig
     return flyer
 
 
+def fly_tomogram(camera, sample, shutter, flyer, sweep: FlySweep, schedule, *, num_darks,
+                 num_flats, x_in, x_out, also_read=(), declare=True):  # fmt: skip
+    """The frames of one fly tomogram inside an open run, shutter open (a plan fragment).
+
+    Darks and flats before the sweep and after it, where ``schedule`` puts them
+    (flats read ``also_read``), around :func:`fly_projections`. Used by
+    :func:`fly_tomo_scan` and by the fly XANES tomograms (one per energy, in one
+    run), as :func:`step_tomogram` is for step scans.
+    """
+    n = len(schedule.angles_deg)
+    if 0 in schedule.darks_before:
+        yield from take_darks(camera, shutter, num_darks)
+    if 0 in schedule.flats_before:
+        yield from take_flats(camera, sample.x, x_out, x_in, num_flats, also_read=also_read)
+    yield from bps.checkpoint()
+    yield from fly_projections(camera, sample.theta, flyer, sweep, declare=declare)
+    if n in schedule.flats_before:
+        yield from take_flats(camera, sample.x, x_out, x_in, num_flats, also_read=also_read)
+    if n in schedule.darks_before:
+        yield from take_darks(camera, shutter, num_darks)
+
+
 def fly_projections(camera, theta, flyer, sweep: FlySweep, *, declare: bool = True):
     """The projections of one fly tomogram inside an open run (a plan fragment).
 
@@ -492,7 +518,6 @@ def fly_projections(camera, theta, flyer, sweep: FlySweep, *, declare: bool = Tr
     """
     velocity_signal = theta.velocity
     timeout = sweep.duration_s + 10.0
-    gate = _PassGate(theta, sweep.gate_deg, timeout=timeout)
     triggered = getattr(flyer, "start_trigger", None) is not None
     saved = {}
 
@@ -507,7 +532,7 @@ def fly_projections(camera, theta, flyer, sweep: FlySweep, *, declare: bool = Tr
         yield from bps.stage(camera)
         if declare:
             yield from bps.declare_stream(flyer, name="primary", collect=True)
-        move = f"fly_rotation_{id(gate)}"
+        move = short_uid("fly_rotation")
         if triggered:
             start = {"start_position": sweep.first_exposure_deg, "start_timeout_s": timeout}
             yield from bps.prepare(flyer, start, wait=True)
@@ -517,7 +542,7 @@ def fly_projections(camera, theta, flyer, sweep: FlySweep, *, declare: bool = Tr
             if hasattr(flyer, "prepare"):  # settings put now, not between gate and kickoff
                 yield from bps.prepare(flyer, None, wait=True)
             yield from bps.abs_set(theta, sweep.end_deg, group=move)
-            yield from bps.trigger(gate, wait=True)
+            yield from bps.trigger(_PassGate(theta, sweep.gate_deg, timeout), wait=True)
             yield from bps.kickoff(flyer, wait=True)
         # Collects every _FLY_FLUSH_S while the frames come, and once more at the end.
         yield from bps.collect_while_completing([flyer], [flyer], _FLY_FLUSH_S, "primary")
@@ -677,16 +702,9 @@ def fly_tomo_scan(
         if exposure_signal is not None:
             yield from bps.mv(exposure_signal, exposure_s)
         yield from bps.mv(shutter, "open")
-        if 0 in schedule.darks_before:
-            yield from take_darks(camera, shutter, num_darks)
-        if 0 in schedule.flats_before:
-            yield from take_flats(camera, sample.x, x_in + offset, x_in, num_flats)
-        yield from bps.checkpoint()
-        yield from fly_projections(camera, theta, flyer, sweep)
-        if num_projections in schedule.flats_before:
-            yield from take_flats(camera, sample.x, x_in + offset, x_in, num_flats)
-        if num_projections in schedule.darks_before:
-            yield from take_darks(camera, shutter, num_darks)
+        yield from fly_tomogram(camera, sample, shutter, flyer, sweep, schedule,
+                                num_darks=num_darks, num_flats=num_flats, x_in=x_in,
+                                x_out=x_in + offset)  # fmt: skip
         yield from bps.mv(shutter, "close")
 
     # The RunEngine unstages whatever is still staged if the plan fails.

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 
-from ..plan_stubs.frames import take_darks, take_flats
+from ..plan_stubs.frames import take_darks
 from ..plan_stubs.txm import move_energy
 from ..plan_stubs.xanes import (
     BLOCK_OVERHEAD_S,
@@ -67,8 +67,8 @@ from .tomography import (
     FLY_FLAT_POLICIES,
     FlySweep,
     fly_camera,
-    fly_projections,
     fly_sweep,
+    fly_tomogram,
     step_tomogram,
     tomo_block,
     tomo_schedule,
@@ -448,7 +448,7 @@ def xanes_3d(
             schedule = with_flats if i in c.flats_at else without
             if fly:
                 yield from _fly_tomogram(
-                    camera, sample, flyer, sweep, schedule, c, also_read=[energy, index],
+                    camera, sample, shutter, flyer, sweep, schedule, c, also_read=[energy, index],
                     declare=i == 0,
                 )  # fmt: skip
             else:
@@ -461,22 +461,18 @@ def xanes_3d(
     return (yield from run())
 
 
-def _fly_tomogram(camera, sample, flyer, sweep: FlySweep, schedule, c: _Checked, *, also_read,
-                  declare):  # fmt: skip
+def _fly_tomogram(camera, sample, shutter, flyer, sweep: FlySweep, schedule, c: _Checked, *,
+                  also_read, declare):  # fmt: skip
     """One energy's fly tomogram inside an open run, shutter open (a plan fragment).
 
-    The sweep of :func:`~multiscope.plans.tomography.fly_tomo_scan`: flats before
-    and/or after as ``schedule`` says; the rotation's speed is restored after the
-    sweep and on failure (then the camera and the rotation are stopped too).
+    Its energy readbacks (the collected frames carry none), then
+    :func:`~multiscope.plans.tomography.fly_tomogram`: flats before and/or after as
+    ``schedule`` says, no darks (taken once per run).
     """
-    n = len(schedule.angles_deg)
-    # The energy readbacks of this tomogram: its collected frames carry none.
     yield from bps.trigger_and_read(list(also_read), name="xanes_energy")
-    if 0 in schedule.flats_before:
-        yield from take_flats(camera, sample.x, c.x_out, c.x_in, c.num_flats, also_read=also_read)
-    yield from fly_projections(camera, sample.theta, flyer, sweep, declare=declare)
-    if n in schedule.flats_before:
-        yield from take_flats(camera, sample.x, c.x_out, c.x_in, c.num_flats, also_read=also_read)
+    yield from fly_tomogram(camera, sample, shutter, flyer, sweep, schedule, num_darks=0,
+                            num_flats=c.num_flats, x_in=c.x_in, x_out=c.x_out,
+                            also_read=also_read, declare=declare)  # fmt: skip
 
 
 def xanes_campaign(
