@@ -3,6 +3,19 @@
 A plan calls these at the top of its generator, so a bad argument raises before
 the RunEngine opens a run or moves anything (RELIABILITY.md row 10). Errors
 name the parameter and say what would have been acceptable.
+
+The checks, in the order a plan makes them:
+
+1. devices, duck-typed on what the plan uses of them (:func:`require_camera`,
+   :func:`require_shutter`, :func:`require_positioner`, :func:`require_parts`),
+   so a wrong or missing device is a ``PlanArgumentError``, not an ``AttributeError``
+   halfway through a run;
+2. scalars (:func:`require_int`, :func:`require_number`);
+3. the run's estimated duration against ``max_duration_s`` (default
+   :data:`MAX_RUN_DURATION_S`, raised per call), from the sizes alone, before
+   any point list is built (:func:`require_duration_within`);
+4. the points against the soft limits, and a sample-out offset against the
+   field of view (:func:`require_out_of_field`).
 """
 
 from __future__ import annotations
@@ -13,14 +26,32 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from ..devices.txm import FIELD_OF_VIEW_MODES
+
 __all__ = [
+    "MAX_RUN_DURATION_S",
     "PlanArgumentError",
+    "estimate_move_time",
+    "field_of_view_um",
+    "format_duration",
+    "require_camera",
+    "require_duration_within",
     "require_int",
     "require_number",
+    "require_out_of_field",
+    "require_parts",
+    "require_positioner",
     "require_positions_within_limits",
-    "estimate_move_time",
-    "format_duration",
+    "require_shutter",
 ]
+
+#: Longest run a plan starts without being asked (s): a day. A plan refuses a longer
+#: estimate unless the call passes a larger ``max_duration_s`` (``math.inf``: no limit).
+MAX_RUN_DURATION_S = 24 * 3600.0
+
+# Without a pixel size, the field is taken as the TXM's widest (binning changes the
+# pixel count and the pixel size together, not the field).
+_WIDEST_FIELD_UM = max(mode["field_of_view_um"] for mode in FIELD_OF_VIEW_MODES.values())
 
 
 class PlanArgumentError(ValueError):
@@ -63,11 +94,23 @@ def require_number(
     return value
 
 
-def _limits_of(positioner) -> tuple[float, float] | None:
-    """The positioner's soft limits, or None when it has none ((0, 0) means none in EPICS)."""
+def _limits_of(name: str, positioner) -> tuple[float, float] | None:
+    """The positioner's soft limits, or None when it has none ((0, 0) means none in EPICS).
+
+    A pseudo positioner with one pseudo axis (the TXM's ``energy``) gives its limits
+    as ``((low, high),)``: that axis's limits. One with several axes cannot be
+    stepped as one, and is refused naming ``name``.
+    """
     limits = getattr(positioner, "limits", None)
     if limits is None:
         return None
+    limits = tuple(limits)
+    if len(limits) == 1 and isinstance(limits[0], Sequence):
+        limits = tuple(limits[0])
+    if len(limits) != 2 or any(isinstance(x, Sequence) for x in limits):
+        raise PlanArgumentError(
+            f"{name}: {positioner.name} has {len(limits)} axes; give one of them (limits {limits})"
+        )
     low, high = (float(x) for x in limits)
     if low == high == 0:
         return None
@@ -81,7 +124,7 @@ def require_positions_within_limits(name: str, positioner, positions: Iterable[f
         return
     if not np.all(np.isfinite(positions)):
         raise PlanArgumentError(f"{name}: positions for {positioner.name} must be finite")
-    limits = _limits_of(positioner)
+    limits = _limits_of(name, positioner)
     if limits is None:
         return
     low, high = limits
@@ -118,3 +161,117 @@ def format_duration(seconds: float) -> str:
         return f"{minutes} min {secs:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+# -- devices ------------------------------------------------------------------------
+
+
+def _describe(device) -> str:
+    return "None" if device is None else f"{type(device).__name__} {getattr(device, 'name', '')!r}"
+
+
+def require_parts(name: str, device, parts: Sequence[str], what: str):
+    """Return ``device``, or raise naming ``name`` if it lacks any of the dotted ``parts``.
+
+    ``parts`` are the attributes the plan uses (``"cam.acquire_time"``,
+    ``"energy.limits"``); ``what`` says what the device should have been.
+    """
+    missing = []
+    for dotted in parts:
+        obj = device
+        for attribute in dotted.split("."):
+            obj = getattr(obj, attribute, None)
+            if obj is None:
+                missing.append(dotted)
+                break
+    if device is None or missing:
+        lacking = "" if device is None else f"; it has no {', '.join(missing)}"
+        raise PlanArgumentError(f"{name} must be {what}, got {_describe(device)}{lacking}")
+    return device
+
+
+def require_camera(name: str, camera):
+    """Return ``camera`` if it is an area detector a plan can take frames with.
+
+    Triggered, read, staged (a file per block of frames) and exposed for
+    ``cam.acquire_time``: a signal such as the beam current is refused rather
+    than "taking" no frames.
+    """
+    require_parts(
+        name, camera,
+        ("name", "trigger", "read", "describe", "stage", "unstage", "cam.acquire_time.set"),
+        "a camera (trigger, read, stage and cam.acquire_time)",
+    )  # fmt: skip
+    return camera
+
+
+def require_shutter(name: str, shutter):
+    """Return ``shutter`` if it can be set to ``"open"`` and ``"close"`` (and is not read-only)."""
+    require_parts(name, shutter, ("name", "set"), 'a shutter (set("open") / set("close"))')
+    if getattr(shutter, "write_access", True) is False:
+        raise PlanArgumentError(f"{name} must be a shutter, got read-only {_describe(shutter)}")
+    return shutter
+
+
+def require_positioner(name: str, positioner):
+    """Return ``positioner`` if it can be moved (``set``) and has a ``position``."""
+    require_parts(name, positioner, ("name", "set", "position"), "a positioner (set, position)")
+    return positioner
+
+
+# -- duration and field of view ------------------------------------------------------
+
+
+def require_duration_within(
+    plan_name: str, estimate_s: float, max_duration_s: float = MAX_RUN_DURATION_S
+) -> float:
+    """Return ``max_duration_s`` if the run's ``estimate_s`` is within it, else raise.
+
+    The estimate comes from the run's sizes (points, frames, exposure), before any
+    point list is built, so a run of days is refused at once. ``max_duration_s``
+    (s, > 0; ``math.inf`` for no limit) is the plan's keyword of that name.
+    """
+    if isinstance(max_duration_s, bool) or not isinstance(max_duration_s, numbers.Real):
+        raise PlanArgumentError(f"max_duration_s must be a number, got {max_duration_s!r}")
+    limit = float(max_duration_s)
+    if math.isnan(limit) or limit <= 0:
+        raise PlanArgumentError(f"max_duration_s must be > 0 (or math.inf), got {limit}")
+    if estimate_s > limit:
+        raise PlanArgumentError(
+            f"{plan_name} is estimated at {format_duration(estimate_s)}, beyond "
+            f"max_duration_s = {format_duration(limit)}: make it smaller, or pass "
+            f"max_duration_s={math.ceil(estimate_s)} (or more) to run it"
+        )
+    return limit
+
+
+def field_of_view_um(camera, pixel_size_um: float | None) -> float:
+    """Width of ``camera``'s field at the sample (um): its pixel count x ``pixel_size_um``.
+
+    The pixel count is ``cam.array_size.array_size_x`` (binning applied, as the
+    pixel size). Without either, the TXM's widest field (the ``large`` mode's),
+    which holds whatever the binning.
+    """
+    if pixel_size_um is None:
+        return _WIDEST_FIELD_UM
+    try:
+        columns = float(camera.cam.array_size.array_size_x.get())
+    except Exception:  # a fake or a disconnected camera: the widest field
+        return _WIDEST_FIELD_UM
+    if not math.isfinite(columns) or columns <= 0:
+        return _WIDEST_FIELD_UM
+    return columns * float(pixel_size_um)
+
+
+def require_out_of_field(name: str, offset_um: float, field_um: float) -> float:
+    """Return ``offset_um`` if moving the sample by it clears a field ``field_um`` wide.
+
+    Flats taken with the sample still in the field are not flats: the offset
+    must be at least the field's width (whatever the sample's own width).
+    """
+    if abs(offset_um) < field_um:
+        raise PlanArgumentError(
+            f"{name} = {offset_um:g} um leaves the sample in the field of view "
+            f"({field_um:.4g} um wide): flats need |{name}| >= {field_um:.4g}"
+        )
+    return offset_um

@@ -11,16 +11,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import numpy as np
 from bluesky import plans as bp
 from bluesky.protocols import Movable, Readable
 
 from .preflight import (
+    MAX_RUN_DURATION_S,
     PlanArgumentError,
     estimate_move_time,
     format_duration,
+    require_duration_within,
     require_int,
     require_number,
+    require_positioner,
     require_positions_within_limits,
 )
 
@@ -66,6 +68,7 @@ def line_scan(
     stop: float,
     num: int,
     *,
+    max_duration_s: float = MAX_RUN_DURATION_S,
     md: dict | None = None,
 ):
     """Step ``motor`` from ``start`` to ``stop`` in ``num`` points, reading ``detectors`` at each.
@@ -75,11 +78,15 @@ def line_scan(
     detectors : list of Readable
         Devices read at every point (cameras are triggered first).
     motor : Movable
-        The axis to step; its soft limits are checked for every point before any motion.
+        The axis to step (a pseudo axis such as the TXM's ``energy`` too); its soft
+        limits are checked before any motion.
     start, stop : float
         First and last position, in the motor's units.
     num : int
         Number of points (>= 1).
+    max_duration_s : float
+        Longest estimated run accepted (s); default
+        :data:`~multiscope.plans.preflight.MAX_RUN_DURATION_S`.
     md : dict, optional
         Metadata merged over the plan's own.
 
@@ -91,20 +98,23 @@ def line_scan(
     Raises
     ------
     PlanArgumentError
-        Before any message, for a bad argument or a point outside the limits.
+        Before any message, for a bad argument, a point outside the limits or a
+        run estimated beyond ``max_duration_s``.
     """
     detectors = _check_detectors(detectors)
     if not isinstance(motor, Movable):
         raise PlanArgumentError(f"motor must be movable, got {motor!r}")
+    require_positioner("motor", motor)
     start = require_number("start", start)
     stop = require_number("stop", stop)
     num = require_int("num", num, minimum=1)
-    positions = np.linspace(start, stop, num)
-    require_positions_within_limits("start/stop", motor, positions)
-
-    estimate = estimate_move_time(motor, positions) + num * (
+    # From the sizes alone: bluesky builds the point list, which takes a minute for 10**7.
+    estimate = estimate_move_time(motor, [start, stop]) + num * (
         estimate_exposure(detectors) + _POINT_OVERHEAD_S
     )
+    require_duration_within("line_scan", estimate, max_duration_s)
+    # The points are evenly spaced: inside the limits if the ends are.
+    require_positions_within_limits("start/stop", motor, [start, stop])
     logger.info("line_scan of %d points: estimated %s", num, format_duration(estimate))
     _md = {
         "plan_name": "line_scan",
@@ -114,7 +124,13 @@ def line_scan(
     return (yield from bp.scan(detectors, motor, start, stop, num, md=_md))
 
 
-def count_frames(detectors: Sequence[Readable], num: int = 1, *, md: dict | None = None):
+def count_frames(
+    detectors: Sequence[Readable],
+    num: int = 1,
+    *,
+    max_duration_s: float = MAX_RUN_DURATION_S,
+    md: dict | None = None,
+):
     """Read ``detectors`` ``num`` times without moving anything.
 
     Parameters
@@ -123,12 +139,15 @@ def count_frames(detectors: Sequence[Readable], num: int = 1, *, md: dict | None
         Devices to trigger and read.
     num : int
         Number of readings (>= 1).
+    max_duration_s : float
+        Longest estimated run accepted (s), as :func:`line_scan`.
     md : dict, optional
         Metadata merged over the plan's own.
     """
     detectors = _check_detectors(detectors)
     num = require_int("num", num, minimum=1)
     estimate = num * (estimate_exposure(detectors) + _POINT_OVERHEAD_S)
+    require_duration_within("count_frames", estimate, max_duration_s)
     _md = {"plan_name": "count_frames", "estimated_duration_s": round(estimate, 3)}
     _md.update(md or {})
     return (yield from bp.count(detectors, num, md=_md))
