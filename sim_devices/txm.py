@@ -59,7 +59,11 @@ Geometry and optics (see ``docs/txm.md``; lengths along the beam in mm)
   so a fly scan's first frame is where the plan put it, whatever the client's or
   the network's latency.
 * Shutter closed or no ring current: dark frames (offset + dark current + read
-  noise).
+  noise). The ring current comes from the ring IOC (``sim_devices.ring``, its own
+  process as at a facility; ``--ring-prefix``/``--ring-port``) over Channel Access and
+  is shown as ``beam:ring_current``; without ``--ring-prefix`` the ring holds its fill
+  current, and while the ring IOC is unreachable its last value is kept (a dead ring
+  IOC does not dump the beam).
 * **XANES chemistry** (``docs/txm.md``, "XANES chemistry and truth"): every NMC
   particle carries a seeded Ni oxidation-state field (``--valence-pattern``,
   ``--valence-seed``; :func:`sim_devices.physics.xanes.assign_valence`). Inside the
@@ -86,12 +90,14 @@ Run::
         [--seed 0] [--photons 20000] [--drift-um 0] [--axis-offset-px 3.7] [--particles N]
         [--valence-pattern mixed] [--valence-seed SEED] [--energy-drift-px 1]
         [--energy-drift-max-px 3] [--supersample 1] [--zp-tilt-mrad 0 0]
+        [--ring-prefix SR: --ring-port 5072]
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
@@ -103,7 +109,6 @@ from caproto.server import PVGroup, SubGroup, pvproperty
 from scipy import ndimage
 
 from sim_devices.areadetector import FrameContext, SimAreaDetector, pvproperty_with_rbv
-from sim_devices.beam import RingCurrent
 from sim_devices.motor import MotorAxis, Trajectory
 from sim_devices.physics import (
     DetectorGeometry,
@@ -776,8 +781,8 @@ class TXMIOC(PVGroup):
         ``sample_y``, ``sample_z`` (um), ``energy`` (keV) and ``drift_x_px``,
         ``drift_y_px`` (image drift, px: columns +right, rows +down).
     Beam
-        ``ring:current`` (mA), ``ring:status``, ``ring:current:SP``, ``ring:dump``,
-        ``ring:inject``; ``shutter:Cmd``, ``shutter:Pos-Sts``, ``shutter:Open-Sts``,
+        ``beam:ring_current`` (mA, RO: the ring current frames are rendered with, from
+        the ring IOC); ``shutter:Cmd``, ``shutter:Pos-Sts``, ``shutter:Open-Sts``,
         ``shutter:ActTime``.
     Ground truth (simulation only)
         ``truth:axis_offset_px`` (rotation axis column minus centre column, px, at
@@ -982,7 +987,15 @@ class TXMIOC(PVGroup):
         doc="Camera binning (1, 2, 4; BinX and BinY are set together)",
     )
     # -- beam -----------------------------------------------------------------------
-    ring = SubGroup(RingCurrent, prefix="ring:", current=FILL_CURRENT_MA, doc="Ring current")
+    ring_current = pvproperty(
+        name="beam:ring_current",
+        value=FILL_CURRENT_MA,
+        units="mA",
+        precision=2,
+        read_only=True,
+        doc="Ring current the frames are rendered with (mA): the ring IOC's ring:current "
+        "(--ring-prefix), else the fill current; the last value while the ring IOC is away",
+    )
     shutter = SubGroup(Shutter, prefix="shutter:", actuation_time=0.05, doc="Beam shutter")
     # -- ground truth ---------------------------------------------------------------
     truth_axis_offset_px = pvproperty(
@@ -1058,9 +1071,15 @@ class TXMIOC(PVGroup):
         energy_drift_max_px: float = DEFAULT_ENERGY_DRIFT_MAX_PX,
         supersample: int = DEFAULT_SUPERSAMPLE,
         zp_tilt_mrad: tuple[float, float] = (0.0, 0.0),
+        ring_prefix: str | None = None,
+        ring_port: int | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.ring_prefix = ring_prefix
+        self.ring_port = ring_port
+        # Written by the ring IOC's monitor (a caproto callback thread), read per frame.
+        self.ring_current_ma = FILL_CURRENT_MA
         binning = int(binning)
         if binning not in BINNINGS:
             raise ValueError(f"binning must be one of {BINNINGS}")
@@ -1137,7 +1156,7 @@ class TXMIOC(PVGroup):
             objective=self.objective,
             binning=self.binning,
             shutter_open=self.shutter.open,
-            ring_current_ma=self.ring.value,
+            ring_current_ma=self.ring_current_ma,
             phase_ring_in=self.phase_ring_in.value == "In",
             phase_ring_xy_um=(self.phase_ring_x.position, self.phase_ring_y.position),
             condenser=(
@@ -1229,6 +1248,28 @@ class TXMIOC(PVGroup):
             await pair.setpoint.write(self.binning, verify_value=False)
             await pair.readback.write(self.binning)
         await self.update_derived()
+
+    @ring_current.startup
+    async def ring_current(self, instance, async_lib):
+        """Follow the ring IOC's current (with ``--ring-prefix``), reconnecting as it comes back."""
+        if self.ring_prefix is None:
+            return
+        from caproto.asyncio.client import Context
+
+        if self.ring_port is not None:
+            # The server environment pointed this process's CA client at its own port;
+            # the ring is served elsewhere. Searches read the variable when they are sent.
+            os.environ["EPICS_CA_ADDR_LIST"] = f"127.0.0.1:{self.ring_port}"
+        loop = asyncio.get_running_loop()
+
+        def on_current(sub, response):
+            self.ring_current_ma = float(response.data[0])
+            asyncio.run_coroutine_threadsafe(instance.write(self.ring_current_ma), loop)
+
+        self._ring_client = Context()
+        (pv,) = await self._ring_client.get_pvs(f"{self.ring_prefix}ring:current", timeout=None)
+        self._ring_callback = on_current  # caproto holds callbacks by weak reference
+        pv.subscribe(data_type="time").add_callback(on_current)
 
     @objective_mag.putter
     async def objective_mag(self, instance, value):
@@ -1358,6 +1399,15 @@ def main(argv: list[str] | None = None) -> None:
         "plate moves sideways by tilt * (zp:z - z at the Ni edge) um as the energy axis "
         "refocuses (default 0 0)",
     )
+    parser.add_argument(
+        "--ring-prefix",
+        default=None,
+        help="prefix of the ring IOC (sim_devices.ring) whose ring:current scales the "
+        "illumination (default: none, the ring holds its fill current)",
+    )
+    parser.add_argument(
+        "--ring-port", type=int, default=None, help="CA port of the ring IOC on 127.0.0.1"
+    )
     args = parser.parse_args(argv)
     ioc = TXMIOC(
         prefix=args.prefix,
@@ -1374,6 +1424,8 @@ def main(argv: list[str] | None = None) -> None:
         energy_drift_max_px=args.energy_drift_max_px,
         supersample=args.supersample,
         zp_tilt_mrad=tuple(args.zp_tilt_mrad),
+        ring_prefix=args.ring_prefix,
+        ring_port=args.ring_port,
     )
     run_from_args(ioc.pvdb, args)
 

@@ -7,6 +7,10 @@ records what was started so a later command can report or stop it; a recorded
 PID counts as alive only if the process exists *and* its command line is the
 recorded IOC (PIDs get reused).
 
+An IOC may need another: the TXM renders with the ring current of the ring IOC,
+served on its own process as at a facility (decision 0009). Starting ``txm``
+starts ``ring`` first and tells the TXM where it is (:func:`link_args`).
+
 Only the standard library and :mod:`multiscope.config` are imported: the
 simulated hardware is reached by module name, never imported.
 """
@@ -34,7 +38,9 @@ __all__ = [
     "SIM_MODULES",
     "IOCProcess",
     "IOCNotReadyError",
+    "REQUIRES",
     "free_port",
+    "link_args",
     "names",
     "port_is_free",
     "is_alive",
@@ -47,11 +53,21 @@ __all__ = [
     "wait_until_ready",
 ]
 
-SIM_MODULES: dict[str, str] = {"demo": "sim_devices.demo", "txm": "sim_devices.txm"}
-DEFAULT_PORTS: dict[str, int] = {"demo": 5070, "txm": 5071}
-DEFAULT_PREFIXES: dict[str, str] = {"demo": "DEMO:", "txm": "TXM:"}
+SIM_MODULES: dict[str, str] = {
+    "demo": "sim_devices.demo",
+    "ring": "sim_devices.ring",
+    "txm": "sim_devices.txm",
+}
+DEFAULT_PORTS: dict[str, int] = {"demo": 5070, "txm": 5071, "ring": 5072}
+DEFAULT_PREFIXES: dict[str, str] = {"demo": "DEMO:", "txm": "TXM:", "ring": "SR:"}
 # One PV per IOC (after the prefix) that answers once the server is up.
-READY_PVS: dict[str, str] = {"demo": "m1.RBV", "txm": "sample:theta.RBV"}
+READY_PVS: dict[str, str] = {
+    "demo": "m1.RBV",
+    "ring": "ring:current",
+    "txm": "sample:theta.RBV",
+}
+# IOCs an IOC reads from (started first); it is told where with link_args.
+REQUIRES: dict[str, tuple[str, ...]] = {"txm": ("ring",)}
 
 STOP_GRACE_S = 3.0
 
@@ -79,8 +95,21 @@ class IOCProcess:
 
 
 def names() -> list[str]:
-    """Names of the simulated instruments, in the order of the imaging chain."""
+    """Names of the simulated IOCs, in the order of the imaging chain (requirements first)."""
     return list(SIM_MODULES)
+
+
+def link_args(name: str, required: dict[str, IOCProcess]) -> list[str]:
+    """Options telling IOC ``name`` where its :data:`REQUIRES` run.
+
+    ``--<req>-prefix P --<req>-port N`` for each required IOC, e.g. the TXM's
+    ``--ring-prefix SR: --ring-port 5072``.
+    """
+    args: list[str] = []
+    for requirement in REQUIRES.get(name, ()):
+        ioc = required[requirement]
+        args += [f"--{requirement}-prefix", ioc.prefix, f"--{requirement}-port", str(ioc.port)]
+    return args
 
 
 def port_is_free(port: int) -> bool:
@@ -319,17 +348,20 @@ def start(
     prefixes: dict[str, str] | None = None,
     timeout: float = 10.0,
 ) -> dict[str, IOCProcess]:
-    """Start the named IOCs unless already alive; wait until all are ready.
+    """Start the named IOCs, and those they require, unless already alive; wait until ready.
 
-    Returns every requested IOC (already running or new).
+    Returns every requested or required IOC (already running or new).
     """
     ports = {**DEFAULT_PORTS, **(ports or {})}
     prefixes = {**DEFAULT_PREFIXES, **(prefixes or {})}
     recorded = _load(data_dir)
     result: dict[str, IOCProcess] = {}
+    wanted: list[str] = []
     for name in names:
         if name not in SIM_MODULES:
             raise KeyError(f"unknown simulated IOC {name!r}; known: {sorted(SIM_MODULES)}")
+        wanted += [n for n in (*REQUIRES.get(name, ()), name) if n not in wanted]
+    for name in wanted:
         old = recorded.get(name)
         if old is not None and is_alive(old):
             result[name] = old
@@ -344,6 +376,7 @@ def start(
             prefix=prefixes[name],
             port=port,
             log_dir=Path(data_dir) / "sim" / "logs",
+            extra_args=link_args(name, result),
         )
         recorded[name] = ioc
         result[name] = ioc
