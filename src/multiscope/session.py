@@ -15,7 +15,14 @@ plans            the instrument's plans (e.g. ``line_scan``)
 
 Simulated hardware is found through the state file that ``multiscope sim start``
 writes: when the instrument's simulated IOC runs, the session talks to it;
-otherwise it uses the facility prefix and the EPICS environment as given.
+otherwise it uses the facility prefix and the EPICS environment as given. The
+beam current of the TXM comes from the storage ring's IOC (``multiscope sim
+start txm`` starts the simulated ``ring`` too; decision 0009).
+
+A run ends as ``fail``, with the reason in its stop document, when a device it
+uses stays disconnected for ``disconnect_timeout_s`` (default 30 s) or it stays
+suspended (no beam) for ``max_suspension_s`` (default 30 min): see
+:class:`multiscope.suspenders.RunWatchdog`.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from .config import apply_ca_client_environment, ca_client_environment
 from .config import data_dir as resolve_data_dir
 from .metadata import JSONMetadataStore
 from .plan_stubs.connection import wait_for_reconnection
-from .suspenders import SuspendFloorOrDisconnect
+from .suspenders import RunWatchdog, SuspendFloorOrDisconnect
 
 __all__ = ["InstrumentSpec", "INSTRUMENTS", "Session", "configure_session"]
 
@@ -64,6 +71,12 @@ class InstrumentSpec:
         ``"beam_current.current"``, if any.
     beam_floor : float
         Suspend below this beam current (same units as the device).
+    beam_ioc : str or None
+        Simulated IOC (``multiscope sim`` name) serving the beam current when it is
+        not the instrument's own, e.g. ``"ring"``; then ``devices(prefix, beam_prefix)``
+        builds the beam device on that IOC's prefix.
+    facility_beam_prefix : str or None
+        PV prefix of the facility's beam-current IOC (with ``beam_ioc``).
     pipeline : str or None
         ``"module:function"`` building the instrument's live analysis callback,
         called as ``function(output_dir, publish)``; run off the RunEngine thread.
@@ -75,6 +88,8 @@ class InstrumentSpec:
     facility_prefix: str
     beam_current: str | None = None
     beam_floor: float = 0.0
+    beam_ioc: str | None = None
+    facility_beam_prefix: str | None = None
     pipeline: str | None = None
 
 
@@ -100,6 +115,8 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
         facility_prefix="TXM:",
         beam_current="beam_current.current",
         beam_floor=10.0,
+        beam_ioc="ring",
+        facility_beam_prefix="SR:",
         pipeline="multiscope.callbacks.pipelines:tomography_pipeline",
     ),
 }
@@ -118,6 +135,8 @@ class Session:
     prefix: str
     simulated: bool
     pipeline: Any = None
+    beam_prefix: str | None = None
+    watchdog: RunWatchdog | None = None
     names: list[str] = field(default_factory=list)
 
     def drain(self, timeout: float = 600.0) -> bool:
@@ -134,6 +153,8 @@ class Session:
         ``storage_timeout`` s: what the catalog has not taken by then stays in the
         journal for ``multiscope catalog recover``.
         """
+        if self.watchdog is not None:
+            self.watchdog.remove()
         if self.pipeline is not None:
             self.pipeline.drain(timeout)
             self.pipeline.close(timeout)
@@ -194,6 +215,9 @@ def configure_session(
     progress: bool = True,
     suspenders: bool = True,
     connect_timeout: float = 10.0,
+    beam_prefix: str | None = None,
+    disconnect_timeout_s: float | None = 30.0,
+    max_suspension_s: float | None = 1800.0,
 ) -> Session:
     """Set up a session for ``instrument`` and put its objects into ``namespace``.
 
@@ -224,6 +248,17 @@ def configure_session(
         Seconds to wait for the devices to connect; devices still disconnected
         then are reported (a warning), not fatal, so a session can start while
         part of the instrument is off.
+    beam_prefix : str, optional
+        PV prefix of the beam-current IOC for instruments whose beam comes from the
+        storage ring's IOC (the TXM); default: the running simulated ring IOC's
+        (``multiscope sim start txm`` starts it), else the facility's.
+    disconnect_timeout_s : float or None
+        A device the running plan has used that stays disconnected this long ends
+        the run as ``fail`` (None: never). The beam device is exempt: losing it
+        suspends the run.
+    max_suspension_s : float or None
+        A suspension (beam below the floor or its IOC gone) this long ends the run
+        as ``fail`` instead of waiting on (None: wait forever).
 
     Returns
     -------
@@ -256,6 +291,11 @@ def configure_session(
         apply_ca_client_environment(ca_client_environment(r["port"] for r in running))
     elif prefix is None:
         prefix = spec.facility_prefix
+    if spec.beam_ioc and beam_prefix is None:
+        ring = next((r for r in running if r["name"] == spec.beam_ioc), None)
+        # The simulated ring serves whichever TXM runs; its port is searched when the
+        # session is simulated (all running IOCs), else the caller has listed it.
+        beam_prefix = ring["prefix"] if ring is not None else spec.facility_beam_prefix
     # Choose the control layer before the first signal exists; caproto needs no libca.
     os.environ.setdefault("OPHYD_CONTROL_LAYER", "caproto")
 
@@ -294,7 +334,11 @@ def configure_session(
         pipeline = BackgroundCallback(build(root / "derived" / instrument, catalog.writer()))
         RE.subscribe(pipeline)
 
-    devices = importlib.import_module(spec.devices_module).devices(prefix)
+    devices_module = importlib.import_module(spec.devices_module)
+    if spec.beam_ioc:
+        devices = devices_module.devices(prefix, beam_prefix=beam_prefix)
+    else:
+        devices = devices_module.devices(prefix)
     _wait_for_connections(devices, connect_timeout, instrument)
     assets = root / "assets" / instrument
     for device in devices.values():
@@ -306,23 +350,37 @@ def configure_session(
         module = importlib.import_module(module_name)
         plans.update({name: getattr(module, name) for name in module.__all__})
 
+    beam_devices = []
     if suspenders and spec.beam_current:
         device_name, *attributes = spec.beam_current.split(".")
+        beam_devices.append(devices[device_name])
         gate = devices[device_name]
         for attribute in attributes:
             gate = getattr(gate, attribute)
         # On resume, wait for the devices that were up at start-up: the beam channel
-        # can reconnect seconds before the rest of a restarted IOC.
+        # can reconnect seconds before the rest of a restarted IOC. A device still
+        # down then fails the run through the watchdog, within the same limit.
         connected_devices = [device for device in devices.values() if device.connected]
         RE.install_suspender(
             SuspendFloorOrDisconnect(
                 gate,
                 spec.beam_floor,
                 sleep=1.0,
-                post_plan=partial(wait_for_reconnection, connected_devices),
+                post_plan=partial(
+                    wait_for_reconnection,
+                    connected_devices,
+                    timeout=30.0 if disconnect_timeout_s is None else disconnect_timeout_s,
+                ),
                 tripped_message="beam current below floor or its IOC disconnected",
             )
         )
+    # Bounds what a suspender cannot: a dead device the plan waits on, an endless outage.
+    watchdog = RunWatchdog(
+        disconnect_timeout_s=disconnect_timeout_s,
+        max_suspension_s=max_suspension_s,
+        ignore=beam_devices,
+    )
+    watchdog.install(RE)
 
     session = Session(
         instrument=instrument,
@@ -334,6 +392,8 @@ def configure_session(
         prefix=prefix,
         simulated=simulated,
         pipeline=pipeline,
+        beam_prefix=beam_prefix,
+        watchdog=watchdog,
     )
     added: dict[str, Any] = {
         "RE": RE,

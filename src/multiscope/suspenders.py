@@ -1,17 +1,32 @@
-"""Suspenders that also trip when their signal disconnects.
+"""Suspenders that also trip when their signal disconnects, and a watchdog that bounds a run.
 
 bluesky's threshold suspenders only react to value changes, so a beam-current
 IOC that dies never trips them (RELIABILITY.md row 5). Here a lost connection
 counts as "below the floor" until the signal reconnects with a good value.
+
+A suspension waits for the beam however long it takes, and a plan waiting on a
+device whose IOC died may wait as long. :class:`RunWatchdog` ends such a run as
+``fail`` with a reason (decision 0009): a device the plan used that stays
+disconnected longer than ``disconnect_timeout_s``, or a suspension longer than
+``max_suspension_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 
+from bluesky.preprocessors import msg_mutator
 from bluesky.suspenders import SuspendFloor
 
-__all__ = ["SuspendFloorOrDisconnect"]
+__all__ = [
+    "DeviceDisconnectedError",
+    "RunWatchdog",
+    "RunWatchdogError",
+    "SuspendFloorOrDisconnect",
+    "SuspendedTooLongError",
+]
 
 
 class SuspendFloorOrDisconnect(SuspendFloor):
@@ -66,3 +81,144 @@ class SuspendFloorOrDisconnect(SuspendFloor):
         if not self._connected:
             return f"Signal {self._sig.name} is disconnected (treated as below the floor)."
         return super()._get_justification()
+
+
+class RunWatchdogError(RuntimeError):
+    """The watchdog ended the run; the message is the stop document's ``reason``."""
+
+
+class DeviceDisconnectedError(RunWatchdogError):
+    """A device the plan used stayed disconnected longer than the limit."""
+
+
+class SuspendedTooLongError(RunWatchdogError):
+    """A suspension (e.g. no beam) lasted longer than the limit."""
+
+
+class RunWatchdog:
+    """End a run as ``fail`` when a device it used stays disconnected, or it stays suspended.
+
+    Installed on a RunEngine, it records every device a plan sends a message to (a
+    preprocessor) and checks, every ``poll_s`` while the RunEngine runs, whether one
+    of them is disconnected and whether a suspender is tripped. Past a limit it
+    throws a :class:`RunWatchdogError` into the plan: the plan's cleanup runs
+    (unstage, close the shutter), the run closes with ``exit_status`` ``fail`` and
+    the error as ``reason``, and ``RE(...)`` raises it. A paused RunEngine is the
+    user's to end and is left alone.
+
+    Parameters
+    ----------
+    disconnect_timeout_s : float or None
+        Longest time a used device may stay disconnected; None: no limit. Devices
+        gated by a suspender (the beam current) belong in ``ignore``: losing them
+        suspends the run, which ``max_suspension_s`` bounds.
+    max_suspension_s : float or None
+        Longest suspension; None: no limit.
+    ignore : iterable of ophyd devices
+        Devices whose disconnects the watchdog does not count.
+    poll_s : float
+        Seconds between checks.
+    """
+
+    def __init__(
+        self,
+        *,
+        disconnect_timeout_s: float | None = 30.0,
+        max_suspension_s: float | None = 1800.0,
+        ignore=(),
+        poll_s: float = 0.2,
+    ):
+        self.disconnect_timeout_s = disconnect_timeout_s
+        self.max_suspension_s = max_suspension_s
+        self.poll_s = poll_s
+        self._ignored = {id(device) for device in ignore}
+        self._used: dict[int, object] = {}  # id(root device) -> device, touched in the RE loop
+        self._down_since: dict[int, float] = {}
+        self._suspended_since: float | None = None
+        self._fired = False
+        self._RE = None
+        self._task = None
+
+    def install(self, RE) -> None:
+        """Track the devices of every plan ``RE`` runs and start checking."""
+        self._RE = RE
+        RE.preprocessors.append(self._track)
+        self._task = asyncio.run_coroutine_threadsafe(self._watch(), RE.loop)
+
+    def remove(self) -> None:
+        """Stop checking and tracking."""
+        if self._task is not None:
+            self._task.cancel()
+        if self._RE is not None and self._track in self._RE.preprocessors:
+            self._RE.preprocessors.remove(self._track)
+        self._RE = self._task = None
+
+    def _track(self, plan):
+        self._used.clear()  # a new plan: only what it uses counts
+
+        def record(msg):
+            device = getattr(msg.obj, "root", None)
+            if hasattr(device, "connected") and id(device) not in self._ignored:
+                self._used[id(device)] = device
+            return msg
+
+        return msg_mutator(plan, record)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            error = self.check(time.monotonic())
+            if error is not None:
+                self._fail(error)
+
+    def check(self, now: float) -> RunWatchdogError | None:
+        """The error that should end the run at monotonic time ``now``, if any."""
+        RE = self._RE
+        if RE is None or RE.state != "running":
+            # Idle, or paused by the user: start afresh when a plan runs again.
+            self._down_since.clear()
+            self._suspended_since = None
+            self._fired = False
+            return None
+        if self._fired:  # the run is cleaning up; let it
+            return None
+        if self.disconnect_timeout_s is not None:
+            for key, device in list(self._used.items()):
+                if device.connected:
+                    self._down_since.pop(key, None)
+                    continue
+                down = now - self._down_since.setdefault(key, now)
+                if down >= self.disconnect_timeout_s:
+                    return DeviceDisconnectedError(
+                        f"{device.name} disconnected for {down:.1f} s (limit "
+                        f"{self.disconnect_timeout_s:g} s): is its IOC running?"
+                    )
+        tripped = [suspender for suspender in RE.suspenders if suspender.tripped]
+        if not tripped:
+            self._suspended_since = None
+        elif self.max_suspension_s is not None:
+            if self._suspended_since is None:
+                self._suspended_since = now
+            suspended = now - self._suspended_since
+            if suspended >= self.max_suspension_s:
+                why = "; ".join(s._get_justification() or repr(s) for s in tripped)
+                return SuspendedTooLongError(
+                    f"suspended for {suspended:.0f} s (limit {self.max_suspension_s:g} s): {why}"
+                )
+        return None
+
+    def _fail(self, error: RunWatchdogError) -> None:
+        """Throw ``error`` into the running plan (on the RunEngine's loop)."""
+        RE = self._RE
+        self._fired = True
+        # bluesky's own rule for a failed status: once the run loop has ended (its
+        # cleanup sets _pardon_failures), nothing may interrupt the closing of the run.
+        if RE._pardon_failures is None or RE._pardon_failures.is_set() or RE._task is None:
+            return
+        # As bluesky does for a failed status (RunEngine._status_object_completed): the
+        # run loop throws RE._exception into the plan at its next step; cancelling the
+        # run task makes that step now, whatever the plan was waiting for (a status, a
+        # sleep, a suspension). Checked against bluesky 1.15 (decision 0009).
+        with RE._state_lock:
+            RE._exception = error
+        RE._task.cancel()

@@ -32,6 +32,7 @@ class RunningIOC:
     port: int
     pid: int
     log_path: str
+    ring: RunningIOC | None = None  # the ring IOC a TXM reads its beam current from
 
 
 def _distinct_free_ports(n: int) -> list[int]:
@@ -72,16 +73,33 @@ def start_sim_ioc(
     return RunningIOC(prefix, port, ioc.pid, ioc.log_path), ioc
 
 
-@contextlib.contextmanager
-def txm_session(pool, tmp_path_factory, name: str, extra_args=()):
-    """A TXM session on its own simulated TXM IOC; the session closed, the IOC stopped after.
+def start_txm_with_ring(pool, log_dir: Path, extra_args=()):
+    """Start a ring IOC and a TXM IOC reading its beam current from it (as `sim start txm`).
 
-    Yields ``(session, running IOC)``; logs and data go to ``<name>-logs`` / ``<name>-data``.
+    Returns the TXM's :class:`RunningIOC` (``.ring`` is the ring's) and both processes.
+    """
+    ring, ring_process = start_sim_ioc(pool, log_dir, "ring")
+    try:
+        link = simctl.link_args("txm", {"ring": ring_process})
+        txm, txm_process = start_sim_ioc(pool, log_dir, "txm", extra_args=[*extra_args, *link])
+    except Exception:
+        simctl.stop_ioc(ring_process.pid)
+        raise
+    txm.ring = ring
+    return txm, (txm_process, ring_process)
+
+
+@contextlib.contextmanager
+def txm_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
+    """A TXM session on its own simulated TXM and ring IOCs; closed and stopped after.
+
+    Yields ``(session, running TXM IOC)`` (``.ring``: the ring IOC); logs and data go to
+    ``<name>-logs`` / ``<name>-data``. ``options`` go to ``configure_session``.
     """
     from multiscope.session import configure_session
 
-    running, ioc = start_sim_ioc(
-        pool, tmp_path_factory.mktemp(f"{name}-logs"), "txm", extra_args=extra_args
+    running, processes = start_txm_with_ring(
+        pool, tmp_path_factory.mktemp(f"{name}-logs"), extra_args
     )
     session = None
     try:
@@ -90,14 +108,17 @@ def txm_session(pool, tmp_path_factory, name: str, extra_args=()):
             "txm",
             data_dir=tmp_path_factory.mktemp(f"{name}-data"),
             prefix=running.prefix,
+            beam_prefix=running.ring.prefix,
             table=False,
             progress=False,
+            **options,
         )
         yield session, running
     finally:
         if session is not None:
             session.close(timeout=120)
-        simctl.stop_ioc(ioc.pid)
+        for process in processes:
+            simctl.stop_ioc(process.pid)
 
 
 def finished_run(session, uid):

@@ -1,6 +1,9 @@
 """Fault injection over real Channel Access (RELIABILITY.md rows 1, 3, 5, 6).
 
-Each test: inject X during Y, expect Z, measure N.
+Each test: inject X during Y, expect Z, measure N. The TXM tests run the TXM and
+the storage ring as separate IOCs (decision 0009), so a dead TXM IOC and a beam
+dump are different faults: the first fails the run within the session's
+``disconnect_timeout_s``, the second suspends it, for at most ``max_suspension_s``.
 """
 
 import os
@@ -10,10 +13,12 @@ import time
 
 import numpy as np
 import pytest
+from conftest import txm_session
 
 from multiscope import simctl
 from multiscope.plans.scans import line_scan
 from multiscope.session import configure_session
+from multiscope.suspenders import DeviceDisconnectedError, SuspendedTooLongError
 
 pytestmark = pytest.mark.integration
 
@@ -155,3 +160,203 @@ def _check_resumed_run(session, uid, killed, restarted, events):
     seq = [doc["seq_num"] for doc in events]
     # Rewind may re-emit an interrupted point; after de-duplication every point is there once.
     assert sorted(set(seq)) == list(range(1, 21))
+
+
+# -- TXM: a dead IOC, a beam dump, a long outage ------------------------------------------
+
+TXM_ARGS = ["--binning", "4", "--shape", "64", "64"]
+DISCONNECT_LIMIT_S = 4.0
+SUSPENSION_LIMIT_S = 3.0
+
+
+def _until(predicate, timeout, what):
+    """Poll ``predicate`` until true; fail naming ``what`` after ``timeout`` s (a limit)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+class _Documents:
+    """Primary events and start uids of a session's runs, as the RunEngine emits them."""
+
+    def __init__(self, RE):
+        self.primary_seq: list[int] = []
+        self.uids: list[str] = []
+        self._primary_descriptors: set[str] = set()
+        RE.subscribe(self)
+
+    def __call__(self, name, doc):
+        if name == "start":
+            self.uids.append(doc["uid"])
+        elif name == "descriptor" and doc["name"] == "primary":
+            self._primary_descriptors.add(doc["uid"])
+        elif name == "event" and doc["descriptor"] in self._primary_descriptors:
+            self.primary_seq.append(doc["seq_num"])
+
+
+def _tomo(session, num_projections=40):
+    d = session.devices
+    d["sample"].theta.velocity.set(180).wait(10)
+    return session.plans["tomo_scan"](
+        d["camera"], d["sample"], d["shutter"], num_projections=num_projections,
+        exposure_s=0.05, num_darks=2, num_flats=2, flat_policy="start",
+    )  # fmt: skip
+
+
+def _in_thread(steps):
+    """Run ``steps()`` (the fault injection) beside the RunEngine, which needs the main
+    thread; returns the thread and a dict of what ``steps`` recorded (and its ``error``)."""
+    record = {}
+
+    def target():
+        try:
+            steps(record)
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            record["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, record
+
+
+def _stopped_run(session, uid):
+    assert session.catalog.drain(60)
+    run = session.catalog.run(uid)
+    return run, run.metadata["stop"]
+
+
+def test_txm_ioc_killed_mid_scan_fails_within_the_disconnect_limit(ca_port_pool, tmp_path_factory):
+    """SIGKILL the TXM IOC during a tomo_scan, default suspenders on (the ring IOC lives on):
+    the run ends `fail` within the disconnect limit; the frames before the kill are readable."""
+    options = {"disconnect_timeout_s": DISCONNECT_LIMIT_S}
+    with txm_session(ca_port_pool, tmp_path_factory, "kill", TXM_ARGS, **options) as (
+        session,
+        running,
+    ):
+        docs = _Documents(session.RE)
+        thread, killed = _kill_when(lambda: len(docs.primary_seq) >= 5, running.pid)
+        with pytest.raises(Exception) as excinfo:
+            session.RE(_tomo(session))
+        ended = time.monotonic()
+        thread.join(1)
+        assert "t" in killed, "the TXM IOC was not killed during the scan"
+        elapsed = ended - killed["t"]
+        print(f"TXM kill-to-fail: {elapsed:.2f} s ({excinfo.value!r})")
+        # Moves on the dead IOC fail on their own (~2 s); the watchdog bounds the rest.
+        assert elapsed < DISCONNECT_LIMIT_S + 5.0  # the limit, plus cleanup on a loaded machine
+        assert not any(s.tripped for s in session.RE.suspenders)  # the beam never went
+        run, stop = _stopped_run(session, docs.uids[0])
+        print(f"stop reason: {stop['reason']}")
+        assert stop["exit_status"] == "fail" and stop["reason"]
+        frames = np.asarray(run["primary"].read()["camera_image"])
+        assert 5 <= frames.shape[0] == len(set(docs.primary_seq))
+        assert frames.sum() > 0
+
+
+def _ring_controls(running):
+    from ophyd import EpicsSignal, EpicsSignalRO
+
+    controls = {
+        "dump": EpicsSignal(f"{running.ring.prefix}ring:dump", name="ring_dump"),
+        "inject": EpicsSignal(f"{running.ring.prefix}ring:inject", name="ring_inject"),
+        "txm_sees": EpicsSignalRO(f"{running.prefix}beam:ring_current", name="txm_ring_current"),
+    }
+    for control in controls.values():
+        control.wait_for_connection(timeout=10)
+    return controls
+
+
+def test_beam_dump_on_the_ring_ioc_suspends_and_resumes(ca_port_pool, tmp_path_factory):
+    """Dump the beam (ring IOC) during a tomo_scan: the run suspends, the TXM sees no beam;
+    refill: it resumes and succeeds with every projection once."""
+    with txm_session(ca_port_pool, tmp_path_factory, "dump", TXM_ARGS) as (session, running):
+        ring = _ring_controls(running)
+        (suspender,) = session.RE.suspenders
+        docs = _Documents(session.RE)
+
+        def dump_and_refill(record):
+            _until(lambda: len(docs.primary_seq) >= 5, 30, "5 projections")
+            ring["dump"].put(1)
+            _until(lambda: suspender.tripped, 10, "the suspension")
+            # The TXM renders with the ring's current: no beam, dark frames.
+            _until(lambda: ring["txm_sees"].get() == 0.0, 10, "the TXM to see the dump")
+            record["at_dump"] = len(docs.primary_seq)
+            time.sleep(1.0)  # the outage itself (not a synchronisation)
+            record["after_outage"] = len(docs.primary_seq)
+            ring["inject"].put(1)
+
+        thread, record = _in_thread(dump_and_refill)
+        session.RE(_tomo(session, num_projections=30))
+        thread.join(10)
+        assert "error" not in record, record
+        # Nothing recorded while there was no beam, but the point in flight at the dump.
+        assert record["after_outage"] <= record["at_dump"] + 1
+        _, stop = _stopped_run(session, docs.uids[0])
+        assert stop["exit_status"] == "success"
+        assert sorted(set(docs.primary_seq)) == list(range(1, 31))
+        assert ring["txm_sees"].get() == 400.0
+
+
+def test_beam_outage_longer_than_the_limit_fails_the_run(ca_port_pool, tmp_path_factory):
+    """Dump the beam and never refill: the run ends `fail` once suspended for the limit,
+    with the reason in its stop document and the frames before the dump readable."""
+    options = {"max_suspension_s": SUSPENSION_LIMIT_S}
+    with txm_session(ca_port_pool, tmp_path_factory, "outage", TXM_ARGS, **options) as (
+        session,
+        running,
+    ):
+        ring = _ring_controls(running)
+        docs = _Documents(session.RE)
+
+        def dump(record):
+            _until(lambda: len(docs.primary_seq) >= 5, 30, "5 projections")
+            ring["dump"].put(1)
+            record["t"] = time.monotonic()
+
+        thread, record = _in_thread(dump)
+        with pytest.raises(SuspendedTooLongError) as excinfo:
+            session.RE(_tomo(session))
+        elapsed = time.monotonic() - record["t"]
+        thread.join(1)
+        print(f"dump-to-fail: {elapsed:.2f} s ({excinfo.value!r})")
+        assert SUSPENSION_LIMIT_S <= elapsed < SUSPENSION_LIMIT_S + 5.0  # + cleanup, loaded
+        run, stop = _stopped_run(session, docs.uids[0])
+        assert stop["exit_status"] == "fail" and "suspended for" in stop["reason"]
+        frames = np.asarray(run["primary"].read()["camera_image"])
+        assert frames.shape[0] == len(set(docs.primary_seq)) >= 5
+
+
+def test_txm_ioc_killed_during_a_beam_dump_fails_within_the_disconnect_limit(
+    ca_port_pool, tmp_path_factory
+):
+    """Dump the beam, then SIGKILL the TXM IOC while suspended: the plan waits for the beam
+    and touches no dead channel, so only the watchdog can end it: `fail` within the limit."""
+    options = {"disconnect_timeout_s": DISCONNECT_LIMIT_S}
+    with txm_session(ca_port_pool, tmp_path_factory, "dumpkill", TXM_ARGS, **options) as (
+        session,
+        running,
+    ):
+        ring = _ring_controls(running)
+        (suspender,) = session.RE.suspenders
+        docs = _Documents(session.RE)
+
+        def dump_then_kill(record):
+            _until(lambda: len(docs.primary_seq) >= 5, 30, "5 projections")
+            ring["dump"].put(1)
+            _until(lambda: suspender.tripped, 10, "the suspension")
+            os.kill(running.pid, signal.SIGKILL)
+            record["t"] = time.monotonic()
+
+        thread, record = _in_thread(dump_then_kill)
+        with pytest.raises(DeviceDisconnectedError) as excinfo:
+            session.RE(_tomo(session))
+        elapsed = time.monotonic() - record["t"]
+        thread.join(1)
+        print(f"kill-during-dump-to-fail: {elapsed:.2f} s ({excinfo.value!r})")
+        assert DISCONNECT_LIMIT_S <= elapsed < DISCONNECT_LIMIT_S + 5.0
+        run, stop = _stopped_run(session, docs.uids[0])
+        assert stop["exit_status"] == "fail" and "disconnected for" in stop["reason"]
+        frames = np.asarray(run["primary"].read()["camera_image"])
+        assert frames.shape[0] == len(set(docs.primary_seq)) >= 5

@@ -8,31 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import start_sim_ioc
-
-from multiscope.session import configure_session
+from conftest import txm_session as txm_session_on_iocs
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def txm_session(ca_port_pool, tmp_path_factory):
-    running, ioc = start_sim_ioc(
-        ca_port_pool,
-        tmp_path_factory.mktemp("txm-tomo-logs"),
-        "txm",
-        extra_args=["--binning", "4", "--shape", "128", "128"],
-    )
-    data_dir = tmp_path_factory.mktemp("txm-tomo-data")
-    session = configure_session(
-        {}, "txm", data_dir=data_dir, prefix=running.prefix, table=False, progress=False
-    )
-    session.devices["sample"].theta.velocity.set(180).wait(5)
-    yield session
-    session.close()
-    from multiscope import simctl
-
-    simctl.stop_ioc(ioc.pid)
+    extra_args = ["--binning", "4", "--shape", "128", "128"]
+    with txm_session_on_iocs(ca_port_pool, tmp_path_factory, "txm-tomo", extra_args) as (
+        session,
+        _,
+    ):
+        session.devices["sample"].theta.velocity.set(180).wait(5)
+        yield session
 
 
 def _derived(session, plan_name):

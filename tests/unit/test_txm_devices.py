@@ -407,7 +407,7 @@ def test_txm_factory_builds_fake_device_with_protocols(name, factory, monkeypatc
 
 
 def test_devices_names_every_factory_and_does_not_connect():
-    made = txm.devices("TXMTEST:")
+    made = txm.devices("TXMTEST:", beam_prefix="SRTEST:")
     factories = {name for name, _ in ((p.values[0], None) for p in _factories())}
     assert set(made) == factories
     assert {
@@ -423,12 +423,14 @@ def test_devices_names_every_factory_and_does_not_connect():
         "shutter",
         "beam_current",
     } == set(made)
+    assert made.pop("beam_current").prefix == "SRTEST:ring:"  # the ring's IOC, not the TXM's
     assert all(device.prefix.startswith("TXMTEST:") for device in made.values())
+    assert "beam_current" not in txm.devices("TXMTEST:")
     assert not made["energy"].connected  # nothing connects at construction
 
 
 def test_contract_pv_names():
-    made = txm.devices("TXM:")
+    made = txm.devices("TXM:", beam_prefix="SR:")
     energy = made["energy"]
     assert energy.mono.prefix == "TXM:mono:energy"
     assert energy.zp_z.prefix == "TXM:zp:z" and energy.det_z.prefix == "TXM:det:z"
@@ -444,7 +446,7 @@ def test_contract_pv_names():
     assert type(made["camera"].cam).bin_x.suffix == "BinX"  # class level: lazy PVs stay unmade
     assert made["condenser"].pitch.prefix == "TXM:cond:pitch"
     assert made["shutter"].prefix == "TXM:shutter:"
-    assert made["beam_current"].current.pvname == "TXM:ring:current"
+    assert made["beam_current"].current.pvname == "SR:ring:current"
 
 
 def test_modules_import_in_layers():

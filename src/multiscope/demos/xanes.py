@@ -239,10 +239,16 @@ def run(
     session = None
     truth_proc = None
     print("starting the simulated TXM IOC (Ni K-edge chemistry) ...", flush=True)
-    prefix, ioc = txm_ioc(config.ioc_args(), data_dir, port, "XANESDEMO")
+    prefix, beam_prefix, iocs = txm_ioc(config.ioc_args(), data_dir, port, "XANESDEMO")
     try:
         session = configure_session(
-            {}, "txm", data_dir=data_dir, prefix=prefix, table=False, progress=True
+            {},
+            "txm",
+            data_dir=data_dir,
+            prefix=prefix,
+            beam_prefix=beam_prefix,
+            table=False,
+            progress=True,
         )
         d = session.devices
         camera, energy, sample, shutter = d["camera"], d["energy"], d["sample"], d["shutter"]
@@ -316,7 +322,7 @@ def run(
             truth_proc.wait()
         if session is not None:
             session.close()
-        if ioc is not None:
+        for ioc in iocs:
             simctl.stop_ioc(ioc.pid)
 
 

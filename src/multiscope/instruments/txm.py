@@ -2,7 +2,8 @@
 
 PV names and attribute names follow ``docs/txm.md``. Devices are created without
 connecting; nothing here blocks or touches hardware. The session calls
-:func:`devices` with the instrument's prefix.
+:func:`devices` with the instrument's prefix and the ring's: the beam current is
+served by the storage ring's IOC, not the TXM's (decision 0009).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from multiscope.devices.txm import (
 )
 
 __all__ = [
+    "DEFAULT_BEAM_PREFIX",
     "DEFAULT_PREFIX",
     "aperture",
     "beam_current",
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 DEFAULT_PREFIX = "TXM:"
+DEFAULT_BEAM_PREFIX = "SR:"  # the storage ring's IOC (sim_devices.ring), not the TXM's
 
 
 def condenser(prefix: str = DEFAULT_PREFIX, name: str = "condenser") -> Condenser:
@@ -95,12 +98,21 @@ def shutter(prefix: str = DEFAULT_PREFIX, name: str = "shutter") -> Shutter:
 
 
 def beam_current(prefix: str = DEFAULT_PREFIX, name: str = "beam_current") -> BeamCurrent:
-    """Ring current (mA) and status."""
+    """Ring current (mA) and status; ``prefix`` is the ring IOC's (e.g. ``SR:``)."""
     return BeamCurrent(f"{prefix}ring:", name=name)
 
 
-def devices(prefix: str = DEFAULT_PREFIX) -> dict[str, Device]:
-    """Every TXM device, keyed by its name (the factory's name)."""
+def devices(prefix: str = DEFAULT_PREFIX, beam_prefix: str | None = None) -> dict[str, Device]:
+    """Every TXM device, keyed by its name (the factory's name).
+
+    Parameters
+    ----------
+    prefix : str
+        The TXM IOC's prefix.
+    beam_prefix : str, optional
+        The ring IOC's prefix for ``beam_current`` (e.g. :data:`DEFAULT_BEAM_PREFIX`);
+        None leaves ``beam_current`` out (the TXM alone, as device tests use it).
+    """
     factories = (
         condenser,
         zone_plate,
@@ -112,7 +124,8 @@ def devices(prefix: str = DEFAULT_PREFIX) -> dict[str, Device]:
         camera,
         energy,
         shutter,
-        beam_current,
     )
     made = [factory(prefix) for factory in factories]
+    if beam_prefix is not None:
+        made.append(beam_current(beam_prefix))
     return {device.name: device for device in made}
