@@ -54,7 +54,12 @@ DATA_PATH = "/entry/data/data"
 ATTRIBUTES_PATH = "/entry/instrument/NDAttributes"
 
 #: Frames a camera holds between exposure and file (a real camera's on-board buffer).
-MAX_BUFFERED_FRAMES = 4
+#: A buffered frame is its exposure's context, not pixels (it is rendered when its turn
+#: comes), so the buffer is long: 10 s at the fly scans' 20 Hz. A host that renders
+#: slower than the frame rate for a while (a loaded machine) then delays the files, not
+#: the exposures; with 4 frames (200 ms) it made frames late and a fly scan's last
+#: frames miss the rotation (issue 8).
+MAX_BUFFERED_FRAMES = 200
 
 pvproperty_with_rbv = get_pv_pair_wrapper(setpoint_suffix="", readback_suffix="_RBV")
 
@@ -240,9 +245,10 @@ class CamGroup(PVGroup):
         ``max(AcquirePeriod, AcquireTime)`` on a fixed clock: at Acquire (Internal), or
         at the instrument's start pulse (External: the camera is armed, state Waiting,
         until the detector's ``start_trigger`` fires, e.g. a rotation passing an angle).
-        Each frame is rendered and written while the next exposure runs (up to
+        Each frame is rendered and written while the next exposures run (up to
         ``MAX_BUFFERED_FRAMES`` behind), so the rate holds as long as a render fits in
-        one period on average.
+        one period on average over that buffer; beyond, the camera is limited by its
+        "readout" (the host) and frames come late (logged).
     Array
         ``ArrayCounter``/``_RBV``, ``ArrayCallbacks``/``_RBV``, ``ArraySizeX_RBV``,
         ``ArraySizeY_RBV``, ``ArraySize0_RBV``/``1``/``2``, ``ArraySize_RBV`` (bytes),
@@ -469,9 +475,9 @@ class CamGroup(PVGroup):
         await self.num_images_counter.write(0)
         # Exposures start on a fixed clock (one every ``period``); each frame is rendered
         # and written while the next exposures run, in order, from a buffer of at most
-        # MAX_BUFFERED_FRAMES frames, so a render (or a slow disk) that takes a large part
-        # of the period does not stretch it. The scene evaluates the motors at each
-        # frame's own mid-exposure time, however late it renders.
+        # MAX_BUFFERED_FRAMES frames, so renders (or a slow disk) slower than the period
+        # for a while do not stretch it. The scene evaluates the motors at each frame's
+        # own mid-exposure time, however late it renders.
         in_flight: collections.deque[asyncio.Task] = collections.deque()
         base = int(self.array_counter.readback.value)
         index = 0
@@ -491,6 +497,10 @@ class CamGroup(PVGroup):
                     if now - end > period:
                         # The buffer stayed full: as a camera limited by its readout, this
                         # frame ends now and the clock restarts from here.
+                        logger.warning(
+                            "camera buffer of %d frames full: frame %d %.3f s late",
+                            MAX_BUFFERED_FRAMES, index + 1, now - end,
+                        )  # fmt: skip
                         end = now
                 ctx = FrameContext(
                     exposure_time=exposure,
