@@ -7,8 +7,6 @@ focus; an energy outside the optics' range must be refused with no axis moving.
 
 from __future__ import annotations
 
-import time
-
 import h5py
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from conftest import acquire, start_sim_ioc
 from ophyd import EpicsSignalRO
 from ophyd.utils import LimitError
 from scipy import ndimage
+from waiting import wait_until
 
 from multiscope import simctl
 from multiscope.analysis.optics import depth_of_focus_um, focal_length_mm, lens_distances_mm
@@ -91,8 +90,8 @@ def test_energy_move_keeps_focus(energy, txm_ioc):
         assert energy.zp_z.position == pytest.approx(zp_z, abs=1e-3)
         assert energy.det_z.position == pytest.approx(det_z, abs=1e-2)
         assert energy.position.energy == pytest.approx(target, abs=1e-3)
-        # the IOC's own idea of focus at this energy and det:z
-        time.sleep(0.2)
+        # The IOC's own idea of focus at this energy and det:z: it recomputes its truth
+        # PVs with every readback, before the moves report done, so a fresh read is current.
         dof_mm = depth_of_focus_um(energy.zp_outermost_zone_nm.get(), target) * 1e-3
         assert abs(truth.get(use_monitor=False) - energy.zp_z.position) < dof_mm
 
@@ -104,7 +103,8 @@ def test_out_of_range_energy_refused_with_no_motion(energy, devices, bad):
     before = {name: (m.position, m.user_setpoint.get()) for name, m in motors.items()}
     with pytest.raises(LimitError, match="energy"):
         energy.set(bad)
-    time.sleep(0.3)
+    # Refused before any put: every setpoint, read afresh from the IOC (after anything
+    # sent before on the same circuit), is where it was, so no axis can be moving.
     for name, motor in motors.items():
         assert motor.motor_done_move.get(use_monitor=False) == 1, name
         position, setpoint = before[name]
@@ -202,8 +202,12 @@ def test_position_trigger_starts_the_frames_where_the_rotation_passes(devices):
         captured = camera.hdf1.num_captured.get(use_monitor=False)
         flyer.kickoff().wait(5)
         assert camera.cam.trigger_mode.get(as_string=True) == "External"
-        time.sleep(0.3)  # armed, the rotation at rest: no frame
-        assert camera.cam.detector_state.get(as_string=True) == "Waiting"
+        # Armed, the rotation at rest: waiting for the pulse, no frame.
+        wait_until(
+            lambda: camera.cam.detector_state.get(as_string=True) == "Waiting",
+            timeout=10,
+            message=lambda: f"not armed: {camera.cam.detector_state.get(as_string=True)}",
+        )
         assert camera.hdf1.num_captured.get(use_monitor=False) == captured
         theta.set(60.0).wait(theta.move_timeout(60.0) + 5)
         flyer.complete().wait(10)

@@ -7,10 +7,12 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import h5py
 import numpy as np
 import pytest
 from conftest import acquire, start_sim_ioc
 from scipy import ndimage
+from waiting import wait_until
 
 from multiscope import simctl
 
@@ -227,12 +229,28 @@ def test_fly_scan_records_theta_at_mid_exposure(nominal):
     txm = nominal
     velocity = 30.0
     txm.theta.velocity.set(velocity).wait(5)
-    move = txm.theta.set(100.0)
-    time.sleep(0.3)  # past the acceleration ramp
-    t0 = time.monotonic()
-    frames, attrs = grab(txm.cam, exposure=0.02, n=40, period=0.05)
-    elapsed = time.monotonic() - t0
+    cam = txm.cam
+    # The camera is set up and staged before the rotation starts (on a loaded machine
+    # its puts took seconds: the 3.3 s rotation was over before the first frame).
+    cam.cam.acquire_time.set(0.02).wait(5)
+    cam.cam.acquire_period.set(0.05).wait(5)
+    cam.images_per_trigger.put(40)
+    cam.stage()
+    try:
+        move = txm.theta.set(100.0)
+        # At constant speed: the acceleration ramp (0.05 s) ends at 0.75 deg.
+        wait_until(lambda: txm.theta.position > 5.0, timeout=10, message="theta not past 5 deg")
+        t0 = time.monotonic()
+        cam.trigger().wait(cam.trigger_timeout() + 5)
+        elapsed = time.monotonic() - t0
+        docs = list(cam.collect_asset_docs())
+    finally:
+        cam.unstage()
     move.wait(10)
+    path = docs[0][1]["uri"].removeprefix("file://localhost")
+    with h5py.File(path, "r") as f:
+        frames = f["/entry/data/data"][:]
+        attrs = {k: v[:] for k, v in f["/entry/instrument/NDAttributes"].items()}
     theta, stamps = attrs["theta"], attrs["NDArrayTimeStamp"]
     assert frames.shape == (40, 512, 512)
     assert np.all(np.diff(theta) > 0)
