@@ -28,7 +28,8 @@ def wait_for_reconnection(devices: Iterable, timeout: float = 30.0, poll: float 
     timeout : float
         Seconds to wait. After that the plan resumes anyway with a warning naming
         the devices still disconnected: a device the plan never uses must not fail
-        it, and one it does use fails on its own finite timeout.
+        it, and one it does use fails on its own finite timeout or, in a session,
+        through the run watchdog (``disconnect_timeout_s``, the same limit).
     poll : float
         Seconds between checks.
     """
