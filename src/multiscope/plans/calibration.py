@@ -74,11 +74,17 @@ from ..analysis.optics import FocusCalibration, focal_length_mm, lens_distances_
 from ..plan_stubs.frames import take_frames
 from ..plan_stubs.xanes import BLOCK_OVERHEAD_S, estimate_moves_s
 from .preflight import (
+    MAX_RUN_DURATION_S,
     PlanArgumentError,
     format_duration,
+    require_camera,
+    require_duration_within,
     require_int,
     require_number,
+    require_parts,
+    require_positioner,
     require_positions_within_limits,
+    require_shutter,
 )
 from .tomography import _FRAME_OVERHEAD_S
 
@@ -94,6 +100,9 @@ _RESULT_FIELDS = ("energy_keV", "zp_z_mm", "det_z_mm", "zp_z_offset_mm", "det_z_
 #: reference energy (px, columns +right / rows +down), pixel size, zone-plate x/y (mm).
 _LATERAL_FIELDS = ("shift_x_px", "shift_y_px", "pixel_size_um", "zp_x_mm", "zp_y_mm")
 _RESIDUAL_FIELDS = ("energy_keV", "residual_x_px", "residual_y_px")
+#: What the plan uses of the energy device (the TXM's ``TXMEnergy``) before the run.
+_ENERGY_PARTS = ("name", "set", "energy.limits", "mono", "zp_z", "det_z", "zp_diameter_um",
+                 "zp_outermost_zone_nm", "magnification", "calibration")  # fmt: skip
 
 
 class FocusNotFoundError(RuntimeError):
@@ -201,6 +210,7 @@ def focus_calibration(
     lateral: bool = True,
     check_lateral: bool = True,
     sample_id: str = "",
+    max_duration_s: float = MAX_RUN_DURATION_S,
     md: dict | None = None,
 ):
     """Measure the zone-plate focus at a few energies and write the focus calibration.
@@ -247,17 +257,26 @@ def focus_calibration(
         the remaining image displacement (one frame per energy).
     sample_id : str
         Sample identifier.
+    max_duration_s : float
+        Longest estimated run accepted (s); default
+        :data:`~multiscope.plans.preflight.MAX_RUN_DURATION_S` (a day).
     md : dict, optional
         Metadata merged over the plan's own.
 
     Raises
     ------
     PlanArgumentError
-        Before any message: a bad argument, an energy outside the optics' range,
-        a scan position outside an axis's limits.
+        Before any message: a device without what the plan uses of it, a bad
+        argument, an energy outside the optics' range, a scan position outside an
+        axis's limits, a run estimated beyond ``max_duration_s``.
     FocusNotFoundError
         During the run, if a scan's sharpest frame is at its edge (widen the range).
     """
+    require_camera("camera", camera)
+    require_parts("energy", energy, _ENERGY_PARTS, "the energy pseudo axis (TXMEnergy)")
+    for axis in ("mono", "zp_z", "det_z"):
+        require_positioner(f"energy.{axis}", getattr(energy, axis))
+    require_shutter("shutter", shutter)
     if isinstance(energies_keV, str | bytes) or not hasattr(energies_keV, "__len__"):
         raise PlanArgumentError(f"energies_keV must be a list of energies, got {energies_keV!r}")
     energies = np.asarray([require_number("energies_keV", e) for e in energies_keV], float)
@@ -276,8 +295,11 @@ def focus_calibration(
     half = math.floor(span / step + 1e-9)
     if half < 2:
         raise PlanArgumentError(f"zp_z_range_mm {span} must hold >= 2 steps of {step} mm")
-    offsets = step * np.arange(-half, half + 1)
     exposure_s = require_number("exposure_s", exposure_s, minimum=0, exclusive_minimum=True)
+    # The scan's frames alone, before its positions are built (the full estimate follows).
+    scan_frames_s = energies.size * (2 * half + 1) * (exposure_s + _FRAME_OVERHEAD_S)
+    require_duration_within("focus_calibration", scan_frames_s, max_duration_s)
+    offsets = step * np.arange(-half, half + 1)
     if metric not in SHARPNESS_METRICS:
         raise PlanArgumentError(
             f"metric must be one of {sorted(SHARPNESS_METRICS)}, got {metric!r}"
@@ -321,6 +343,7 @@ def focus_calibration(
     # the check pass revisits every energy (out and back): twice the energy moves again
     moves_s *= 1 + 2 * int(check_lateral)
     estimate = frames_s + scan_s + moves_s + blocks * BLOCK_OVERHEAD_S
+    require_duration_within("focus_calibration", estimate, max_duration_s)
     logger.info("focus_calibration: %d energies x %d zp_z positions, estimated %s",
                 energies.size, offsets.size, format_duration(estimate))  # fmt: skip
     image_key = getattr(camera, "image_key", f"{camera.name}_image")

@@ -18,11 +18,19 @@ from bluesky import preprocessors as bpp
 
 from ..plan_stubs.frames import take_flats
 from .preflight import (
+    MAX_RUN_DURATION_S,
     PlanArgumentError,
+    field_of_view_um,
     format_duration,
+    require_camera,
+    require_duration_within,
     require_int,
     require_number,
+    require_out_of_field,
+    require_parts,
+    require_positioner,
     require_positions_within_limits,
+    require_shutter,
 )
 from .tomography import tomo_scan
 
@@ -89,13 +97,16 @@ def vertical_mosaic_tomo(
     md : dict, optional
         Metadata merged into every tile's start document.
     **tomo_kwargs
-        Passed to every ``tomo_scan`` (``num_projections``, ``exposure_s``...).
+        Passed to every ``tomo_scan`` (``num_projections``, ``exposure_s``...);
+        ``max_duration_s`` limits each tile's run.
 
     Returns
     -------
     list of str
         The tiles' run uids.
     """
+    require_parts("sample", sample, ("z",), "a sample stage (x, z, theta)")
+    require_positioner("sample.z", sample.z)
     start = float(sample.z.position) if start_z_um is None else start_z_um
     heights = mosaic_heights(num_tiles, tile_height_um, overlap_fraction, start)
     require_positions_within_limits("tile heights", sample.z, heights)
@@ -185,23 +196,35 @@ def mosaic_radiograph(
     exposure_s: float = 0.05,
     num_flats: int = 5,
     sample_out_offset_um: float = 300.0,
+    max_duration_s: float = MAX_RUN_DURATION_S,
     md: dict | None = None,
 ):
     """A 2D grid of radiographs over ``sample.x`` and ``sample.z``, in one run.
 
-    Flats (sample moved out by ``sample_out_offset_um`` in x beyond the grid) are
-    taken first in stream ``flat``; each tile is one event in ``primary`` with
-    the stage positions.
+    Flats (sample moved out by ``sample_out_offset_um`` in x beyond the grid, at
+    least the field of view's width) are taken first in stream ``flat``; each tile
+    is one event in ``primary`` with the stage positions. Every argument is
+    checked, and a run estimated beyond ``max_duration_s`` (s; default
+    :data:`~multiscope.plans.preflight.MAX_RUN_DURATION_S`) refused, before the
+    first message and before the grid is built.
     """
-    origin = (float(sample.x.position), float(sample.z.position))
-    xs, zs = mosaic_grid(rows, columns, tile_width_um, tile_height_um, overlap_fraction, origin)
+    require_camera("camera", camera)
+    require_parts("sample", sample, ("x", "z"), "a sample stage (x, z)")
+    require_positioner("sample.x", sample.x)
+    require_positioner("sample.z", sample.z)
+    require_shutter("shutter", shutter)
+    num_tiles = require_int("rows", rows, minimum=1) * require_int("columns", columns, minimum=1)
     exposure_s = require_number("exposure_s", exposure_s, minimum=0, exclusive_minimum=True)
     num_flats = require_int("num_flats", num_flats, minimum=1)
     offset = require_number("sample_out_offset_um", sample_out_offset_um)
+    require_out_of_field("sample_out_offset_um", offset, field_of_view_um(camera, None))
+    estimate = (num_tiles + num_flats) * (exposure_s + 0.05)
+    require_duration_within("mosaic_radiograph", estimate, max_duration_s)
+    origin = (float(sample.x.position), float(sample.z.position))
+    xs, zs = mosaic_grid(rows, columns, tile_width_um, tile_height_um, overlap_fraction, origin)
     out_x = float(xs.max() + offset) if offset > 0 else float(xs.min() + offset)
     require_positions_within_limits("grid x", sample.x, list(xs) + [out_x])
     require_positions_within_limits("grid z", sample.z, zs)
-    estimate = (len(xs) + num_flats) * (exposure_s + 0.05)
     logger.info("mosaic_radiograph of %d tiles: estimated %s", len(xs), format_duration(estimate))
     _md = {
         "plan_name": "mosaic_radiograph",

@@ -199,7 +199,7 @@ def require_camera(name: str, camera):
     """
     require_parts(
         name, camera,
-        ("name", "trigger", "read", "describe", "stage", "unstage", "cam.acquire_time.set"),
+        ("name", "trigger", "read", "describe", "stage", "unstage", "cam.acquire_time"),
         "a camera (trigger, read, stage and cam.acquire_time)",
     )  # fmt: skip
     return camera

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from bluesky import plan_stubs as bps
@@ -32,12 +33,20 @@ from bluesky.utils import short_uid
 
 from ..plan_stubs.frames import take_darks, take_flats
 from .preflight import (
+    MAX_RUN_DURATION_S,
     PlanArgumentError,
     estimate_move_time,
+    field_of_view_um,
     format_duration,
+    require_camera,
+    require_duration_within,
     require_int,
     require_number,
+    require_out_of_field,
+    require_parts,
+    require_positioner,
     require_positions_within_limits,
+    require_shutter,
 )
 
 __all__ = [
@@ -65,8 +74,16 @@ _FRAME_OVERHEAD_S = 0.015
 class TomoSchedule:
     """The order of a tomogram's acquisitions, fixed before anything moves.
 
+    Its sizes are known at once; the angles and the set positions are built when
+    first asked for, so a plan checks the run's duration before building them.
+    Made by :func:`tomo_schedule`, which validates the fields.
+
     Attributes
     ----------
+    num_projections : int
+    angle_range_deg, start_deg : float
+    flat_policy, dark_policy : str
+    flat_every : int or None
     angles_deg : ndarray
         Rotation angles of the projections (deg).
     flats_before : tuple of int
@@ -76,17 +93,44 @@ class TomoSchedule:
         As ``flats_before`` for dark sets.
     """
 
-    angles_deg: np.ndarray
-    flats_before: tuple[int, ...]
-    darks_before: tuple[int, ...]
+    num_projections: int
+    angle_range_deg: float
+    start_deg: float
+    flat_policy: str
+    dark_policy: str
+    flat_every: int | None = None
+
+    @cached_property
+    def angles_deg(self) -> np.ndarray:
+        n = self.num_projections
+        return self.start_deg + self.angle_range_deg * np.arange(n) / n
+
+    @cached_property
+    def flats_before(self) -> tuple[int, ...]:
+        return self._set_positions(self.flat_policy)
+
+    @cached_property
+    def darks_before(self) -> tuple[int, ...]:
+        return self._set_positions(self.dark_policy)
 
     @property
     def num_flat_sets(self) -> int:
-        return len(self.flats_before)
+        return self._num_sets(self.flat_policy)
 
     @property
     def num_dark_sets(self) -> int:
-        return len(self.darks_before)
+        return self._num_sets(self.dark_policy)
+
+    def _set_positions(self, policy: str) -> tuple[int, ...]:
+        n = self.num_projections
+        if policy == "every":
+            return (*range(0, n, self.flat_every), n)
+        return {"start": (0,), "end": (n,), "both": (0, n), "none": ()}[policy]
+
+    def _num_sets(self, policy: str) -> int:
+        if policy == "every":  # 0, k, 2k... below n, and n
+            return -(-self.num_projections // self.flat_every) + 1
+        return {"start": 1, "end": 1, "both": 2, "none": 0}[policy]
 
 
 def tomo_schedule(
@@ -134,19 +178,9 @@ def tomo_schedule(
     elif flat_every is not None:
         raise PlanArgumentError('flat_every is only used with flat_policy="every"')
 
-    angles = start_deg + angle_range_deg * np.arange(num_projections) / num_projections
-
-    def positions(policy: str) -> tuple[int, ...]:
-        chosen = {
-            "start": [0],
-            "end": [num_projections],
-            "both": [0, num_projections],
-            "none": [],
-            "every": list(range(0, num_projections, flat_every or 1)) + [num_projections],
-        }[policy]
-        return tuple(sorted(set(chosen)))
-
-    return TomoSchedule(angles, positions(flat_policy), positions(dark_policy))
+    return TomoSchedule(
+        num_projections, angle_range_deg, start_deg, flat_policy, dark_policy, flat_every
+    )
 
 
 def _exposure_signal(camera):
@@ -227,6 +261,7 @@ def tomo_scan(
     energy_keV: float | None = None,
     center_guess_px: float | None = None,
     sample_id: str = "",
+    max_duration_s: float = MAX_RUN_DURATION_S,
     md: dict | None = None,
 ):
     """Step tomography: darks, flats and one projection per angle, in one run.
@@ -247,19 +282,27 @@ def tomo_scan(
     num_darks, num_flats : int
         Frames per dark / flat set (>= 1 when the policy takes any).
     sample_out_offset_um : float
-        How far ``sample.x`` moves for flats (um, non-zero; the stage's limits are checked).
+        How far ``sample.x`` moves for flats (um): at least the field of view's
+        width (the camera's columns x ``pixel_size_um``, else the TXM's widest
+        field); the stage's limits are checked.
     pixel_size_um, energy_keV, center_guess_px : float, optional
         Geometry recorded in the ``tomo`` metadata block for the reconstruction.
     sample_id : str
         Sample identifier recorded in the metadata.
+    max_duration_s : float
+        Longest estimated run accepted (s); default
+        :data:`~multiscope.plans.preflight.MAX_RUN_DURATION_S` (a day).
     md : dict, optional
         Metadata merged over the plan's own.
 
     Raises
     ------
     PlanArgumentError
-        Before any message, for any invalid argument or a target outside a limit.
+        Before any message: a device without what the plan uses of it, any invalid
+        argument, a target outside a limit, a sample-out offset inside the field of
+        view, a run estimated beyond ``max_duration_s``.
     """
+    _check_tomo_devices(camera, sample, shutter)
     schedule = tomo_schedule(
         num_projections,
         angle_range_deg,
@@ -275,7 +318,8 @@ def tomo_scan(
     if schedule.num_flat_sets and offset == 0:
         raise PlanArgumentError("sample_out_offset_um must be non-zero when flats are taken")
     _check_geometry_md(pixel_size_um, energy_keV, center_guess_px, sample_id)
-    require_positions_within_limits("angles", sample.theta, schedule.angles_deg)
+    if schedule.num_flat_sets:
+        _check_out_of_field(offset, camera, pixel_size_um)
     x_in = float(sample.x.position)
     if schedule.num_flat_sets:
         require_positions_within_limits("sample_out_offset_um", sample.x, [x_in + offset])
@@ -288,6 +332,8 @@ def tomo_scan(
     rotation_s = angle_range_deg / theta_speed if theta_speed > 0 else 0.0
     out_in_s = 2 * schedule.num_flat_sets * estimate_move_time(sample.x, [x_in + offset, x_in])
     estimate = frames * (exposure_s + _FRAME_OVERHEAD_S) + rotation_s + out_in_s
+    require_duration_within("tomo_scan", estimate, max_duration_s)
+    require_positions_within_limits("angles", sample.theta, schedule.angles_deg)  # now built
     logger.info(
         "tomo_scan: %d projections, %d frames in all, estimated %s",
         num_projections,
@@ -368,6 +414,21 @@ def tomo_block(
         "center_guess_px": center_guess_px, "sample_id": sample_id, "rotation": rotation,
         **extra,
     }  # fmt: skip
+
+
+def _check_tomo_devices(camera, sample, shutter) -> None:
+    """Check the devices a tomogram uses, by what it uses of them (raises PlanArgumentError)."""
+    require_camera("camera", camera)
+    require_parts("sample", sample, ("x", "theta"), "a sample stage (x, theta)")
+    require_positioner("sample.x", sample.x)
+    require_positioner("sample.theta", sample.theta)
+    require_shutter("shutter", shutter)
+
+
+def _check_out_of_field(offset_um: float, camera, pixel_size_um: float | None) -> None:
+    """Refuse a sample-out offset that leaves the sample in the camera's field (flats)."""
+    field_um = field_of_view_um(camera, pixel_size_um)
+    require_out_of_field("sample_out_offset_um", offset_um, field_um)
 
 
 def _check_geometry_md(pixel_size_um, energy_keV, center_guess_px, sample_id) -> None:
@@ -579,6 +640,7 @@ def fly_tomo_scan(
     energy_keV: float | None = None,
     center_guess_px: float | None = None,
     sample_id: str = "",
+    max_duration_s: float = MAX_RUN_DURATION_S,
     md: dict | None = None,
     flyer=None,
 ):
@@ -612,13 +674,15 @@ def fly_tomo_scan(
     flat_policy : {"start", "end", "both", "none"}
         When to take flats (``"every"`` would interrupt the rotation).
     sample_out_offset_um : float
-        How far ``sample.x`` moves for flats (um, non-zero; limits checked).
+        How far ``sample.x`` moves for flats (um), as :func:`tomo_scan`.
     max_velocity_deg_s : float, optional
         Fastest allowed rotation; default :data:`MAX_THETA_VELOCITY_DEG_S`.
     pixel_size_um, energy_keV, center_guess_px : float, optional
         Geometry recorded in the ``tomo`` metadata block.
     sample_id : str
         Sample identifier recorded in the metadata.
+    max_duration_s : float
+        Longest estimated run accepted (s), as :func:`tomo_scan`.
     md : dict, optional
         Metadata merged over the plan's own.
     flyer : FlyingCamera, optional
@@ -629,8 +693,13 @@ def fly_tomo_scan(
     ------
     PlanArgumentError
         Before any message: any invalid argument, a rotation faster than allowed, or
-        a sweep (run-up and run-out included) or sample-out target outside a limit.
+        a sweep (run-up and run-out included) or sample-out target outside a limit;
+        as :func:`tomo_scan` for the devices, the field of view and the duration.
     """
+    _check_tomo_devices(camera, sample, shutter)
+    if flyer is not None:
+        require_parts("flyer", flyer, ("kickoff", "complete", "describe_collect"),
+                      "a flyer (kickoff, complete, describe_collect)")  # fmt: skip
     if flat_policy not in FLY_FLAT_POLICIES:
         raise PlanArgumentError(
             f"flat_policy must be one of {FLY_FLAT_POLICIES} for a fly scan, got {flat_policy!r}"
@@ -649,6 +718,8 @@ def fly_tomo_scan(
     if schedule.num_flat_sets and offset == 0:
         raise PlanArgumentError("sample_out_offset_um must be non-zero when flats are taken")
     _check_geometry_md(pixel_size_um, energy_keV, center_guess_px, sample_id)
+    if schedule.num_flat_sets:
+        _check_out_of_field(offset, camera, pixel_size_um)
     theta = sample.theta
     sweep = fly_sweep(theta, num_projections, angle_range_deg, start_deg, exposure_s,
                       frame_period_s, max_velocity_deg_s)  # fmt: skip
@@ -658,14 +729,15 @@ def fly_tomo_scan(
         require_positions_within_limits("sample_out_offset_um", sample.x, [x_in + offset])
     exposure_signal = _exposure_signal(camera)
 
-    flyer = fly_camera(camera, flyer, num_projections, frame_period_s,
-                       getattr(sample, "rotation_trigger", None))  # fmt: skip
-
     step_frames = num_darks * schedule.num_dark_sets + num_flats * schedule.num_flat_sets
     to_start_s = estimate_move_time(theta, [sweep.start_deg])
     out_in_s = 2 * schedule.num_flat_sets * estimate_move_time(sample.x, [x_in + offset, x_in])
     estimate = step_frames * (exposure_s + _FRAME_OVERHEAD_S) + to_start_s + sweep.duration_s
     estimate += out_in_s
+    require_duration_within("fly_tomo_scan", estimate, max_duration_s)
+
+    flyer = fly_camera(camera, flyer, num_projections, frame_period_s,
+                       getattr(sample, "rotation_trigger", None))  # fmt: skip
     logger.info(
         "fly_tomo_scan: %d projections at %.4g deg/s (%.1f Hz), %d dark/flat frames, estimated %s",
         num_projections,

@@ -32,6 +32,7 @@ Examples
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,11 +57,19 @@ from ..plan_stubs.xanes import (
 )
 from .mosaic import _replay_first
 from .preflight import (
+    MAX_RUN_DURATION_S,
     PlanArgumentError,
+    field_of_view_um,
     format_duration,
+    require_camera,
+    require_duration_within,
     require_int,
     require_number,
+    require_out_of_field,
+    require_parts,
+    require_positioner,
     require_positions_within_limits,
+    require_shutter,
 )
 from .tomography import (
     _FRAME_OVERHEAD_S,
@@ -136,25 +145,61 @@ class _Checked:
     out_in_s: float  # estimate of one sample out-and-in
 
 
+#: What the XANES plans use of the energy device (the TXM's ``TXMEnergy``).
+_ENERGY_PARTS = ("name", "set", "check_value", "focus_calibration", "energy.limits", "energy.name")
+
+
+def _check_devices(camera, energy, sample, shutter, *, rotates: bool) -> None:
+    """Check the devices by what the XANES plans use of them (raises PlanArgumentError)."""
+    require_camera("camera", camera)
+    require_parts("energy", energy, _ENERGY_PARTS, "the energy pseudo axis (TXMEnergy)")
+    axes = ("x", "theta") if rotates else ("x",)
+    require_parts("sample", sample, axes, f"a sample stage ({', '.join(axes)})")
+    for axis in axes:
+        require_positioner(f"sample.{axis}", getattr(sample, axis))
+    require_shutter("shutter", shutter)
+
+
+def _pixel_um(energy, pixel_size_um: float | None) -> float | None:
+    """The pixel at the sample (um): ``pixel_size_um``, else the optics' (``energy.pixel_size``)."""
+    if pixel_size_um is not None:
+        return pixel_size_um
+    try:
+        pixel_nm = float(energy.pixel_size.get())
+    except Exception:  # no pixel size: the field of view is taken as the widest
+        return None
+    return pixel_nm / 1000.0 if math.isfinite(pixel_nm) and pixel_nm > 0 else None
+
+
 def _check(camera, energy, sample, grid, exposure_s, num_flats, num_darks, flat_policy,
-           flat_every, sample_out_offset_um, filter, pixel_size_um, sample_id):  # fmt: skip
-    """Check the arguments every XANES plan shares (raises PlanArgumentError)."""
+           flat_every, sample_out_offset_um, filter, pixel_size_um, sample_id, *, plan_name,
+           frames_per_energy, max_duration_s):  # fmt: skip
+    """Check the arguments every XANES plan shares (raises PlanArgumentError).
+
+    The frames alone (``frames_per_energy`` at every energy) are checked against
+    ``max_duration_s`` before anything goes through the grid; the plan checks its
+    full estimate later.
+    """
     grid = _grid(grid)
+    exposure_s = require_number("exposure_s", exposure_s, minimum=0, exclusive_minimum=True)
+    frames_s = len(grid) * frames_per_energy * (exposure_s + _FRAME_OVERHEAD_S)
+    require_duration_within(plan_name, frames_s, max_duration_s)
     with _refused():
         check_energies(energy, grid.energies_keV)
         flats_at = flat_indices(len(grid), flat_policy, flat_every)
-    exposure_s = require_number("exposure_s", exposure_s, minimum=0, exclusive_minimum=True)
     num_flats = require_int("num_flats", num_flats, minimum=1)
     num_darks = require_int("num_darks", num_darks, minimum=1)
     offset = require_number("sample_out_offset_um", sample_out_offset_um)
     if offset == 0:
         raise PlanArgumentError("sample_out_offset_um must be non-zero (flats move the sample out)")
+    if pixel_size_um is not None:
+        require_number("pixel_size_um", pixel_size_um, minimum=0, exclusive_minimum=True)
+    field_um = field_of_view_um(camera, _pixel_um(energy, pixel_size_um))
+    require_out_of_field("sample_out_offset_um", offset, field_um)
     x_in = float(sample.x.position)
     require_positions_within_limits("sample_out_offset_um", sample.x, [x_in + offset])
     if filter not in FILTERS:
         raise PlanArgumentError(f"filter must be one of {sorted(FILTERS)}, got {filter!r}")
-    if pixel_size_um is not None:
-        require_number("pixel_size_um", pixel_size_um, minimum=0, exclusive_minimum=True)
     if not isinstance(sample_id, str):
         raise PlanArgumentError(f"sample_id must be a string, got {sample_id!r}")
     return _Checked(
@@ -219,6 +264,7 @@ def xanes_2d(
     filter: str = "none",
     pixel_size_um: float | None = None,
     sample_id: str = "",
+    max_duration_s: float = MAX_RUN_DURATION_S,
     md: dict | None = None,
 ):
     """2D XANES: at each energy, refocus, take flats (by policy) and sample frames; one run.
@@ -248,7 +294,9 @@ def xanes_2d(
     num_flats, num_darks : int
         Frames per flat set, and dark frames at the start (>= 1).
     sample_out_offset_um : float
-        How far ``sample.x`` moves for flats (um, non-zero; limits checked).
+        How far ``sample.x`` moves for flats (um; limits checked): at least the field
+        of view's width (the camera's columns x the pixel: ``pixel_size_um``, else
+        ``energy.pixel_size``; else the TXM's widest field).
     filter : str
         Attenuator setting, a key of :data:`multiscope.plan_stubs.xanes.FILTERS`,
         recorded in the start document (the TXM has no filter device to move).
@@ -256,22 +304,31 @@ def xanes_2d(
         Recorded in the ``xanes`` block.
     sample_id : str
         Sample identifier.
+    max_duration_s : float
+        Longest estimated run accepted (s); default
+        :data:`~multiscope.plans.preflight.MAX_RUN_DURATION_S` (a day).
     md : dict, optional
         Metadata merged over the plan's own.
 
     Raises
     ------
     PlanArgumentError
-        Before any message: any invalid argument; an energy outside the optics'
-        range, outside the focus calibration, or needing a real axis past its limits.
+        Before any message: a device without what the plan uses of it; any invalid
+        argument; an energy outside the optics' range, outside the focus
+        calibration, or needing a real axis past its limits; a sample-out offset
+        inside the field of view; a run estimated beyond ``max_duration_s``.
     """
-    c = _check(camera, energy, sample, grid, exposure_s, num_flats, num_darks, flat_policy,
-               flat_every, sample_out_offset_um, filter, pixel_size_um, sample_id)  # fmt: skip
+    _check_devices(camera, energy, sample, shutter, rotates=False)
     num_frames = require_int("num_frames", num_frames, minimum=1)
+    c = _check(camera, energy, sample, grid, exposure_s, num_flats, num_darks, flat_policy,
+               flat_every, sample_out_offset_um, filter, pixel_size_um, sample_id,
+               plan_name="xanes_2d", frames_per_energy=num_frames,
+               max_duration_s=max_duration_s)  # fmt: skip
     frames = c.num_darks + len(c.flats_at) * c.num_flats + len(c.grid) * num_frames
     blocks = 1 + len(c.flats_at) + len(c.grid)  # one detector file each
     estimate = frames * (c.exposure_s + _FRAME_OVERHEAD_S) + c.energy_moves_s
     estimate += len(c.flats_at) * c.out_in_s + blocks * BLOCK_OVERHEAD_S
+    require_duration_within("xanes_2d", estimate, max_duration_s)
     start = _start_md(
         "xanes_2d", camera, energy, c, num_frames=num_frames,
         num_points=len(c.grid) * num_frames, estimate_s=estimate,
@@ -318,6 +375,7 @@ def xanes_3d(
     max_velocity_deg_s: float | None = None,
     flyer=None,
     sample_id: str = "",
+    max_duration_s: float = MAX_RUN_DURATION_S,
     md: dict | None = None,
 ):
     """3D XANES: a tomogram (step or fly) at each energy, all in one run (decision 0006).
@@ -354,7 +412,9 @@ def xanes_3d(
         Where flat sets go inside a tomogram that takes flats.
     tomo_flat_every : int, optional
         With ``tomo_flat_policy="every"``.
-    num_flats, num_darks, sample_out_offset_um, filter, pixel_size_um, sample_id, md
+    num_flats, num_darks, sample_out_offset_um, filter, pixel_size_um, sample_id
+        As :func:`xanes_2d`.
+    max_duration_s, md
         As :func:`xanes_2d`.
     center_guess_px : float, optional
         Recorded in the ``tomo`` block.
@@ -370,8 +430,15 @@ def xanes_3d(
         Before any message, as :func:`xanes_2d`, and for angles (fly: the whole
         sweep, run-up included) outside the limits or a rotation faster than allowed.
     """
+    _check_devices(camera, energy, sample, shutter, rotates=True)
+    if flyer is not None:
+        require_parts("flyer", flyer, ("kickoff", "complete", "describe_collect"),
+                      "a flyer (kickoff, complete, describe_collect)")  # fmt: skip
+    num_projections = require_int("num_projections", num_projections, minimum=2)
     c = _check(camera, energy, sample, grid, exposure_s, num_flats, num_darks, flat_policy,
-               flat_every, sample_out_offset_um, filter, pixel_size_um, sample_id)  # fmt: skip
+               flat_every, sample_out_offset_um, filter, pixel_size_um, sample_id,
+               plan_name="xanes_3d", frames_per_energy=num_projections,
+               max_duration_s=max_duration_s)  # fmt: skip
     if scan_mode not in ("step", "fly"):
         raise PlanArgumentError(f'scan_mode must be "step" or "fly", got {scan_mode!r}')
     if tomo_flat_policy == "none":
@@ -391,7 +458,6 @@ def xanes_3d(
                                dark_policy="none")  # fmt: skip
     without = tomo_schedule(num_projections, angle_range_deg, start_deg=start_deg,
                             flat_policy="none", dark_policy="none")  # fmt: skip
-    require_positions_within_limits("angles", sample.theta, with_flats.angles_deg)
     if center_guess_px is not None:
         require_number("center_guess_px", center_guess_px)
     sweep = None
@@ -412,10 +478,13 @@ def xanes_3d(
     else:
         frames = step_frames + n * num_projections
         back_s = estimate_moves_s(sample.theta, [start_deg + angle_range_deg, start_deg])
-        steps_s = estimate_moves_s(sample.theta, with_flats.angles_deg[:2]) * num_projections
+        step_deg = with_flats.angle_range_deg / num_projections  # the angles are not built yet
+        steps_s = estimate_moves_s(sample.theta, [0.0, step_deg]) * num_projections
         blocks = 1 + n + 2 * flat_sets  # each flat set splits a tomogram's projections
         estimate += frames * (c.exposure_s + _FRAME_OVERHEAD_S) + n * (back_s + steps_s)
         estimate += blocks * BLOCK_OVERHEAD_S
+    require_duration_within("xanes_3d", estimate, max_duration_s)
+    require_positions_within_limits("angles", sample.theta, with_flats.angles_deg)  # now built
     extra = {"scan_mode": scan_mode}
     if fly:
         extra.update(frame_period_s=sweep.period_s, theta_velocity_deg_s=sweep.velocity)
