@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import h5py
 import numpy as np
 import pytest
+from waiting import wait_until
 
 from multiscope import simctl
 
@@ -228,7 +229,7 @@ def test_complete_fails_at_once_when_the_ioc_dies(ca_port_pool, tmp_path):
         flyer = FlyingCamera(camera, num_frames=200, frame_period_s=0.05)
         flyer.kickoff().wait(5)
         complete = flyer.complete()
-        time.sleep(0.3)
+        wait_until(lambda: flyer.get_index() > 0, timeout=10, message="no frame came")
         assert flyer.get_index() > 0 and not complete.done
         timeout = flyer.complete_timeout()
         t_kill = time.monotonic()

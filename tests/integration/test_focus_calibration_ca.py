@@ -11,8 +11,6 @@ between the calibration points, in focus, while without the x/y part it walks.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from bluesky import plan_stubs as bps
@@ -53,7 +51,7 @@ def _image_shifts(energy, truth, energies):
     shifts = []
     for e in energies:
         energy.set(e).wait(60)
-        time.sleep(0.2)  # the IOC updates its truth PVs after the last readback
+        # Current: the IOC recomputes its truth PVs with every readback, before a move is done.
         shifts.append([truth[k].get(use_monitor=False) for k in ("zp_shift_x_px", "zp_shift_y_px")])
     return np.asarray(shifts)
 
@@ -67,7 +65,6 @@ def _frames_calibrated_and_in_focus(energy, camera, shutter, truth, energies):
         for e in energies:
             yield from bps.mv(energy, e)
             yield from take_frames(camera, 1, "calibrated", also_read=[energy])
-            yield from bps.sleep(0.2)
             focus = yield from bps.rd(truth["focus_zp_z"])
             yield from bps.mv(energy.zp_z, focus)
             yield from take_frames(camera, 1, "focus", also_read=[energy])

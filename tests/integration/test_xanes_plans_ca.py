@@ -9,8 +9,6 @@ find the true focus when the sample sits off the thin-lens object plane.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from bluesky import plan_stubs as bps
@@ -48,7 +46,7 @@ def _in_focus_references(energy, camera, shutter, truth, energies):
         yield from bps.mv(shutter, "open")
         for e in energies:
             yield from bps.mv(energy, e)
-            yield from bps.sleep(0.2)  # the IOC updates its truth PVs after the last readback
+            # The IOC recomputes its truth PVs with every readback, before the move is done.
             focus = yield from bps.rd(truth)
             yield from bps.mv(energy.zp_z, focus)
             yield from take_frames(camera, 1, "focus", also_read=[energy])
@@ -120,7 +118,7 @@ def test_focus_calibration_recovers_the_true_focus(txm):
             # The truth where the plan scanned: mono at e, detector at the thin lens.
             energy.mono.set(e).wait(30)
             energy.det_z.set(block["thin_lens_det_z_mm"][i]).wait(30)
-            time.sleep(0.2)  # the IOC updates its truth PVs after the last readback
+            # Current: the IOC updates its truth PVs before a move reports done.
             true_zp_z = truth.get(use_monitor=False)
             errors.append(float(found["focus_zp_z_mm"][i]) - true_zp_z)
             offsets.append(true_zp_z - block["thin_lens_zp_z_mm"][i])
@@ -140,7 +138,6 @@ def test_focus_calibration_recovers_the_true_focus(txm):
         assert calibration.energies_keV == energies
         # Between calibration energies the spline puts the zone plate at the true focus too.
         energy.set(8.30).wait(30)
-        time.sleep(0.2)
         between = energy.zp_z.position - truth.get(use_monitor=False)
         print(f"calibrated focus error at 8.30 keV: {between:.4f} mm")
         assert abs(between) < step
