@@ -52,6 +52,7 @@ from multiscope.callbacks.storage import (
     COMMITTED_SUBDIR,
     BackgroundWriter,
     DocumentJournal,
+    RunTracker,
     encode_line,
     journal_is_active,
     read_journal,
@@ -301,23 +302,33 @@ class RecoveryReport:
 
 # ---------------------------------------------------------------------------- writer
 class CatalogWriter:
-    """RunEngine callback: journal each document, then hand it to the background writer.
+    """Callback that files each document under its run, journals it, then queues it for tiled.
 
-    Obtain it from :meth:`Catalog.writer`; subscribe it with ``RE.subscribe(writer)``.
+    Obtain it from :meth:`Catalog.writer`; subscribe it with ``RE.subscribe(writer)``
+    and give it to the live analysis, which publishes derived runs through it from
+    its own thread. One :class:`~multiscope.callbacks.storage.RunTracker` routes
+    every document by the uids it references, so the journal and the live writer
+    agree on each document's run whichever thread sent it.
     """
 
     def __init__(self, journal: DocumentJournal, background: BackgroundWriter) -> None:
         self.journal = journal
         self.background = background
+        self.tracker = RunTracker()
+        # Route, journal and queue as one step, so the journal and the live writer see
+        # the documents in the order they were routed, whichever threads sent them.
+        self._lock = threading.Lock()
 
     def __call__(self, name: str, doc: dict) -> None:
-        try:
-            self.journal(name, doc)
-        except OSError:
-            # Acquisition never waits on storage, and a full disk must not abort a scan;
-            # the live writer still has the document.
-            logger.exception("journal write failed for a %s document", name)
-        self.background(name, doc)
+        with self._lock:
+            for run, routed_name, routed_doc in self.tracker.route(name, doc):
+                try:
+                    self.journal.record(run, routed_name, routed_doc)
+                except OSError:
+                    # Acquisition never waits on storage, and a full disk must not abort
+                    # a scan; the live writer still has the document.
+                    logger.exception("journal write failed for a %s document", routed_name)
+                self.background.put(run, routed_name, routed_doc)
 
     def status(self) -> dict[str, Any]:
         """Counts of the background writer plus the runs still open in the journal."""

@@ -9,11 +9,12 @@ import time
 
 import numpy as np
 import pytest
-from event_model import compose_run
+from event_model import compose_run, compose_stream_resource
 
 from multiscope.callbacks.storage import (
     BackgroundWriter,
     DocumentJournal,
+    RunTracker,
     journal_is_active,
     read_journal,
 )
@@ -215,3 +216,72 @@ def test_journal_writes_each_document_once_and_syncs_only_as_asked(tmp_path, mon
     assert calls["fsync"] == (len(docs) if fsync else 1)
     contents = read_journal(journal.path(docs[0][1]["uid"]))
     assert [n for n, _ in contents.documents] == [n for n, _ in docs]
+
+
+# ---------------------------------------------------------------------------- run tracker
+def _run_with_resource(run_start: bool):
+    """start, descriptor, a stream_resource (with or without run_start), one datum, stop."""
+    run = compose_run()
+    desc = run.compose_descriptor(
+        name="primary",
+        data_keys={
+            "cam": {"source": "s", "dtype": "array", "shape": [1, 2], "external": "STREAM:"}
+        },
+    )
+    compose = run.compose_stream_resource if run_start else compose_stream_resource
+    resource = compose(
+        mimetype="application/x-hdf5", uri="file://localhost/f.h5", data_key="cam", parameters={}
+    )
+    datum = resource.compose_stream_datum(
+        indices={"start": 0, "stop": 1},
+        seq_nums={"start": 1, "stop": 2},
+        descriptor=desc.descriptor_doc,
+    )
+    stop = run.compose_stop()
+    return run.start_doc, desc.descriptor_doc, resource.stream_resource_doc, datum, stop
+
+
+def test_tracker_files_a_resource_without_run_start_under_the_only_open_run():
+    tracker = RunTracker()
+    start, desc, resource, _, _ = _run_with_resource(run_start=False)
+    tracker.route("start", start)
+    tracker.route("descriptor", desc)
+    ((run, name, doc),) = tracker.route("stream_resource", resource)
+    assert run == start["uid"] and doc["run_start"] == start["uid"]
+    assert "run_start" not in resource  # a copy: other subscribers see the original
+
+
+def test_tracker_holds_an_ambiguous_resource_until_its_datum_names_the_run():
+    tracker = RunTracker()
+    a = _run_with_resource(run_start=False)
+    b = _run_with_resource(run_start=True)
+    for start, desc, *_ in (a, b):
+        tracker.route("start", start)
+        tracker.route("descriptor", desc)
+    # Run b started last, but a's resource is not b's: held until a datum names the run.
+    assert tracker.route("stream_resource", a[2]) == []
+    assert tracker.held() == [a[2]["uid"]]
+    assert tracker.route("stream_resource", b[2]) == [(b[0]["uid"], "stream_resource", b[2])]
+    released = tracker.route("stream_datum", a[3])
+    assert [(run, name) for run, name, _ in released] == [
+        (a[0]["uid"], "stream_resource"),
+        (a[0]["uid"], "stream_datum"),
+    ]
+    assert released[0][2]["run_start"] == a[0]["uid"] and tracker.held() == []
+    assert tracker.route("stream_datum", b[3])[0][0] == b[0]["uid"]
+    for run in (a, b):
+        assert tracker.route("stop", run[4])[0][0] == run[0]["uid"]
+
+
+def test_tracker_forgets_an_unreferenced_held_resource_once_its_runs_end(caplog):
+    tracker = RunTracker()
+    a = _run_with_resource(run_start=False)
+    b = _run_with_resource(run_start=True)
+    for start, *_ in (a, b):
+        tracker.route("start", start)
+    assert tracker.route("stream_resource", a[2]) == []
+    tracker.route("stop", a[4])
+    assert tracker.held() == [a[2]["uid"]]  # b could still be its run
+    tracker.route("stop", b[4])
+    assert tracker.held() == []
+    assert "no datum named its run" in caplog.text

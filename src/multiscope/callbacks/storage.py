@@ -1,6 +1,8 @@
 """Document consumers that keep acquisition independent of storage.
 
-Two callbacks, both subscribed on the RunEngine side:
+Two callbacks, both subscribed on the RunEngine side, and the :class:`RunTracker`
+that files each document under its run (by the uids it references, for documents
+arriving from several threads):
 
 ``DocumentJournal``
     Appends every document to ``<journal_dir>/<start uid>.jsonl``, one JSON line
@@ -37,6 +39,7 @@ import numpy as np
 
 __all__ = [
     "COMMITTED_SUBDIR",
+    "RunTracker",
     "DocumentJournal",
     "BackgroundWriter",
     "JournalContents",
@@ -71,52 +74,132 @@ def encode_line(name: str, doc: dict) -> bytes:
     return (json.dumps({"name": name, "doc": doc}, default=_json_default) + "\n").encode()
 
 
-class _RunTracker:
-    """Map every document to the uid of the run start it belongs to."""
+class RunTracker:
+    """Assign every document to the run it belongs to, by the uids it references.
+
+    Thread-safe: the RunEngine thread and the live-analysis thread (derived runs)
+    write through the same callback, so several runs are open at once and
+    "the run started last" says nothing about who owns a document.
+
+    ``start``
+        its own uid.
+    ``descriptor``, ``stop``
+        ``run_start``.
+    ``event``, ``event_page``
+        the run of their ``descriptor``.
+    ``stream_datum``
+        the run of its ``descriptor`` (else of its ``stream_resource``).
+    ``datum``, ``datum_page``
+        the run of their ``resource``.
+    ``resource``, ``stream_resource``
+        ``run_start`` when present. event-model makes it optional and devices
+        compose these documents without it. Then, with one run open, that run;
+        with several open, the document is held until the first ``stream_datum``
+        that references it: the datum's descriptor names the run, and the
+        resource is released just before that datum. A filed resource that
+        lacked ``run_start`` is passed on as a copy that carries it, because
+        event-model's ``RunRouter`` (in ``TiledWriter``, and in recovery) needs it.
+
+    The bookkeeping of a run is dropped at its stop, so long sessions stay flat in memory.
+    """
 
     def __init__(self) -> None:
-        # StreamResource documents may omit run_start; with one run open at a
-        # time (the usual case) the most recent start is the right owner.
-        self._last_run: str | None = None
-        self._by_descriptor: dict[str, str] = {}
-        self._by_resource: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._open_runs: set[str] = set()
+        self._run_of_descriptor: dict[str, str] = {}
+        self._run_of_resource: dict[str, str] = {}
         self._descriptors_of: dict[str, list[str]] = {}
         self._resources_of: dict[str, list[str]] = {}
+        # Resources without run_start that arrived while several runs were open:
+        # resource uid -> (name, doc, runs open at its arrival that have not stopped).
+        self._held: dict[str, tuple[str, dict, set[str]]] = {}
 
-    def run_of(self, name: str, doc: dict) -> str | None:
+    def route(self, name: str, doc: dict) -> list[tuple[str | None, str, dict]]:
+        """The documents to record now, each with the uid of its run.
+
+        Parameters
+        ----------
+        name, doc : str, dict
+            One document, as a RunEngine callback receives it.
+
+        Returns
+        -------
+        list of (run uid or None, name, doc)
+            Usually ``[(run, name, doc)]``; ``[]`` for a resource held until its first
+            datum, two entries when that datum releases it; ``None`` for a document
+            whose run is unknown (not recordable).
+        """
+        with self._lock:
+            return self._route(name, doc)
+
+    def held(self) -> list[str]:
+        """Uids of the resources waiting for a datum to name their run."""
+        with self._lock:
+            return list(self._held)
+
+    def _route(self, name: str, doc: dict) -> list[tuple[str | None, str, dict]]:
         if name == "start":
-            return doc["uid"]
-        if name in ("stop", "descriptor"):
-            uid = doc.get("run_start")
-            if name == "descriptor" and uid is not None:
-                self._by_descriptor[doc["uid"]] = uid
-                self._descriptors_of.setdefault(uid, []).append(doc["uid"])
-            return uid
-        if name in ("event", "event_page", "stream_datum"):
-            return self._by_descriptor.get(doc.get("descriptor"))
+            self._open_runs.add(doc["uid"])
+            return [(doc["uid"], name, doc)]
+        if name == "descriptor":
+            run = doc.get("run_start")
+            if run is not None:
+                self._run_of_descriptor[doc["uid"]] = run
+                self._descriptors_of.setdefault(run, []).append(doc["uid"])
+            return [(run, name, doc)]
+        if name == "stop":
+            run = doc.get("run_start")
+            self._forget(run)
+            return [(run, name, doc)]
+        if name in ("event", "event_page"):
+            return [(self._run_of_descriptor.get(doc.get("descriptor")), name, doc)]
         if name in ("resource", "stream_resource"):
-            uid = doc.get("run_start") or self._last_run
-            if uid is not None:
-                self._by_resource[doc["uid"]] = uid
-                self._resources_of.setdefault(uid, []).append(doc["uid"])
-            return uid
-        if name == "datum":
-            return self._by_resource.get(doc.get("resource"))
-        if name == "datum_page":
-            return self._by_resource.get(doc.get("resource"))
-        return None
+            return self._route_resource(name, doc)
+        if name == "stream_datum":
+            resource_uid = doc.get("stream_resource")
+            run = self._run_of_descriptor.get(doc.get("descriptor"))
+            run = run or self._run_of_resource.get(resource_uid)
+            routed = []
+            if run is not None and resource_uid in self._held:
+                held_name, held_doc, _ = self._held.pop(resource_uid)
+                routed.append(self._file_resource(run, held_name, held_doc))
+            routed.append((run, name, doc))
+            return routed
+        if name in ("datum", "datum_page"):
+            return [(self._run_of_resource.get(doc.get("resource")), name, doc)]
+        return [(None, name, doc)]
 
-    def note_start(self, uid: str) -> None:
-        self._last_run = uid
+    def _route_resource(self, name: str, doc: dict) -> list[tuple[str | None, str, dict]]:
+        run = doc.get("run_start")
+        if run is None and len(self._open_runs) == 1:
+            (run,) = self._open_runs
+        elif run is None and self._open_runs:
+            self._held[doc["uid"]] = (name, doc, set(self._open_runs))
+            return []
+        if run is None:
+            return [(None, name, doc)]
+        return [self._file_resource(run, name, doc)]
 
-    def forget(self, uid: str) -> None:
-        """Drop the bookkeeping of a finished run so long sessions stay flat in memory."""
-        for d in self._descriptors_of.pop(uid, []):
-            self._by_descriptor.pop(d, None)
-        for r in self._resources_of.pop(uid, []):
-            self._by_resource.pop(r, None)
-        if self._last_run == uid:
-            self._last_run = None
+    def _file_resource(self, run: str, name: str, doc: dict) -> tuple[str, str, dict]:
+        if doc.get("run_start") != run:
+            doc = {**doc, "run_start": run}  # a copy: other subscribers share the original
+        self._run_of_resource[doc["uid"]] = run
+        self._resources_of.setdefault(run, []).append(doc["uid"])
+        return run, name, doc
+
+    def _forget(self, run: str | None) -> None:
+        self._open_runs.discard(run)
+        for uid in self._descriptors_of.pop(run, []):
+            self._run_of_descriptor.pop(uid, None)
+        for uid in self._resources_of.pop(run, []):
+            self._run_of_resource.pop(uid, None)
+        for uid, (name, _, candidates) in list(self._held.items()):
+            candidates.discard(run)
+            if not candidates:
+                # No datum referenced it before every run it could belong to ended:
+                # it references no data, and no run can be said to own it.
+                del self._held[uid]
+                logger.warning("%s %s without run_start: no datum named its run", name, uid)
 
 
 class DocumentJournal:
@@ -145,7 +228,7 @@ class DocumentJournal:
         (self.directory / COMMITTED_SUBDIR).mkdir(exist_ok=True)
         self.fsync = fsync
         self._fds: dict[str, int] = {}
-        self._tracker = _RunTracker()
+        self._tracker = RunTracker()  # for standalone use; CatalogWriter routes itself
         self._lock = threading.Lock()
 
     def path(self, uid: str) -> Path:
@@ -153,12 +236,15 @@ class DocumentJournal:
         return self.directory / f"{uid}.jsonl"
 
     def __call__(self, name: str, doc: dict) -> None:
+        for run, routed_name, routed_doc in self._tracker.route(name, doc):
+            self.record(run, routed_name, routed_doc)
+
+    def record(self, run: str | None, name: str, doc: dict) -> None:
+        """Append a document to the journal of ``run`` (routed by a :class:`RunTracker`)."""
         with self._lock:
-            uid = self._tracker.run_of(name, doc)
             if name == "start":
-                self._open(uid)
-                self._tracker.note_start(uid)
-            fd = self._fds.get(uid) if uid is not None else None
+                self._open(run)
+            fd = self._fds.get(run) if run is not None else None
             if fd is None:
                 logger.warning("journal: %s document of an unknown run was not recorded", name)
                 return
@@ -166,8 +252,7 @@ class DocumentJournal:
             if self.fsync or name == "stop":
                 os.fsync(fd)
             if name == "stop":
-                self._close(uid)
-                self._tracker.forget(uid)
+                self._close(run)
 
     def _open(self, uid: str) -> None:
         fd = os.open(self.path(uid), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -328,7 +413,7 @@ class BackgroundWriter:
         self._on_written = on_written
         self._retry_delays = tuple(retry_delays)
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self._tracker = _RunTracker()  # used on the caller's thread only
+        self._tracker = RunTracker()  # for standalone use; CatalogWriter routes itself
         self._lock = threading.Lock()
         self._failed_runs: set[str] = set()  # live write abandoned; read by both threads
         self._ended_runs: set[str] = set()  # stop document seen by the caller
@@ -345,11 +430,11 @@ class BackgroundWriter:
     # ------------------------------------------------------------------ caller side
     def __call__(self, name: str, doc: dict) -> None:
         """Enqueue a document; never blocks."""
-        uid = self._tracker.run_of(name, doc)
-        if name == "start":
-            self._tracker.note_start(uid)
-        if name == "stop" and uid is not None:
-            self._tracker.forget(uid)
+        for run, routed_name, routed_doc in self._tracker.route(name, doc):
+            self.put(run, routed_name, routed_doc)
+
+    def put(self, uid: str | None, name: str, doc: dict) -> None:
+        """Enqueue a document of run ``uid`` (routed by a :class:`RunTracker`); never blocks."""
         with self._lock:
             if name == "stop" and uid is not None:
                 self._ended_runs.add(uid)
@@ -366,7 +451,8 @@ class BackgroundWriter:
                     uid,
                 )
                 self._mark_failed(uid)
-        self.dropped += 1
+        with self._lock:  # callers on several threads
+            self.dropped += 1
         if name == "stop" and uid is not None:
             # The worker learns here that the dropped run is over and can be recovered.
             with contextlib.suppress(queue.Full):
@@ -407,7 +493,8 @@ class BackgroundWriter:
         with self._lock:
             failed = uid in self._failed_runs
         if failed:
-            self.dropped += 1
+            with self._lock:
+                self.dropped += 1
             return
         try:
             self.consumer(name, doc)
