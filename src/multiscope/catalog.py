@@ -85,6 +85,18 @@ RECOVERY_BATCH_SIZE = 10_000
 
 
 # ---------------------------------------------------------------------------- embedded server
+_CHILD_API_KEY_ENV = "MULTISCOPE_EMBEDDED_TILED_API_KEY"
+# `tiled serve catalog`, run by the child with the API key among its *in-process*
+# arguments: on the real command line `ps` would show it, and taken from the
+# environment (TILED_SINGLE_USER_API_KEY) tiled prints it, in a URL, to its log.
+_SERVE_WITH_KEY_FROM_ENVIRONMENT = f"""
+import os, sys
+from tiled.commandline.main import main
+key = os.environ.pop({_CHILD_API_KEY_ENV!r})
+main(["serve", "catalog", *sys.argv[1:], "--api-key", key], prog_name="tiled")
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -166,17 +178,20 @@ class _EmbeddedServer:
         ) from last_error
 
     def _start_subprocess(self, db: Path, tables: str, port: int, init: bool) -> None:
-        cmd = [sys.executable, "-m", "tiled", "serve", "catalog", str(db)]
+        cmd = [sys.executable, "-c", _SERVE_WITH_KEY_FROM_ENVIRONMENT, str(db)]
         cmd += ["-w", str(self.directory / "data"), "-w", tables]
         cmd += ["-r", str(self.assets), "-r", str(self.derived)]
         cmd += ["--host", "127.0.0.1", "--port", str(port)]
         if init:
             cmd.append("--init")
         # The key goes by environment, not argv, so `ps` does not show it.
-        env = dict(os.environ, TILED_SINGLE_USER_API_KEY=self.api_key)
+        env = dict(os.environ, **{_CHILD_API_KEY_ENV: self.api_key})
         # The server reads HDF5 files that detectors may still be writing.
         env.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
-        with open(self.directory / "server.log", "ab") as log:
+        # Owner-only: the log names every request, and old versions wrote the key in it.
+        log = os.open(self.directory / "server.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.fchmod(log, 0o600)  # a log created before by a looser version
             self._proc = subprocess.Popen(
                 cmd,
                 env=env,
@@ -185,6 +200,8 @@ class _EmbeddedServer:
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
+        finally:
+            os.close(log)
         self.pid = self._proc.pid
         _wait_healthy(
             self.url,
