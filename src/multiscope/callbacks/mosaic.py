@@ -155,12 +155,16 @@ class MosaicStitcher(DocumentRouter):
         is wider than the field of view, local tomography also brightens the
         outer ~6 voxels (the truncation rim): scores against ground truth count
         only particles clear of it (``multiscope.demos.tomo``).
+    keep_last : int, optional
+        How many finished mosaics ``results`` keeps (each holds its stitched
+        volume); None keeps every one. Their files and catalog runs stay.
 
     Attributes
     ----------
     results : dict of str to dict
-        Per ``mosaic_id``: ``volume``, ``offsets``, ``table`` (particles), ``paths``,
-        ``uid`` (of the derived run), ``tiles`` (raw uids in stitch order).
+        Per ``mosaic_id``, the last ``keep_last`` finished: ``volume``, ``offsets``,
+        ``table`` (particles), ``paths``, ``uid`` (of the derived run), ``tiles``
+        (raw uids in stitch order).
     pending : dict of str to dict
         Tiles received per ``mosaic_id`` (by tile index) while the mosaic is incomplete.
     """
@@ -174,6 +178,7 @@ class MosaicStitcher(DocumentRouter):
         min_size: int = 20,
         min_distance: int = 3,
         fov_margin: float = 2.0,
+        keep_last: int | None = None,
     ) -> None:
         super().__init__()
         self.output_dir = Path(output_dir)
@@ -184,6 +189,7 @@ class MosaicStitcher(DocumentRouter):
         self.fov_margin = fov_margin
         self.pending: dict[str, dict[int, Tile]] = {}
         self.results: dict[str, dict] = {}
+        self.keep_last = keep_last
         self._runs: dict[str, _RunCollector] = {}
         self._run_of_descriptor: dict[str, str] = {}
         self._run_of_resource: dict[str, str] = {}
@@ -243,7 +249,25 @@ class MosaicStitcher(DocumentRouter):
         logger.info("mosaic %s: tile %d (%d of %d)", mosaic_id, index, len(group), num_tiles)
         if len(group) >= num_tiles:
             tiles = list(self.pending.pop(mosaic_id).values())
+            self.results.pop(mosaic_id, None)  # a re-stitched mosaic counts as the newest
             self.results[mosaic_id] = self.stitch(mosaic_id, tiles)
+            self._drop_old_results()
+
+    @property
+    def keep_last(self) -> int | None:
+        """How many finished mosaics ``results`` keeps (None: all)."""
+        return self._keep_last
+
+    @keep_last.setter
+    def keep_last(self, value: int | None) -> None:
+        if value is not None and int(value) < 1:
+            raise ValueError(f"keep_last must be at least 1 or None, not {value}")
+        self._keep_last = None if value is None else int(value)
+        self._drop_old_results()
+
+    def _drop_old_results(self) -> None:
+        while self._keep_last is not None and len(self.results) > self._keep_last:
+            del self.results[next(iter(self.results))]  # the oldest, volume and all
 
     def stitch(self, mosaic_id: str, tiles: list[Tile]) -> dict:
         """Stitch, segment, write and publish one complete mosaic; returns the result."""

@@ -13,6 +13,7 @@ runs on the RunEngine's thread.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,9 +23,14 @@ from .mosaic import MosaicStitcher
 from .tomo import TOMO_PLANS, LiveTomoPreview, TomoReconstructor, tomo_factory
 from .xanes import XANES_PLANS, LiveXANESMap
 
-__all__ = ["TomographyPipeline", "tomography_pipeline"]
+__all__ = ["KEEP_LAST", "TomographyPipeline", "tomography_pipeline"]
 
 Publish = Callable[[str, dict], object]
+
+# Finished reconstructions (and stitched mosaics) kept in memory by default: the
+# latest to look at and the one before to compare with. Each holds its volume;
+# all of them are on disk and in the catalog.
+KEEP_LAST = 2
 
 
 class TomographyPipeline:
@@ -37,29 +43,35 @@ class TomographyPipeline:
         ``xanes/<raw uid>/``).
     publish : callable
         ``publish(name, doc)`` stores derived runs (the catalog writer).
+    keep_last : int, optional
+        How many reconstructions (each with its volume) and stitched mosaics stay in
+        memory; older ones are dropped (their files and catalog runs stay). Settable
+        while running, e.g. ``session.pipeline.callback.keep_last = 5``.
 
     Attributes
     ----------
     preview : LiveTomoPreview or None
         The preview of the latest tomography run (``preview.slices``).
     stitcher : MosaicStitcher
-        Holds finished mosaics in ``stitcher.results``.
-    reconstructions : list of TomoReconstructor
-        One per tomography run, in order (``.uid``, ``.center``, ``.paths``).
+        Holds the last ``keep_last`` finished mosaics in ``stitcher.results``.
+    reconstructions : deque of TomoReconstructor
+        The last ``keep_last`` tomography runs', oldest first (``.uid``, ``.center``,
+        ``.paths``, ``.volume``); ``reconstructions[-1]`` is the latest.
     xanes : LiveXANESMap or None
         The map of the latest XANES run (``xanes.maps["whiteline_eV"]``, updated
         live; ``xanes.paths`` once stored). Only the latest is kept: a 2D map
         holds its run's absorbance stack.
     """
 
-    def __init__(self, output_dir: Path, publish: Publish):
+    def __init__(self, output_dir: Path, publish: Publish, *, keep_last: int = KEEP_LAST):
         output_dir = Path(output_dir)
         self.preview: LiveTomoPreview | None = None
-        self.reconstructions: list[TomoReconstructor] = []
+        self.reconstructions: deque[TomoReconstructor] = deque()
         self.xanes: LiveXANESMap | None = None
         self._xanes_dir = output_dir / "xanes"
         self._publish = publish
         self.stitcher = MosaicStitcher(output_dir / "mosaics", publish=publish)
+        self.keep_last = keep_last
 
         def publish_reconstruction(name: str, doc: dict) -> None:
             publish(name, doc)
@@ -84,15 +96,31 @@ class TomographyPipeline:
         self.xanes = LiveXANESMap(self._xanes_dir, publish=self._publish)
         return [self.xanes], []
 
+    @property
+    def keep_last(self) -> int:
+        """How many reconstructions and stitched mosaics are kept in memory (at least 1)."""
+        return self.reconstructions.maxlen
+
+    @keep_last.setter
+    def keep_last(self, value: int) -> None:
+        value = int(value)
+        if value < 1:
+            raise ValueError(f"keep_last must be at least 1, not {value}")
+        # A new deque keeps the newest; the one being reconstructed is always the newest.
+        self.reconstructions = deque(self.reconstructions, maxlen=value)
+        self.stitcher.keep_last = value
+
     def _reconstruction_factory(self, name: str, start: dict):
         callbacks, subfactories = self._reconstructor(name, start)
-        self.reconstructions.extend(callbacks)
+        self.reconstructions.extend(callbacks)  # the oldest falls out, volume and all
         return callbacks, subfactories
 
     def __call__(self, name: str, doc: dict) -> None:
         self._router(name, doc)
 
 
-def tomography_pipeline(output_dir: Path, publish: Publish) -> TomographyPipeline:
+def tomography_pipeline(
+    output_dir: Path, publish: Publish, *, keep_last: int = KEEP_LAST
+) -> TomographyPipeline:
     """Factory named in an instrument's spec (``multiscope.session.INSTRUMENTS``)."""
-    return TomographyPipeline(output_dir, publish)
+    return TomographyPipeline(output_dir, publish, keep_last=keep_last)
