@@ -273,7 +273,8 @@ def snapshot(catalog: Catalog, run: SyntheticRun) -> dict:
 
     Few requests on purpose: the test runs on a loaded machine.
     """
-    stream = catalog.run(run.uid)["primary"]
+    node = catalog.run(run.uid)
+    stream = node["primary"]
     table = stream.base["internal"].read()
     array = stream[run.array_key]
     sources = [
@@ -281,7 +282,7 @@ def snapshot(catalog: Catalog, run: SyntheticRun) -> dict:
         for s in array.data_sources()
     ]
     return {
-        "metadata": dict(catalog.run(run.uid).metadata),
+        "metadata": dict(node.metadata),
         "stream": dict(stream.metadata),
         "table": {column: table[column].tolist() for column in table.columns},
         "array": array.read().tolist(),
@@ -302,12 +303,12 @@ def check_catalog(catalog: Catalog, run: SyntheticRun, snap: dict) -> None:
 
 
 def test_interleaved_runs_are_filed_apart_in_catalog_and_recover_identically(catalog, data_dir):
-    """6 raw and ~11 derived runs from two threads: each in the catalog with its own
+    """5 raw and ~9 derived runs from two threads: each in the catalog with its own
     resource and datums, journals likewise; `multiscope catalog recover` rebuilds them
     identically after they are deleted from the catalog."""
     assets = data_dir / "assets" / "routing"
     assets.mkdir(parents=True)
-    raw, derived = make_runs(6, assets, seed=2)
+    raw, derived = make_runs(5, assets, seed=2)
     runs = raw + derived
 
     t0 = time.perf_counter()
