@@ -2,8 +2,9 @@
 
 The RunEngine thread writes raw runs while the live-analysis thread publishes
 derived runs through the same :class:`~multiscope.catalog.CatalogWriter`. The raw
-runs' ``stream_resource`` documents carry no ``run_start`` (ophyd devices compose
-them without one); the derived runs' do (``derived_run_documents``). The two
+runs' ``stream_resource`` documents carry no ``run_start``, as devices compose them
+(bluesky's RunEngine adds it; the hardest case is a sender that does not); the
+derived runs' do (``derived_run_documents``). The two
 threads emit in lock-step, one document each per step, so the runs overlap in
 ever-changing phases; the tests check that every resource and datum is filed
 under its own run in the journal files, in what the live writer receives, in the

@@ -92,8 +92,9 @@ class RunTracker:
     ``datum``, ``datum_page``
         the run of their ``resource``.
     ``resource``, ``stream_resource``
-        ``run_start`` when present. event-model makes it optional and devices
-        compose these documents without it. Then, with one run open, that run;
+        ``run_start`` when present. event-model makes it optional: devices compose
+        these documents without it, bluesky's RunEngine (1.15) adds it to those it
+        emits, other senders may not. Without it, with one run open, that run;
         with several open, the document is held until the first ``stream_datum``
         that references it: the datum's descriptor names the run, and the
         resource is released just before that datum. A filed resource that
