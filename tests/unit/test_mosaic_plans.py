@@ -98,3 +98,27 @@ def test_radiograph_grid_is_snake_ordered_and_run(rig):
                          tile_height_um=40, overlap_fraction=0.2, num_flats=2))  # fmt: skip
     assert len(events) == 8  # 2 flats + 6 tiles
     assert sample.x.position == 0 and sample.z.position == 0
+
+
+def test_a_tile_that_fails_closes_its_own_run_and_shutter(rig):
+    # The tiles' plans are started early (validation) and replayed: a failure the
+    # RunEngine throws in must reach the tile's plan, or its cleanup never runs.
+    camera, sample, shutter = rig
+    RE = RunEngine({})
+    stops = []
+    RE.subscribe(lambda name, doc: stops.append(doc) if name == "stop" else None)
+    triggers = {"count": 0}
+    trigger = camera.trigger
+
+    def trigger_then_fail():
+        triggers["count"] += 1
+        if triggers["count"] == 9:  # tile 1 (of 0, 1) at its 2nd projection
+            raise RuntimeError("camera lost")
+        return trigger()
+
+    camera.trigger = trigger_then_fail
+    with pytest.raises(RuntimeError, match="camera lost"):
+        RE(vertical_mosaic_tomo(camera, sample, shutter, num_tiles=2, tile_height_um=60,
+                                num_projections=4, num_flats=1, num_darks=1))  # fmt: skip
+    assert [doc["exit_status"] for doc in stops] == ["success", "fail"]
+    assert shutter.get() == "close" and sample.x.position == 0

@@ -79,7 +79,10 @@ def test_streams_metadata_and_final_state(rig):
     thetas = [doc["data"]["sample_theta"] for name, doc in documents
               if name == "event" and streams[doc["descriptor"]] == "primary"]  # fmt: skip
     np.testing.assert_allclose(thetas, np.arange(12) * 15.0)
-    assert camera.cam.acquire_time.get() == 0.02
+    # Frames at the plan's exposure; the camera's own exposure back afterwards (safe state).
+    primary = next(d for n, d in documents if n == "descriptor" and d["name"] == "primary")
+    assert primary["configuration"]["camera"]["data"]["camera_cam_acquire_time"] == 0.02
+    assert camera.cam.acquire_time.get() == 0.1
     assert sample.x.position == 0  # back in the beam
     assert shutter.get() == "close"
     stop = next(doc for name, doc in documents if name == "stop")

@@ -193,7 +193,11 @@ def test_xanes_2d_documents_follow_decision_0006(rig, recorded, policy, every, f
     flat_index = [d["xanes_energy_index"] for d in streams["flat"]]
     assert flat_index == [i for i in flat_at for _ in range(3)]
     assert sum(name == "event" for name, doc in documents) == 4 + 3 * len(flat_at) + 16
-    assert camera.cam.acquire_time.get() == 0.02
+    # Frames at the plan's exposure; the camera's own exposure back afterwards (safe state).
+    assert (
+        descriptors["primary"]["configuration"]["camera"]["data"]["camera_cam_acquire_time"] == 0.02
+    )
+    assert camera.cam.acquire_time.get() == 0.1
     assert sample.x.position == 0 and shutter.get() == "close"
     assert next(doc for name, doc in documents if name == "stop")["exit_status"] == "success"
 
@@ -436,7 +440,10 @@ def test_calibration_finds_a_known_focus_and_writes_it(focus_camera, energy, rec
     assert energy.zp_z.position - thin_lens(8.25)[0] == pytest.approx(
         true_offset_mm(8.25), abs=0.02
     )
-    assert shutter.get() == "close" and focus_camera.cam.acquire_time.get() == 0.05
+    # Frames at the plan's exposure; shutter closed and the camera's own exposure back.
+    primary = _descriptors(documents)["primary"]
+    assert primary["configuration"]["camera"]["data"]["camera_cam_acquire_time"] == 0.05
+    assert shutter.get() == "close" and focus_camera.cam.acquire_time.get() == 0.1
 
 
 def test_calibration_keeping_magnification_moves_the_detector(focus_camera, energy, recorded):

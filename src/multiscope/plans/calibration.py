@@ -72,6 +72,7 @@ from ..analysis.focus import (
 )
 from ..analysis.optics import FocusCalibration, focal_length_mm, lens_distances_mm
 from ..plan_stubs.frames import take_frames
+from ..plan_stubs.safe_state import safe_state_decorator, txm_safe_state
 from ..plan_stubs.xanes import BLOCK_OVERHEAD_S, estimate_moves_s
 from .preflight import (
     MAX_RUN_DURATION_S,
@@ -475,7 +476,10 @@ def focus_calibration(
         yield from bps.mv(energy, home)  # in focus again, with the new calibration
         yield from bps.mv(shutter, "close")
 
-    @bpp.run_decorator(md=start)  # the RunEngine unstages the camera if the plan fails
+    # On every exit the shutter closes and the camera stops and gets its exposure back,
+    # before the stop document; the optics stay where the scan left them (docs/txm.md).
+    @bpp.run_decorator(md=start)
+    @safe_state_decorator(txm_safe_state(shutter, camera=camera))
     def run():
         yield from bpp.subs_wrapper(body(), [grabber, in_focus, checked])
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from functools import partial
 
 import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 
 from ..plan_stubs.frames import take_flats
+from ..plan_stubs.safe_state import safe_state_decorator, txm_safe_state
 from .preflight import (
     MAX_RUN_DURATION_S,
     PlanArgumentError,
@@ -145,14 +147,27 @@ def vertical_mosaic_tomo(
 
 
 def _replay_first(plan, first_message):
-    """Run a generator whose first message was already taken out (to validate it early)."""
-    response = yield first_message
+    """Run a generator whose first message was already taken out (to validate it early).
+
+    As ``yield from plan`` would: responses go to ``plan``, and what the RunEngine
+    throws in (a failed move, ``RE.abort()``, ``RE.stop()``) is thrown into it, so its
+    own cleanup runs (its run's stop document, its safe state); closing this closes it.
+    """
+    message = first_message
     while True:
         try:
-            message = plan.send(response)
+            response = yield message
+        except GeneratorExit:
+            plan.close()
+            raise
+        except BaseException as error:
+            advance = partial(plan.throw, error)
+        else:
+            advance = partial(plan.send, response)
+        try:
+            message = advance()
         except StopIteration as stop:
             return stop.value
-        response = yield message
 
 
 def mosaic_grid(
@@ -240,7 +255,12 @@ def mosaic_radiograph(
     _md.update(md or {})
     cam = getattr(camera, "cam", None)
 
+    # On every exit (the success path too) the shutter closes, the camera stops and gets
+    # its exposure back and the stage returns to the grid's origin, before the stop document.
+    safe_state = txm_safe_state(shutter, camera=camera, sample=sample, positions=("x", "z"))
+
     @bpp.run_decorator(md=_md)
+    @safe_state_decorator(safe_state)
     def run():
         if cam is not None and hasattr(cam, "acquire_time"):
             yield from bps.mv(cam.acquire_time, exposure_s)
@@ -253,6 +273,5 @@ def mosaic_radiograph(
             yield from bps.trigger_and_read([camera, sample.x, sample.z])
         yield from bps.unstage(camera)
         yield from bps.mv(shutter, "close")
-        yield from bps.mv(sample.x, origin[0], sample.z, origin[1])
 
     return (yield from run())

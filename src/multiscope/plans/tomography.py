@@ -32,6 +32,7 @@ from bluesky import preprocessors as bpp
 from bluesky.utils import short_uid
 
 from ..plan_stubs.frames import take_darks, take_flats
+from ..plan_stubs.safe_state import safe_state_decorator, txm_safe_state
 from .preflight import (
     MAX_RUN_DURATION_S,
     PlanArgumentError,
@@ -371,8 +372,10 @@ def tomo_scan(
         )  # fmt: skip
         yield from bps.mv(shutter, "close")
 
-    # The RunEngine unstages whatever is still staged if the plan fails.
+    # On every exit the shutter closes, the camera stops and gets its settings back and the
+    # sample returns in-beam, before the stop document; the RunEngine then unstages.
     @bpp.run_decorator(md=_md)
+    @safe_state_decorator(txm_safe_state(shutter, camera=camera, sample=sample))
     def run():
         yield from inner()
 
@@ -779,8 +782,11 @@ def fly_tomo_scan(
                                 x_out=x_in + offset)  # fmt: skip
         yield from bps.mv(shutter, "close")
 
-    # The RunEngine unstages whatever is still staged if the plan fails.
+    # On every exit the shutter closes, the flyer and the rotation stop, the speed and the
+    # camera's settings come back and the sample returns in-beam, before the stop
+    # document; the RunEngine then unstages.
     @bpp.run_decorator(md=_md)
+    @safe_state_decorator(txm_safe_state(shutter, camera=camera, sample=sample, flyer=flyer))
     def run():
         yield from inner()
 

@@ -41,6 +41,7 @@ from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 
 from ..plan_stubs.frames import take_darks
+from ..plan_stubs.safe_state import safe_state_decorator, txm_safe_state
 from ..plan_stubs.txm import move_energy
 from ..plan_stubs.xanes import (
     BLOCK_OVERHEAD_S,
@@ -336,7 +337,10 @@ def xanes_2d(
     )  # fmt: skip
     index = energy_index_signal()  # one per run, never a module global
 
-    @bpp.run_decorator(md=start)  # the RunEngine unstages the camera if the plan fails
+    # On every exit the shutter closes, the camera stops and gets its settings back and the
+    # sample returns in-beam, before the stop document; the RunEngine then unstages.
+    @bpp.run_decorator(md=start)
+    @safe_state_decorator(txm_safe_state(shutter, camera=camera, sample=sample))
     def run():
         yield from _set_exposure_and_darks(camera, shutter, c)
         for i, e in enumerate(c.grid.energies_keV):
@@ -507,7 +511,9 @@ def xanes_3d(
         flyer = fly_camera(camera, flyer, num_projections, sweep.period_s,
                            getattr(sample, "rotation_trigger", None))  # fmt: skip
 
+    # As xanes_2d; a fly tomogram's flyer and rotation stop and the rotation's speed comes back.
     @bpp.run_decorator(md=start)
+    @safe_state_decorator(txm_safe_state(shutter, camera=camera, sample=sample, flyer=flyer))
     def run():
         yield from _set_exposure_and_darks(camera, shutter, c)
         for i, e in enumerate(c.grid.energies_keV):
