@@ -38,6 +38,7 @@ from typing import Any
 
 from . import simctl
 from .callbacks.progress import RunProgress
+from .callbacks.replay import ReplayFilter
 from .catalog import Catalog
 from .config import apply_ca_client_environment, ca_client_environment
 from .config import data_dir as resolve_data_dir
@@ -313,15 +314,16 @@ def configure_session(
     )
     RE = RunEngine(JSONMetadataStore(root / "session" / instrument / "md.json"))
     RE.md.setdefault("instrument", instrument)
-    RE.subscribe(catalog.writer())
+    # Every consumer sees each document once: a rewind re-emits saved events (replay.py).
+    RE.subscribe(ReplayFilter(catalog.writer()))
     bec = None
     if table:
         bec = BestEffortCallback()
         if not os.environ.get("DISPLAY"):
             bec.disable_plots()
-        RE.subscribe(bec)
+        RE.subscribe(ReplayFilter(bec))
     if progress and not table:  # the table already shows each point; two displays interleave
-        RE.subscribe(RunProgress())
+        RE.subscribe(ReplayFilter(RunProgress()))
         if sys.stderr.isatty():  # per-move bars redraw in place; in a log they flood it
             RE.waiting_hook = ProgressBarManager()
 
@@ -332,7 +334,7 @@ def configure_session(
         module_name, function_name = spec.pipeline.split(":")
         build = getattr(importlib.import_module(module_name), function_name)
         pipeline = BackgroundCallback(build(root / "derived" / instrument, catalog.writer()))
-        RE.subscribe(pipeline)
+        RE.subscribe(ReplayFilter(pipeline))
 
     devices_module = importlib.import_module(spec.devices_module)
     if spec.beam_ioc:

@@ -115,8 +115,10 @@ def test_message_order(rig):
     runup = velocity_deg_s * (0.05 + 0.1 + 0.02 + 0.03)  # ACCL, settling, exposure, latency
     compact = [s for i, s in enumerate(steps) if s != ("event",) or steps[i - 1] != s]
     assert compact == [
-        ("open_run",), ("event",),
-        ("theta", round(-runup, 3)), ("velocity", velocity_deg_s), ("declare_stream",),
+        ("open_run",), ("event",), ("declare_stream",),
+        # from the sweep's checkpoint (a replay repeats it): at the rotation's own speed
+        # to the run-up start, then the fly speed
+        ("velocity", 90.0), ("theta", round(-runup, 3)), ("velocity", velocity_deg_s),
         ("theta", round(180 + runup, 3)), ("gate",), ("kickoff",), ("complete",),
         ("velocity", 90.0),
         ("x", 300.0), ("event",), ("x", 0.0),

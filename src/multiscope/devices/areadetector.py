@@ -11,6 +11,20 @@ each trigger acquires ``num_images`` frames that the IOC appends to one file::
     collect_asset_docs -> StreamResource (once per stage), StreamDatum per trigger
     unstage -> Capture=0 (the IOC closes the file)
 
+Interruptions (a pause, a suspension) rewind a plan to its last checkpoint and
+replay it; the camera keeps the file and the events one-to-one through them
+(decision 0011)::
+
+    pause   -> an exposure in progress is stopped (the IOC discards an unfinished
+               frame, as areaDetector drivers do); a frame finished before the stop
+               is kept for its point
+    trigger -> with ``point_key`` set (plans set it after each checkpoint), a replayed
+               point whose frame is already in the file re-reports that row instead
+               of exposing again; a new key means the last point's event was saved
+    collect -> the StreamResource is sent again with each datum until an event that
+               carried it is known saved (a rewind can drop the event that carried it);
+               repeated documents are dropped by the session's replay filter
+
 The frames' data key ``<name>_image`` is described with
 ``external="STREAM:"`` and shape ``[num_images, ny, nx]`` (``[ny, nx]`` fails
 to read back; shared/PITFALLS.md). Per-frame attributes the IOC records (e.g. a
@@ -21,8 +35,10 @@ names them for analysis.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +52,7 @@ from ophyd.areadetector.cam import CamBase
 from ophyd.areadetector.plugins import HDF5Plugin_V22
 from ophyd.device import DEFAULT_CONNECTION_TIMEOUT, Staged
 from ophyd.status import DeviceStatus
+from ophyd.utils.errors import InvalidState
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +144,9 @@ class StreamingCamera(DetectorBase):
     # acquisition settings (soft signals: anything a plan sets is a signal)
     write_path_template = Cpt(Signal, value="", kind="config")
     images_per_trigger = Cpt(Signal, value=1, kind="config")
+    # Identity of the point the next trigger acquires (set by plans after each checkpoint,
+    # so a rewind replays it): a replayed point reuses its frame (see the module docstring).
+    point_key = Cpt(Signal, value=None, kind="omitted")
 
     def __init__(
         self,
@@ -151,9 +171,19 @@ class StreamingCamera(DetectorBase):
         )
         self._resource = None
         self._datum_factory = None
-        self._pending: list[tuple[str, dict]] = []
-        self._events_written = 0
         self._frame_shape: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+        self._reset_file_state()
+
+    def _reset_file_state(self) -> None:
+        """Forget the bookkeeping of the current capture file (a new file, or none)."""
+        self._rows = 0  # events' rows in the file (a row is ``num_images`` frames)
+        self._last_point: tuple[object, int] | None = None  # (key, row) of the last exposure
+        self._to_collect: list[int] = []  # rows whose datums the next collect emits
+        self._in_flight: _Exposure | None = None  # the trigger exposing now
+        self._resource_saved = False  # an event carrying the StreamResource was saved
+        self._resource_sent = False  # the StreamResource went out with a datum
+        self._interrupted = False  # paused since the StreamResource last went out
 
     # -- connection -------------------------------------------------------------
 
@@ -226,20 +256,26 @@ class StreamingCamera(DetectorBase):
             logger.warning("%s: camera left on an external trigger; setting Internal", self.name)
             self.cam.trigger_mode.set("Internal", timeout=5.0).wait(5.0)
         staged = super().stage()
+        self.point_key.put(None)
         try:
-            timeout = 5.0
-            self.hdf1.file_path.set(directory, timeout=timeout).wait(timeout)
-            if self.hdf1.file_path_exists.get(use_monitor=False) != 1:
-                raise OSError(f"{self.name}: IOC cannot create/write {directory}")
-            self.hdf1.file_name.set(uuid.uuid4().hex, timeout=timeout).wait(timeout)
-            self.hdf1.file_number.set(0, timeout=timeout).wait(timeout)
-            self.hdf1.capture.set(1, timeout=timeout).wait(timeout)
-            full_name = self.hdf1.full_file_name.get(use_monitor=False)
-            ny = int(self.cam.array_size.array_size_y.get())
-            nx = int(self.cam.array_size.array_size_x.get())
+            self._open_file(directory)
         except Exception:
             self.unstage()
             raise
+        return staged
+
+    def _open_file(self, directory: str) -> None:
+        """Open a new capture file in ``directory`` and make its StreamResource."""
+        timeout = 5.0
+        self.hdf1.file_path.set(directory, timeout=timeout).wait(timeout)
+        if self.hdf1.file_path_exists.get(use_monitor=False) != 1:
+            raise OSError(f"{self.name}: IOC cannot create/write {directory}")
+        self.hdf1.file_name.set(uuid.uuid4().hex, timeout=timeout).wait(timeout)
+        self.hdf1.file_number.set(0, timeout=timeout).wait(timeout)
+        self.hdf1.capture.set(1, timeout=timeout).wait(timeout)
+        full_name = self.hdf1.full_file_name.get(use_monitor=False)
+        ny = int(self.cam.array_size.array_size_y.get())
+        nx = int(self.cam.array_size.array_size_x.get())
         self._frame_shape = (ny, nx)
         parameters = {"dataset": DATA_PATH, "chunk_shape": [1, ny, nx]}
         if self.num_images > 1:
@@ -252,9 +288,21 @@ class StreamingCamera(DetectorBase):
         )
         self._resource = bundle.stream_resource_doc
         self._datum_factory = bundle.compose_stream_datum
-        self._pending = [("stream_resource", self._resource)]
-        self._events_written = 0
-        return staged
+        self._reset_file_state()
+
+    def next_file(self) -> None:
+        """Close the capture file and open a new one (staged; same directory).
+
+        For frames that no document references and no event will: an interrupted fly
+        acquisition's frames, which its replay takes again. The old file keeps them;
+        the catalog never reads it.
+        """
+        if self._resource is None:
+            raise RuntimeError(f"{self.name}: next_file() while not staged")
+        timeout = 5.0
+        directory = self.hdf1.file_path.get(use_monitor=False)
+        self.hdf1.capture.set(0, timeout=timeout).wait(timeout)
+        self._open_file(directory)
 
     def unstage(self):
         """Close the capture file and restore the plugin settings.
@@ -265,7 +313,8 @@ class StreamingCamera(DetectorBase):
         """
         self._resource = None
         self._datum_factory = None
-        self._pending = []
+        self._reset_file_state()
+        self.point_key.put(None)
         if not self.hdf1.capture.connected:
             logger.warning("%s: IOC disconnected; unstaged without restoring settings", self.name)
             for part in (self, self.cam, self.hdf1):
@@ -288,21 +337,71 @@ class StreamingCamera(DetectorBase):
         return self.num_images * period + self.trigger_margin
 
     def trigger(self) -> DeviceStatus:
-        """Acquire ``num_images`` frames; the status fails after :meth:`trigger_timeout`."""
+        """Acquire ``num_images`` frames; the status fails after :meth:`trigger_timeout`.
+
+        A point replayed after an interruption (the same ``point_key`` as the last
+        exposure, whose frame is in the file) is not exposed again: its row is reported.
+        """
         if self._datum_factory is None:
             raise RuntimeError(f"{self.name}: stage() before trigger()")
-        status = DeviceStatus(self, timeout=self.trigger_timeout())
-        start = self._events_written
+        key = self.point_key.get()
+        self.point_key.put(None)  # a key names one point: a later bare trigger has none
+        with self._lock:
+            last = self._last_point
+            if key is not None and last is not None and last[0] == key:
+                self._to_collect.append(last[1])
+                status = DeviceStatus(self)
+                status.set_finished()
+                return status
+            if last is not None and (key is not None or not self._interrupted):
+                # A new point: the last one's event, and the resource it carried, were saved.
+                self._resource_saved = self._resource_saved or self._resource_sent
+            status = DeviceStatus(self, timeout=self.trigger_timeout())
+            exposure = self._in_flight = _Exposure(key, self._rows, status)
 
         def acquired(*args, **kwargs):
-            # Put-completion of Acquire: the IOC has written every frame.
-            datum = self._datum_factory(indices={"start": start, "stop": start + 1})
-            self._pending.append(("stream_datum", datum))
-            self._events_written = start + 1
-            status.set_finished()
+            # Put-completion of Acquire: the IOC has written every frame, or was stopped.
+            with self._lock:
+                if self._in_flight is exposure:
+                    self._in_flight = None
+                    self._rows = exposure.row + 1
+                    self._last_point = (exposure.key, exposure.row)
+                    self._to_collect.append(exposure.row)
+                # else abandoned by pause(), which accounts for the file
+            exposure.end()
 
         self.cam.acquire.put(1, use_complete=True, callback=acquired)
         return status
+
+    def pause(self) -> None:
+        """Stop an exposure in progress (RunEngine pause or suspension).
+
+        The IOC discards the unfinished frame; the rewound plan exposes the point
+        again. A frame that was finished before the stop is kept for its point (the
+        replayed trigger of the same ``point_key`` reports it). Never raises: a camera
+        whose IOC is gone has nothing to stop.
+        """
+        super().pause()
+        with self._lock:
+            self._interrupted = True
+            exposure, self._in_flight = self._in_flight, None
+        if exposure is None:
+            return
+        try:
+            self.cam.acquire.put(0)
+            if not exposure.ended.wait(self.trigger_margin):
+                logger.warning("%s: the acquisition did not end after Stop", self.name)
+            # The RunEngine no longer waits for it, but a status failing later (its
+            # timeout) would fail the resumed run: it ends here, successfully.
+            exposure.end()
+            captured = int(self.hdf1.num_captured.get(use_monitor=False)) // self.num_images
+        except Exception as ex:  # an IOC that is gone: nothing was written either
+            logger.warning("%s: could not stop the exposure on pause: %s", self.name, ex)
+            return
+        with self._lock:
+            if captured > exposure.row:  # finished before the stop: it is this point's frame
+                self._rows = exposure.row + 1
+                self._last_point = (exposure.key, exposure.row)
 
     def describe(self):
         """Readings plus the file-referenced frames (``external="STREAM:"``)."""
@@ -319,6 +418,34 @@ class StreamingCamera(DetectorBase):
         return description
 
     def collect_asset_docs(self) -> Iterator[tuple[str, dict]]:
-        """StreamResource (first time after stage) and StreamDatum documents."""
-        pending, self._pending = self._pending, []
-        yield from pending
+        """A StreamDatum per exposure since the last call, with the StreamResource until saved."""
+        with self._lock:
+            rows, self._to_collect = self._to_collect, []
+            if not rows or self._datum_factory is None:
+                return
+            docs = []
+            if not self._resource_saved:
+                docs.append(("stream_resource", self._resource))
+                self._resource_sent = True
+                self._interrupted = False
+            for row in rows:
+                datum = self._datum_factory(indices={"start": row, "stop": row + 1})
+                docs.append(("stream_datum", datum))
+        yield from docs
+
+
+class _Exposure:
+    """One trigger's exposure: its point key, file row, and the end of its acquisition."""
+
+    def __init__(self, key, row: int, status: DeviceStatus):
+        self.key = key
+        self.row = row
+        self.status = status
+        self.ended = threading.Event()
+
+    def end(self) -> None:
+        """Mark the acquisition ended and its status finished (once; thread-safe)."""
+        self.ended.set()
+        # Already settled: by pause(), the put-completion, or its own timeout.
+        with contextlib.suppress(InvalidState):
+            self.status.set_finished()

@@ -16,6 +16,10 @@ mid-exposure) are recorded in the same file. It follows bluesky's ``Flyable``,
                 disconnects, or if fewer frames were written)
     collect_asset_docs -> two StreamResources (first call), then StreamDatums for the
                 frames written since the last call
+    pause   -> (RunEngine pause or suspension) an acquisition not yet collected is
+                stopped and abandoned; resume moves the camera to a new file, and the
+                rewound plan runs the acquisition again from its kickoff. Once
+                collected, it is not run again (``NoReplayAllowed``).
 
 Documents of one fly acquisition (``<cam>`` is the camera's name)::
 
@@ -53,6 +57,7 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
+from bluesky.utils import NoReplayAllowed
 from event_model import compose_stream_resource
 from ophyd.device import Staged
 from ophyd.status import Status
@@ -115,6 +120,8 @@ class FlyingCamera:
         self._settling = weakref.WeakSet()  # statuses this flyer has finished or failed
         self._prepared: dict | None = None  # restore values of settings put by prepare()
         self._prepared_file = ""  # the capture file they were put for
+        self._watcher: threading.Thread | None = None
+        self._abandoned = False  # paused mid-acquisition: resume() opens a new file
         self._reset()
 
     def _reset(self) -> None:
@@ -281,9 +288,10 @@ class FlyingCamera:
         cid = cam.acquire.subscribe(started, run=False)
         kickoff.add_callback(lambda status: cam.acquire.unsubscribe(cid))
         cam.acquire.put(1, use_complete=True, callback=acquired)
-        threading.Thread(
+        self._watcher = threading.Thread(
             target=self._watch, args=(complete, ended), name=f"{self.name}-watch", daemon=True
-        ).start()
+        )
+        self._watcher.start()
         return kickoff
 
     def _apply_settings(self) -> dict:
@@ -320,6 +328,46 @@ class FlyingCamera:
             self._restore, self._prepared = self._prepared, None
             self._restore_settings()
 
+    # -- interruptions ----------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Abandon an acquisition not yet collected (RunEngine pause or suspension).
+
+        A fly acquisition cannot go on where it stopped (the rotation is stopped too):
+        the camera stops, the statuses end (the RunEngine no longer waits for them),
+        and the rewound plan kicks off again, into a new file (:meth:`resume`). The
+        abandoned frames were never collected, so no document refers to them.
+
+        Raises
+        ------
+        NoReplayAllowed
+            When the acquisition's frames were collected: they are in the run, and a
+            replay would take them again.
+        """
+        if self._first_row is None:
+            return
+        if self._emitted:
+            raise NoReplayAllowed(f"{self.name}: the acquisition's frames are in the run")
+        self._abandoned = True
+        for status in (self._kickoff_status, self._complete_status):
+            if status is not None:
+                self._finish(status)
+        try:
+            self.camera.cam.acquire.put(0)
+        except Exception as ex:  # an IOC that is gone has nothing to stop
+            logger.warning("%s: could not stop the acquisition on pause: %s", self.name, ex)
+        watcher = self._watcher
+        if watcher is not None:  # it restores the camera's settings once the IOC stops
+            watcher.join(self.complete_margin)
+
+    def resume(self) -> None:
+        """After an abandoned acquisition, move the camera to a new capture file."""
+        if not self._abandoned:
+            return
+        self._abandoned = False
+        self._reset()
+        self.camera.next_file()
+
     def _finish(self, status: Status, exc: Exception | None = None) -> None:
         with self._lock:
             # ``done`` turns True only once ophyd's callback thread has run, so a second
@@ -340,7 +388,7 @@ class FlyingCamera:
         """Wait for the end of the acquisition; fail early if the IOC goes away."""
         acquire = self.camera.cam.acquire
         while not ended.wait(_POLL_S):
-            if complete.done:  # timed out
+            if complete.done and not self._abandoned:  # timed out
                 self._fail_kickoff(complete)
                 return
             if not acquire.connected:

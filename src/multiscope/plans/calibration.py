@@ -71,7 +71,7 @@ from ..analysis.focus import (
     zone_plate_correction_um,
 )
 from ..analysis.optics import FocusCalibration, focal_length_mm, lens_distances_mm
-from ..plan_stubs.frames import take_frames
+from ..plan_stubs.frames import acquire_frame, take_frames
 from ..plan_stubs.safe_state import safe_state_decorator, txm_safe_state
 from ..plan_stubs.xanes import BLOCK_OVERHEAD_S, estimate_moves_s
 from .preflight import (
@@ -416,9 +416,9 @@ def focus_calibration(
         yield from bps.mv(energy.mono, energies[i], energy.det_z, det_thin[i],
                           energy.zp_z, zp_thin[i] + offsets[0])  # fmt: skip
         yield from bps.stage(camera)  # the scan's frames in one file
-        for offset in offsets:
-            yield from bps.mv(energy.zp_z, zp_thin[i] + offset)
-            yield from bps.trigger_and_read([camera, energy, index], name="primary")
+        for k, offset in enumerate(offsets):
+            step = bps.mv(energy.zp_z, zp_thin[i] + offset)
+            yield from acquire_frame(camera, k, [energy, index], "primary", before=step)
         yield from bps.unstage(camera)
         positions, frames = grabber.take(offsets.size)
         peak = find_focus_peak(positions, sharpness(frames, metric), window=fit_window)

@@ -17,7 +17,7 @@ import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 
-from ..plan_stubs.frames import take_flats
+from ..plan_stubs.frames import acquire_frame, take_flats
 from ..plan_stubs.safe_state import safe_state_decorator, txm_safe_state
 from .preflight import (
     MAX_RUN_DURATION_S,
@@ -267,10 +267,9 @@ def mosaic_radiograph(
         yield from bps.mv(shutter, "open")
         yield from take_flats(camera, sample.x, out_x, origin[0], num_flats)
         yield from bps.stage(camera)  # the tiles' file
-        for x, z in zip(xs, zs, strict=True):
-            yield from bps.checkpoint()
-            yield from bps.mv(sample.x, float(x), sample.z, float(z))
-            yield from bps.trigger_and_read([camera, sample.x, sample.z])
+        for index, (x, z) in enumerate(zip(xs, zs, strict=True)):
+            tile = bps.mv(sample.x, float(x), sample.z, float(z))
+            yield from acquire_frame(camera, index, [sample.x, sample.z], before=tile)
         yield from bps.unstage(camera)
         yield from bps.mv(shutter, "close")
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 
+from bluesky import plan_stubs as bps
 from bluesky import plans as bp
 from bluesky.protocols import Movable, Readable
 
+from ..plan_stubs.frames import keyed_reading
 from .preflight import (
     MAX_RUN_DURATION_S,
     PlanArgumentError,
@@ -121,7 +124,8 @@ def line_scan(
         "estimated_duration_s": round(estimate, 3),
     }
     _md.update(md or {})
-    return (yield from bp.scan(detectors, motor, start, stop, num, md=_md))
+    per_step = partial(bps.one_nd_step, take_reading=keyed_reading())
+    return (yield from bp.scan(detectors, motor, start, stop, num, per_step=per_step, md=_md))
 
 
 def count_frames(
@@ -150,4 +154,5 @@ def count_frames(
     require_duration_within("count_frames", estimate, max_duration_s)
     _md = {"plan_name": "count_frames", "estimated_duration_s": round(estimate, 3)}
     _md.update(md or {})
-    return (yield from bp.count(detectors, num, md=_md))
+    per_shot = partial(bps.one_shot, take_reading=keyed_reading())
+    return (yield from bp.count(detectors, num, per_shot=per_shot, md=_md))

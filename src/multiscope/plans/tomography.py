@@ -31,7 +31,7 @@ from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 from bluesky.utils import short_uid
 
-from ..plan_stubs.frames import take_darks, take_flats
+from ..plan_stubs.frames import acquire_frame, take_darks, take_flats
 from ..plan_stubs.safe_state import safe_state_decorator, txm_safe_state
 from .preflight import (
     MAX_RUN_DURATION_S,
@@ -236,9 +236,10 @@ def step_tomogram(
         if not staged:
             yield from bps.stage(camera)
             staged = True
-        yield from bps.checkpoint()
-        yield from bps.mv(sample.theta, float(schedule.angles_deg[index]))
-        yield from bps.trigger_and_read([camera, sample.theta, *also_read], name="primary")
+        yield from acquire_frame(
+            camera, index, [sample.theta, *also_read], "primary",
+            before=bps.mv(sample.theta, float(schedule.angles_deg[index])),
+        )  # fmt: skip
     if staged:
         yield from bps.unstage(camera)
 
@@ -394,8 +395,6 @@ _FLY_READOUT_S = 0.005
 _KICKOFF_LATENCY_S = 0.03
 # Constant-speed travel kept before the first and after the last frame (s).
 _FLY_SETTLE_S = 0.1
-# Seconds between two collects while the frames come (live callbacks follow at this pace).
-_FLY_FLUSH_S = 0.5
 
 
 def tomo_block(
@@ -571,14 +570,17 @@ def fly_tomogram(camera, sample, shutter, flyer, sweep: FlySweep, schedule, *, n
 def fly_projections(camera, theta, flyer, sweep: FlySweep, *, declare: bool = True):
     """The projections of one fly tomogram inside an open run (a plan fragment).
 
-    Rotation to the run-up start, its speed set, the camera staged (the projections'
-    own file) and prepared, then started: with a position trigger (the flyer's
-    ``start_trigger``) armed before the rotation starts, to expose from
-    ``sweep.first_exposure_deg`` exactly; otherwise kicked off as the client sees the
-    rotation pass ``sweep.gate_deg``. Frames are collected into ``primary`` while
-    they come (``declare`` the stream the first time in a run). The rotation's speed
-    is restored after the sweep; on failure the camera and the rotation are stopped
-    first.
+    The camera staged (the projections' own file), then from a checkpoint: the
+    rotation to the run-up start at its own speed, the fly speed set, the camera
+    prepared and started: with a position trigger (the flyer's ``start_trigger``)
+    armed before the rotation starts, to expose from ``sweep.first_exposure_deg``
+    exactly; otherwise kicked off as the client sees the rotation pass
+    ``sweep.gate_deg``. The frames are collected into ``primary`` once the sweep is
+    complete (``declare`` the stream the first time in a run), so a pause or a
+    suspension inside the sweep leaves no event of it: the flyer abandons the
+    acquisition and the rewound plan runs the sweep again from its checkpoint, into
+    a new file (decision 0011). The rotation's speed is restored after the sweep; on
+    failure the camera and the rotation are stopped first.
     """
     velocity_signal = theta.velocity
     timeout = sweep.duration_s + 10.0
@@ -590,12 +592,16 @@ def fly_projections(camera, theta, flyer, sweep: FlySweep, *, declare: bool = Tr
             yield from bps.mv(velocity_signal, saved.pop("value"))
 
     def sweep_frames():
-        yield from bps.mv(theta, sweep.start_deg)
-        saved["value"] = yield from bps.rd(velocity_signal)
-        yield from bps.mv(velocity_signal, sweep.velocity)
-        yield from bps.stage(camera)
         if declare:
             yield from bps.declare_stream(flyer, name="primary", collect=True)
+        yield from bps.stage(camera)
+        saved["value"] = yield from bps.rd(velocity_signal)
+        # A rewind replays the sweep from here: back to the run-up start at the
+        # rotation's own speed, then at the fly speed again.
+        yield from bps.checkpoint()
+        yield from bps.mv(velocity_signal, saved["value"])
+        yield from bps.mv(theta, sweep.start_deg)
+        yield from bps.mv(velocity_signal, sweep.velocity)
         move = short_uid("fly_rotation")
         if triggered:
             start = {"start_position": sweep.first_exposure_deg, "start_timeout_s": timeout}
@@ -608,10 +614,10 @@ def fly_projections(camera, theta, flyer, sweep: FlySweep, *, declare: bool = Tr
             yield from bps.abs_set(theta, sweep.end_deg, group=move)
             yield from bps.trigger(_PassGate(theta, sweep.gate_deg, timeout), wait=True)
             yield from bps.kickoff(flyer, wait=True)
-        # Collects every _FLY_FLUSH_S while the frames come, and once more at the end.
-        yield from bps.collect_while_completing([flyer], [flyer], _FLY_FLUSH_S, "primary")
+        yield from bps.complete(flyer, wait=True)
         yield from bps.wait(group=move)
-        yield from bps.unstage(camera)
+        yield from bps.collect(flyer, name="primary")
+        yield from bps.unstage(camera)  # at once: its checkpoint keeps a rewind after it
         yield from restore_velocity()
 
     def cleanup():
