@@ -347,6 +347,8 @@ def configure_session(
         # Cameras write where the catalog can read: the data directory's assets/ (strftime).
         if hasattr(device, "write_path_template") and not device.write_path_template.get():
             device.write_path_template.put(f"{assets}/%Y/%m/%d/")
+        if hasattr(device, "follow_emitted"):  # cameras re-send a resource a rewind dropped
+            device.follow_emitted(RE.subscribe)
     plans: dict[str, Any] = {}
     for module_name in spec.plan_modules:
         module = importlib.import_module(module_name)

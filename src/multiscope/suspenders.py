@@ -136,6 +136,7 @@ class RunWatchdog:
         self._down_since: dict[int, float] = {}
         self._suspended_since: float | None = None
         self._fired = False
+        self._rewindable = True  # the RunEngine's setting when the plan started
         self._RE = None
         self._task = None
 
@@ -155,6 +156,7 @@ class RunWatchdog:
 
     def _track(self, plan):
         self._used.clear()  # a new plan: only what it uses counts
+        self._rewindable = self._RE.rewindable if self._RE is not None else True
 
         def record(msg):
             device = getattr(msg.obj, "root", None)
@@ -178,6 +180,10 @@ class RunWatchdog:
             # Idle, or paused by the user: start afresh when a plan runs again.
             self._down_since.clear()
             self._suspended_since = None
+            if self._fired and RE is not None and RE.state == "idle":
+                # Failed inside a suspension, the run never reached the step where bluesky
+                # makes the RunEngine rewindable again: later pauses would replay nothing.
+                RE.rewindable = self._rewindable
             self._fired = False
             return None
         if self._fired:  # the run is cleaning up; let it

@@ -166,6 +166,9 @@ def _check_resumed_run(session, uid, killed, restarted, events):
 
 TXM_ARGS = ["--binning", "4", "--shape", "64", "64"]
 DISCONNECT_LIMIT_S = 4.0
+# Bound on the cleanup after the limit (the safe state against a dead IOC, each step at
+# most its connection timeout): measured up to 2.8 s at load ~13, room for a loaded CI.
+CLEANUP_MARGIN_S = 15.0
 SUSPENSION_LIMIT_S = 3.0
 
 
@@ -245,7 +248,9 @@ def test_txm_ioc_killed_mid_scan_fails_within_the_disconnect_limit(ca_port_pool,
         elapsed = ended - killed["t"]
         print(f"TXM kill-to-fail: {elapsed:.2f} s ({excinfo.value!r})")
         # Moves on the dead IOC fail on their own (~2 s); the watchdog bounds the rest.
-        assert elapsed < DISCONNECT_LIMIT_S + 5.0  # the limit, plus cleanup on a loaded machine
+        assert (
+            elapsed < DISCONNECT_LIMIT_S + CLEANUP_MARGIN_S
+        )  # the limit, plus cleanup on a loaded machine
         assert not any(s.tripped for s in session.RE.suspenders)  # the beam never went
         run, stop = _stopped_run(session, docs.uids[0])
         print(f"stop reason: {stop['reason']}")
@@ -271,7 +276,11 @@ def _ring_controls(running):
 def test_beam_dump_on_the_ring_ioc_suspends_and_resumes(ca_port_pool, tmp_path_factory):
     """Dump the beam (ring IOC) during a tomo_scan: the run suspends, the TXM sees no beam;
     refill: it resumes and succeeds with every projection once."""
-    with txm_session(ca_port_pool, tmp_path_factory, "dump", TXM_ARGS) as (session, running):
+    options = {"max_suspension_s": 120.0}  # a failing refill ends the run, not in 30 min
+    with txm_session(ca_port_pool, tmp_path_factory, "dump", TXM_ARGS, **options) as (
+        session,
+        running,
+    ):
         ring = _ring_controls(running)
         (suspender,) = session.RE.suspenders
         docs = _Documents(session.RE)
@@ -285,9 +294,14 @@ def test_beam_dump_on_the_ring_ioc_suspends_and_resumes(ca_port_pool, tmp_path_f
             record["at_dump"] = len(docs.primary_seq)
             time.sleep(1.0)  # the outage itself (not a synchronisation)
             record["after_outage"] = len(docs.primary_seq)
-            ring["inject"].put(1)
 
-        thread, record = _in_thread(dump_and_refill)
+        def refill_after(record):  # always: the run would otherwise wait for the beam
+            try:
+                dump_and_refill(record)
+            finally:
+                ring["inject"].put(1)
+
+        thread, record = _in_thread(refill_after)
         session.RE(_tomo(session, num_projections=30))
         thread.join(10)
         assert "error" not in record, record
@@ -321,7 +335,9 @@ def test_beam_outage_longer_than_the_limit_fails_the_run(ca_port_pool, tmp_path_
         elapsed = time.monotonic() - record["t"]
         thread.join(1)
         print(f"dump-to-fail: {elapsed:.2f} s ({excinfo.value!r})")
-        assert SUSPENSION_LIMIT_S <= elapsed < SUSPENSION_LIMIT_S + 5.0  # + cleanup, loaded
+        assert (
+            SUSPENSION_LIMIT_S <= elapsed < SUSPENSION_LIMIT_S + CLEANUP_MARGIN_S
+        )  # + cleanup, loaded
         run, stop = _stopped_run(session, docs.uids[0])
         assert stop["exit_status"] == "fail" and "suspended for" in stop["reason"]
         frames = np.asarray(run["primary"].read()["camera_image"])
@@ -355,7 +371,7 @@ def test_txm_ioc_killed_during_a_beam_dump_fails_within_the_disconnect_limit(
         elapsed = time.monotonic() - record["t"]
         thread.join(1)
         print(f"kill-during-dump-to-fail: {elapsed:.2f} s ({excinfo.value!r})")
-        assert DISCONNECT_LIMIT_S <= elapsed < DISCONNECT_LIMIT_S + 5.0
+        assert DISCONNECT_LIMIT_S <= elapsed < DISCONNECT_LIMIT_S + CLEANUP_MARGIN_S
         run, stop = _stopped_run(session, docs.uids[0])
         assert stop["exit_status"] == "fail" and "disconnected for" in stop["reason"]
         frames = np.asarray(run["primary"].read()["camera_image"])

@@ -13,14 +13,17 @@ the live reconstruction made from exactly the run's projections.
 from __future__ import annotations
 
 import threading
-import time
 
+import h5py
 import numpy as np
 import pytest
+from bluesky import plan_stubs as bps
 from bluesky.utils import RunEngineInterrupted
 from conftest import txm_session
 from ophyd import EpicsSignal, EpicsSignalRO
+from waiting import wait_until
 
+from multiscope.plan_stubs.frames import acquire_frame
 from multiscope.plans.mosaic import vertical_mosaic_tomo
 from multiscope.plans.scans import count_frames
 from multiscope.plans.tomography import fly_tomo_scan, tomo_scan
@@ -38,7 +41,9 @@ GRID = dict(
 def txm(ca_port_pool, tmp_path_factory):
     """A TXM session (suspenders on) with the IOC's camera state and the ring's controls."""
     extra_args = ["--binning", "4", "--shape", "64", "64"]
-    with txm_session(ca_port_pool, tmp_path_factory, "interrupted", extra_args) as (
+    # A run left suspended by a failing case ends after 120 s instead of 30 min.
+    options = {"max_suspension_s": 120.0}
+    with txm_session(ca_port_pool, tmp_path_factory, "interrupted", extra_args, **options) as (
         session,
         running,
     ):
@@ -57,11 +62,7 @@ def txm(ca_port_pool, tmp_path_factory):
 
 
 def _wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {DEADLINE_S} s: {what}")
-        time.sleep(0.002)  # polling a condition
+    wait_until(condition, timeout=DEADLINE_S, interval=0.002, message=what)
 
 
 def _plans(d):
@@ -114,9 +115,11 @@ class _Interrupter:
             if self.action == "dump":
                 # Refill once the suspender stopped the exposure (the camera idle).
                 _wait_until(lambda: not self._exposing(), "the exposure stopped by the dump")
-                self.ioc["inject"].put(1)
         except BaseException as ex:  # reported by join()
             self.error = ex
+        finally:
+            if self.action == "dump":  # always: a run left suspended would wait for it
+                self.ioc["inject"].put(1)
 
     def join(self):
         self._thread.join(DEADLINE_S)
@@ -135,8 +138,13 @@ def _run_interrupted(session, ioc, plan, action: str, after: int):
     else:
         with pytest.raises(RunEngineInterrupted):
             RE(plan())
-        assert RE.state == "paused"
-        assert ioc["state"].get(use_monitor=False) != "Acquire"  # pause stopped the exposure
+        try:
+            assert RE.state == "paused"
+            # The pause stopped the exposure.
+            assert ioc["state"].get(use_monitor=False) != "Acquire"
+        except AssertionError:
+            RE.abort()  # leave the module's RunEngine idle for the next case
+            raise
         uids = RE.resume() if action == "resume" else RE.abort()
     interrupter.join()
     starts = [doc for name, doc in interrupter.documents if name == "start"]
@@ -236,3 +244,43 @@ def _belongs(name, doc, uid, documents) -> bool:
     if name in ("descriptor", "stop"):
         return doc["run_start"] == uid
     return doc.get("descriptor") in descriptors
+
+
+def test_a_point_replayed_after_its_save_reuses_its_frame_and_resource(txm):
+    """A pause after a point's save, before the next checkpoint: the point is replayed.
+
+    The camera reports the frame it took (no second exposure), does not send its
+    StreamResource again (bluesky refuses a repeat), and the repeated event is dropped
+    for the catalog: the file holds 2 frames for 2 points.
+    """
+    session, ioc = txm
+    camera, RE = session.devices["camera"], session.RE
+    documents = []
+    token = RE.subscribe(lambda name, doc: documents.append((name, doc)))
+
+    def plan():
+        yield from bps.open_run()
+        yield from bps.stage(camera)
+        yield from acquire_frame(camera, 0)
+        yield from bps.pause()  # after the save: the rewind replays point 0
+        yield from acquire_frame(camera, 1)
+        yield from bps.unstage(camera)
+        return (yield from bps.close_run())
+
+    try:
+        with pytest.raises(RunEngineInterrupted):
+            RE(plan())
+        (uid,) = RE.resume()
+    finally:
+        RE.unsubscribe(token)
+    names = [name for name, _ in documents]
+    assert names.count("stream_resource") == 1
+    assert names.count("event") == 3  # point 0 twice (same seq_num), point 1
+    assert session.drain(60)
+    run = session.catalog.run(uid)
+    assert run.metadata["stop"]["exit_status"] == "success"
+    frames = np.asarray(run["primary"].read()["camera_image"])
+    assert frames.shape[0] == 2
+    (resource,) = [doc for name, doc in documents if name == "stream_resource"]
+    with h5py.File(resource["uri"].removeprefix("file://localhost"), "r") as f:
+        assert f["/entry/data/data"].shape[0] == 2  # one exposure per point

@@ -28,6 +28,7 @@ import pytest
 from bluesky.utils import RunEngineInterrupted
 from conftest import txm_session
 from ophyd import EpicsSignal, EpicsSignalRO
+from waiting import wait_until
 
 from multiscope.plan_stubs.safe_state import go_safe, txm_safe_state
 from multiscope.plans.calibration import focus_calibration
@@ -65,11 +66,7 @@ def _read_ioc(ioc) -> dict:
 
 
 def _wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {DEADLINE_S} s: {what}")
-        time.sleep(0.002)  # polling a condition
+    wait_until(condition, timeout=DEADLINE_S, interval=0.002, message=what)
 
 
 # -- the plans, small -------------------------------------------------------------------
@@ -278,9 +275,11 @@ def test_abort_or_stop_while_the_shutter_is_open_leaves_the_instrument_safe(
     with pytest.raises(RunEngineInterrupted):
         RE(_plans(d)[plan_name]())
     watcher.join(DEADLINE_S)
-    assert RE.state == "paused"
-    assert _read_ioc(ioc)["shutter_open"] == 1, "paused with the shutter closed: nothing to test"
-    getattr(RE, action)()
+    try:
+        assert RE.state == "paused"
+        assert _read_ioc(ioc)["shutter_open"] == 1, "paused with the shutter closed: no test"
+    finally:
+        getattr(RE, action)()  # also on a failed check: the next case needs an idle RunEngine
     elapsed = time.monotonic() - t0
     assert RE.state == "idle"
     _assert_safe(ioc, before, plan_name)
@@ -305,8 +304,10 @@ def test_halt_runs_no_cleanup_and_go_safe_closes_the_shutter(fresh):
     with pytest.raises(RunEngineInterrupted):
         RE(_plans(d)["fly_tomo_scan"]())
     watcher.join(DEADLINE_S)
-    assert RE.state == "paused"
-    RE.halt()
+    try:
+        assert RE.state == "paused"
+    finally:
+        RE.halt()  # also on a failed check: the next case needs an idle RunEngine
     left = _read_ioc(ioc)
     try:
         # The RunEngine's own cleanup stopped the rotation and unstaged the camera (its

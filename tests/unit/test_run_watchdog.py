@@ -10,6 +10,7 @@ from bluesky import preprocessors as bpp
 from ophyd import Device
 from ophyd.sim import Signal, det
 from ophyd.status import DeviceStatus
+from waiting import wait_until
 
 from multiscope.suspenders import (
     DeviceDisconnectedError,
@@ -80,7 +81,7 @@ def test_disconnected_device_fails_a_blocked_run_within_the_limit():
     with pytest.raises(DeviceDisconnectedError, match="cam disconnected"):
         RE(bpp.run_wrapper(plan()))
     elapsed = time.monotonic() - unplugged["t"]
-    assert 0.5 <= elapsed < 2.0
+    assert 0.5 <= elapsed < 5.0  # the limit, not before; then the poll and cleanup (loaded CI)
     stop = _stop_doc(docs)
     assert stop["exit_status"] == "fail" and "cam disconnected" in stop["reason"]
     assert RE.state == "idle"
@@ -138,6 +139,9 @@ def test_short_suspension_resumes_and_long_one_fails_the_run():
     with pytest.raises(SuspendedTooLongError, match="suspended for"):
         RE(bpp.run_wrapper(_counts()))
     elapsed = time.monotonic() - dumped["t"]
-    assert 1.0 <= elapsed < 3.0
+    assert 1.0 <= elapsed < 6.0  # the limit, not before; then the poll and cleanup (loaded CI)
     stop = _stop_doc(docs)
     assert stop["exit_status"] == "fail" and "below" in stop["reason"]
+    # The run failed inside bluesky's suspension (which turns rewinding off until the
+    # beam is back): the watchdog turns it on again, or later pauses would replay nothing.
+    wait_until(lambda: RE.rewindable, timeout=10, message="RE.rewindable restored")

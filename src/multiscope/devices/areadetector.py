@@ -21,9 +21,10 @@ replay it; the camera keeps the file and the events one-to-one through them
     trigger -> with ``point_key`` set (plans set it after each checkpoint), a replayed
                point whose frame is already in the file re-reports that row instead
                of exposing again; a new key means the last point's event was saved
-    collect -> the StreamResource is sent again with each datum until an event that
-               carried it is known saved (a rewind can drop the event that carried it);
-               repeated documents are dropped by the session's replay filter
+    collect -> the StreamResource goes with each datum until the RunEngine has emitted
+               it (a rewind between a read and its save drops the asset documents the
+               read collected); the session tells the camera what was emitted
+               (:meth:`StreamingCamera.follow_emitted`); a camera not told sends it once
 
 The frames' data key ``<name>_image`` is described with
 ``external="STREAM:"`` and shape ``[num_images, ny, nx]`` (``[ny, nx]`` fails
@@ -51,7 +52,7 @@ from ophyd.areadetector import EpicsSignalWithRBV as SignalWithRBV
 from ophyd.areadetector.cam import CamBase
 from ophyd.areadetector.plugins import HDF5Plugin_V22
 from ophyd.device import DEFAULT_CONNECTION_TIMEOUT, Staged
-from ophyd.status import DeviceStatus
+from ophyd.status import DeviceStatus, Status
 from ophyd.utils.errors import InvalidState
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,17 @@ _USED_SIGNALS = (
 )  # fmt: skip
 
 
+class _PointKey(Signal):
+    """A soft signal whose ``set`` is done at once (ophyd's ``Signal.set`` puts on a thread,
+    so a trigger right after it could still read the previous point's key)."""
+
+    def set(self, value, **kwargs):
+        self.put(value)
+        status = Status(obj=self)
+        status.set_finished()
+        return status
+
+
 def _make_lazy_signal(device, dotted: str) -> None:
     """Instantiate ``device.<dotted>`` without ophyd's blocking wait for a lazy PV."""
     *path, attr = dotted.split(".")
@@ -146,7 +158,7 @@ class StreamingCamera(DetectorBase):
     images_per_trigger = Cpt(Signal, value=1, kind="config")
     # Identity of the point the next trigger acquires (set by plans after each checkpoint,
     # so a rewind replays it): a replayed point reuses its frame (see the module docstring).
-    point_key = Cpt(Signal, value=None, kind="omitted")
+    point_key = Cpt(_PointKey, value=None, kind="omitted")
 
     def __init__(
         self,
@@ -173,17 +185,35 @@ class StreamingCamera(DetectorBase):
         self._datum_factory = None
         self._frame_shape: tuple[int, int] | None = None
         self._lock = threading.Lock()
+        self._follows_emission = False
         self._reset_file_state()
 
     def _reset_file_state(self) -> None:
         """Forget the bookkeeping of the current capture file (a new file, or none)."""
-        self._rows = 0  # events' rows in the file (a row is ``num_images`` frames)
-        self._last_point: tuple[object, int] | None = None  # (key, row) of the last exposure
+        # (key, row) of the last exposure in the file (a row is ``num_images`` frames)
+        self._last_point: tuple[object, int] | None = None
         self._to_collect: list[int] = []  # rows whose datums the next collect emits
         self._in_flight: _Exposure | None = None  # the trigger exposing now
-        self._resource_saved = False  # an event carrying the StreamResource was saved
-        self._resource_sent = False  # the StreamResource went out with a datum
-        self._interrupted = False  # paused since the StreamResource last went out
+        self._resource_emitted = False  # the RunEngine emitted the StreamResource
+
+    @property
+    def _next_row(self) -> int:
+        """Row of the file the next exposure writes."""
+        return 0 if self._last_point is None else self._last_point[1] + 1
+
+    def follow_emitted(self, subscribe) -> int:
+        """Learn which StreamResources the RunEngine emitted: ``subscribe`` is ``RE.subscribe``.
+
+        Without it the camera sends each StreamResource once, which a rewind between
+        the read that collected it and its save would lose. Returns the token.
+        """
+        self._follows_emission = True
+        return subscribe(self._note_emitted, "stream_resource")
+
+    def _note_emitted(self, name: str, doc: dict) -> None:
+        with self._lock:
+            if self._resource is not None and doc.get("uid") == self._resource["uid"]:
+                self._resource_emitted = True
 
     # -- connection -------------------------------------------------------------
 
@@ -353,18 +383,14 @@ class StreamingCamera(DetectorBase):
                 status = DeviceStatus(self)
                 status.set_finished()
                 return status
-            if last is not None and (key is not None or not self._interrupted):
-                # A new point: the last one's event, and the resource it carried, were saved.
-                self._resource_saved = self._resource_saved or self._resource_sent
             status = DeviceStatus(self, timeout=self.trigger_timeout())
-            exposure = self._in_flight = _Exposure(key, self._rows, status)
+            exposure = self._in_flight = _Exposure(key, self._next_row, status)
 
         def acquired(*args, **kwargs):
             # Put-completion of Acquire: the IOC has written every frame, or was stopped.
             with self._lock:
                 if self._in_flight is exposure:
                     self._in_flight = None
-                    self._rows = exposure.row + 1
                     self._last_point = (exposure.key, exposure.row)
                     self._to_collect.append(exposure.row)
                 # else abandoned by pause(), which accounts for the file
@@ -383,7 +409,6 @@ class StreamingCamera(DetectorBase):
         """
         super().pause()
         with self._lock:
-            self._interrupted = True
             exposure, self._in_flight = self._in_flight, None
         if exposure is None:
             return
@@ -391,16 +416,16 @@ class StreamingCamera(DetectorBase):
             self.cam.acquire.put(0)
             if not exposure.ended.wait(self.trigger_margin):
                 logger.warning("%s: the acquisition did not end after Stop", self.name)
-            # The RunEngine no longer waits for it, but a status failing later (its
-            # timeout) would fail the resumed run: it ends here, successfully.
-            exposure.end()
             captured = int(self.hdf1.num_captured.get(use_monitor=False)) // self.num_images
         except Exception as ex:  # an IOC that is gone: nothing was written either
             logger.warning("%s: could not stop the exposure on pause: %s", self.name, ex)
             return
+        finally:
+            # The RunEngine no longer waits for it, but a status failing later (its
+            # timeout) would fail the resumed run: it ends here, successfully.
+            exposure.end()
         with self._lock:
             if captured > exposure.row:  # finished before the stop: it is this point's frame
-                self._rows = exposure.row + 1
                 self._last_point = (exposure.key, exposure.row)
 
     def describe(self):
@@ -424,10 +449,9 @@ class StreamingCamera(DetectorBase):
             if not rows or self._datum_factory is None:
                 return
             docs = []
-            if not self._resource_saved:
+            if not self._resource_emitted:
                 docs.append(("stream_resource", self._resource))
-                self._resource_sent = True
-                self._interrupted = False
+                self._resource_emitted = not self._follows_emission  # else: when told
             for row in rows:
                 datum = self._datum_factory(indices={"start": row, "stop": row + 1})
                 docs.append(("stream_datum", datum))

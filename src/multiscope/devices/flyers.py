@@ -46,7 +46,8 @@ Examples
 >>> def plan():                                                         # doctest: +SKIP
 ...     yield from bps.declare_stream(flyer, name="primary", collect=True)
 ...     yield from bps.kickoff(flyer, wait=True)
-...     yield from bps.collect_while_completing([flyer], [flyer], 0.5, "primary")
+...     yield from bps.complete(flyer, wait=True)
+...     yield from bps.collect(flyer, name="primary")  # once: see pause()
 """
 
 from __future__ import annotations
@@ -261,6 +262,7 @@ class FlyingCamera:
         if self.start_trigger is not None and self.start_position is None:
             raise ValueError(f"{self.name}: prepare a start_position for the start trigger")
         file_name = camera.hdf1.full_file_name.get(use_monitor=False)
+        self._abandoned = False  # a new acquisition (an abandoned one ended with an abort)
         prepared, self._prepared = self._prepared, None
         if file_name != self._prepared_file:
             prepared = None  # prepared for an earlier staging

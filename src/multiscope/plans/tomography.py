@@ -22,6 +22,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,6 +31,7 @@ import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 from bluesky.utils import short_uid
+from ophyd.utils.errors import InvalidState
 
 from ..plan_stubs.frames import acquire_frame, take_darks, take_flats
 from ..plan_stubs.safe_state import safe_state_decorator, txm_safe_state
@@ -475,7 +477,19 @@ class _PassGate:
         def passed(*args, value, **kwargs):
             return float(value) >= self.threshold
 
-        return SubscriptionStatus(self.positioner, passed, timeout=self.timeout)
+        self._status = SubscriptionStatus(self.positioner, passed, timeout=self.timeout)
+        return self._status
+
+    def pause(self):
+        """End a pending wait: the RunEngine no longer waits for it (the sweep is replayed),
+        and its timeout failing later would fail the resumed run."""
+        status = getattr(self, "_status", None)
+        if status is not None and not status.done:
+            with contextlib.suppress(InvalidState):
+                status.set_finished()
+
+    def resume(self):
+        """Nothing to do: the replayed sweep triggers the gate again."""
 
 
 @dataclass(frozen=True)
