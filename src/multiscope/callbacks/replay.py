@@ -3,11 +3,10 @@
 A pause or a suspension rewinds a plan to its last checkpoint and replays the
 messages since. A point whose event was saved before the interruption, with no
 checkpoint after it, is then emitted a second time with the same ``seq_num``
-(bluesky resets the stream's counter to the checkpoint's), and a camera re-sends
-its StreamResource until it knows an event carrying it was saved
-(:mod:`multiscope.devices.areadetector`). Stored twice, a repeated event is a
-duplicate row and a repeated StreamDatum a frame counted twice: the catalog
-would no longer read the stream.
+(bluesky resets the stream's counter to the checkpoint's), with its StreamDatum
+(the camera reports the same frame: :mod:`multiscope.devices.areadetector`).
+Stored twice, a repeated event is a duplicate row and a repeated StreamDatum a
+frame counted twice: the catalog would no longer read the stream.
 
 :class:`ReplayFilter` sits between the RunEngine and one consumer and passes
 every document of a run once: an event (or an event page's row) whose
