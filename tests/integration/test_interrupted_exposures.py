@@ -65,10 +65,16 @@ def _wait_until(condition, what: str) -> None:
     wait_until(condition, timeout=DEADLINE_S, interval=0.002, message=what)
 
 
+def _with_exposure(camera, exposure_s, plan):
+    """``plan`` after setting the camera's exposure (``count_frames`` keeps the camera's)."""
+    yield from bps.mv(camera.cam.acquire_time, exposure_s)
+    return (yield from plan)
+
+
 def _plans(d):
     camera, sample, shutter, energy = d["camera"], d["sample"], d["shutter"], d["energy"]
     return {
-        "count_frames": lambda: count_frames([camera], 12),
+        "count_frames": lambda: _with_exposure(camera, 0.15, count_frames([camera], 12)),
         "tomo_scan": lambda: tomo_scan(
             camera, sample, shutter, num_projections=12, exposure_s=0.15, num_darks=2,
             num_flats=2, flat_policy="both"),
@@ -92,6 +98,7 @@ class _Interrupter:
         self.documents: list[tuple[str, dict]] = []
         self.landed_exposing = None
         self.error: BaseException | None = None
+        self.cancelled = threading.Event()  # the run ended first: never interrupt a later one
         self._token = session.RE.subscribe(lambda name, doc: self.documents.append((name, doc)))
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -105,8 +112,11 @@ class _Interrupter:
 
     def _run(self):
         try:
-            _wait_until(lambda: self._events() >= self.after and self._exposing(),
+            _wait_until(lambda: self.cancelled.is_set()
+                        or (self._events() >= self.after and self._exposing()),
                         f"the camera exposing after {self.after} events")  # fmt: skip
+            if self.cancelled.is_set():
+                return
             if self.action == "dump":
                 self.ioc["dump"].put(1)
             else:
@@ -122,6 +132,7 @@ class _Interrupter:
                 self.ioc["inject"].put(1)
 
     def join(self):
+        self.cancelled.set()
         self._thread.join(DEADLINE_S)
         self.session.RE.unsubscribe(self._token)
         if self.error is not None:
@@ -133,20 +144,22 @@ def _run_interrupted(session, ioc, plan, action: str, after: int):
     """Run ``plan`` interrupted by ``action`` (pause+resume, pause+abort, dump); its starts."""
     interrupter = _Interrupter(session, ioc, action, after)
     RE = session.RE
-    if action == "dump":
-        uids = RE(plan())
-    else:
-        with pytest.raises(RunEngineInterrupted):
-            RE(plan())
-        try:
-            assert RE.state == "paused"
-            # The pause stopped the exposure.
-            assert ioc["state"].get(use_monitor=False) != "Acquire"
-        except AssertionError:
-            RE.abort()  # leave the module's RunEngine idle for the next case
-            raise
-        uids = RE.resume() if action == "resume" else RE.abort()
-    interrupter.join()
+    try:
+        if action == "dump":
+            uids = RE(plan())
+        else:
+            with pytest.raises(RunEngineInterrupted):
+                RE(plan())
+            try:
+                assert RE.state == "paused"
+                # The pause stopped the exposure.
+                assert ioc["state"].get(use_monitor=False) != "Acquire"
+            except AssertionError:
+                RE.abort()  # leave the module's RunEngine idle for the next case
+                raise
+            uids = RE.resume() if action == "resume" else RE.abort()
+    finally:
+        interrupter.join()
     starts = [doc for name, doc in interrupter.documents if name == "start"]
     assert len(starts) >= 1 and len(uids) == len(starts)
     return starts, interrupter.documents
