@@ -38,11 +38,16 @@ def txm(ca_port_pool, tmp_path_factory):
         yield session, truth
 
 
+REFERENCE_EXPOSURE_S = 0.1  # as the xanes_2d frames they are compared with
+
+
 def _in_focus_references(energy, camera, shutter, truth, energies):
     """At each energy: a frame with zp:z at the IOC's true focus, and one defocused."""
 
     @bpp.run_decorator(md={"purpose": "in-focus references"})
     def plan():
+        # The XANES frames' exposure: a plan puts the camera's own back when it ends.
+        yield from bps.mv(camera.cam.acquire_time, REFERENCE_EXPOSURE_S)
         yield from bps.mv(shutter, "open")
         for e in energies:
             yield from bps.mv(energy, e)
@@ -66,7 +71,8 @@ def test_xanes_2d_refocuses_at_every_energy(txm):
     pixel_um = d["objective"].pixel_size.get() / 1000
     (uid,) = session.RE(
         plans["xanes_2d"](
-            camera, energy, d["sample"], d["shutter"], grid, exposure_s=0.1, num_frames=1,
+            camera, energy, d["sample"], d["shutter"], grid, exposure_s=REFERENCE_EXPOSURE_S,
+            num_frames=1,
             flat_policy="interpolate", flat_every=3, num_flats=2, num_darks=2,
             pixel_size_um=pixel_um, sample_id="NMC811 tab",
         )
