@@ -98,6 +98,10 @@ _USED_SIGNALS = (
     "cam.array_size.array_size_x", "cam.array_size.array_size_y",
     "hdf1.capture", "hdf1.num_captured", "hdf1.full_file_name", "hdf1.file_path",
     "hdf1.file_path_exists", "hdf1.file_name", "hdf1.file_number",
+    # ophyd's stage reads these (the plugin primed, the asyn ports chained); a 1 s lazy
+    # connect of ArraySize2_RBV failed there under load
+    "hdf1.array_size.depth", "hdf1.array_size.height", "hdf1.array_size.width",
+    "cam.port_name", "hdf1.port_name",
 )  # fmt: skip
 
 
