@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 from conftest import txm_session
+from waiting import wait_until
 
 from multiscope import simctl
 from multiscope.plans.scans import line_scan
@@ -174,11 +175,7 @@ SUSPENSION_LIMIT_S = 3.0
 
 def _until(predicate, timeout, what):
     """Poll ``predicate`` until true; fail naming ``what`` after ``timeout`` s (a limit)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+    wait_until(predicate, timeout=timeout, message=what)
 
 
 class _Documents:
