@@ -116,6 +116,22 @@ class _PointKey(Signal):
         return status
 
 
+@contextlib.contextmanager
+def _no_lazy_waits(*devices):
+    """Within: the lazy signals ``devices`` make are not waited for, one by one."""
+    saved = [device.__dict__.get("lazy_wait_for_connection") for device in devices]
+    for device in devices:
+        device.lazy_wait_for_connection = False
+    try:
+        yield
+    finally:
+        for device, value in zip(devices, saved, strict=True):
+            if value is None:
+                del device.lazy_wait_for_connection
+            else:
+                device.lazy_wait_for_connection = value
+
+
 def _make_lazy_signal(device, dotted: str) -> None:
     """Instantiate ``device.<dotted>`` without ophyd's blocking wait for a lazy PV."""
     *path, attr = dotted.split(".")
@@ -225,13 +241,16 @@ class StreamingCamera(DetectorBase):
         """Dotted names of the lazy areaDetector PVs this camera uses itself.
 
         Staging, triggering and flying use them; everything the stage puts is
-        included. Subclasses using more PVs extend the list.
+        included, and what a run reads and describes (the read and configuration
+        attributes: a 1 s lazy connect of ``cam1:NumExposures_RBV`` at a run's first
+        ``describe_configuration`` failed on CI). Subclasses using more PVs extend it.
         """
-        names = list(_USED_SIGNALS)
+        names = list(_USED_SIGNALS) + list(self.read_attrs) + list(self.configuration_attrs)
         for owner, sigs in (("", self.stage_sigs), ("cam.", self.cam.stage_sigs),
                             ("hdf1.", self.hdf1.stage_sigs)):  # fmt: skip
             names += [owner + key for key in sigs if isinstance(key, str)]
-        return [n for n in dict.fromkeys(names) if "parent" not in n.split(".")]
+        names = [n for n in dict.fromkeys(names) if "parent" not in n.split(".")]
+        return [n for n in names if not any(m.startswith(n + ".") for m in names)]  # signals
 
     def wait_for_connection(self, all_signals=False, timeout=DEFAULT_CONNECTION_TIMEOUT):
         """Wait for the camera's PVs, the lazy ones it uses included, all at once.
@@ -243,7 +262,10 @@ class StreamingCamera(DetectorBase):
         ``timeout``.
         """
         if not all_signals:
-            for dotted in self.used_signal_names():
+            # Listing the read and configuration attributes makes their signals.
+            with _no_lazy_waits(self, self.cam, self.hdf1):
+                names = self.used_signal_names()
+            for dotted in names:
                 _make_lazy_signal(self, dotted)
         super().wait_for_connection(all_signals=all_signals, timeout=timeout)
 
