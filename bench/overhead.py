@@ -15,9 +15,11 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ioc import demo_ioc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,15 +39,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
-    from multiscope import config, simctl
-
-    workdir = Path(tempfile.mkdtemp(prefix="multiscope-bench-"))
-    port = simctl.free_port()
-    config.apply_ca_client_environment(config.ca_client_environment([port]))
-    os.environ["OPHYD_CONTROL_LAYER"] = "caproto"
-    ioc = simctl.start_ioc("demo", prefix="BENCH:", port=port, log_dir=workdir)
-    try:
-        simctl.wait_until_ready(ioc, timeout=15)
+    with demo_ioc() as workdir:
         from bluesky import RunEngine
         from bluesky import plans as bp
         from ophyd.sim import SynAxis, SynGauss
@@ -82,8 +76,6 @@ def main(argv=None):
                 None,
             ),
         ]
-    finally:
-        simctl.stop_ioc(ioc.pid)
 
     print(
         f"\nEvents per second, {args.points} points, median of {args.repeats} "

@@ -22,11 +22,11 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ioc import demo_ioc  # noqa: E402
 from _report import write_section  # noqa: E402
 
 __all__ = ["main"]
@@ -62,15 +62,7 @@ def main(argv=None):
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
 
-    from multiscope import config, simctl
-
-    workdir = Path(tempfile.mkdtemp(prefix="multiscope-bench-"))
-    port = simctl.free_port()
-    config.apply_ca_client_environment(config.ca_client_environment([port]))
-    os.environ["OPHYD_CONTROL_LAYER"] = "caproto"
-    ioc = simctl.start_ioc("demo", prefix="BENCH:", port=port, log_dir=workdir)
-    try:
-        simctl.wait_until_ready(ioc, timeout=15)
+    with demo_ioc():
         from bluesky import RunEngine
         from bluesky.plans import scan
         from ophyd.sim import SynAxis
@@ -89,8 +81,6 @@ def main(argv=None):
         put_sim = _median_seconds(_puts(lambda v: sim_axis.set(v).wait(5), n), reps) / n
         scan_ca = points / _median_seconds(lambda: RE(scan([], m1, -0.5, 0.5, points)), reps)
         scan_sim = points / _median_seconds(lambda: RE(scan([], sim_axis, -0.5, 0.5, points)), reps)
-    finally:
-        simctl.stop_ioc(ioc.pid)
 
     rows = [
         ("put with completion (ms)", put_ca * 1e3, put_sim * 1e3, "{:.3f}"),

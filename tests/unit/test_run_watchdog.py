@@ -50,12 +50,8 @@ def _when(predicate, action, timeout=10.0):
     """Run ``action`` in a thread once ``predicate()`` holds (polled; the deadline is a limit)."""
 
     def watch():
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                action()
-                return
-            time.sleep(0.005)
+        wait_until(predicate, timeout=timeout, interval=0.005)  # fails the thread, not the test
+        action()
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
