@@ -280,18 +280,28 @@ def test_storage_outage_does_not_slow_scan(RE, catalog, data_dir):
         rewrite(uid)
 
     cam = FrameCamera("cam", data_dir / "assets" / "cam")
+    emitted = []
+    token = RE.subscribe(lambda name, doc: emitted.append(name))
     background.consumer, background.recover = outage_write, outage_rewrite
     try:
         t0 = time.perf_counter()
         (uid,) = RE(scan([det, cam], motor, 0, 1, 200))
         per_point = (time.perf_counter() - t0) / 200
-        assert per_point < 0.02, per_point  # ophyd.sim alone runs at ~3 ms per point
+        written_by_the_end = len(calls)
+        print(f"{per_point * 1e3:.1f} ms per point during the outage")
+        # The scan never waited for storage: when it ended, the writer (each write hanging
+        # 0.5 s since the 10th document) was still far behind the documents it was given.
+        # A wall-clock bound here failed under load (24 ms per point at load ~10) while
+        # the scan was not waiting at all; this holds on any machine.
+        assert len(emitted) > 400
+        assert written_by_the_end < len(emitted) / 2, (written_by_the_end, len(emitted))
         assert uid in background.pending_recovery
         assert not catalog.drain(0.5)  # storage still down: nothing lost, nothing written
         assert "stop" not in catalog.run(uid).metadata  # the partial live run
         down.clear()
         assert catalog.drain(60)
     finally:
+        RE.unsubscribe(token)
         background.consumer, background.recover = live, rewrite
     run = catalog.run(uid)
     assert run.metadata["stop"]["exit_status"] == "success"
