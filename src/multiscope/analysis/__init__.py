@@ -15,6 +15,11 @@ stitch
 segment
     ``label_particles`` (Otsu, small-object removal, watershed, border clearing).
 xanes
-    ``align_stack``, ``normalize``, ``fit_whiteline``, ``edge_energy``,
-    ``linear_combination_fit``.
+    ``normalize``, ``material_mask``, ``fit_whiteline``, ``edge_energy``,
+    ``linear_combination_fit``; re-exports the alignment below.
+xanes_register, xanes_align
+    Feature images, sub-pixel registration, ``out_of_view``; ``align_stack`` with
+    the re-sampling (super-resolution) correction.
+xanes_drift
+    3D XANES: drift of tomograms across energies.
 """
