@@ -20,6 +20,8 @@ xanes
 xanes_register, xanes_align
     Feature images, sub-pixel registration, ``out_of_view``; ``align_stack`` with
     the re-sampling (super-resolution) correction.
+xanes_mask
+    ``edge_step_error``, ``material_mask``: which pixels hold the element.
 xanes_drift
     3D XANES: drift of tomograms across energies.
 """
