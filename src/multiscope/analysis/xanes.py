@@ -12,9 +12,14 @@ Typical pipeline (Spence et al. 2021, section 4)::
     shifts, aligned = align_stack(absorbance, reference_index=len(energies) - 1,
                                   structure=post, related=np.flatnonzero(energies >= 8.346))
     norm, jump, mask = normalize(aligned, energies, pre_edge=(8.20, 8.32),
-                                 post_edge=(8.37, 8.45), min_edge_jump=0.03)
+                                 post_edge=(8.37, 8.45))  # masked by significance
     mask |= out_of_view(shifts, mask.shape)       # already masked: their spectra are NaN
-    wl = fit_whiteline(norm, energies, window=(8.346, 8.358))
+    wl = fit_whiteline(norm, energies)            # window from the data (logged)
+
+Without ``min_edge_jump`` :func:`normalize` masks the pixels whose edge step is not
+significant against their own scatter (:func:`material_mask`); without ``window``
+:func:`fit_whiteline` searches from the typical edge to as far above the typical
+peak (:func:`whiteline_window`).
 
 ``structure``/``related`` switch on the re-sampling (partial-volume) correction of
 drifted 2D stacks (:func:`align_stack`, :func:`super_resolve`,
@@ -46,6 +51,7 @@ True
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Callable
 
@@ -63,6 +69,8 @@ from .xanes_register import (
     register_translation,
     shift_stack,
 )
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "StructureModel",
@@ -82,6 +90,7 @@ __all__ = [
     "resampling_gain",
     "shift_stack",
     "super_resolve",
+    "whiteline_window",
 ]
 
 
@@ -93,7 +102,7 @@ def normalize(
     energies: np.ndarray,
     pre_edge: tuple[float, float],
     post_edge: tuple[float, float],
-    min_edge_jump: float = 0.02,
+    min_edge_jump: float | None = None,
     e0: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pre-edge subtraction and edge-step normalisation of every pixel's spectrum.
@@ -104,6 +113,22 @@ def normalize(
     step ``post(e0) - pre(e0)``, so the normalised spectrum is 0 before the edge and
     1 at the edge (Athena convention, no flattening).
 
+    By default the pixels without the element are masked by significance: each
+    pixel's step is compared with its own standard error (:func:`edge_step_error`,
+    the scatter of its spectrum about the two lines), and :func:`material_mask`
+    keeps the pixels whose step is at least 6 standard errors and connected to one
+    of at least 8 (its hysteresis, without its absolute ``min_edge_jump`` route,
+    which is in absorbance units and admits noise where the data's scale is
+    large).  A noisy empty pixel is thus not fitted whatever the scale of the data
+    or the number of pre- and post-edge energies.  An absolute ``min_edge_jump``
+    threshold instead masks every pixel whose step is below it: at a per-energy
+    noise of 1 % of the edge step, 0.02 let 5 % (11 pre- and 8 post-edge energies)
+    to 30 % (3 and 3) of the empty pixels of a map through, the significance mask
+    none (``tests/unit/test_xanes_user_path.py``).  The significance mask looks at
+    each pixel's neighbourhood, so stacks cut into slabs (:func:`map_in_chunks`)
+    may differ at the slab borders; pass ``min_edge_jump`` there for a per-pixel
+    result, or call :func:`material_mask` with other settings.
+
     Parameters
     ----------
     stack : numpy.ndarray
@@ -112,9 +137,11 @@ def normalize(
         ``(energies,)`` increasing photon energies.
     pre_edge, post_edge : tuple of float
         Inclusive energy ranges of the two line fits (>= 2 energies each).
-    min_edge_jump : float
-        Pixels whose edge step (absorbance units) is below this, or not finite, are
-        masked.
+    min_edge_jump : float, optional
+        None (default): mask by significance (above; needs more than 4 pre- and
+        post-edge energies in all).  A number: mask the pixels whose edge step
+        (absorbance units) is below it; ``-numpy.inf`` masks only non-finite
+        spectra.  Non-finite steps are always masked.
     e0 : float, optional
         Edge energy where the step is evaluated; default: the steepest rise of the
         mean spectrum between the two ranges (one value for all pixels).
@@ -129,6 +156,12 @@ def normalize(
         thickness map of the absorbing element.
     mask : numpy.ndarray
         ``spatial`` bool, **True where masked** (no usable edge).
+
+    Raises
+    ------
+    ValueError
+        If the significance mask is asked for with 4 or fewer pre- and post-edge
+        energies in all (no scatter left to estimate the noise from).
 
     Examples
     --------
@@ -147,13 +180,27 @@ def normalize(
         raise ValueError(f"energies {e.shape} do not match stack {stack.shape}")
     dtype = np.float64 if stack.dtype == np.float64 else np.float32
     y = stack.reshape(stack.shape[0], -1).astype(dtype, copy=False)
-    _, _, e0, pre, post = _edge_lines(y, e, pre_edge, post_edge, e0)
+    i_pre, i_post, e0, pre, post = _edge_lines(y, e, pre_edge, post_edge, e0)
     step = post[0] - pre[0]
-    masked = ~(step >= min_edge_jump)
+    spatial = stack.shape[1:]
+    if min_edge_jump is None:
+        if i_pre.size + i_post.size <= 4:
+            raise ValueError(
+                "the significance mask needs > 4 pre- and post-edge energies in all; "
+                "pass min_edge_jump (an absolute edge-step threshold) instead"
+            )
+        error = edge_step_error(stack, e, pre_edge, post_edge, e0=e0)
+        # Significance alone: material_mask's absolute route is for drift-corrected
+        # rim pixels (the live map passes it), and in absorbance units it admits
+        # noise wherever the data's scale makes 0.03 only a standard error or two.
+        masked = material_mask(
+            np.atleast_1d(step.reshape(spatial)), np.atleast_1d(error), min_edge_jump=np.inf
+        ).ravel()
+    else:
+        masked = ~(step >= min_edge_jump)
     safe = np.where(masked, 1.0, step).astype(dtype)
     norm = (y - pre[0] - pre[1] * (e[:, None] - e0).astype(dtype)) / safe
     norm[:, masked] = np.nan
-    spatial = stack.shape[1:]
     return norm.reshape(stack.shape), step.reshape(spatial), masked.reshape(spatial)
 
 
@@ -248,10 +295,92 @@ def _whiteline_numpy(y, valid, x, centre, pb, pc, n_points, quadratic):
     return np.where(bad, np.nan, e)
 
 
+def whiteline_window(
+    normalized: np.ndarray,
+    energies: np.ndarray,
+    mask: np.ndarray | None = None,
+    min_points: int = 5,
+    max_pixels: int = 65536,
+) -> tuple[float, float]:
+    """The whiteline window :func:`fit_whiteline` uses by default, taken from the data.
+
+    The typical spectrum -- the median over the pixels with finite, unmasked
+    spectra (at most ``max_pixels`` of them, evenly spaced) -- gives the edge, its
+    first rise through half the edge step (:func:`edge_energy`), and the peak, its
+    maximum above the edge.  The window runs from the edge to as far above the
+    peak as the peak lies above the edge, ``(edge, 2 peak - edge)``: every pixel
+    whose whiteline lies within that distance of the typical one is inside, the
+    rising edge below it holds no maximum, and the post-edge oscillations beyond
+    it are left out.  Unit free (keV or eV alike).  A window holding fewer than
+    ``min_points`` energies is widened upward (then downward) until it holds them.
+
+    Parameters
+    ----------
+    normalized : numpy.ndarray
+        ``(energies, *spatial)`` normalised spectra (:func:`normalize`; NaN spectra
+        of masked pixels are left out).
+    energies : numpy.ndarray
+        ``(energies,)`` increasing energies.
+    mask : numpy.ndarray, optional
+        ``spatial`` bool, True = leave the pixel out.
+    min_points : int
+        Least number of energies in the window (:func:`fit_whiteline`'s
+        ``n_points``).
+    max_pixels : int
+        Most spectra the median is taken over.
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)`` energies, unit of ``energies``.
+
+    Raises
+    ------
+    ValueError
+        If no pixel has a finite spectrum, or the typical spectrum never rises
+        through half the edge step.
+
+    Examples
+    --------
+    >>> e = np.arange(8.300, 8.400, 0.001)
+    >>> edge = 1 / (1 + np.exp(-(e - 8.343) / 0.0015))
+    >>> mu = edge + 0.5 * np.exp(-0.5 * ((e - 8.351) / 0.002) ** 2)
+    >>> [round(v, 3) for v in whiteline_window(mu[:, None], e)]
+    [8.343, 8.359]
+    """
+    e = np.asarray(energies, dtype=np.float64)
+    flat = np.asarray(normalized).reshape(e.size, -1)
+    use = np.all(np.isfinite(flat), axis=0)
+    if mask is not None:
+        use &= ~np.asarray(mask, bool).ravel()
+    columns = np.flatnonzero(use)
+    if columns.size == 0:
+        raise ValueError("no finite, unmasked spectrum to take the whiteline window from")
+    columns = columns[:: max(1, columns.size // int(max_pixels))]
+    typical = np.median(flat[:, columns].astype(np.float64), axis=1)
+    edge = float(edge_energy(typical[:, None], e)[0])
+    if not np.isfinite(edge):
+        raise ValueError(
+            "the typical spectrum never rises through half the edge step: pass window="
+        )
+    above = np.flatnonzero(e >= edge)
+    peak = float(e[above[np.argmax(typical[above])]])
+    lo, hi = edge, max(2.0 * peak - edge, peak)
+    inside = np.flatnonzero((e >= lo) & (e <= hi))
+    while inside.size < min(int(min_points), e.size):
+        first, last = (int(inside[0]), int(inside[-1])) if inside.size else (above[0], above[0] - 1)
+        if last + 1 < e.size:
+            hi = float(e[last + 1])
+        else:
+            lo = float(e[first - 1])
+        inside = np.flatnonzero((e >= lo) & (e <= hi))
+    return lo, hi
+
+
 def fit_whiteline(
     normalized: np.ndarray,
     energies: np.ndarray,
-    window: tuple[float, float],
+    window: tuple[float, float] | None = None,
     mask: np.ndarray | None = None,
     method: str = "quadratic",
     n_points: int = 5,
@@ -277,8 +406,13 @@ def fit_whiteline(
         ``(energies, *spatial)`` normalised spectra (from :func:`normalize`).
     energies : numpy.ndarray
         ``(energies,)`` increasing energies.
-    window : tuple of float
+    window : tuple of float, optional
         Inclusive energy range containing the whiteline (>= ``n_points`` energies).
+        Default: :func:`whiteline_window` of the data (from the typical spectrum's
+        edge to as far above its peak), logged at INFO by this module's logger
+        (``multiscope.analysis.xanes``); call :func:`whiteline_window` to see it
+        before fitting, and pass it explicitly when fitting a stack in slabs
+        (:func:`map_in_chunks`) so every slab uses the same.
     mask : numpy.ndarray, optional
         ``spatial`` bool, True = skip the pixel (NaN result).  Pixels with a NaN in
         the window are skipped too.
@@ -316,6 +450,14 @@ def fit_whiteline(
     e = np.asarray(energies, dtype=np.float64)
     if e.shape != (normalized.shape[0],):
         raise ValueError(f"energies {e.shape} do not match stack {normalized.shape}")
+    if window is None:
+        usable = np.all(np.isfinite(normalized.reshape(e.size, -1)), axis=0)
+        if mask is not None:
+            usable &= ~np.asarray(mask, bool).ravel()
+        if not usable.any():  # nothing to fit, and no spectrum to take a window from
+            return np.full(normalized.shape[1:], np.nan)
+        window = whiteline_window(normalized, e, mask=mask, min_points=n_points)
+        _log.info("fit_whiteline: window %.6g to %.6g from the data", *window)
     idx = _range_index(e, window, "window")
     if idx.size < n_points:
         raise ValueError(f"window holds {idx.size} energies, need >= n_points={n_points}")
