@@ -10,6 +10,8 @@ optics
     Zone-plate focal length, lens equation, depth of focus, focus calibration.
 tomo
     ``normalize``, ``minus_log``, ``find_center``, ``reconstruct`` (gridrec / fbp).
+stripe
+    ``remove_stripe_offsets``: ring artefacts (detector gain errors) out of sinograms.
 stitch
     ``stitch_vertical`` of overlapping tomograms.
 segment
