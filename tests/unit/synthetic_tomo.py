@@ -136,6 +136,9 @@ class RunSpec:
     mosaic: dict | None = None
     plan_name: str | None = None
     exit_status: str = "success"
+    # (nx,) gain of each detector column in the projections but not in the flats:
+    # a response the flat field missed, which reconstructs as rings.
+    column_gain: np.ndarray | None = None
 
 
 def tomo_run(spec: RunSpec, directory: Path) -> Iterator[tuple[str, dict]]:
@@ -180,10 +183,11 @@ def tomo_run(spec: RunSpec, directory: Path) -> Iterator[tuple[str, dict]]:
             return [(np.zeros((spec.ny, spec.nx)), None)] * spec.num_darks
         if stream == "flat":
             return [(flat, None)] * spec.num_flats
+        gain = 1.0 if spec.column_gain is None else spec.column_gain
         return [
             (
-                flat * np.exp(-project(spec.spheres, np.deg2rad(a), spec.ny, spec.nx,
-                                       spec.center, z_shift=spec.z_shift)),
+                gain * flat * np.exp(-project(spec.spheres, np.deg2rad(a), spec.ny, spec.nx,
+                                              spec.center, z_shift=spec.z_shift)),
                 float(a),
             )
             for a in angles_deg

@@ -10,11 +10,20 @@ optics
     Zone-plate focal length, lens equation, depth of focus, focus calibration.
 tomo
     ``normalize``, ``minus_log``, ``find_center``, ``reconstruct`` (gridrec / fbp).
+stripe
+    ``remove_stripe_offsets``: ring artefacts (detector gain errors) out of sinograms.
 stitch
     ``stitch_vertical`` of overlapping tomograms.
 segment
     ``label_particles`` (Otsu, small-object removal, watershed, border clearing).
 xanes
-    ``align_stack``, ``normalize``, ``fit_whiteline``, ``edge_energy``,
-    ``linear_combination_fit``.
+    ``normalize``, ``material_mask``, ``fit_whiteline``, ``edge_energy``,
+    ``linear_combination_fit``; re-exports the alignment below.
+xanes_register, xanes_align
+    Feature images, sub-pixel registration, ``out_of_view``; ``align_stack`` with
+    the re-sampling (super-resolution) correction.
+xanes_mask
+    ``edge_step_error``, ``material_mask``: which pixels hold the element.
+xanes_drift
+    3D XANES: drift of tomograms across energies.
 """

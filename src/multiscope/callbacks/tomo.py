@@ -62,6 +62,7 @@ import numpy as np
 import scipy.fft
 from event_model import DocumentRouter, compose_run
 
+from multiscope.analysis.stripe import remove_stripe_offsets
 from multiscope.analysis.tomo import find_center, minus_log, normalize, reconstruct
 from multiscope.callbacks.frames import FrameReader, stream_data_key
 
@@ -567,6 +568,9 @@ class TomoReconstructor(_TomoRun):
         Also write a TIFF stack (ImageJ layout, via tifffile).
     reader_timeout : float, optional
         Seconds to wait for frames not yet flushed by the writer.
+    ring_removal : bool, optional
+        Remove the columns' gain-error stripes (rings) before the centre is found:
+        :func:`~multiscope.analysis.stripe.remove_stripe_offsets`. Off by default.
 
     Attributes
     ----------
@@ -592,7 +596,9 @@ class TomoReconstructor(_TomoRun):
         center: float | None = None,
         tiff: bool = False,
         reader_timeout: float = 10.0,
+        ring_removal: bool = False,
     ) -> None:
+        self.ring_removal = ring_removal
         self.output_dir = Path(output_dir)
         self.publish = publish
         self.algorithm = algorithm
@@ -704,6 +710,8 @@ class TomoReconstructor(_TomoRun):
             flat_note = "no flats: per-pixel maximum over projections"
         proj = self._line_integrals(raw, darks, flat_sets)
         del raw
+        if self.ring_removal:
+            proj = remove_stripe_offsets(proj)
         t_read = time.perf_counter() - t0
 
         if self.fixed_center is not None:
@@ -769,6 +777,7 @@ class TomoReconstructor(_TomoRun):
             "angle_range_deg": float(np.rad2deg(np.ptp(angles))),
             "angle_source": angle_source,
             "flat_normalisation": flat_note,
+            "ring_removal": qualified_name(remove_stripe_offsets) if self.ring_removal else None,
             "num_darks": int(darks.shape[0]) if darks.ndim == 3 else 0,
             "num_flats": int(sum(v.shape[0] for v in flat_sets.values())),
             "read_s": round(t_read, 3),
