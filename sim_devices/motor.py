@@ -26,8 +26,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from caproto._data import CannotExceedLimits
 from caproto.server import PVGroup, pvproperty
+
+from multiscope.compat import cannot_exceed_limits
 
 __all__ = ["MotorAxis", "TrackedAxis", "Trajectory", "check_target"]
 
@@ -97,12 +98,12 @@ class Trajectory:
 
 
 def check_target(value: float, low: float, high: float) -> None:
-    """Raise ``CannotExceedLimits`` if ``value`` is outside [low, high].
+    """Refuse ``value`` outside [low, high] as caproto's records do (``CannotExceedLimits``).
 
     As in the motor record, ``low == high`` means no soft limits.
     """
     if low != high and not low <= value <= high:
-        raise CannotExceedLimits(f"Target {value} outside soft limits [{low}, {high}]")
+        raise cannot_exceed_limits(f"Target {value} outside soft limits [{low}, {high}]")
 
 
 class MotorAxis(PVGroup):

@@ -647,8 +647,7 @@ class TXMIOC(PVGroup):
         return value
 
     def _camera_busy(self) -> bool:
-        task = self.camera.cam._task
-        return (task is not None and not task.done()) or self.camera.hdf.capturing
+        return self.camera.cam.acquiring or self.camera.hdf.capturing
 
     async def set_binning(self, value) -> int:
         """Change BinX and BinY together; the frame shape follows the sensor size."""
