@@ -35,8 +35,7 @@ from typing import Any
 import h5py
 import numpy as np
 from caproto import ChannelType
-from caproto.server import PVGroup, SubGroup, get_pv_pair_wrapper, pvproperty
-from caproto.server.server import PvpropertyChar
+from caproto.server import PVGroup, PvpropertyChar, SubGroup, get_pv_pair_wrapper, pvproperty
 
 __all__ = [
     "DATA_PATH",
@@ -372,6 +371,11 @@ class CamGroup(PVGroup):
     def detector(self) -> SimAreaDetector:
         """The owning detector group."""
         return self.parent
+
+    @property
+    def acquiring(self) -> bool:
+        """True while an acquisition (started by an Acquire put) runs."""
+        return self._task is not None and not self._task.done()
 
     @array_size_x.startup
     async def array_size_x(self, instance, async_lib):

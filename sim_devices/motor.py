@@ -12,6 +12,9 @@ cruise at ``VELO``, decelerate) sampled at a fast tick (200 Hz by default; capro
          0  ACCL      duration
 
 The profile is the pure class :class:`Trajectory`, unit-tested without a network.
+:class:`TrackedAxis` is the same axis that also remembers its recent trajectories,
+so an IOC whose frames depend on motion (the TXM's fly scans) can ask where the
+axis was at any recent time.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import asyncio
 import contextlib
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 
-from caproto._data import CannotExceedLimits
 from caproto.server import PVGroup, pvproperty
 
-__all__ = ["MotorAxis", "Trajectory", "check_target"]
+from multiscope.compat import cannot_exceed_limits
+
+__all__ = ["MotorAxis", "TrackedAxis", "Trajectory", "check_target"]
 
 
 @dataclass(frozen=True)
@@ -93,12 +98,12 @@ class Trajectory:
 
 
 def check_target(value: float, low: float, high: float) -> None:
-    """Raise ``CannotExceedLimits`` if ``value`` is outside [low, high].
+    """Refuse ``value`` outside [low, high] as caproto's records do (``CannotExceedLimits``).
 
     As in the motor record, ``low == high`` means no soft limits.
     """
     if low != high and not low <= value <= high:
-        raise CannotExceedLimits(f"Target {value} outside soft limits [{low}, {high}]")
+        raise cannot_exceed_limits(f"Target {value} outside soft limits [{low}, {high}]")
 
 
 class MotorAxis(PVGroup):
@@ -323,3 +328,73 @@ class MotorAxis(PVGroup):
             if not superseded:
                 await fields.motor_is_moving.write(0)
                 await fields.done_moving_to_value.write(1)
+
+
+@dataclass
+class _Segment:
+    """One recorded move: its start time, its profile and, once it ended, when and where."""
+
+    t_start: float
+    trajectory: Trajectory
+    t_end: float | None = None
+    end_position: float | None = None
+
+
+class TrackedAxis(MotorAxis):
+    """A :class:`MotorAxis` that answers "where was it at time t".
+
+    Same PVs as ``MotorAxis``. It keeps its last few trajectories, so a frame can
+    use the position at the middle of its exposure even during a fly scan, and it
+    calls ``on_position(axis)`` (an async callable, set by the owning IOC) after
+    every readback update, so derived PVs follow the motion.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._segments: deque[_Segment] = deque(maxlen=16)
+        self._published = False
+        self.on_position = None
+
+    @property
+    def position(self) -> float:
+        """Readback (EGU); the configured start position before the server runs."""
+        if not self._published:
+            return self._defaults["position"]
+        return super().position
+
+    def record_move(self, trajectory: Trajectory, t_start: float) -> _Segment:
+        """Remember a move starting at ``t_start`` (``time.monotonic()``)."""
+        segment = _Segment(t_start, trajectory)
+        self._segments.append(segment)
+        return segment
+
+    def position_at(self, t: float) -> float:
+        """Position at monotonic time ``t`` from the recorded trajectories."""
+        segments = list(self._segments)
+        if not segments:
+            return self.position
+        for i in range(len(segments) - 1, -1, -1):
+            seg = segments[i]
+            if t < seg.t_start:
+                continue
+            if seg.t_end is not None and t >= seg.t_end:
+                # At rest after this move; the latest one defers to the readback (SET).
+                if i == len(segments) - 1:
+                    return self.position
+                return float(seg.end_position)
+            return seg.trajectory.position(t - seg.t_start)
+        return segments[0].trajectory.start
+
+    async def _run_move(self, trajectory: Trajectory) -> None:
+        segment = self.record_move(trajectory, time.monotonic())
+        try:
+            await super()._run_move(trajectory)
+        finally:
+            segment.end_position = self.position
+            segment.t_end = time.monotonic()
+
+    async def _publish_readback(self, position: float) -> None:
+        await super()._publish_readback(position)
+        self._published = True
+        if self.on_position is not None:
+            await self.on_position(self)

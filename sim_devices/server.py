@@ -34,6 +34,7 @@ import signal
 import socket
 from collections.abc import Mapping
 
+from multiscope.compat import StrictPortBinding, set_server_high_load_timeout
 from multiscope.config import ca_server_environment
 
 __all__ = [
@@ -68,18 +69,15 @@ def apply_server_environment(port: int) -> dict[str, str]:
     """
     env = ca_server_environment(port)
     os.environ.update(env)
-    from caproto.server import common
-
-    common.HIGH_LOAD_TIMEOUT = float(env["CAPROTO_SERVER_HIGH_LOAD_TIMEOUT_SEC"])
+    set_server_high_load_timeout(float(env["CAPROTO_SERVER_HIGH_LOAD_TIMEOUT_SEC"]))
     return env
 
 
 def _make_context_class():
     """Build the asyncio server Context subclass (import caproto only when serving)."""
     from caproto.asyncio.server import Context
-    from caproto.asyncio.utils import _create_bound_tcp_socket
 
-    class LowLatencyContext(Context):
+    class LowLatencyContext(StrictPortBinding, Context):
         """asyncio server context with TCP_NODELAY and a strictly bound port."""
 
         async def tcp_handler(self, client, addr):
@@ -87,21 +85,6 @@ def _make_context_class():
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return await super().tcp_handler(client, addr)
-
-        async def _bind_tcp_sockets_with_consistent_port_number(self, make_socket):
-            # caproto would try 100 random ports after the requested one; an IOC
-            # on an unexpected port is invisible to clients, so fail instead.
-            sockets = {}
-            try:
-                for interface in self.interfaces:
-                    sockets[interface] = await _create_bound_tcp_socket(
-                        interface, self.ca_server_port
-                    )
-            except OSError:
-                for sock in sockets.values():
-                    sock.close()
-                raise
-            return self.ca_server_port, sockets
 
     return LowLatencyContext
 

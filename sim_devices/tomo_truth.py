@@ -16,7 +16,7 @@ A tile reconstructed from ``rows x cols`` frames is a volume ``(rows, cols, cols
 * axis 2 (slice column ``j``) is tab ``x = cx + (j - cols // 2) * pixel``;
 
 where ``(cx, cy, cz)`` is the tab point on the rotation axis at the detector centre
-row (:meth:`sim_devices.txm.TXMScene.center_um`: ``(0, 0, height/2 - sample:z)``
+row (:meth:`sim_devices.physics.txm_scene.TXMScene.center_um`: ``(0, 0, height/2 - sample:z)``
 without drift), so slice pixel ``(cols // 2, cols // 2)`` is the rotation axis, and
 the angles are the IOC's ``theta`` in radians. No axis is flipped or transposed
 in the slice; only z runs against the row index. Values are ``mu`` per pixel
@@ -107,13 +107,13 @@ import numpy as np
 
 from sim_devices.physics import ElectrodeTab
 from sim_devices.physics.materials import MATERIAL_IDS
-from sim_devices.truth_common import add_ioc_arguments, phantom, scene
-from sim_devices.txm import (
+from sim_devices.physics.txm_scene import (
     DEFAULT_AXIS_OFFSET_PX,
     DEFAULT_ENERGY_KEV,
     TXMScene,
     TXMState,
 )
+from sim_devices.truth_common import add_ioc_arguments, phantom, scene
 
 __all__ = [
     "FORMAT",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from sim_devices.physics import ElectrodeTab, make_tab
-from sim_devices.txm import DEFAULT_AXIS_OFFSET_PX, TXMScene, start_pixel_um
+from sim_devices.physics.txm_scene import DEFAULT_AXIS_OFFSET_PX, TXMScene, start_pixel_um
 
 __all__ = ["add_ioc_arguments", "phantom", "scene"]
 

@@ -89,15 +89,7 @@ import h5py
 import numpy as np
 
 from sim_devices.physics import ElectrodeTab
-from sim_devices.physics.xanes import (
-    NI_K_EDGE_KEV,
-    XANES_WINDOW_KEV,
-    ValenceField,
-    true_whiteline_map,
-    whiteline_energy_eV,
-)
-from sim_devices.truth_common import add_ioc_arguments, phantom, scene
-from sim_devices.txm import (
+from sim_devices.physics.txm_scene import (
     DEFAULT_AXIS_OFFSET_PX,
     DEFAULT_SUPERSAMPLE,
     DEFAULT_VALENCE_PATTERN,
@@ -106,6 +98,14 @@ from sim_devices.txm import (
     canonical_valence_pattern,
     make_valence,
 )
+from sim_devices.physics.xanes import (
+    NI_K_EDGE_KEV,
+    XANES_WINDOW_KEV,
+    ValenceField,
+    true_whiteline_map,
+    whiteline_energy_eV,
+)
+from sim_devices.truth_common import add_ioc_arguments, phantom, scene
 
 __all__ = [
     "FORMAT",

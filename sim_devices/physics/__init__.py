@@ -1,11 +1,15 @@
 """Physics of the simulated TXM: materials, electrode-tab phantom, projector, camera.
 
-Pure numpy/numba code, no EPICS: the simulated TXM IOC calls, per frame,
+Pure numpy/numba code, no EPICS: per frame, the simulated TXM IOC calls
 
 >>> tab = make_tab(seed=0)                                      # doctest: +SKIP
 >>> model = DetectorModel()                                     # doctest: +SKIP
 >>> p = project(tab, angle_rad, energy_keV, model.geometry, center_um=c)  # doctest: +SKIP
 >>> frame = render_frame(p, exposure_s, rng, model, defocus_um, energy_keV)  # doctest: +SKIP
+
+through :class:`sim_devices.physics.txm_scene.TXMScene`, the whole TXM scene (optics,
+alignment, chemistry, drift) as a pure function of the instrument state; the XANES
+edge model is :mod:`sim_devices.physics.xanes`.
 
 Units: um, keV, s, rad; mu in 1/um.  Axis conventions are in
 :mod:`sim_devices.physics.phantom` (tab frame) and

@@ -20,6 +20,8 @@ import time
 from bluesky.preprocessors import msg_mutator
 from bluesky.suspenders import SuspendFloor
 
+from multiscope.compat import SuspenderHooks, suspender_justification, throw_into_run
+
 __all__ = [
     "DeviceDisconnectedError",
     "RunWatchdog",
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 
-class SuspendFloorOrDisconnect(SuspendFloor):
+class SuspendFloorOrDisconnect(SuspenderHooks, SuspendFloor):
     """Suspend when the signal drops below ``suspend_thresh`` or disconnects.
 
     Parameters
@@ -50,10 +52,10 @@ class SuspendFloorOrDisconnect(SuspendFloor):
 
     def install(self, RE, *, event_type=None):
         super().install(RE, event_type=event_type)
-        self._sig.subscribe(self._on_connection, event_type="meta", run=False)
+        self.signal.subscribe(self._on_connection, event_type="meta", run=False)
 
     def remove(self):
-        self._sig.clear_sub(self._on_connection)
+        self.signal.clear_sub(self._on_connection)
         super().remove()
 
     def _on_connection(self, *, connected=None, **kwargs):
@@ -71,16 +73,19 @@ class SuspendFloorOrDisconnect(SuspendFloor):
         except (TypeError, ValueError):
             return True
 
-    def _should_suspend(self, value):
-        return self._value_is_bad(value) or super()._should_suspend(value)
+    def should_suspend(self, value) -> bool:
+        """Suspend on a bad value (disconnected, None, NaN) or below the floor."""
+        return self._value_is_bad(value) or super().should_suspend(value)
 
-    def _should_resume(self, value):
-        return not self._value_is_bad(value) and super()._should_resume(value)
+    def should_resume(self, value) -> bool:
+        """Resume on a good value at or above the resume threshold."""
+        return not self._value_is_bad(value) and super().should_resume(value)
 
-    def _get_justification(self):
+    def justification(self) -> str:
+        """Why the run is held: the disconnect, or the floor."""
         if not self._connected:
-            return f"Signal {self._sig.name} is disconnected (treated as below the floor)."
-        return super()._get_justification()
+            return f"Signal {self.signal.name} is disconnected (treated as below the floor)."
+        return super().justification()
 
 
 class RunWatchdogError(RuntimeError):
@@ -207,7 +212,7 @@ class RunWatchdog:
                 self._suspended_since = now
             suspended = now - self._suspended_since
             if suspended >= self.max_suspension_s:
-                why = "; ".join(s._get_justification() or repr(s) for s in tripped)
+                why = "; ".join(suspender_justification(s) for s in tripped)
                 return SuspendedTooLongError(
                     f"suspended for {suspended:.0f} s (limit {self.max_suspension_s:g} s): {why}"
                 )
@@ -215,16 +220,7 @@ class RunWatchdog:
 
     def _fail(self, error: RunWatchdogError) -> None:
         """Throw ``error`` into the running plan (on the RunEngine's loop)."""
-        RE = self._RE
         self._fired = True
-        # bluesky's own rule for a failed status: once the run loop has ended (its
-        # cleanup sets _pardon_failures), nothing may interrupt the closing of the run.
-        if RE._pardon_failures is None or RE._pardon_failures.is_set() or RE._task is None:
-            return
-        # As bluesky does for a failed status (RunEngine._status_object_completed): the
-        # run loop throws RE._exception into the plan at its next step; cancelling the
-        # run task makes that step now, whatever the plan was waiting for (a status, a
-        # sleep, a suspension). Checked against bluesky 1.15 (decision 0009).
-        with RE._state_lock:
-            RE._exception = error
-        RE._task.cancel()
+        # As bluesky does for a failed status; nothing once the run is closing
+        # (multiscope.compat.throw_into_run, decision 0009).
+        throw_into_run(self._RE, error)

@@ -21,7 +21,7 @@ from multiscope.devices.txm import TXMEnergy
 from multiscope.plans.calibration import focus_calibration
 from multiscope.plans.preflight import PlanArgumentError
 from sim_devices.physics import make_tab
-from sim_devices.txm import ZP_TILT_REFERENCE_Z_MM, TXMScene, TXMState, in_focus
+from sim_devices.physics.txm_scene import ZP_TILT_REFERENCE_Z_MM, TXMScene, TXMState, in_focus
 
 SHAPE = (96, 96)
 ORIENTATION = TXMEnergy.zp_image_orientation

@@ -1,7 +1,7 @@
 """Tomography analysis scored against the simulated TXM's ground truth (issue 3, must-shows).
 
 Frames are rendered exactly as the TXM IOC renders them, without EPICS
-(:meth:`sim_devices.txm.TXMScene.render`: exact line integrals of the seeded
+(:meth:`sim_devices.physics.txm_scene.TXMScene.render`: exact line integrals of the seeded
 electrode tab, flat field, Poisson photon noise, dark current and read noise),
 at the demo's optics: binning 4 (0.26 um pixels, 256 columns, a 66.6 um field of
 view on a tab ~80 x 100 um: every projection is truncated), 361 angles over
@@ -30,8 +30,8 @@ from multiscope.analysis import segment
 from multiscope.analysis.segment import label_particles
 from multiscope.analysis.stitch import stitch_vertical
 from multiscope.analysis.tomo import find_center, minus_log, normalize, reconstruct
+from sim_devices.physics.txm_scene import TXMState
 from sim_devices.tomo_truth import build_truth, phantom, read_truth, scene, write_truth
-from sim_devices.txm import TXMState
 
 SEED = 0
 BINNING = 4

@@ -14,17 +14,17 @@ from scipy import ndimage
 from sim_devices.areadetector import FrameContext
 from sim_devices.motor import Trajectory
 from sim_devices.physics import DriftModel, depth_of_focus_um, expected_photons, make_tab
-from sim_devices.txm import (
+from sim_devices.physics.txm_scene import (
     DEFAULT_DET_Z_MM,
     DEFAULT_ZP_Z_MM,
     SAMPLE_OUT_UM,
-    TXMIOC,
     ZONE_PLATE,
     TXMScene,
     TXMState,
     focus_zp_z_mm,
     optics_of,
 )
+from sim_devices.txm import TXMIOC
 
 SHAPE = (128, 128)
 

@@ -19,18 +19,18 @@ import pytest
 from multiscope.analysis.xanes import fit_whiteline, normalize
 from sim_devices.physics import DriftModel, EnergyDriftModel, make_tab
 from sim_devices.physics import xanes as xph
-from sim_devices.txm import (
+from sim_devices.physics.txm_scene import (
     DEFAULT_ENERGY_DRIFT_MAX_PX,
     DEFAULT_ENERGY_DRIFT_PX,
     DEFAULT_PHOTONS,
     SAMPLE_OUT_UM,
-    TXMIOC,
     TXMScene,
     TXMState,
     energy_drift_model,
     in_focus,
     start_pixel_um,
 )
+from sim_devices.txm import TXMIOC
 
 BINNING = 4
 PIXEL_UM = start_pixel_um(BINNING)  # 0.26 um

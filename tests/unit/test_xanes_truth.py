@@ -21,7 +21,8 @@ from sim_devices import xanes_truth
 from sim_devices.physics import EnergyDriftModel, project
 from sim_devices.physics import xanes as xph
 from sim_devices.physics.materials import MATERIAL_IDS, mu_table
-from sim_devices.txm import TXMIOC, TXMScene, TXMState, in_focus
+from sim_devices.physics.txm_scene import TXMScene, TXMState, in_focus
+from sim_devices.txm import TXMIOC
 
 SEED, PARTICLES, BINNING = 5, 400, 4
 SHAPE = (56, 72)  # not square: rows and columns cannot be swapped unnoticed

@@ -51,9 +51,11 @@ from ophyd.areadetector import ADComponent as ADCpt
 from ophyd.areadetector import EpicsSignalWithRBV as SignalWithRBV
 from ophyd.areadetector.cam import CamBase
 from ophyd.areadetector.plugins import HDF5Plugin_V22
-from ophyd.device import DEFAULT_CONNECTION_TIMEOUT, Staged
+from ophyd.device import DEFAULT_CONNECTION_TIMEOUT
 from ophyd.status import DeviceStatus, Status
 from ophyd.utils.errors import InvalidState
+
+from multiscope.compat import forget_staging
 
 logger = logging.getLogger(__name__)
 
@@ -373,9 +375,7 @@ class StreamingCamera(DetectorBase):
         self.point_key.put(None)
         if not self.hdf1.capture.connected:
             logger.warning("%s: IOC disconnected; unstaged without restoring settings", self.name)
-            for part in (self, self.cam, self.hdf1):
-                part._staged = Staged.no
-                part._original_vals.clear()
+            forget_staging(self, self.cam, self.hdf1)
             return [self]
         if self.hdf1.capture.get() != 0:
             self.hdf1.capture.set(0, timeout=5.0).wait(5.0)

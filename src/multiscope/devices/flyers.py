@@ -60,10 +60,10 @@ from pathlib import Path
 
 from bluesky.utils import NoReplayAllowed
 from event_model import compose_stream_resource
-from ophyd.device import Staged
 from ophyd.status import Status
 from ophyd.utils.errors import InvalidState
 
+from multiscope.compat import is_staged
 from multiscope.devices.areadetector import ATTRIBUTES_PATH, DATA_PATH, MIMETYPE
 
 __all__ = ["FlyingCamera"]
@@ -178,7 +178,7 @@ class FlyingCamera:
             if "start_position" in value:
                 self.start_position = float(value["start_position"])
             self.start_timeout_s = max(0.0, float(value.get("start_timeout_s", 0.0)))
-        if self.camera._staged == Staged.yes:
+        if is_staged(self.camera):
             restore = self._apply_settings()
             if self._prepared is None:
                 self._prepared = restore
@@ -253,7 +253,7 @@ class FlyingCamera:
             If the camera is not staged, or a previous acquisition is still running.
         """
         camera = self.camera
-        if camera._staged != Staged.yes or camera.hdf1.capture.get(use_monitor=False) != 1:
+        if not is_staged(camera) or camera.hdf1.capture.get(use_monitor=False) != 1:
             raise RuntimeError(f"{self.name}: stage the camera (open its capture) before kickoff")
         if self._complete_status is not None and not self._complete_status.done:
             raise RuntimeError(f"{self.name}: kickoff while the previous acquisition runs")

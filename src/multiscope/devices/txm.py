@@ -49,6 +49,7 @@ from ophyd.pseudopos import pseudo_position_argument, real_position_argument
 from ophyd.utils import LimitError
 
 from multiscope.analysis.optics import FocusCalibration, focal_length_mm, lens_distances_mm
+from multiscope.compat import SubsetConcurrentMove
 from multiscope.devices.areadetector import StreamingCamera
 from multiscope.devices.motor import Motor, PositionTrigger
 
@@ -258,7 +259,7 @@ class EnergyAxis(PseudoSingle):
     @property
     def limits(self):
         """Soft limits (keV) of the parent's ``mono``; ``(0, 0)`` when it has none."""
-        limits = self._parent.mono.limits
+        limits = self.parent.mono.limits
         return (0.0, 0.0) if limits is None else tuple(limits)
 
 
@@ -267,7 +268,7 @@ def _has_limits(limits) -> bool:
     return limits is not None and limits[0] < limits[1]
 
 
-class TXMEnergy(PseudoPositioner):
+class TXMEnergy(SubsetConcurrentMove, PseudoPositioner):
     """Energy (keV) that keeps the zone plate and detector in focus at constant magnification.
 
     Pseudo axis ``energy``; real axes ``mono`` (``mono:energy``, keV), ``zp_z``
@@ -346,7 +347,7 @@ class TXMEnergy(PseudoPositioner):
 
     def __init__(self, prefix: str = "", *, name: str, move_margin: float = 2.0, **kwargs):
         if not kwargs.get("concurrent", True):
-            # _concurrent_move leaves uncalibrated transverse axes alone; sequential would not
+            # The concurrent move leaves uncalibrated transverse axes alone; sequential would not
             raise ValueError("TXMEnergy moves its real axes concurrently only")
         super().__init__(prefix, name=name, **kwargs)
         self.move_margin = float(move_margin)
@@ -396,7 +397,7 @@ class TXMEnergy(PseudoPositioner):
         offsets = self.focus_calibration().offsets
         return tuple(
             real.attr_name
-            for real in self._real
+            for real in self.real_positioners
             if real.attr_name not in self.TRANSVERSE_AXES or real.attr_name in offsets
         )
 
@@ -404,7 +405,7 @@ class TXMEnergy(PseudoPositioner):
         commanded = self.commanded_axes()
         return [
             (real, target)
-            for real, target in zip(self._real, real_pos, strict=True)
+            for real, target in zip(self.real_positioners, real_pos, strict=True)
             if real.attr_name in commanded
         ]
 
@@ -478,12 +479,9 @@ class TXMEnergy(PseudoPositioner):
             real.move_timeout(target) for real, target in self._commanded(self.forward(pseudo_pos))
         ) + float(self.move_margin)
 
-    def _concurrent_move(self, real_pos, **kwargs):
-        """Start the commanded real axes at once (an uncalibrated zp_x/zp_y is left alone)."""
-        moves = self._commanded(real_pos)
-        self._real_waiting.extend(real for real, _ in moves)
-        for real, target in moves:
-            real.move(target, wait=False, moved_cb=self._real_finished, **kwargs)
+    def commanded_moves(self, real_pos) -> list:
+        """The real axes a move starts, at once: an uncalibrated zp_x/zp_y is left alone."""
+        return self._commanded(real_pos)
 
     @pseudo_position_argument
     def move(self, position, wait: bool = True, timeout: float | None = None, moved_cb=None):

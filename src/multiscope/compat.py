@@ -1,0 +1,290 @@
+"""Every private ophyd, bluesky and caproto API the project relies on, in one place.
+
+Each shim below names the public behaviour it stands for and why no public API
+serves it. The pinned version ranges in ``pyproject.toml`` (``ophyd``,
+``bluesky``, ``caproto``) are the versions these shims were checked against;
+``tests/unit/test_compat.py`` fails, naming this module and the pin, when an
+installed version leaves its range or when one of :data:`PRIVATE_APIS` is gone.
+To move a pin: read each entry against the new version's source, fix the shim,
+then widen the range (decision 0013).
+
+Like :mod:`multiscope.config`, this module sits outside the layer contract: any
+layer, and the simulated IOCs (:mod:`sim_devices`), may import it. It imports no
+library at module level (each shim imports what it touches when called), so an
+IOC process that only needs the caproto shims does not pay for importing ophyd
+and bluesky.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "PRIVATE_APIS",
+    "PrivateAPI",
+    "StrictPortBinding",
+    "SuspenderHooks",
+    "SubsetConcurrentMove",
+    "cannot_exceed_limits",
+    "forget_staging",
+    "is_staged",
+    "set_server_high_load_timeout",
+    "suspender_justification",
+    "throw_into_run",
+]
+
+
+@dataclass(frozen=True)
+class PrivateAPI:
+    """One private name of a library that a shim here uses.
+
+    Attributes
+    ----------
+    library : str
+        Distribution whose pin in ``pyproject.toml`` covers it.
+    owner : str
+        Dotted path of the module or class that has it.
+    name : str
+        The private attribute, method or module-level name.
+    on_instance : bool
+        True when only instances have it (set in ``__init__``), not the class.
+    shim : str
+        The shim in this module that uses it.
+    """
+
+    library: str
+    owner: str
+    name: str
+    on_instance: bool
+    shim: str
+
+
+#: The private names the shims use; the compatibility test checks each still exists.
+PRIVATE_APIS: tuple[PrivateAPI, ...] = (
+    PrivateAPI("ophyd", "ophyd.device.Device", "_staged", True, "is_staged"),
+    PrivateAPI("ophyd", "ophyd.device.Device", "_original_vals", True, "forget_staging"),
+    PrivateAPI(
+        "ophyd",
+        "ophyd.pseudopos.PseudoPositioner",
+        "_concurrent_move",
+        False,
+        "SubsetConcurrentMove",
+    ),
+    PrivateAPI(
+        "ophyd", "ophyd.pseudopos.PseudoPositioner", "_real_waiting", True, "SubsetConcurrentMove"
+    ),
+    PrivateAPI(
+        "ophyd", "ophyd.pseudopos.PseudoPositioner", "_real_finished", False, "SubsetConcurrentMove"
+    ),
+    PrivateAPI("bluesky", "bluesky.suspenders.SuspenderBase", "_sig", True, "SuspenderHooks"),
+    PrivateAPI(
+        "bluesky", "bluesky.suspenders.SuspenderBase", "_should_suspend", False, "SuspenderHooks"
+    ),
+    PrivateAPI(
+        "bluesky", "bluesky.suspenders.SuspenderBase", "_should_resume", False, "SuspenderHooks"
+    ),
+    PrivateAPI(
+        "bluesky",
+        "bluesky.suspenders.SuspenderBase",
+        "_get_justification",
+        False,
+        "SuspenderHooks, suspender_justification",
+    ),
+    PrivateAPI(
+        "bluesky", "bluesky.run_engine.RunEngine", "_pardon_failures", True, "throw_into_run"
+    ),
+    PrivateAPI("bluesky", "bluesky.run_engine.RunEngine", "_task", True, "throw_into_run"),
+    PrivateAPI("bluesky", "bluesky.run_engine.RunEngine", "_state_lock", True, "throw_into_run"),
+    PrivateAPI("bluesky", "bluesky.run_engine.RunEngine", "_exception", True, "throw_into_run"),
+    PrivateAPI("caproto", "caproto._data", "CannotExceedLimits", False, "cannot_exceed_limits"),
+    PrivateAPI(
+        "caproto",
+        "caproto.server.common.Context",
+        "_bind_tcp_sockets_with_consistent_port_number",
+        False,
+        "StrictPortBinding",
+    ),
+    PrivateAPI(
+        "caproto",
+        "caproto.server.common",
+        "HIGH_LOAD_TIMEOUT",
+        False,
+        "set_server_high_load_timeout",
+    ),
+)
+
+
+# --------------------------------------------------------------------------------------
+# ophyd
+# --------------------------------------------------------------------------------------
+def is_staged(device) -> bool:
+    """True if ``device`` is fully staged (``Device.stage`` has run, ``unstage`` not yet).
+
+    Stands for: "is this device staged?", which a flyer asks before it may kick off
+    and before ``prepare`` applies its settings. ophyd keeps the answer in
+    ``Device._staged`` (a ``Staged`` enum) and offers no public accessor.
+    """
+    from ophyd.device import Staged
+
+    return device._staged == Staged.yes
+
+
+def forget_staging(*devices) -> None:
+    """Mark ``devices`` unstaged without putting their stage settings back.
+
+    Stands for: unstaging a device whose IOC is gone, where ``unstage`` would spend
+    a connection timeout on every staged signal and hide the run's real error.
+    ophyd's only public way out of the staged state is ``unstage``, which writes
+    the original values back; here the record of them (``_original_vals``) is
+    dropped and ``_staged`` reset, as ``unstage`` itself does at its end.
+    """
+    from ophyd.device import Staged
+
+    for device in devices:
+        device._staged = Staged.no
+        device._original_vals.clear()
+
+
+class SubsetConcurrentMove:
+    """Mixin before ``ophyd.PseudoPositioner``: a concurrent move commands only some axes.
+
+    Stands for: a pseudo positioner whose ``forward`` gives every real axis a target
+    but whose move must leave some of them alone (the TXM energy axis does not move
+    an uncalibrated zone-plate x/y). ophyd's ``PseudoPositioner.move`` always starts
+    every real axis through its ``_concurrent_move`` hook and tracks completion in
+    ``_real_waiting`` with the ``_real_finished`` callback; there is no public hook
+    to choose the axes. The subclass implements :meth:`commanded_moves`.
+    """
+
+    def commanded_moves(self, real_pos) -> list:
+        """``(real positioner, target)`` pairs this move starts; the subclass decides."""
+        raise NotImplementedError
+
+    def _concurrent_move(self, real_pos, **kwargs):
+        # ophyd's own _concurrent_move, restricted to the commanded axes: the move is
+        # done when the last of them reports (PseudoPositioner._real_finished).
+        moves = self.commanded_moves(real_pos)
+        self._real_waiting.extend(real for real, _ in moves)
+        for real, target in moves:
+            real.move(target, wait=False, moved_cb=self._real_finished, **kwargs)
+
+
+# --------------------------------------------------------------------------------------
+# bluesky
+# --------------------------------------------------------------------------------------
+class SuspenderHooks:
+    """Mixin before a bluesky suspender class: public names for its extension hooks.
+
+    Stands for: a suspender with its own trip rule. bluesky's ``SuspenderBase``
+    asks the abstract methods ``_should_suspend`` / ``_should_resume`` and
+    ``_get_justification`` (the documented way to write a suspender is to
+    implement them) and keeps the watched signal as ``_sig``; none has a public
+    name. A subclass overrides :meth:`should_suspend`, :meth:`should_resume` and
+    :meth:`justification`, and calls ``super()`` for the base suspender's rule.
+    """
+
+    @property
+    def signal(self):
+        """The watched signal."""
+        return self._sig
+
+    def should_suspend(self, value) -> bool:
+        """True if ``value`` trips the suspender (the base suspender's rule)."""
+        return super()._should_suspend(value)
+
+    def should_resume(self, value) -> bool:
+        """True if ``value`` lets a suspended run resume (the base suspender's rule)."""
+        return super()._should_resume(value)
+
+    def justification(self) -> str:
+        """Why the suspender tripped (the base suspender's text)."""
+        return super()._get_justification()
+
+    # bluesky's hooks, routed to the public names above.
+    def _should_suspend(self, value):
+        return self.should_suspend(value)
+
+    def _should_resume(self, value):
+        return self.should_resume(value)
+
+    def _get_justification(self):
+        return self.justification()
+
+
+def suspender_justification(suspender) -> str:
+    """Why a tripped bluesky suspender (any kind) holds the run.
+
+    Stands for: the text bluesky itself logs when a suspender trips. It is made
+    by ``SuspenderBase._get_justification``; no public accessor exists.
+    """
+    return suspender._get_justification() or repr(suspender)
+
+
+def throw_into_run(RE, error: BaseException) -> bool:  # noqa: N803 - bluesky's name
+    """Make the plan running on ``RE`` raise ``error`` at once; False if too late.
+
+    Stands for: failing a run from outside it, as a failed status does (bluesky's
+    ``RunEngine._status_object_completed``): the run loop throws
+    ``RE._exception`` into the plan at its next step, and cancelling the run task
+    makes that step now, whatever the plan waits for (a status, a sleep, a
+    suspension). The public ``RE.abort``/``RE.stop`` need a paused RunEngine and
+    record ``abort``/``success``, not a failure with a reason. Once the run loop has
+    ended (its cleanup sets ``_pardon_failures``), nothing may interrupt the
+    closing of the run: then nothing is thrown and False is returned.
+    """
+    pardon = RE._pardon_failures
+    if pardon is None or pardon.is_set() or RE._task is None:
+        return False
+    with RE._state_lock:
+        RE._exception = error
+    RE._task.cancel()
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# caproto (server side: the simulated IOCs)
+# --------------------------------------------------------------------------------------
+def cannot_exceed_limits(message: str) -> Exception:
+    """The exception caproto's own records raise for a put outside the limits.
+
+    Stands for: refusing a put as a limit violation, exactly as a caproto
+    ``ChannelData`` does (the client sees a failed put). The class,
+    ``CannotExceedLimits``, lives in ``caproto._data`` and is not exported.
+    """
+    from caproto._data import CannotExceedLimits
+
+    return CannotExceedLimits(message)
+
+
+class StrictPortBinding:
+    """Mixin before a caproto server ``Context``: bind exactly the requested TCP port.
+
+    Stands for: an IOC listening on the port it was given, or failing. caproto's
+    ``Context._bind_tcp_sockets_with_consistent_port_number`` silently tries 100
+    random ports after the requested one, and an IOC on an unexpected port is
+    invisible to clients searching the given one; no option turns that off.
+    """
+
+    async def _bind_tcp_sockets_with_consistent_port_number(self, make_socket):
+        sockets = {}
+        try:
+            for interface in self.interfaces:
+                sockets[interface] = await make_socket(interface, self.ca_server_port)
+        except OSError:
+            for sock in sockets.values():
+                sock.close()
+            raise
+        return self.ca_server_port, sockets
+
+
+def set_server_high_load_timeout(seconds: float) -> None:
+    """Batch a caproto server's monitor updates for ``seconds`` (this process).
+
+    Stands for: ``CAPROTO_SERVER_HIGH_LOAD_TIMEOUT_SEC``, which caproto reads once,
+    into ``caproto.server.common.HIGH_LOAD_TIMEOUT``, when that module is imported;
+    an IOC module has imported it (defining its PVGroups) before its command line
+    says which port, hence which environment, to serve with.
+    """
+    from caproto.server import common
+
+    common.HIGH_LOAD_TIMEOUT = float(seconds)

@@ -1,0 +1,172 @@
+"""multiscope.compat: the pinned library versions, and the private names its shims use.
+
+Fails loudly, naming ``src/multiscope/compat.py`` and the pin, when an installed
+ophyd, bluesky or caproto leaves the range pinned in ``pyproject.toml`` or when a
+private name a shim relies on is gone (decision 0013).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from multiscope import compat
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPAT_FILE = "src/multiscope/compat.py"
+LIBRARIES = ("ophyd", "bluesky", "caproto")
+
+
+def _pins() -> dict[str, Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = (Requirement(line) for line in project["dependencies"])
+    return {req.name: req for req in requirements if req.name in LIBRARIES}
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_installed_version_is_the_pinned_one(library):
+    pin = _pins().get(library)
+    assert pin is not None, f"{library} is not pinned in pyproject.toml; {COMPAT_FILE} needs a pin"
+    assert any(spec.operator in ("<", "<=", "==", "~=") for spec in pin.specifier), (
+        f"{pin} in pyproject.toml has no upper bound: a new {library} would reach the "
+        f"private APIs in {COMPAT_FILE} unchecked"
+    )
+    installed = Version(version(library))
+    assert pin.specifier.contains(installed, prereleases=True), (
+        f"{COMPAT_FILE} was checked against {pin} (pyproject.toml) but {library} "
+        f"{installed} is installed: re-read every PRIVATE_APIS entry for {library} in "
+        f"{COMPAT_FILE} against {library} {installed}, fix the shims, then move the pin"
+    )
+
+
+def test_every_private_api_belongs_to_a_pinned_library():
+    assert {api.library for api in compat.PRIVATE_APIS} <= set(_pins())
+
+
+# -- probes: an instance of each owner whose private names exist only on instances ------
+
+
+def _device():
+    from ophyd import Device
+
+    return Device(name="probe")
+
+
+class _TwoAxes:
+    """A pseudo positioner over two soft axes, whose moves command only ``a``."""
+
+    @staticmethod
+    def build():
+        from ophyd import Component as Cpt
+        from ophyd import PseudoPositioner, PseudoSingle, SoftPositioner
+        from ophyd.pseudopos import pseudo_position_argument, real_position_argument
+
+        class TwoAxes(compat.SubsetConcurrentMove, PseudoPositioner):
+            pseudo = Cpt(PseudoSingle, limits=(-10, 10))
+            a = Cpt(SoftPositioner, init_pos=0.0)
+            b = Cpt(SoftPositioner, init_pos=0.0)
+
+            @pseudo_position_argument
+            def forward(self, pseudo_pos):
+                return self.RealPosition(a=pseudo_pos.pseudo, b=pseudo_pos.pseudo)
+
+            @real_position_argument
+            def inverse(self, real_pos):
+                return self.PseudoPosition(pseudo=real_pos.a)
+
+            def commanded_moves(self, real_pos):
+                return [(self.a, real_pos.a)]
+
+        return TwoAxes(name="two_axes")
+
+
+def _suspender():
+    from bluesky.suspenders import SuspendFloor
+    from ophyd import Signal
+
+    return SuspendFloor(Signal(name="probe", value=1.0), 0.5)
+
+
+def _run_engine():
+    from bluesky import RunEngine
+
+    return RunEngine({}, context_managers=[])
+
+
+PROBES = {
+    "ophyd.device.Device": _device,
+    "ophyd.pseudopos.PseudoPositioner": _TwoAxes.build,
+    "bluesky.suspenders.SuspenderBase": _suspender,
+    "bluesky.run_engine.RunEngine": _run_engine,
+}
+
+
+def _owner(path: str):
+    """The module or class named by dotted ``path``."""
+    try:
+        return importlib.import_module(path)
+    except ModuleNotFoundError:
+        module, _, name = path.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("api", compat.PRIVATE_APIS, ids=lambda a: f"{a.owner}.{a.name}")
+def test_private_api_still_exists(api):
+    owner = _owner(api.owner)
+    if api.on_instance:
+        assert api.owner in PROBES, f"add a probe instance of {api.owner} to this test"
+        owner = PROBES[api.owner]()
+        assert isinstance(owner, _owner(api.owner))
+    assert hasattr(owner, api.name), (
+        f"{api.library} {version(api.library)} has no {api.owner}.{api.name}, which "
+        f"{COMPAT_FILE} ({api.shim}) relies on: rewrite that shim for this {api.library} "
+        f"and the pin in pyproject.toml"
+    )
+
+
+def test_subset_concurrent_move_leaves_the_other_axes_alone():
+    axes = _TwoAxes.build()
+    status = axes.move(3.0, wait=True, timeout=5)
+    assert status.success
+    assert axes.a.position == 3.0
+    assert axes.b.position == 0.0  # forward gave it 3.0; the move did not command it
+
+
+def test_staging_shims_follow_ophyd():
+    device = _device()
+    assert not compat.is_staged(device)
+    device.stage()
+    assert compat.is_staged(device)
+    compat.forget_staging(device)
+    assert not compat.is_staged(device)
+    device.stage()  # staging again works: ophyd saw an unstaged device
+    assert compat.is_staged(device)
+
+
+# Private names (a dotted library path with an underscore part, caproto's internal
+# server module, the specific hooks and attributes of PRIVATE_APIS, and the ophyd
+# attributes with a public twin: real_positioners, parent) anywhere but in compat.py.
+_PRIVATE_MODULE = re.compile(r"\b(?:ophyd|bluesky|caproto|event_model)(?:\.\w+)*\._[a-z]\w*")
+_PRIVATE_NAMES = re.compile(
+    r"\._(?:staged|original_vals|concurrent_move|real_waiting|real_finished|sig|should_suspend"
+    r"|should_resume|get_justification|bind_tcp_sockets_with_consistent_port_number|real|parent)\b"
+    r"|\bRE\._\w+|\bHIGH_LOAD_TIMEOUT\b|\b_create_bound_tcp_socket\b|\bcaproto\.server\.server\b"
+)
+
+
+def test_private_library_api_is_used_only_in_compat():
+    offenders = []
+    for path in sorted([*ROOT.glob("src/multiscope/**/*.py"), *ROOT.glob("sim_devices/**/*.py")]):
+        if path.relative_to(ROOT).as_posix() == COMPAT_FILE:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if _PRIVATE_MODULE.search(line) or _PRIVATE_NAMES.search(line):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, f"private library APIs outside {COMPAT_FILE}:\n" + "\n".join(offenders)
