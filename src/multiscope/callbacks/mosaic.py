@@ -58,14 +58,10 @@ from event_model import DocumentRouter
 
 from multiscope.analysis.segment import label_particles, size_histogram
 from multiscope.analysis.stitch import stitch_vertical
-from multiscope.callbacks.frames import FrameReader
-from multiscope.callbacks.tomo import (
-    derived_run_documents,
-    json_safe,
-    qualified_name,
-    software_versions,
-    write_volume,
-)
+from multiscope.callbacks.derived import provenance, publish_derived_run
+from multiscope.callbacks.tomo import write_volume
+from multiscope.contracts import MosaicBlock
+from multiscope.frame_files import FrameReader
 
 __all__ = ["MosaicStitcher", "Tile", "orthogonal_slices_figure", "size_histogram_figure"]
 
@@ -271,16 +267,17 @@ class MosaicStitcher(DocumentRouter):
 
     def stitch(self, mosaic_id: str, tiles: list[Tile]) -> dict:
         """Stitch, segment, write and publish one complete mosaic; returns the result."""
-        tiles = sorted(tiles, key=lambda t: float(t.mosaic["z_um"]))
+        blocks = {id(t): MosaicBlock.from_md(t.mosaic) for t in tiles}
+        tiles = sorted(tiles, key=lambda t: float(blocks[id(t)].z_um))
         pixel = next((t.pixel_size_um for t in tiles if t.pixel_size_um), None)
-        m = tiles[0].mosaic
+        m = blocks[id(tiles[0])]
         n_rows = tiles[0].volume.shape[0]
-        if pixel and m.get("tile_height_um"):
-            overlap_px = float(m["overlap_fraction"]) * float(m["tile_height_um"]) / pixel
+        if pixel and m.tile_height_um:
+            overlap_px = float(m.overlap_fraction) * float(m.tile_height_um) / pixel
         else:
-            overlap_px = float(m["overlap_fraction"]) * n_rows
+            overlap_px = float(m.overlap_fraction) * n_rows
         overlap_px = max(2, int(round(overlap_px)))
-        z_um = np.array([float(t.mosaic["z_um"]) for t in tiles])
+        z_um = np.array([float(blocks[id(t)].z_um) for t in tiles])
         nominal = (z_um - z_um[0]) / pixel if pixel else np.full(len(tiles), np.nan)
 
         volume, offsets = stitch_vertical(
@@ -334,10 +331,7 @@ class MosaicStitcher(DocumentRouter):
                     "threshold": "otsu",
                 },
             },
-            "software": software_versions(),
-            "analysis_functions": [
-                qualified_name(f) for f in (stitch_vertical, label_particles, size_histogram)
-            ],
+            **provenance((stitch_vertical, label_particles, size_histogram)),
             "figures": [str(paths["slices_figure"]), str(paths["histogram_figure"])],
             "files": {"volume": str(paths["volume"]), "particles": str(paths["particles"])},
             "results": {
@@ -345,8 +339,9 @@ class MosaicStitcher(DocumentRouter):
                 "nominal_offsets_vox": np.asarray(nominal).tolist(),
             },
         }
-        docs = derived_run_documents(
-            json_safe(md),
+        uid = publish_derived_run(
+            self.publish,
+            md,
             volume_path=paths["volume"],
             volume_shape=volume.shape,
             scalars={
@@ -355,9 +350,6 @@ class MosaicStitcher(DocumentRouter):
                 "max_offset_deviation_vox": float(np.max(np.abs(offsets[:, 0] - nominal))),
             },
         )
-        if self.publish is not None:
-            for name, doc in docs:
-                self.publish(name, doc)
         return {
             "volume": volume,
             "offsets": offsets,
@@ -365,7 +357,7 @@ class MosaicStitcher(DocumentRouter):
             "labels": labels,
             "table": table,
             "paths": paths,
-            "uid": docs[0][1]["uid"],
+            "uid": uid,
             "tiles": [t.raw_uid for t in tiles],
         }
 
