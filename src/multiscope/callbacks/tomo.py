@@ -16,9 +16,12 @@ records it (fly scans), else the ``sample_theta`` reading of the primary event.
     :func:`~multiscope.analysis.tomo.reconstruct` (gridrec); writes
     ``<output_dir>/<raw uid>/recon.h5`` (+ TIFF on request) and a PNG of the
     central slice, then publishes a derived run (``plan_name: "tomo_reconstruction"``)
-    through ``publish(name, doc)``, e.g. the catalog writer.
+    through ``publish(name, doc)``, e.g. the catalog writer
+    (:mod:`multiscope.callbacks.derived`).
 
-Both keep per-run state and reset it at each ``start``, so they may be subscribed
+Both are :class:`~multiscope.callbacks.runs.RunFrames` (the documents as frame
+records, the ``tomo`` block as a :class:`~multiscope.contracts.TomoBlock`) and
+keep per-run state, reset at each ``start``, so they may be subscribed
 directly (one run at a time) or built per run by a :class:`event_model.RunRouter`
 with :func:`tomo_factory`. Wrap the reconstructor in
 :class:`~multiscope.callbacks.background.BackgroundCallback` so that it never

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from multiscope.analysis import xanes as xa
-from multiscope.analysis.tomo import minus_log, normalize
+from multiscope.analysis.tomo import minus_log
 from multiscope.callbacks.xanes_base import MAP_DATASETS, FrameSet, XanesMapBase, map_metrics
 
 __all__ = ["LiveXANESMap2D"]
@@ -69,14 +69,6 @@ class LiveXANESMap2D(XanesMapBase):
 
     plans = ("xanes_2d",)
     kind = "2d"
-    analysis_functions = (
-        normalize,
-        minus_log,
-        xa.align_stack,
-        xa.normalize,
-        xa.fit_whiteline,
-        xa.edge_energy,
-    )
 
     def __init__(
         self,

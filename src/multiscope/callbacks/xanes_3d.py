@@ -33,7 +33,7 @@ import numpy as np
 
 from multiscope.analysis import xanes as xa
 from multiscope.analysis import xanes_drift as xd
-from multiscope.analysis.tomo import find_center, minus_log, normalize, reconstruct
+from multiscope.analysis.tomo import find_center, minus_log, reconstruct
 from multiscope.callbacks.derived import qualified_name
 from multiscope.callbacks.runs import FrameRecord
 from multiscope.callbacks.tomo import THETA_ATTRIBUTE, structured_rows
@@ -84,16 +84,7 @@ class LiveXANESMap3D(XanesMapBase):
     plans = ("xanes_3d",)
     kind = "3d"
     angle_attribute = THETA_ATTRIBUTE
-    analysis_functions = (
-        normalize,
-        minus_log,
-        xa.align_stack,
-        xa.normalize,
-        xa.fit_whiteline,
-        xa.edge_energy,
-        find_center,
-        reconstruct,
-    )
+    analysis_functions = (*XanesMapBase.analysis_functions, find_center, reconstruct)
 
     def __init__(
         self,

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from multiscope.analysis import xanes as xa
-from multiscope.analysis.tomo import normalize
+from multiscope.analysis.tomo import minus_log, normalize
 from multiscope.callbacks.derived import provenance, publish_derived_run
 from multiscope.callbacks.runs import FrameRecord, RunFrames
 from multiscope.callbacks.xanes_figures import (
@@ -118,8 +118,15 @@ class XanesMapBase(RunFrames):
 
     #: ``"2d"`` or ``"3d"``, recorded in the parameters.
     kind = "2d"
-    #: The analysis functions the provenance names.
-    analysis_functions: tuple = ()
+    #: The analysis functions the provenance names (3D adds the reconstruction's).
+    analysis_functions: tuple = (
+        normalize,
+        minus_log,
+        xa.align_stack,
+        xa.normalize,
+        xa.fit_whiteline,
+        xa.edge_energy,
+    )
 
     def __init__(
         self,
