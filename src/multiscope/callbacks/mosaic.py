@@ -60,7 +60,7 @@ from multiscope.analysis.segment import label_particles, size_histogram
 from multiscope.analysis.stitch import stitch_vertical
 from multiscope.callbacks.derived import provenance, publish_derived_run
 from multiscope.callbacks.tomo import write_volume
-from multiscope.contracts import MosaicBlock
+from multiscope.contracts import MosaicBlock, TomoBlock
 from multiscope.frame_files import FrameReader
 
 __all__ = ["MosaicStitcher", "Tile", "orthogonal_slices_figure", "size_histogram_figure"]
@@ -119,7 +119,7 @@ class _RunCollector:
             return None
         pixel = (self.start.get("parameters") or {}).get("pixel_size_um")
         if pixel is None:
-            pixel = (self.start.get("tomo") or {}).get("pixel_size_um")
+            pixel = TomoBlock.from_md(self.start.get("tomo")).pixel_size_um
         return Tile(
             raw_uid=self.start["derived_from"],
             recon_uid=self.start["uid"],
@@ -233,15 +233,16 @@ class MosaicStitcher(DocumentRouter):
     # -- tiles ---------------------------------------------------------------------------
     def add_tile(self, tile: Tile) -> None:
         """Add one reconstructed tile; stitch when its mosaic is complete."""
-        mosaic_id = tile.mosaic["mosaic_id"]
+        block = MosaicBlock.from_md(tile.mosaic)
+        mosaic_id = block.mosaic_id
         group = self.pending.setdefault(mosaic_id, {})
-        index = int(tile.mosaic["tile_index"])
+        index = int(block.tile_index)
         if index in group:
             logger.warning(
                 "mosaic %s: tile %d received again; the latest is kept", mosaic_id, index
             )
         group[index] = tile
-        num_tiles = int(tile.mosaic["num_tiles"])
+        num_tiles = int(block.num_tiles)
         logger.info("mosaic %s: tile %d (%d of %d)", mosaic_id, index, len(group), num_tiles)
         if len(group) >= num_tiles:
             tiles = list(self.pending.pop(mosaic_id).values())
