@@ -738,6 +738,30 @@ def nice_length(target: float) -> float:
     return exp
 
 
+def add_scale_bar(ax, shape, pixel_um=None, *, unit="um", color="white") -> None:
+    """A scale bar of a "nice" length (~1/5 of the width) at the lower right of an image.
+
+    ``shape`` is the image's ``(rows, cols)``; without ``pixel_um`` the bar is in
+    pixels (``unit`` then says so).
+    """
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    scale = pixel_um or 1.0
+    bar = nice_length(shape[1] * scale / 5)
+    ax.add_artist(
+        AnchoredSizeBar(
+            ax.transData,
+            bar / scale,
+            f"{bar:g} {unit}",
+            "lower right",
+            pad=0.4,
+            color=color,
+            frameon=False,
+            size_vertical=max(1.0, shape[0] / 150),
+        )
+    )
+
+
 def slice_figure(path, image, pixel_um=None, *, title="", dpi=110) -> None:
     """PNG of one slice with a scale bar and a colour bar (matplotlib, Agg, thread-safe).
 
@@ -746,7 +770,6 @@ def slice_figure(path, image, pixel_um=None, *, title="", dpi=110) -> None:
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
     image = np.asarray(image, np.float32)
     if pixel_um:
@@ -760,20 +783,7 @@ def slice_figure(path, image, pixel_um=None, *, title="", dpi=110) -> None:
     im = ax.imshow(shown, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
-    width = image.shape[1] * (pixel_um or 1.0)
-    bar = nice_length(width / 5)
-    ax.add_artist(
-        AnchoredSizeBar(
-            ax.transData,
-            bar / (pixel_um or 1.0),
-            f"{bar:g} {length_unit}",
-            "lower right",
-            pad=0.4,
-            color="white",
-            frameon=False,
-            size_vertical=max(1.0, image.shape[0] / 150),
-        )
-    )
+    add_scale_bar(ax, image.shape, pixel_um, unit=length_unit, color="white")
     fig.colorbar(im, ax=ax, label=unit_label, shrink=0.85)
     fig.savefig(path, dpi=dpi)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from multiscope.callbacks.tomo import nice_length
+from multiscope.callbacks.tomo import add_scale_bar
 
 __all__ = ["histogram_figure", "spectra_figure", "whiteline_map_figure"]
 
@@ -26,7 +26,6 @@ def _figure(size):
 def whiteline_map_figure(path, wl_eV, pixel_um=None, *, title="", dpi=110) -> None:  # noqa: N803
     """PNG of a whiteline map (eV) with a colour bar in eV; masked pixels grey."""
     import matplotlib as mpl
-    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
     img = np.asarray(wl_eV, np.float64)
     good = img[np.isfinite(img)]
@@ -38,20 +37,7 @@ def whiteline_map_figure(path, wl_eV, pixel_um=None, *, title="", dpi=110) -> No
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
     if pixel_um:
-        width = img.shape[1] * pixel_um
-        bar = nice_length(width / 5)
-        ax.add_artist(
-            AnchoredSizeBar(
-                ax.transData,
-                bar / pixel_um,
-                f"{bar:g} um",
-                "lower right",
-                pad=0.4,
-                color="black",
-                frameon=False,
-                size_vertical=max(1.0, img.shape[0] / 150),
-            )
-        )
+        add_scale_bar(ax, img.shape, pixel_um, color="black")
     fig.colorbar(im, ax=ax, label="whiteline energy (eV)", shrink=0.85)
     fig.savefig(path, dpi=dpi)
 
