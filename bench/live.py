@@ -31,8 +31,8 @@ import numpy as np
 from _report import write_section as replace_section
 from event_model import compose_run
 
-from multiscope.callbacks.frames import FrameReader
 from multiscope.callbacks.tomo import LiveTomoPreview, warm_up
+from multiscope.frame_files import FrameReader
 from sim_devices.areadetector import HDF5FrameWriter
 
 HEADING = "## Live tomography preview (bench/live.py)"

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from conftest import txm_session
 
-from multiscope.callbacks.frames import uri_to_path
 from multiscope.callbacks.xanes import LiveXANESMap
+from multiscope.frame_files import uri_to_path
 
 pytestmark = pytest.mark.integration
 

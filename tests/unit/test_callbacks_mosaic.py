@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from synthetic_tomo import RunSpec, random_spheres, tomo_run
 
-from multiscope.callbacks.frames import FrameReader
 from multiscope.callbacks.mosaic import MosaicStitcher
 from multiscope.callbacks.tomo import TomoReconstructor
+from multiscope.frame_files import FrameReader
 
 NY, NX, PIXEL_UM = 40, 80, 0.2
 NUM_TILES, OVERLAP = 3, 0.25

@@ -15,13 +15,13 @@ from event_model import RunRouter
 from synthetic_tomo import RunSpec, random_spheres, tomo_run, truth_slice
 
 from multiscope.callbacks.background import BackgroundCallback
-from multiscope.callbacks.frames import FrameReader
 from multiscope.callbacks.tomo import (
     LiveTomoPreview,
     TomoReconstructor,
     tomo_factory,
     warm_up,
 )
+from multiscope.frame_files import FrameReader
 
 NY, NX = 48, 96
 CENTER = (NX - 1) / 2 + 3.3  # the rotation axis is 3.3 px right of the detector centre

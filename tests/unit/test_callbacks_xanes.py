@@ -26,7 +26,14 @@ from xanes_grid import E3_KEV, E_KEV, POST, PRE, WINDOW, small_tab, wide_tab
 import sim_devices.physics as phys
 import sim_devices.physics.xanes as xph
 from multiscope.callbacks.pipelines import TomographyPipeline
-from multiscope.callbacks.xanes import XANES_PLANS, LiveXANESMap, fit_volumes, xanes_factory
+from multiscope.callbacks.xanes import (
+    MAP_CLASSES,
+    XANES_PLANS,
+    LiveXANESMap,
+    LiveXANESMap2D,
+    fit_volumes,
+    xanes_factory,
+)
 from multiscope.plan_stubs.xanes import flat_indices
 from sim_devices.areadetector import HDF5FrameWriter
 
@@ -384,7 +391,7 @@ def test_factory_and_txm_pipeline_route_xanes_runs(tmp_path):
     factory = xanes_factory(output_dir=tmp_path)
     for plan in XANES_PLANS:
         callbacks, _ = factory("start", {"plan_name": plan, "uid": plan, "time": 0})
-        assert len(callbacks) == 1 and isinstance(callbacks[0], LiveXANESMap)
+        assert len(callbacks) == 1 and type(callbacks[0]) is MAP_CLASSES[plan]
     assert factory("start", {"plan_name": "tomo_scan", "uid": "t", "time": 0}) == ([], [])
     RunRouter([factory])
 
@@ -392,7 +399,7 @@ def test_factory_and_txm_pipeline_route_xanes_runs(tmp_path):
     pipeline = TomographyPipeline(tmp_path, publish=lambda n, d: published.append(n))
     run = compose_run(metadata={"plan_name": "xanes_2d", "xanes": xanes_block(E_KEV, "every", 1)})
     pipeline("start", run.start_doc)
-    assert isinstance(pipeline.xanes, LiveXANESMap) and pipeline.preview is None
+    assert type(pipeline.xanes) is LiveXANESMap2D and pipeline.preview is None
     assert pipeline.xanes.output_dir == tmp_path / "xanes"
     pipeline("stop", run.compose_stop(exit_status="abort"))
     assert published == []

@@ -194,11 +194,12 @@ class _Extent:
         return out[..., : self.length]
 
 
-def _fourier_filter(size, filter_name):
+def fourier_filter(size, filter_name):
     """Ramp-type filter in FFT order, as scikit-image's (Kak & Slaney eq. 61).
 
     Built from the band-limited spatial ramp kernel rather than ``|w|`` so the
-    DC term is correct (no offset of the reconstructed values).
+    DC term is correct (no offset of the reconstructed values). The one filter of
+    :func:`reconstruct` and of the live preview (``callbacks.tomo``).
     """
     try:
         name = _FILTERS[filter_name.lower() if isinstance(filter_name, str) else filter_name]
@@ -248,7 +249,7 @@ class _Gridrec:
         self.eps = eps
         self.lock = threading.Lock()
         self.extent = ext = _Extent(n_det, center, n_out, circle)
-        self.filt = _fourier_filter(ext.n_pad, filter_name).astype(np.float32)
+        self.filt = fourier_filter(ext.n_pad, filter_name).astype(np.float32)
         self.rfilt = np.ascontiguousarray(self.filt[: ext.n_pad // 2 + 1])
         # Only the window of the filtered, extended projection that slice
         # pixels sample is transformed (the filter itself sees the whole
@@ -278,7 +279,7 @@ class _Gridrec:
             cand = np.concatenate([freq - 1, freq, freq + 1])
             src = np.tile(np.arange(n_grid), 3)
             kernel = np.sinc(cand) ** 2
-            gain = kernel * np.abs(np.tile(_fourier_filter(n_grid, filter_name), 3))
+            gain = kernel * np.abs(np.tile(fourier_filter(n_grid, filter_name), 3))
             # The main band is always kept (near DC the filter is ~0 but the
             # spectrum is large); replica points only where they matter.
             keep = gain >= _KERNEL_CUT * gain.max()
@@ -452,7 +453,7 @@ def _backproject(filtered, cos_a, sin_a, center, n_out, radius2, tile):  # pragm
 
 def _fbp(sinos, angles, center, filter_name, n_out, num_threads, circle):
     ext = _Extent(sinos.shape[-1], center, n_out, circle)
-    filt = _fourier_filter(ext.n_pad, filter_name).astype(np.float32)
+    filt = fourier_filter(ext.n_pad, filter_name).astype(np.float32)
     filtered = ext.filtered(sinos, filt, num_threads)
     filtered = np.ascontiguousarray(np.moveaxis(filtered, 0, -1), dtype=np.float32)
     out = _backproject(

@@ -58,14 +58,10 @@ from event_model import DocumentRouter
 
 from multiscope.analysis.segment import label_particles, size_histogram
 from multiscope.analysis.stitch import stitch_vertical
-from multiscope.callbacks.frames import FrameReader
-from multiscope.callbacks.tomo import (
-    derived_run_documents,
-    json_safe,
-    qualified_name,
-    software_versions,
-    write_volume,
-)
+from multiscope.callbacks.derived import provenance, publish_derived_run
+from multiscope.callbacks.tomo import write_volume
+from multiscope.contracts import MosaicBlock, TomoBlock
+from multiscope.frame_files import FrameReader
 
 __all__ = ["MosaicStitcher", "Tile", "orthogonal_slices_figure", "size_histogram_figure"]
 
@@ -123,7 +119,7 @@ class _RunCollector:
             return None
         pixel = (self.start.get("parameters") or {}).get("pixel_size_um")
         if pixel is None:
-            pixel = (self.start.get("tomo") or {}).get("pixel_size_um")
+            pixel = TomoBlock.from_md(self.start.get("tomo")).pixel_size_um
         return Tile(
             raw_uid=self.start["derived_from"],
             recon_uid=self.start["uid"],
@@ -237,15 +233,16 @@ class MosaicStitcher(DocumentRouter):
     # -- tiles ---------------------------------------------------------------------------
     def add_tile(self, tile: Tile) -> None:
         """Add one reconstructed tile; stitch when its mosaic is complete."""
-        mosaic_id = tile.mosaic["mosaic_id"]
+        block = MosaicBlock.from_md(tile.mosaic)
+        mosaic_id = block.mosaic_id
         group = self.pending.setdefault(mosaic_id, {})
-        index = int(tile.mosaic["tile_index"])
+        index = int(block.tile_index)
         if index in group:
             logger.warning(
                 "mosaic %s: tile %d received again; the latest is kept", mosaic_id, index
             )
         group[index] = tile
-        num_tiles = int(tile.mosaic["num_tiles"])
+        num_tiles = int(block.num_tiles)
         logger.info("mosaic %s: tile %d (%d of %d)", mosaic_id, index, len(group), num_tiles)
         if len(group) >= num_tiles:
             tiles = list(self.pending.pop(mosaic_id).values())
@@ -271,16 +268,17 @@ class MosaicStitcher(DocumentRouter):
 
     def stitch(self, mosaic_id: str, tiles: list[Tile]) -> dict:
         """Stitch, segment, write and publish one complete mosaic; returns the result."""
-        tiles = sorted(tiles, key=lambda t: float(t.mosaic["z_um"]))
+        blocks = {id(t): MosaicBlock.from_md(t.mosaic) for t in tiles}
+        tiles = sorted(tiles, key=lambda t: float(blocks[id(t)].z_um))
         pixel = next((t.pixel_size_um for t in tiles if t.pixel_size_um), None)
-        m = tiles[0].mosaic
+        m = blocks[id(tiles[0])]
         n_rows = tiles[0].volume.shape[0]
-        if pixel and m.get("tile_height_um"):
-            overlap_px = float(m["overlap_fraction"]) * float(m["tile_height_um"]) / pixel
+        if pixel and m.tile_height_um:
+            overlap_px = float(m.overlap_fraction) * float(m.tile_height_um) / pixel
         else:
-            overlap_px = float(m["overlap_fraction"]) * n_rows
+            overlap_px = float(m.overlap_fraction) * n_rows
         overlap_px = max(2, int(round(overlap_px)))
-        z_um = np.array([float(t.mosaic["z_um"]) for t in tiles])
+        z_um = np.array([float(blocks[id(t)].z_um) for t in tiles])
         nominal = (z_um - z_um[0]) / pixel if pixel else np.full(len(tiles), np.nan)
 
         volume, offsets = stitch_vertical(
@@ -334,10 +332,7 @@ class MosaicStitcher(DocumentRouter):
                     "threshold": "otsu",
                 },
             },
-            "software": software_versions(),
-            "analysis_functions": [
-                qualified_name(f) for f in (stitch_vertical, label_particles, size_histogram)
-            ],
+            **provenance((stitch_vertical, label_particles, size_histogram)),
             "figures": [str(paths["slices_figure"]), str(paths["histogram_figure"])],
             "files": {"volume": str(paths["volume"]), "particles": str(paths["particles"])},
             "results": {
@@ -345,8 +340,9 @@ class MosaicStitcher(DocumentRouter):
                 "nominal_offsets_vox": np.asarray(nominal).tolist(),
             },
         }
-        docs = derived_run_documents(
-            json_safe(md),
+        uid = publish_derived_run(
+            self.publish,
+            md,
             volume_path=paths["volume"],
             volume_shape=volume.shape,
             scalars={
@@ -355,9 +351,6 @@ class MosaicStitcher(DocumentRouter):
                 "max_offset_deviation_vox": float(np.max(np.abs(offsets[:, 0] - nominal))),
             },
         )
-        if self.publish is not None:
-            for name, doc in docs:
-                self.publish(name, doc)
         return {
             "volume": volume,
             "offsets": offsets,
@@ -365,7 +358,7 @@ class MosaicStitcher(DocumentRouter):
             "labels": labels,
             "table": table,
             "paths": paths,
-            "uid": docs[0][1]["uid"],
+            "uid": uid,
             "tiles": [t.raw_uid for t in tiles],
         }
 

@@ -4,9 +4,10 @@
 its end, a full reconstruction stored as a derived run; reconstructions of
 mosaic tiles also go to the mosaic stitcher, which stitches, labels particles
 and stores its own derived run when the last tile is in. XANES runs
-(``xanes_2d``, ``xanes_3d``) go to a :class:`~multiscope.callbacks.xanes.LiveXANESMap`
-(live whiteline and edge maps, a derived ``xanes_map`` run at the end). The
-session wraps the pipeline in a
+(``xanes_2d``, ``xanes_3d``) go to a
+:class:`~multiscope.callbacks.xanes_2d.LiveXANESMap2D` or
+:class:`~multiscope.callbacks.xanes_3d.LiveXANESMap3D` (live whiteline and edge
+maps, a derived ``xanes_map`` run at the end). The session wraps the pipeline in a
 :class:`~multiscope.callbacks.background.BackgroundCallback`, so none of this
 runs on the RunEngine's thread.
 """
@@ -21,7 +22,7 @@ from event_model import RunRouter
 
 from .mosaic import MosaicStitcher
 from .tomo import TOMO_PLANS, LiveTomoPreview, TomoReconstructor, tomo_factory
-from .xanes import XANES_PLANS, LiveXANESMap
+from .xanes import XanesMapBase, xanes_map_for
 
 __all__ = ["KEEP_LAST", "TomographyPipeline", "tomography_pipeline"]
 
@@ -57,7 +58,7 @@ class TomographyPipeline:
     reconstructions : deque of TomoReconstructor
         The last ``keep_last`` tomography runs', oldest first (``.uid``, ``.center``,
         ``.paths``, ``.volume``); ``reconstructions[-1]`` is the latest.
-    xanes : LiveXANESMap or None
+    xanes : LiveXANESMap2D or LiveXANESMap3D or None
         The map of the latest XANES run (``xanes.maps["whiteline_eV"]``, updated
         live; ``xanes.paths`` once stored). Only the latest is kept: a 2D map
         holds its run's absorbance stack.
@@ -67,7 +68,7 @@ class TomographyPipeline:
         output_dir = Path(output_dir)
         self.preview: LiveTomoPreview | None = None
         self.reconstructions: deque[TomoReconstructor] = deque()
-        self.xanes: LiveXANESMap | None = None
+        self.xanes: XanesMapBase | None = None
         self._xanes_dir = output_dir / "xanes"
         self._publish = publish
         self.stitcher = MosaicStitcher(output_dir / "mosaics", publish=publish)
@@ -91,10 +92,11 @@ class TomographyPipeline:
         return [self.preview], []
 
     def _xanes_factory(self, name: str, start: dict):
-        if start.get("plan_name") not in XANES_PLANS:
+        live = xanes_map_for(start, self._xanes_dir, publish=self._publish)
+        if live is None:
             return [], []
-        self.xanes = LiveXANESMap(self._xanes_dir, publish=self._publish)
-        return [self.xanes], []
+        self.xanes = live
+        return [live], []
 
     @property
     def keep_last(self) -> int:

@@ -3,7 +3,7 @@
 Both consume the documents of a tomography run (``plan_name`` ``tomo_scan`` or
 ``fly_tomo_scan``): streams ``dark``, ``flat`` and ``primary`` whose camera frames
 are file-referenced (the data key with ``external == "STREAM:"`` and 3 dims,
-``[frames, ny, nx]``; :mod:`multiscope.callbacks.frames`). The rotation angle of
+``[frames, ny, nx]``; :mod:`multiscope.frame_files`). The rotation angle of
 each frame is the per-frame attribute ``theta`` in the HDF5 file when the IOC
 records it (fly scans), else the ``sample_theta`` reading of the primary event.
 
@@ -16,9 +16,12 @@ records it (fly scans), else the ``sample_theta`` reading of the primary event.
     :func:`~multiscope.analysis.tomo.reconstruct` (gridrec); writes
     ``<output_dir>/<raw uid>/recon.h5`` (+ TIFF on request) and a PNG of the
     central slice, then publishes a derived run (``plan_name: "tomo_reconstruction"``)
-    through ``publish(name, doc)``, e.g. the catalog writer.
+    through ``publish(name, doc)``, e.g. the catalog writer
+    (:mod:`multiscope.callbacks.derived`).
 
-Both keep per-run state and reset it at each ``start``, so they may be subscribed
+Both are :class:`~multiscope.callbacks.runs.RunFrames` (the documents as frame
+records, the ``tomo`` block as a :class:`~multiscope.contracts.TomoBlock`) and
+keep per-run state, reset at each ``start``, so they may be subscribed
 directly (one run at a time) or built per run by a :class:`event_model.RunRouter`
 with :func:`tomo_factory`. Wrap the reconstructor in
 :class:`~multiscope.callbacks.background.BackgroundCallback` so that it never
@@ -50,21 +53,32 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import h5py
 import numba
 import numpy as np
 import scipy.fft
-from event_model import DocumentRouter, compose_run
 
 from multiscope.analysis.stripe import remove_stripe_offsets
-from multiscope.analysis.tomo import find_center, minus_log, normalize, reconstruct
-from multiscope.callbacks.frames import FrameReader, stream_data_key
+from multiscope.analysis.tomo import (
+    find_center,
+    fourier_filter,
+    minus_log,
+    normalize,
+    reconstruct,
+)
+from multiscope.callbacks.derived import (
+    VOLUME_DATASET,
+    derived_run_documents,
+    provenance,
+    publish_derived_run,
+    qualified_name,
+)
+from multiscope.callbacks.runs import FrameRecord, RunFrames
+from multiscope.contracts import TomoBlock
 
 __all__ = [
     "ANGLE_KEY",
@@ -73,11 +87,8 @@ __all__ = [
     "LiveTomoPreview",
     "TomoReconstructor",
     "derived_run_documents",
-    "json_safe",
-    "qualified_name",
     "slice_figure",
     "slice_quality",
-    "software_versions",
     "tomo_factory",
     "warm_up",
     "write_tiff",
@@ -89,8 +100,6 @@ logger = logging.getLogger(__name__)
 TOMO_PLANS = ("tomo_scan", "fly_tomo_scan")
 ANGLE_KEY = "sample_theta"
 THETA_ATTRIBUTE = "theta"
-VOLUME_DATASET = "/entry/data/data"
-HDF5_MIMETYPE = "application/x-hdf5"
 
 
 def tomo_factory(callback_class: type, **kwargs) -> Callable:
@@ -117,160 +126,36 @@ def tomo_factory(callback_class: type, **kwargs) -> Callable:
     return factory
 
 
-def software_versions() -> dict[str, str]:
-    """Versions of the packages a reconstruction depends on (for provenance)."""
-    out = {"python": platform.python_version()}
-    for dist in (
-        "multiscope",
-        "numpy",
-        "scipy",
-        "scikit-image",
-        "finufft",
-        "numba",
-        "h5py",
-        "event-model",
-        "matplotlib",
-    ):
-        try:
-            out[dist] = importlib_metadata.version(dist)
-        except importlib_metadata.PackageNotFoundError:
-            out[dist] = "unknown"
-    return out
-
-
-def qualified_name(func) -> str:
-    return f"{func.__module__}.{func.__qualname__}"
-
-
-def json_safe(value):
-    """JSON-friendly copy of metadata (numpy scalars/arrays to Python)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 # ------------------------------------------------------------------------------ base
 
 
-class _TomoRun(DocumentRouter):
-    """Bookkeeping shared by the tomography callbacks: run, streams, camera key, files."""
+class _TomoRun(RunFrames):
+    """A tomography run's frames (:class:`~multiscope.callbacks.runs.RunFrames`) and ``tomo`` block.
 
-    def __init__(self, *, reader_timeout: float = 2.0) -> None:
-        super().__init__()
-        self._reader_timeout = reader_timeout
-        self.frames = FrameReader(timeout=reader_timeout)
-        self._reset()
+    The angle of a projection is its file attribute ``theta`` (fly scans) when the
+    file has it, else the ``sample_theta`` reading of its primary event.
+    """
+
+    plans = TOMO_PLANS
+    angle_attribute = THETA_ATTRIBUTE
 
     def _reset(self) -> None:
-        self.active = False
-        self.start_doc: dict | None = None
+        super()._reset()
+        self.tomo = TomoBlock()
         self.tomo_md: dict = {}
-        self.camera_key: str | None = None
-        self.frame_shape: tuple[int, int] | None = None
-        self._stream_of_descriptor: dict[str, str] = {}
-        self._angle_in_events = False
 
-    # -- documents ---------------------------------------------------------------------
-    def start(self, doc):
-        self.frames.close()
-        self._reset()
-        self.active = doc.get("plan_name") in TOMO_PLANS
-        if not self.active:
-            return
-        self.start_doc = doc
-        self.tomo_md = dict(doc.get("tomo") or {})
-        self.run_started()
-
-    def descriptor(self, doc):
-        if not self.active:
-            return
-        self.frames.add_descriptor(doc)
-        self._stream_of_descriptor[doc["uid"]] = doc["name"]
-        key = stream_data_key(doc, ndim=3)
-        if key is not None and self.camera_key in (None, key):
-            self.camera_key = key
-            shape = doc["data_keys"][key]["shape"]
-            self.frame_shape = (int(shape[-2]), int(shape[-1]))
-        if doc["name"] == "primary" and ANGLE_KEY in doc["data_keys"]:
-            self._angle_in_events = True
-        self.described(doc)
-
-    def stream_resource(self, doc):
-        if self.active:
-            self.frames.add_resource(doc)
-
-    def stream_datum(self, doc):
-        if not self.active:
-            return
-        stream = self._stream_of_descriptor.get(doc.get("descriptor", ""))
-        if self.frames.resource_of(doc).data_key != self.camera_key:
-            return
-        self.frames_referenced(stream, doc)
-
-    def event_page(self, doc):
-        if not self.active:
-            return
-        stream = self._stream_of_descriptor.get(doc["descriptor"])
-        if stream == "primary" and ANGLE_KEY in doc["data"]:
-            for seq, theta in zip(doc["seq_num"], doc["data"][ANGLE_KEY], strict=True):
-                self.angle_read(int(seq), float(theta))
-
-    def stop(self, doc):
-        if not self.active:
-            return
-        try:
-            self.run_stopped(doc)
-        finally:
-            self.frames.close()
-            self.active = False
-
-    # -- hooks for subclasses ------------------------------------------------------------
     def run_started(self) -> None:
-        """A tomography run started (``self.start_doc`` is set)."""
+        self.tomo_md = dict(self.start_doc.get("tomo") or {})
+        self.tomo = TomoBlock.from_md(self.tomo_md)
 
-    def described(self, doc: dict) -> None:
-        """A descriptor of the run arrived."""
+    def event_fields(self, stream: str) -> dict[str, str]:
+        return {"angle_deg": ANGLE_KEY} if stream == "primary" else {}
 
-    def frames_referenced(self, stream: str | None, datum: dict) -> None:
-        """A ``stream_datum`` of the camera arrived."""
-
-    def angle_read(self, seq_num: int, theta_deg: float) -> None:
-        """A primary event carried the rotation angle of ``seq_num``."""
-
-    def run_stopped(self, doc: dict) -> None:
-        """The run's stop document arrived."""
+    def read_options(self, stream: str) -> dict:
+        return {"attributes": (THETA_ATTRIBUTE,)} if stream == "primary" else {}
 
 
 # ------------------------------------------------------------------------------ live
-
-
-def _ramp_filter(n_pad: int, filter_name: str) -> np.ndarray:
-    """Real-FFT filter of length ``n_pad // 2 + 1`` (Kak & Slaney eq. 61, as iradon).
-
-    Built from the band-limited spatial ramp so the DC term is right (no offset),
-    the same construction as :func:`multiscope.analysis.tomo.reconstruct`.
-    """
-    dist = np.minimum(np.arange(n_pad), n_pad - np.arange(n_pad))
-    kernel = np.zeros(n_pad)
-    kernel[0] = 0.25
-    odd = dist % 2 == 1
-    kernel[odd] = -1.0 / (np.pi * dist[odd]) ** 2
-    filt = 2.0 * np.real(np.fft.rfft(kernel))
-    freq = np.fft.rfftfreq(n_pad)  # cycles per pixel, 0..0.5
-    if filter_name in ("shepp", "shepp-logan"):
-        omega = np.pi * freq[1:]
-        filt[1:] *= np.sin(omega) / omega
-    elif filter_name in ("hann", "hanning"):
-        filt *= 0.5 + 0.5 * np.cos(2 * np.pi * freq)
-    elif filter_name not in ("ramp", "ramlak"):
-        raise ValueError(f"unknown filter_name {filter_name!r} (ramp, shepp or hann)")
-    return filt.astype(np.float32)
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -392,8 +277,6 @@ class LiveTomoPreview(_TomoRun):
         self._dark = _FieldSet()
         self._flat = _FieldSet()
         self._pending: list[tuple[np.ndarray, float]] = []
-        self._awaiting_angle: dict[int, np.ndarray] = {}
-        self._angles_seen: dict[int, float] = {}
         self._filt: np.ndarray | None = None
 
     def on_update(self, callback: Callable[[dict[int, np.ndarray], int], object]) -> None:
@@ -415,7 +298,7 @@ class LiveTomoPreview(_TomoRun):
         else:
             rows = [min(ny - 1, max(0, int(round(f * ny)))) for f in self.row_fractions]
         self.rows = sorted(set(rows))
-        guess = self.tomo_md.get("center_guess_px")
+        guess = self.tomo.center_guess_px
         if self._center_arg is not None:
             self.center = float(self._center_arg)
         elif guess is not None:
@@ -429,67 +312,48 @@ class LiveTomoPreview(_TomoRun):
         right = max(0, math.ceil(self.center + reach - (nx - 1)))
         self._length = self._left + nx + right
         self._n_pad = scipy.fft.next_fast_len(max(64, 2 * self._length))
-        self._filt = _ramp_filter(self._n_pad, self.filter_name)
+        # The filter of the full reconstruction, on the rfft's half spectrum.
+        half = self._n_pad // 2 + 1
+        self._filt = fourier_filter(self._n_pad, self.filter_name)[:half].astype(np.float32)
         self._acc = np.zeros((len(self.rows), nx, nx), np.float32)
 
     def run_started(self):
+        super().run_started()
         # Sets are complete at the size the plan announces (if it does).
-        self._dark = _FieldSet(self.tomo_md.get("num_darks"))
-        self._flat = _FieldSet(self.tomo_md.get("num_flats"))
+        self._dark = _FieldSet(self.tomo.num_darks)
+        self._flat = _FieldSet(self.tomo.num_flats)
 
     def described(self, doc):
         if self.frame_shape is not None and self._acc is None:
             self._setup()
 
+    def read_options(self, stream):
+        # Only the preview rows of each frame: 3 rows, not the frame.
+        return {**super().read_options(stream), "rows": self.rows}
+
     # -- data ----------------------------------------------------------------------------
-    def frames_referenced(self, stream, datum):
+    def frame_arrived(self, record: FrameRecord) -> None:
         if self._acc is None:
             return
-        want = (THETA_ATTRIBUTE,) if stream == "primary" else ()
-        block = self.frames.read(datum, rows=self.rows, attributes=want)
         # A frame of another stream completes the current dark or flat set.
-        if stream != "dark":
+        if record.stream != "dark":
             self._dark.seal()
-        if stream != "flat":
+        if record.stream != "flat":
             self._flat.seal()
-        if stream == "dark":
-            self._dark.add(block.data)
-        elif stream == "flat":
-            self._flat.add(block.data)
-        elif stream == "primary":
-            self._queue_projections(block)
-        self._catch_up()
+        if record.stream == "dark":
+            self._dark.add(record.frame[None])
+        elif record.stream == "flat":
+            self._flat.add(record.frame[None])
+        elif record.stream == "primary":
+            self._pending.append((record.frame, record.angle_deg))
 
-    def _queue_projections(self, block) -> None:
-        data = block.data
-        theta = block.attributes.get(THETA_ATTRIBUTE)
-        if theta is not None:
-            self._pending.extend(zip(data, theta.astype(float), strict=True))
-            return
-        # Angle from the primary event: it follows its stream_datum. Frames of one
-        # event (multiplier > 1) share its angle.
-        s0, s1 = block.seq_nums
-        per_event = max(1, len(data) // max(1, s1 - s0))
-        for k, seq in enumerate(range(s0, s1)):
-            frames = data[k * per_event : (k + 1) * per_event]
-            if seq in self._angles_seen:
-                theta_deg = self._angles_seen.pop(seq)
-                self._pending.extend((f, theta_deg) for f in frames)
-            else:
-                self._awaiting_angle[seq] = frames
-
-    def angle_read(self, seq_num, theta_deg):
-        frames = self._awaiting_angle.pop(seq_num, None)
-        if frames is None:
-            self._angles_seen[seq_num] = theta_deg
-            return
-        self._pending.extend((f, theta_deg) for f in frames)
+    def frames_done(self) -> None:
         self._catch_up()
 
     def _fields(self):
         dark = self._dark.ready
         flat = self._flat.ready
-        if dark is None and self.tomo_md.get("dark_policy") == "none":
+        if dark is None and self.tomo.dark_policy == "none":
             dark = np.zeros((len(self.rows), self.frame_shape[1]), np.float32)
         return dark, flat
 
@@ -528,10 +392,11 @@ class LiveTomoPreview(_TomoRun):
         self._dark.seal()
         self._flat.seal()
         self._catch_up()
-        if self._pending or self._awaiting_angle:
+        waiting = self.frames_waiting
+        if self._pending or waiting:
             logger.warning(
                 "live preview: %d projections never processed (no %s)",
-                len(self._pending) + len(self._awaiting_angle),
+                len(self._pending) + waiting,
                 "flats/darks" if self._pending else "angles",
             )
 
@@ -611,25 +476,20 @@ class TomoReconstructor(_TomoRun):
         self.raw_uid: str | None = None
         self.paths: dict[str, Path] = {}
         self.metrics: dict[str, float] = {}
-        super().__init__(reader_timeout=reader_timeout)
+        # Frames are read at the stop, from closed files.
+        super().__init__(reader_timeout=reader_timeout, read_live=False)
 
     def _reset(self) -> None:
         super()._reset()
-        self._datums: dict[str, list[dict]] = {"dark": [], "flat": [], "primary": []}
         # Projections acquired before each flat datum: consecutive flats form one set.
         self._flat_positions: list[int] = []
-        self._event_angles: dict[int, float] = {}
+        self._primary_events = 0
 
-    def frames_referenced(self, stream, datum):
-        if stream not in self._datums:
-            return
-        self._datums[stream].append(datum)
+    def datum_referenced(self, stream, datum):
         if stream == "flat":
-            n_before = sum(_n_events(d) for d in self._datums["primary"])
-            self._flat_positions.append(n_before)
-
-    def angle_read(self, seq_num, theta_deg):
-        self._event_angles[seq_num] = theta_deg
+            self._flat_positions.append(self._primary_events)
+        elif stream == "primary":
+            self._primary_events += _n_events(datum)
 
     def run_stopped(self, doc):
         if doc.get("exit_status") != "success":
@@ -639,7 +499,7 @@ class TomoReconstructor(_TomoRun):
                 doc.get("exit_status"),
             )
             return
-        if not self._datums["primary"]:
+        if not self.datums["primary"]:
             logger.warning(
                 "reconstruction skipped: run %s has no projections", self.start_doc["uid"]
             )
@@ -647,25 +507,24 @@ class TomoReconstructor(_TomoRun):
         self.reconstruct_run()
 
     # -- the work ------------------------------------------------------------------------
-    def _read_stream(self, stream: str, attributes=()):
-        blocks = [self.frames.read(d, attributes=attributes) for d in self._datums[stream]]
-        return blocks
+    def _stack(self, stream: str) -> tuple[np.ndarray | None, list[FrameRecord]]:
+        """A stream's frames as one array (None without frames) and their records."""
+        records = self.read_records(stream)
+        if not records:
+            return None, records
+        return np.stack([r.frame for r in records]), records
 
-    def _angles(self, blocks, n_frames) -> tuple[np.ndarray, str]:
-        if all(THETA_ATTRIBUTE in b.attributes for b in blocks):
-            theta = np.concatenate([b.attributes[THETA_ATTRIBUTE] for b in blocks])
-            return np.deg2rad(theta.astype(np.float64)), "hdf5:" + THETA_ATTRIBUTE
-        angles = []
-        for b in blocks:
-            s0, s1 = b.seq_nums
-            per_event = max(1, len(b.data) // max(1, s1 - s0))
-            for seq in range(s0, s1):
-                if seq not in self._event_angles:
-                    raise ValueError(f"no {ANGLE_KEY} for projection event {seq}")
-                angles.extend([self._event_angles[seq]] * per_event)
-        if len(angles) != n_frames:
-            raise ValueError(f"{len(angles)} angles for {n_frames} projections")
-        return np.deg2rad(np.asarray(angles, dtype=np.float64)), "event:" + ANGLE_KEY
+    @staticmethod
+    def _angles(records: list[FrameRecord]) -> tuple[np.ndarray, str]:
+        """Projection angles (rad) and where they came from (one source for all)."""
+        sources = {r.angle_source for r in records}
+        if None in sources or len(sources) != 1:
+            missing = next((r.seq_num for r in records if r.angle_deg is None), None)
+            if missing is not None:
+                raise ValueError(f"no {ANGLE_KEY} for projection event {missing}")
+            raise ValueError(f"projection angles from several sources: {sorted(sources)}")
+        theta = np.asarray([r.angle_deg for r in records], dtype=np.float64)
+        return np.deg2rad(theta), sources.pop()
 
     def _line_integrals(self, raw, darks, flat_sets):
         """Normalise and -log, each projection by the flat sets on either side of it."""
@@ -688,20 +547,20 @@ class TomoReconstructor(_TomoRun):
         """Read the run's frames, reconstruct, write the files and publish."""
         raw_uid = self.start_doc["uid"]
         t0 = time.perf_counter()
-        proj_blocks = self._read_stream("primary", attributes=(THETA_ATTRIBUTE,))
-        raw = np.concatenate([b.data for b in proj_blocks])
-        angles, angle_source = self._angles(proj_blocks, raw.shape[0])
-        dark_blocks = self._read_stream("dark")
-        if dark_blocks:
-            darks = np.concatenate([b.data for b in dark_blocks]).astype(np.float32)
+        raw, proj_records = self._stack("primary")
+        angles, angle_source = self._angles(proj_records)
+        del proj_records
+        darks, _ = self._stack("dark")
+        if darks is not None:
+            darks = darks.astype(np.float32)
         else:
             logger.warning("run %s has no darks: dark = 0", raw_uid)
             darks = np.zeros(raw.shape[1:], np.float32)
         flat_sets: dict[int, list[np.ndarray]] = {}
-        for pos, block in zip(self._flat_positions, self._read_stream("flat"), strict=True):
-            flat_sets.setdefault(pos, []).append(block.data)
+        for record in self.read_records("flat"):
+            flat_sets.setdefault(self._flat_positions[record.datum], []).append(record.frame)
         if flat_sets:
-            flat_sets = {p: np.concatenate(v).astype(np.float32) for p, v in flat_sets.items()}
+            flat_sets = {p: np.stack(v).astype(np.float32) for p, v in flat_sets.items()}
             flat_note = "mean of the flat sets before and after each projection"
         else:
             # Without flats, each pixel's brightest projection stands in for the beam.
@@ -737,7 +596,7 @@ class TomoReconstructor(_TomoRun):
             t_recon,
         )
 
-        pixel_um = self.tomo_md.get("pixel_size_um")
+        pixel_um = self.tomo.pixel_size_um
         run_dir = self.output_dir / raw_uid
         run_dir.mkdir(parents=True, exist_ok=True)
         self.paths = {"volume": run_dir / "recon.h5", "figure": run_dir / "recon.png"}
@@ -769,7 +628,7 @@ class TomoReconstructor(_TomoRun):
         parameters = {
             "center_px": float(center),
             "center_method": center_method,
-            "center_guess_px": self.tomo_md.get("center_guess_px"),
+            "center_guess_px": self.tomo.center_guess_px,
             "algorithm": self.algorithm,
             "filter_name": self.filter_name,
             "pixel_size_um": pixel_um,
@@ -790,29 +649,22 @@ class TomoReconstructor(_TomoRun):
         md = {
             "plan_name": "tomo_reconstruction",
             "derived_from": start["uid"],
-            "sample_id": start.get("sample_id", self.tomo_md.get("sample_id", "")),
+            "sample_id": start.get("sample_id", self.tomo.sample_id or ""),
             "tomo": self.tomo_md,
             "parameters": parameters,
-            "software": software_versions(),
-            "analysis_functions": [
-                qualified_name(f) for f in (normalize, minus_log, find_center, reconstruct)
-            ],
+            **provenance((normalize, minus_log, find_center, reconstruct)),
             "figures": [str(self.paths["figure"])],
             "files": {k: str(v) for k, v in self.paths.items() if k != "figure"},
         }
         if "mosaic" in start:
             md["mosaic"] = start["mosaic"]
-        scalars = {k: float(v) for k, v in self.metrics.items()}
-        docs = derived_run_documents(
-            json_safe(md),
+        return publish_derived_run(
+            self.publish,
+            md,
             volume_path=self.paths["volume"],
             volume_shape=shape,
-            scalars=scalars,
+            scalars={k: float(v) for k, v in self.metrics.items()},
         )
-        if self.publish is not None:
-            for name, doc in docs:
-                self.publish(name, doc)
-        return docs[0][1]["uid"]
 
 
 def structured_rows(proj: np.ndarray, count: int = 3, spacing: int = 3) -> list[int]:
@@ -841,92 +693,6 @@ def _n_events(datum: dict) -> int:
 
 
 # ------------------------------------------------------------------------------ outputs
-
-
-def derived_run_documents(
-    metadata: dict,
-    *,
-    volume_path: str | os.PathLike,
-    volume_shape: Sequence[int],
-    scalars: dict[str, float],
-    arrays: dict[str, np.ndarray] | None = None,
-    volume_key: str = "volume",
-) -> list[tuple[str, dict]]:
-    """Documents of a one-event derived run whose volume is referenced in an HDF5 file.
-
-    Parameters
-    ----------
-    metadata : dict
-        Start-document metadata (``plan_name``, ``derived_from``, ...); JSON-safe.
-    volume_path : path-like
-        HDF5 file holding the volume at ``/entry/data/data``, shape ``(1, z, y, x)``.
-    volume_shape : sequence of int
-        ``(z, y, x)``.
-    scalars : dict of str to int or float
-        Scalar data keys of the event (``dtype`` integer or number).
-    arrays : dict of str to ndarray, optional
-        Small array data keys of the event (sent inline).
-    volume_key : str, optional
-        Data key of the volume.
-
-    Returns
-    -------
-    list of (name, doc)
-        start, descriptor, stream_resource, stream_datum, event, stop.
-    """
-    arrays = {k: np.asarray(v) for k, v in (arrays or {}).items()}
-    shape = [1, *(int(s) for s in volume_shape)]
-    bundle = compose_run(metadata=metadata)
-    data_keys = {
-        volume_key: {
-            "source": f"file:{os.fspath(volume_path)}",
-            "dtype": "array",
-            "dtype_numpy": np.dtype(np.float32).str,
-            "shape": shape,
-            "external": "STREAM:",
-        }
-    }
-    for key, value in scalars.items():
-        kind = "integer" if isinstance(value, int | np.integer) else "number"
-        data_keys[key] = {"source": "derived", "dtype": kind, "shape": []}
-    for key, value in arrays.items():
-        data_keys[key] = {
-            "source": "derived",
-            "dtype": "array",
-            "dtype_numpy": value.dtype.str,
-            "shape": list(value.shape),
-        }
-    desc = bundle.compose_descriptor(
-        name="primary",
-        data_keys=data_keys,
-        hints={"derived": {"fields": list(scalars)}},
-    )
-    resource = bundle.compose_stream_resource(
-        mimetype=HDF5_MIMETYPE,
-        uri=f"file://localhost{Path(volume_path).absolute()}",
-        data_key=volume_key,
-        parameters={"dataset": VOLUME_DATASET, "chunk_shape": shape},
-    )
-    datum = resource.compose_stream_datum(
-        indices={"start": 0, "stop": 1},
-        seq_nums={"start": 1, "stop": 2},
-        descriptor=desc.descriptor_doc,
-    )
-    now = time.time()
-    data = {
-        **{k: int(v) if isinstance(v, int | np.integer) else float(v) for k, v in scalars.items()},
-        **{k: v.tolist() for k, v in arrays.items()},
-    }
-    event = desc.compose_event(data=data, timestamps={k: now for k in data}, seq_num=1)
-    stop = bundle.compose_stop(exit_status="success")
-    return [
-        ("start", bundle.start_doc),
-        ("descriptor", desc.descriptor_doc),
-        ("stream_resource", resource.stream_resource_doc),
-        ("stream_datum", datum),
-        ("event", event),
-        ("stop", stop),
-    ]
 
 
 def write_volume(path, volume, attrs: dict, **extra) -> None:
@@ -981,6 +747,30 @@ def nice_length(target: float) -> float:
     return exp
 
 
+def add_scale_bar(ax, shape, pixel_um=None, *, unit="um", color="white") -> None:
+    """A scale bar of a "nice" length (~1/5 of the width) at the lower right of an image.
+
+    ``shape`` is the image's ``(rows, cols)``; without ``pixel_um`` the bar is in
+    pixels (``unit`` then says so).
+    """
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    scale = pixel_um or 1.0
+    bar = nice_length(shape[1] * scale / 5)
+    ax.add_artist(
+        AnchoredSizeBar(
+            ax.transData,
+            bar / scale,
+            f"{bar:g} {unit}",
+            "lower right",
+            pad=0.4,
+            color=color,
+            frameon=False,
+            size_vertical=max(1.0, shape[0] / 150),
+        )
+    )
+
+
 def slice_figure(path, image, pixel_um=None, *, title="", dpi=110) -> None:
     """PNG of one slice with a scale bar and a colour bar (matplotlib, Agg, thread-safe).
 
@@ -989,7 +779,6 @@ def slice_figure(path, image, pixel_um=None, *, title="", dpi=110) -> None:
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
     image = np.asarray(image, np.float32)
     if pixel_um:
@@ -1003,20 +792,7 @@ def slice_figure(path, image, pixel_um=None, *, title="", dpi=110) -> None:
     im = ax.imshow(shown, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
-    width = image.shape[1] * (pixel_um or 1.0)
-    bar = nice_length(width / 5)
-    ax.add_artist(
-        AnchoredSizeBar(
-            ax.transData,
-            bar / (pixel_um or 1.0),
-            f"{bar:g} {length_unit}",
-            "lower right",
-            pad=0.4,
-            color="white",
-            frameon=False,
-            size_vertical=max(1.0, image.shape[0] / 150),
-        )
-    )
+    add_scale_bar(ax, image.shape, pixel_um, unit=length_unit, color="white")
     fig.colorbar(im, ax=ax, label=unit_label, shrink=0.85)
     fig.savefig(path, dpi=dpi)
 

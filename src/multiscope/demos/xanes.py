@@ -49,7 +49,7 @@ import numpy as np
 from scipy import ndimage
 
 from .. import simctl
-from ..callbacks.frames import FrameReader
+from ..frame_files import FrameReader
 from ..plans.xanes import energy_grid
 from ..session import configure_session
 from . import DemoResult

@@ -14,8 +14,6 @@ Examples
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Generator
 from typing import Any
 
@@ -23,6 +21,7 @@ from bluesky import plan_stubs as bps
 from bluesky.protocols import Movable
 from bluesky.utils import Msg, plan
 
+from multiscope.checks import require_number
 from multiscope.devices.txm import FIELD_OF_VIEW_MODES
 
 __all__ = [
@@ -41,16 +40,8 @@ DEFAULT_SHUTTER_TIMEOUT_S = 10.0
 PlanGenerator = Generator[Msg, Any, Any]
 
 
-def _number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
-
-
 def _timeout(value) -> float:
-    timeout = _number("timeout", value)
+    timeout = require_number("timeout", value)
     if timeout <= 0:
         raise ValueError(f"timeout must be > 0 s, got {timeout}")
     return timeout
@@ -77,7 +68,7 @@ def move_energy(energy_device: Movable, energy_keV: float) -> PlanGenerator:
         Target energy (keV). Refused before any motion if outside the optics'
         range, outside the focus calibration, or needing a real axis past its limits.
     """
-    energy_keV = _number("energy_keV", energy_keV)
+    energy_keV = require_number("energy_keV", energy_keV)
     _checked("energy_keV", energy_device, energy_keV)
     # the device's move carries its own finite timeout (slowest axis + margin)
     return (yield from bps.mv(energy_device, energy_keV))
@@ -102,7 +93,7 @@ def set_field_of_view(objective, mode: str) -> PlanGenerator:
 @plan
 def sample_out(sample, out_x_um: float) -> PlanGenerator:
     """Move the sample across the beam to ``out_x_um`` (um), e.g. for flat fields."""
-    out_x_um = _number("out_x_um", out_x_um)
+    out_x_um = require_number("out_x_um", out_x_um)
     _checked("out_x_um", sample.x, out_x_um)
     return (yield from bps.mv(sample.x, out_x_um))
 
@@ -110,7 +101,7 @@ def sample_out(sample, out_x_um: float) -> PlanGenerator:
 @plan
 def sample_in(sample, x_um: float) -> PlanGenerator:
     """Move the sample back into the beam at ``x_um`` (um)."""
-    x_um = _number("x_um", x_um)
+    x_um = require_number("x_um", x_um)
     _checked("x_um", sample.x, x_um)
     return (yield from bps.mv(sample.x, x_um))
 

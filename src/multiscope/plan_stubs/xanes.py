@@ -26,6 +26,7 @@ from bluesky import plan_stubs as bps
 from bluesky.utils import plan
 from ophyd import Signal
 
+from ..checks import estimate_moves_s, require_number
 from .frames import take_flats, take_frames
 from .txm import move_energy
 
@@ -43,7 +44,6 @@ __all__ = [
     "estimate_moves_s",
     "energy_index_signal",
     "flat_indices",
-    "xanes_block",
     "xanes_energy_point",
 ]
 
@@ -78,14 +78,6 @@ XANES_FLAT_POLICIES = ("every", "every_n", "interpolate")
 
 #: Data key of the soft signal holding the energy's index in the grid (decision 0006).
 ENERGY_INDEX_FIELD = "xanes_energy_index"
-
-
-def _number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
 
 
 def edge_energy_keV(edge: str) -> float:  # noqa: N802 - unit spelling
@@ -182,7 +174,7 @@ def _segment(start: float, stop: float, step: float, *, include_stop: bool) -> n
 def _window_ev(name: str, value) -> tuple[float, float]:
     if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
         raise ValueError(f"{name} must be a pair (low, high) in eV from the edge, got {value!r}")
-    return _number(name, value[0]), _number(name, value[1])
+    return require_number(name, value[0]), require_number(name, value[1])
 
 
 def build_energy_grid(
@@ -236,19 +228,19 @@ def build_energy_grid(
         Naming the argument: unknown edge, bad steps or regions, a non-increasing
         list, a window holding too few energies.
     """
-    e0 = edge_energy_keV(edge) if edge_keV is None else _number("edge_keV", edge_keV)
+    e0 = edge_energy_keV(edge) if edge_keV is None else require_number("edge_keV", edge_keV)
     if e0 <= 0:
         raise ValueError(f"edge_keV must be > 0, got {e0}")
     names = ("pre_start_eV", "fine_start_eV", "fine_stop_eV", "post_stop_eV")
     values = (pre_start_eV, fine_start_eV, fine_stop_eV, post_stop_eV)
-    bounds = [_number(name, value) for name, value in zip(names, values, strict=True)]
+    bounds = [require_number(name, value) for name, value in zip(names, values, strict=True)]
     steps = []
     for name, value in (
         ("pre_step_eV", pre_step_eV),
         ("fine_step_eV", fine_step_eV),
         ("post_step_eV", post_step_eV),
     ):
-        steps.append(_number(name, value))
+        steps.append(require_number(name, value))
         if steps[-1] <= 0:
             raise ValueError(f"{name} must be > 0, got {value}")
     if energies_keV is None:
@@ -264,7 +256,7 @@ def build_energy_grid(
         energies = np.round(e0 + relative / 1000.0, 6)
     else:
         try:
-            energies = np.asarray([_number("energies_keV", e) for e in energies_keV], float)
+            energies = np.asarray([require_number("energies_keV", e) for e in energies_keV], float)
         except TypeError:
             raise ValueError(
                 f"energies_keV must be a list of numbers, got {energies_keV!r}"
@@ -314,35 +306,6 @@ def flat_indices(num_energies: int, policy: str, flat_every: int | None = None) 
     return tuple(sorted(chosen))
 
 
-def xanes_block(
-    grid: EnergyGrid,
-    *,
-    flat_policy: str,
-    flat_every: int | None,
-    num_frames: int,
-    num_flats: int,
-    num_darks: int,
-    image_field: str,
-    energy_field: str,
-    pixel_size_um: float | None,
-    sample_id: str,
-) -> dict:
-    """The start document's ``xanes`` block (decision 0006)."""
-    return {
-        **grid.to_md(),
-        "flat_policy": flat_policy,
-        "flat_every": 1 if flat_policy == "every" else int(flat_every),
-        "num_frames": num_frames,
-        "num_flats": num_flats,
-        "num_darks": num_darks,
-        "image_field": image_field,
-        "energy_field": energy_field,
-        "energy_index_field": ENERGY_INDEX_FIELD,
-        "pixel_size_um": pixel_size_um,
-        "sample_id": sample_id,
-    }
-
-
 def check_energies(energy, energies_keV: Sequence[float]) -> None:
     """Refuse energies outside the optics' range, the focus calibration or a real axis's limits.
 
@@ -383,30 +346,6 @@ def check_energies(energy, energies_keV: Sequence[float]) -> None:
 #: Seconds to stage and unstage the camera around one block of frames (a new HDF5 file)
 #: over CA: 0.15-0.2 s measured on the simulated TXM; the plans' estimates add it per block.
 BLOCK_OVERHEAD_S = 0.17
-
-
-def _signal_value(signal) -> float:
-    try:
-        return abs(float(signal.get()))
-    except Exception:  # an estimate (fakes, a disconnected PV) never stops a valid plan
-        return 0.0
-
-
-def estimate_moves_s(
-    positioner, positions: Sequence[float], *, start: float | None = None
-) -> float:
-    """Seconds to visit ``positions`` in order: per move, ``distance / VELO + 2 ACCL``.
-
-    0 for a positioner without a velocity (fakes); unlike a pure distance / speed,
-    the ramps count: they dominate the short moves of a XANES or focus scan.
-    """
-    speed = _signal_value(getattr(positioner, "velocity", None))
-    ramp = _signal_value(getattr(positioner, "acceleration", None))
-    if speed <= 0 or len(positions) == 0:
-        return 0.0
-    path = np.asarray(([start] if start is not None else []) + list(positions), dtype=float)
-    steps = np.abs(np.diff(path))
-    return float(np.sum(steps / speed + 2.0 * ramp * (steps > 0)))
 
 
 def estimate_energy_moves_s(energy, energies_keV: Sequence[float]) -> float:

@@ -53,9 +53,7 @@ from __future__ import annotations
 
 import logging
 import math
-from urllib.parse import unquote, urlparse
 
-import h5py
 import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
@@ -71,6 +69,7 @@ from ..analysis.focus import (
     zone_plate_correction_um,
 )
 from ..analysis.optics import FocusCalibration, focal_length_mm, lens_distances_mm
+from ..frame_files import FrameReader
 from ..plan_stubs.frames import acquire_frame, take_frames
 from ..plan_stubs.safe_state import safe_state_decorator, txm_safe_state
 from ..plan_stubs.xanes import BLOCK_OVERHEAD_S, estimate_moves_s
@@ -122,7 +121,8 @@ class _FrameGrabber:
     def __init__(self, image_key: str, position_key: str, stream: str = "primary"):
         self.image_key, self.position_key, self.stream = image_key, position_key, stream
         self._descriptors: set[str] = set()
-        self._resources: dict[str, dict] = {}
+        self._frames = FrameReader()
+        self._resources: set[str] = set()
         self._datums: list[dict] = []
         self._inline: list[np.ndarray] = []
         self._positions: list[float] = []
@@ -131,7 +131,8 @@ class _FrameGrabber:
         if name == "descriptor" and doc.get("name") == self.stream:
             self._descriptors.add(doc["uid"])
         elif name == "stream_resource" and doc.get("data_key") == self.image_key:
-            self._resources[doc["uid"]] = doc
+            self._resources.add(doc["uid"])
+            self._frames.add_resource(doc)
         elif name == "stream_datum" and doc.get("stream_resource") in self._resources:
             self._datums.append(doc)
         elif name == "event" and doc["descriptor"] in self._descriptors:
@@ -140,19 +141,10 @@ class _FrameGrabber:
                 self._inline.append(np.asarray(doc["data"][self.image_key], dtype=float))
 
     def _read(self, datum: dict) -> list[np.ndarray]:
-        resource = self._resources[datum["stream_resource"]]
-        parsed = urlparse(resource["uri"])
-        if parsed.scheme not in ("file", "") or parsed.netloc not in ("", "localhost"):
-            raise OSError(f"cannot read frames at {resource['uri']!r} from this host")
-        parameters = resource.get("parameters", {})
-        m = int(parameters.get("multiplier", 1) or 1)
-        start, stop = int(datum["indices"]["start"]), int(datum["indices"]["stop"])
-        with h5py.File(unquote(parsed.path), "r", swmr=True) as f:
-            rows = np.asarray(
-                f[parameters.get("dataset", "/entry/data/data")][start * m : stop * m]
-            )
+        rows = self._frames.read(datum).data
+        num_events = int(datum["indices"]["stop"]) - int(datum["indices"]["start"])
         # One image per event: the mean of the frames of one trigger.
-        return list(rows.astype(float).reshape(stop - start, m, *rows.shape[1:]).mean(axis=1))
+        return list(rows.astype(float).reshape(num_events, -1, *rows.shape[1:]).mean(axis=1))
 
     def take(self, num: int) -> tuple[np.ndarray, np.ndarray]:
         """(positions, frames) of the last ``num`` events, in order; forgets everything.
@@ -160,8 +152,12 @@ class _FrameGrabber:
         Only the last ``num`` count: after a pause or suspension the RunEngine replays
         the scan from its checkpoint, and the events before it are repeated.
         """
-        frames = self._inline or [f for d in self._datums if d["descriptor"] in self._descriptors
-                                  for f in self._read(d)]  # fmt: skip
+        try:
+            frames = self._inline or [f for d in self._datums
+                                      if d["descriptor"] in self._descriptors
+                                      for f in self._read(d)]  # fmt: skip
+        finally:
+            self._frames.close_files()  # the scan's files are done with
         positions = np.asarray(self._positions, dtype=float)
         self._inline, self._datums, self._positions = [], [], []
         if len(frames) != positions.size or positions.size < num:

@@ -17,6 +17,7 @@ import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 
+from ..contracts import MosaicBlock
 from ..plan_stubs.frames import acquire_frame, take_flats
 from ..plan_stubs.safe_state import safe_state_decorator, txm_safe_state
 from .preflight import (
@@ -123,15 +124,14 @@ def vertical_mosaic_tomo(
     for index, z in enumerate(heights):
         tile_md = {
             **(md or {}),
-            "mosaic": {
-                "mosaic_id": mosaic_id,
-                "tile_index": index,
-                "num_tiles": len(heights),
-                "z_um": float(z),
-                "tile_height_um": float(tile_height_um),
-                "overlap_fraction": float(overlap_fraction),
-                "z_direction": "sample stage z up: the field of view moves down the sample",
-            },
+            "mosaic": MosaicBlock(
+                mosaic_id=mosaic_id,
+                tile_index=index,
+                num_tiles=len(heights),
+                z_um=float(z),
+                tile_height_um=float(tile_height_um),
+                overlap_fraction=float(overlap_fraction),
+            ).to_md(),
         }
         plan = tomo_scan(camera, sample, shutter, md=tile_md, **tomo_kwargs)
         tiles.append((float(z), plan))

@@ -26,12 +26,13 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from ..checks import PlanArgumentError, estimate_moves_s, require_int, require_number
 from ..devices.txm import FIELD_OF_VIEW_MODES
 
 __all__ = [
     "MAX_RUN_DURATION_S",
     "PlanArgumentError",
-    "estimate_move_time",
+    "estimate_moves_s",
     "field_of_view_um",
     "format_duration",
     "require_camera",
@@ -52,46 +53,6 @@ MAX_RUN_DURATION_S = 24 * 3600.0
 # Without a pixel size, the field is taken as the TXM's widest (binning changes the
 # pixel count and the pixel size together, not the field).
 _WIDEST_FIELD_UM = max(mode["field_of_view_um"] for mode in FIELD_OF_VIEW_MODES.values())
-
-
-class PlanArgumentError(ValueError):
-    """A plan argument is invalid; raised before any motion."""
-
-
-def require_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    """Return ``value`` as int, or raise naming ``name`` if it is not an integer in range."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise PlanArgumentError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise PlanArgumentError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise PlanArgumentError(f"{name} must be <= {maximum}, got {value}")
-    return value
-
-
-def require_number(
-    name: str,
-    value,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    exclusive_minimum: bool = False,
-) -> float:
-    """Return ``value`` as a finite float, or raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise PlanArgumentError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise PlanArgumentError(f"{name} must be finite, got {value}")
-    if minimum is not None:
-        if exclusive_minimum and value <= minimum:
-            raise PlanArgumentError(f"{name} must be > {minimum}, got {value}")
-        if not exclusive_minimum and value < minimum:
-            raise PlanArgumentError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise PlanArgumentError(f"{name} must be <= {maximum}, got {value}")
-    return value
 
 
 def _limits_of(name: str, positioner) -> tuple[float, float] | None:
@@ -134,21 +95,6 @@ def require_positions_within_limits(name: str, positioner, positions: Iterable[f
             f"{name}: {positioner.name} target(s) {bad[:5].tolist()} outside its limits "
             f"[{low}, {high}]; nothing was moved"
         )
-
-
-def estimate_move_time(
-    positioner, positions: Sequence[float], *, start: float | None = None
-) -> float:
-    """Seconds to visit ``positions`` in order at the positioner's velocity (0 if unknown)."""
-    velocity = getattr(positioner, "velocity", None)
-    try:
-        speed = float(velocity.get()) if velocity is not None else 0.0
-    except Exception:  # a disconnected velocity PV must not break an estimate
-        speed = 0.0
-    if speed <= 0 or len(positions) == 0:
-        return 0.0
-    path = np.asarray(([start] if start is not None else []) + list(positions), dtype=float)
-    return float(np.abs(np.diff(path)).sum() / speed)
 
 
 def format_duration(seconds: float) -> str:

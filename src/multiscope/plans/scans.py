@@ -20,7 +20,7 @@ from ..plan_stubs.frames import keyed_reading
 from .preflight import (
     MAX_RUN_DURATION_S,
     PlanArgumentError,
-    estimate_move_time,
+    estimate_moves_s,
     format_duration,
     require_duration_within,
     require_int,
@@ -112,7 +112,7 @@ def line_scan(
     stop = require_number("stop", stop)
     num = require_int("num", num, minimum=1)
     # From the sizes alone: bluesky builds the point list, which takes a minute for 10**7.
-    estimate = estimate_move_time(motor, [start, stop]) + num * (
+    estimate = estimate_moves_s(motor, [start, stop]) + num * (
         estimate_exposure(detectors) + _POINT_OVERHEAD_S
     )
     require_duration_within("line_scan", estimate, max_duration_s)

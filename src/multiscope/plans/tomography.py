@@ -33,12 +33,14 @@ from bluesky import preprocessors as bpp
 from bluesky.utils import short_uid
 from ophyd.utils.errors import InvalidState
 
+from ..checks import signal_value
+from ..contracts import TomoBlock
 from ..plan_stubs.frames import acquire_frame, take_darks, take_flats
 from ..plan_stubs.safe_state import safe_state_decorator, txm_safe_state
 from .preflight import (
     MAX_RUN_DURATION_S,
     PlanArgumentError,
-    estimate_move_time,
+    estimate_moves_s,
     field_of_view_um,
     format_duration,
     require_camera,
@@ -191,14 +193,6 @@ def _exposure_signal(camera):
     return getattr(cam, "acquire_time", None)
 
 
-def _theta_speed(rotation) -> float:
-    velocity = getattr(rotation, "velocity", None)
-    try:
-        return float(velocity.get()) if velocity is not None else 0.0
-    except Exception:  # estimate only
-        return 0.0
-
-
 def step_tomogram(
     camera, sample, shutter, schedule, *, num_darks, num_flats, x_in, x_out, also_read=()
 ):
@@ -332,9 +326,9 @@ def tomo_scan(
     frames = (
         num_projections + num_darks * schedule.num_dark_sets + num_flats * schedule.num_flat_sets
     )
-    theta_speed = _theta_speed(sample.theta)
+    theta_speed = abs(signal_value(getattr(sample.theta, "velocity", None)))
     rotation_s = angle_range_deg / theta_speed if theta_speed > 0 else 0.0
-    out_in_s = 2 * schedule.num_flat_sets * estimate_move_time(sample.x, [x_in + offset, x_in])
+    out_in_s = 2 * schedule.num_flat_sets * estimate_moves_s(sample.x, [x_in + offset, x_in])
     estimate = frames * (exposure_s + _FRAME_OVERHEAD_S) + rotation_s + out_in_s
     require_duration_within("tomo_scan", estimate, max_duration_s)
     require_positions_within_limits("angles", sample.theta, schedule.angles_deg)  # now built
@@ -345,11 +339,13 @@ def tomo_scan(
         format_duration(estimate),
     )
 
-    tomo_md = tomo_block(
-        num_projections, angle_range_deg, start_deg, exposure_s, num_darks, num_flats,
-        flat_policy, flat_every, dark_policy, offset, pixel_size_um, energy_keV,
-        center_guess_px, sample_id, sample.theta.name,
-    )  # fmt: skip
+    tomo_md = TomoBlock(
+        num_projections=num_projections, angle_range_deg=angle_range_deg, start_deg=start_deg,
+        exposure_s=exposure_s, num_darks=num_darks, num_flats=num_flats,
+        flat_policy=flat_policy, flat_every=flat_every, dark_policy=dark_policy,
+        sample_out_offset_um=offset, pixel_size_um=pixel_size_um, energy_keV=energy_keV,
+        center_guess_px=center_guess_px, sample_id=sample_id, rotation=sample.theta.name,
+    ).to_md()  # fmt: skip
     _md = {
         "plan_name": "tomo_scan",
         "detectors": [camera.name],
@@ -399,27 +395,6 @@ _KICKOFF_LATENCY_S = 0.03
 _FLY_SETTLE_S = 0.1
 
 
-def tomo_block(
-    num_projections, angle_range_deg, start_deg, exposure_s, num_darks, num_flats, flat_policy,
-    flat_every, dark_policy, sample_out_offset_um, pixel_size_um, energy_keV, center_guess_px,
-    sample_id, rotation, **extra,
-) -> dict:  # fmt: skip
-    """The ``tomo`` block of a tomogram's start document (what reconstruction reads).
-
-    One builder for every plan that takes tomograms, so the keys cannot drift apart;
-    ``rotation`` is the data key of the rotation angle, ``extra`` plan-specific keys.
-    """
-    return {
-        "num_projections": num_projections, "angle_range_deg": angle_range_deg,
-        "start_deg": start_deg, "exposure_s": exposure_s, "num_darks": num_darks,
-        "num_flats": num_flats, "flat_policy": flat_policy, "flat_every": flat_every,
-        "dark_policy": dark_policy, "sample_out_offset_um": sample_out_offset_um,
-        "pixel_size_um": pixel_size_um, "energy_keV": energy_keV,
-        "center_guess_px": center_guess_px, "sample_id": sample_id, "rotation": rotation,
-        **extra,
-    }  # fmt: skip
-
-
 def _check_tomo_devices(camera, sample, shutter) -> None:
     """Check the devices a tomogram uses, by what it uses of them (raises PlanArgumentError)."""
     require_camera("camera", camera)
@@ -444,16 +419,6 @@ def _check_geometry_md(pixel_size_um, energy_keV, center_guess_px, sample_id) ->
         require_number("center_guess_px", center_guess_px)
     if not isinstance(sample_id, str):
         raise PlanArgumentError(f"sample_id must be a string, got {sample_id!r}")
-
-
-def _signal_value(signal, default: float) -> float:
-    """A numeric signal's value, or ``default`` when absent or unreadable (checks only)."""
-    if signal is None:
-        return default
-    try:
-        return float(signal.get())
-    except Exception:  # a fake or disconnected signal must not break validation
-        return default
 
 
 class _PassGate:
@@ -532,7 +497,7 @@ def fly_sweep(theta, num_projections, angle_range_deg, start_deg, exposure_s,
             f"frame_period_s)) exceeds max_velocity_deg_s {vmax:g}; take more projections "
             "or a longer frame_period_s"
         )
-    accel_s = max(0.0, _signal_value(getattr(theta, "acceleration", None), 0.0))
+    accel_s = max(0.0, signal_value(getattr(theta, "acceleration", None)))
     runup = velocity * (accel_s + _FLY_SETTLE_S + exposure_s + _KICKOFF_LATENCY_S)
     first, last = start_deg - runup, start_deg + angle_range_deg + runup
     require_positions_within_limits("fly sweep", theta, [first, last])
@@ -753,8 +718,8 @@ def fly_tomo_scan(
     exposure_signal = _exposure_signal(camera)
 
     step_frames = num_darks * schedule.num_dark_sets + num_flats * schedule.num_flat_sets
-    to_start_s = estimate_move_time(theta, [sweep.start_deg])
-    out_in_s = 2 * schedule.num_flat_sets * estimate_move_time(sample.x, [x_in + offset, x_in])
+    to_start_s = estimate_moves_s(theta, [sweep.start_deg])
+    out_in_s = 2 * schedule.num_flat_sets * estimate_moves_s(sample.x, [x_in + offset, x_in])
     estimate = step_frames * (exposure_s + _FRAME_OVERHEAD_S) + to_start_s + sweep.duration_s
     estimate += out_in_s
     require_duration_within("fly_tomo_scan", estimate, max_duration_s)
@@ -771,12 +736,14 @@ def fly_tomo_scan(
     )
 
     angle_key = flyer.attribute_key("theta") if hasattr(flyer, "attribute_key") else None
-    tomo_md = tomo_block(
-        num_projections, angle_range_deg, start_deg, exposure_s, num_darks, num_flats,
-        flat_policy, None, dark_policy, offset, pixel_size_um, energy_keV,
-        center_guess_px, sample_id, theta.name,
+    tomo_md = TomoBlock(
+        num_projections=num_projections, angle_range_deg=angle_range_deg, start_deg=start_deg,
+        exposure_s=exposure_s, num_darks=num_darks, num_flats=num_flats,
+        flat_policy=flat_policy, flat_every=None, dark_policy=dark_policy,
+        sample_out_offset_um=offset, pixel_size_um=pixel_size_um, energy_keV=energy_keV,
+        center_guess_px=center_guess_px, sample_id=sample_id, rotation=theta.name,
         frame_period_s=frame_period_s, theta_velocity_deg_s=velocity,
-    )  # fmt: skip
+    ).to_md()  # fmt: skip
     _md = {
         "plan_name": "fly_tomo_scan",
         "detectors": [camera.name],

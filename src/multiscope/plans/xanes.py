@@ -40,11 +40,13 @@ from dataclasses import dataclass
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 
+from ..contracts import TomoBlock, XanesBlock
 from ..plan_stubs.frames import take_darks
 from ..plan_stubs.safe_state import safe_state_decorator, txm_safe_state
 from ..plan_stubs.txm import move_energy
 from ..plan_stubs.xanes import (
     BLOCK_OVERHEAD_S,
+    ENERGY_INDEX_FIELD,
     FILTERS,
     EnergyGrid,
     build_energy_grid,
@@ -53,7 +55,6 @@ from ..plan_stubs.xanes import (
     estimate_energy_moves_s,
     estimate_moves_s,
     flat_indices,
-    xanes_block,
     xanes_energy_point,
 )
 from .mosaic import _replay_first
@@ -80,7 +81,6 @@ from .tomography import (
     fly_sweep,
     fly_tomogram,
     step_tomogram,
-    tomo_block,
     tomo_schedule,
 )
 
@@ -213,12 +213,14 @@ def _check(camera, energy, sample, grid, exposure_s, num_flats, num_darks, flat_
 
 def _start_md(plan_name, camera, energy, c: _Checked, *, num_frames, num_points, estimate_s,
               plan_args, md) -> dict:  # fmt: skip
-    block = xanes_block(
-        c.grid, flat_policy=c.flat_policy, flat_every=c.flat_every, num_frames=num_frames,
-        num_flats=c.num_flats, num_darks=c.num_darks,
+    block = XanesBlock(
+        **c.grid.to_md(), flat_policy=c.flat_policy,
+        flat_every=1 if c.flat_policy == "every" else int(c.flat_every),
+        num_frames=num_frames, num_flats=c.num_flats, num_darks=c.num_darks,
         image_field=getattr(camera, "image_key", f"{camera.name}_image"),
-        energy_field=energy.energy.name, pixel_size_um=c.pixel_size_um, sample_id=c.sample_id,
-    )  # fmt: skip
+        energy_field=energy.energy.name, energy_index_field=ENERGY_INDEX_FIELD,
+        pixel_size_um=c.pixel_size_um, sample_id=c.sample_id,
+    ).to_md()  # fmt: skip
     start = {
         "plan_name": plan_name,
         "detectors": [camera.name],
@@ -492,11 +494,14 @@ def xanes_3d(
     extra = {"scan_mode": scan_mode}
     if fly:
         extra.update(frame_period_s=sweep.period_s, theta_velocity_deg_s=sweep.velocity)
-    tomo_md = tomo_block(
-        num_projections, float(angle_range_deg), float(start_deg), c.exposure_s, c.num_darks,
-        c.num_flats, tomo_flat_policy, tomo_flat_every, "start", c.x_out - c.x_in,
-        pixel_size_um, None, center_guess_px, sample_id, sample.theta.name, **extra,
-    )  # fmt: skip
+    tomo_md = TomoBlock(
+        num_projections=num_projections, angle_range_deg=float(angle_range_deg),
+        start_deg=float(start_deg), exposure_s=c.exposure_s, num_darks=c.num_darks,
+        num_flats=c.num_flats, flat_policy=tomo_flat_policy, flat_every=tomo_flat_every,
+        dark_policy="start", sample_out_offset_um=c.x_out - c.x_in,
+        pixel_size_um=pixel_size_um, energy_keV=None, center_guess_px=center_guess_px,
+        sample_id=sample_id, rotation=sample.theta.name, **extra,
+    ).to_md()  # fmt: skip
     plan_args = {"num_projections": num_projections, "angle_range_deg": angle_range_deg,
                  "tomo_flat_policy": tomo_flat_policy, "scan_mode": scan_mode}  # fmt: skip
     if fly:

@@ -7,6 +7,10 @@ and the dataset (``parameters.dataset``, e.g. ``/entry/data/data``); each
 attributes the IOC records (e.g. the rotation angle at exposure) sit in the
 same file under ``/entry/instrument/NDAttributes/<name>``, one value per row.
 
+This module sits outside the layers (decision 0001): the live callbacks
+(:mod:`multiscope.callbacks.runs`) and the plans that look at their own frames
+(``focus_calibration``) read frames with the same :class:`FrameReader`.
+
 The files are still being written (SWMR) while live callbacks read them, so
 :class:`FrameReader` opens them with ``swmr=True``, refreshes the datasets
 before every read and waits briefly when a row is not visible yet.
@@ -265,10 +269,14 @@ class FrameReader:
             except Exception:  # noqa: BLE001 - a half-open handle; nothing to save
                 logger.debug("closing %s failed", path, exc_info=True)
 
-    def close(self) -> None:
-        """Close every open file and forget the run's resources."""
+    def close_files(self) -> None:
+        """Close every open file; the resources stay known (a later read reopens)."""
         for path in list(self._files):
             self._drop(path)
+
+    def close(self) -> None:
+        """Close every open file and forget the run's resources."""
+        self.close_files()
         self._resources.clear()
         self._streams.clear()
 

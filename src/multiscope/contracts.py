@@ -1,0 +1,205 @@
+"""The run contracts as code: the blocks a run's start document carries for its analysis.
+
+A plan and the callbacks that analyse its runs meet only in the documents
+(``docs/decisions/0006-xanes-run-documents.md``): the plan writes a block of the
+start document, a callback reads it back, live or from the catalog. Each block
+is one dataclass here, used by both sides, so the keys cannot drift apart:
+
+=================  =====================================  ==========================
+block              written by                             read by
+=================  =====================================  ==========================
+``tomo``           ``tomo_scan``, ``fly_tomo_scan``,      the tomography and XANES
+                   ``xanes_3d``                           callbacks
+``xanes``          ``xanes_2d``, ``xanes_3d``             the XANES maps
+``mosaic``         ``vertical_mosaic_tomo`` (per tile)    the mosaic stitcher
+=================  =====================================  ==========================
+
+``to_md()`` gives the plain-JSON dict the start document holds (the layout of
+decision 0006, unchanged); ``from_md()`` reads one back. ``from_md`` is lenient
+as a reader must be: a key a run lacks takes its default (``None`` for what the
+run did not record) and keys this version does not know are kept in ``extra``,
+so ``from_md(md).to_md() == md`` for every block a plan wrote.
+
+This module sits outside the layers (decision 0001): it imports nothing from
+``multiscope``, so plans and callbacks alike may import it.
+
+Examples
+--------
+>>> block = TomoBlock(num_projections=181, angle_range_deg=180.0, exposure_s=0.05)
+>>> TomoBlock.from_md(block.to_md()) == block
+True
+>>> block.to_md()["rotation"]
+'sample_theta'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = ["MosaicBlock", "TomoBlock", "XanesBlock"]
+
+
+class _Block:
+    """``to_md`` / ``from_md`` shared by the blocks (dataclasses)."""
+
+    #: Fields written only when set (a key some plans' blocks do not have at all).
+    OPTIONAL: ClassVar[tuple[str, ...]] = ()
+
+    def to_md(self) -> dict[str, Any]:
+        """The block as the start document holds it (plain JSON types)."""
+        md: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if f.name in self.OPTIONAL and value is None:
+                continue
+            md[f.name] = list(value) if isinstance(value, tuple) else value
+        md.update(self.extra)
+        return md
+
+    @classmethod
+    def from_md(cls, md: dict | None):
+        """Read a block back from a start document's dict (missing keys: defaults)."""
+        md = dict(md or {})
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {}
+        for name in names & set(md):
+            value = md.pop(name)
+            known[name] = tuple(value) if isinstance(value, list) else value
+        return cls(**known, extra=md)
+
+
+@dataclass(frozen=True)
+class TomoBlock(_Block):
+    """The ``tomo`` block: a tomogram's geometry and acquisition (what reconstruction reads).
+
+    Attributes
+    ----------
+    num_projections : int
+        Projections per tomogram.
+    angle_range_deg, start_deg : float
+        Rotation span and first angle.
+    exposure_s : float
+        Exposure per frame.
+    num_darks, num_flats : int
+        Frames per dark and per flat set.
+    flat_policy, dark_policy : str
+        When the sets are taken (``plans.tomography.FLAT_POLICIES``).
+    flat_every : int or None
+        Projections between flat sets (policy ``"every"``).
+    sample_out_offset_um : float
+        Sample move for the flats.
+    pixel_size_um, energy_keV, center_guess_px : float or None
+        Geometry, when known.
+    sample_id : str
+    rotation : str
+        Data key of the rotation angle in the events.
+    scan_mode : {"step", "fly"} or None
+        Written by ``xanes_3d`` only (a tomography run's plan name says it).
+    frame_period_s, theta_velocity_deg_s : float or None
+        Fly scans only.
+    extra : dict
+        Keys this version does not know (kept for the round trip).
+    """
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("scan_mode", "frame_period_s", "theta_velocity_deg_s")
+
+    num_projections: int | None = None
+    angle_range_deg: float | None = None
+    start_deg: float | None = None
+    exposure_s: float | None = None
+    num_darks: int | None = None
+    num_flats: int | None = None
+    flat_policy: str | None = None
+    flat_every: int | None = None
+    dark_policy: str | None = None
+    sample_out_offset_um: float | None = None
+    pixel_size_um: float | None = None
+    energy_keV: float | None = None  # noqa: N815 - unit spelling, as the stored key
+    center_guess_px: float | None = None
+    sample_id: str | None = None
+    rotation: str = "sample_theta"
+    scan_mode: str | None = None
+    frame_period_s: float | None = None
+    theta_velocity_deg_s: float | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def is_fly(self) -> bool:
+        """A fly tomogram (``xanes_3d`` with ``scan_mode == "fly"``)."""
+        return self.scan_mode == "fly"
+
+
+@dataclass(frozen=True)
+class XanesBlock(_Block):
+    """The ``xanes`` block of decision 0006: the grid, the windows, the flats, the data keys.
+
+    Attributes
+    ----------
+    edge : str
+        Element symbol of the edge.
+    edge_keV : float
+    energies_keV : tuple of float
+        The grid, strictly increasing, in scan order.
+    pre_edge_keV, post_edge_keV, whiteline_keV : tuple of float
+        Normalisation windows and the whiteline search window ``(low, high)``.
+    flat_policy : {"every", "every_n", "interpolate"}
+    flat_every : int or None
+    num_frames, num_flats, num_darks : int or None
+        Sample frames per energy, flats per set, darks.
+    image_field, energy_field, energy_index_field : str
+        Data keys of the frames, the energy readback and the energy index.
+    pixel_size_um : float or None
+    sample_id : str or None
+    extra : dict
+        Keys this version does not know.
+    """
+
+    edge: str | None = None
+    edge_keV: float | None = None  # noqa: N815
+    energies_keV: tuple[float, ...] = ()  # noqa: N815
+    pre_edge_keV: tuple[float, float] | None = None  # noqa: N815
+    post_edge_keV: tuple[float, float] | None = None  # noqa: N815
+    whiteline_keV: tuple[float, float] | None = None  # noqa: N815
+    flat_policy: str = "every"
+    flat_every: int | None = None
+    num_frames: int | None = None
+    num_flats: int | None = None
+    num_darks: int | None = None
+    image_field: str = "camera_image"
+    energy_field: str = "energy_energy"
+    energy_index_field: str = "xanes_energy_index"
+    pixel_size_um: float | None = None
+    sample_id: str | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class MosaicBlock(_Block):
+    """The ``mosaic`` block of each tile of a vertical mosaic tomography.
+
+    Attributes
+    ----------
+    mosaic_id : str
+        Shared by the tiles of one mosaic.
+    tile_index, num_tiles : int
+    z_um : float
+        Sample stage height of the tile.
+    tile_height_um, overlap_fraction : float
+    z_direction : str
+        What increasing ``z_um`` means for the image.
+    extra : dict
+        Keys this version does not know.
+    """
+
+    mosaic_id: str | None = None
+    tile_index: int | None = None
+    num_tiles: int | None = None
+    z_um: float | None = None
+    tile_height_um: float | None = None
+    overlap_fraction: float | None = None
+    z_direction: str = "sample stage z up: the field of view moves down the sample"
+    extra: dict = field(default_factory=dict, compare=False)
