@@ -61,6 +61,7 @@ PHASES: dict[str, Phase] = {
 }
 LABEL = {name: p.label for name, p in PHASES.items()}
 EMPTY_LABELS = (LABEL["pore"], LABEL["crack"])
+COATING_WEIGHT_FRACTION = 0.01  # Al2O3 on LiCoO2 (seed 004)
 
 _SPHERE_DTYPE = np.dtype(
     [("x", "f8"), ("y", "f8"), ("z", "f8"), ("r", "f8"), ("label", "i1"), ("coat", "f8"),
@@ -215,8 +216,8 @@ def make_serial_phantom(kind: str = "assb", size_um=(40.0, 40.0, 12.0), seed: in
         return diameters[: int(np.searchsorted(filled, fraction * volume)) + 1]
 
     if kind == "assb":
-        llzto_d = to_volume(0.30, lambda n: rng.uniform(2.0, 8.0, n))
-        lco_d = to_volume(0.30, lambda n: rng.uniform(0.5, 3.0, n))
+        llzto_d = to_volume(0.17, lambda n: rng.uniform(2.0, 8.0, n))
+        lco_d = to_volume(0.42, lambda n: rng.uniform(0.5, 3.0, n))
         super_p = to_volume(0.06, lambda n: rng.uniform(0.3, 1.0, n))
         diameters = np.concatenate([llzto_d, lco_d, super_p])
         labels = np.concatenate([np.full(llzto_d.size, LABEL["llzto"]),
@@ -236,7 +237,14 @@ def make_serial_phantom(kind: str = "assb", size_um=(40.0, 40.0, 12.0), seed: in
     spheres["x"], spheres["y"], spheres["z"] = centres[:, 0], centres[:, 1], centres[:, 2]
     spheres["r"], spheres["label"] = radii, labels
     if kind == "assb":
-        spheres["coat"] = np.where(labels == LABEL["lco"], 0.05, 0.0)  # ~50 nm Al2O3
+        # Seed 004: 1 wt % Al2O3 on LCO. A shell of thickness t on radius R holds
+        # 3 t rho_Al2O3 / (R rho_LCO) of the particle's mass: t = w R rho_LCO / (3 rho_Al2O3),
+        # a few nm (sub-pixel: it shows in EDS Al only faintly, as at the instrument).
+        w = COATING_WEIGHT_FRACTION
+        rho_lco, rho_coat = PHASES["lco"].density_g_cm3, PHASES["al2o3"].density_g_cm3
+        spheres["coat"] = np.where(
+            labels == LABEL["lco"], w * radii * rho_lco / (3 * rho_coat), 0.0
+        )
         cracked = (labels == LABEL["lco"]) | (labels == LABEL["llzto"])
         normals, half = _crack_planes(rng, n, 0.25, 0.06)
         half[~cracked | (radii < 0.8)] = 0.0

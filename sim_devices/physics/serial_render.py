@@ -1,12 +1,14 @@
 """What a PFIB-SEM's detectors see of a face of a :class:`~.serial_phantom.SerialPhantom`.
 
 * **Backscattered electrons** (two detectors acquired together): the yield rises
-  with the phase's mean atomic number (Reuter's fit of eta(Z), mass-fraction
-  weighted). In an *open* pore the beam goes on to the pore's back wall: the
-  detectors see the material behind the face, dimmer with its depth (``exp(-t /
-  BACK_WALL_DECAY_UM)``), the CBS ring detector (topography-sensitive) strongly,
-  the through-lens TLD weakly. After kintsugi the pores near the face hold Pt and
-  read bright. CBS: sharp, good statistics; TLD: noisier, a wider spread.
+  with atomic number: a compound's is the mass-fraction-weighted sum of its
+  elements' (Castaing's rule) from Reuter's fit of eta(Z). In an *open* pore the
+  beam goes on to the pore's back wall, dimmer with its depth (``exp(-t /
+  BACK_WALL_DECAY_UM)``): the through-lens TLD, topography-insensitive, collects
+  those electrons too (seed 003), while the pore's walls shadow the CBS ring
+  detector below the pole piece, which sees them weakly. After kintsugi the
+  pores near the face hold Pt and read bright. CBS: sharp, good statistics; TLD:
+  noisier, a wider spread.
 * **EDS**: characteristic counts per line, Poisson, proportional to the element's
   mass fraction in the phases under the pixel (area-integrated), at the coarser EDS
   pixels, blurred by the interaction volume.
@@ -28,12 +30,16 @@ from scipy import ndimage
 
 from .serial_phantom import EMPTY_LABELS, LABEL, PHASES, SerialPhantom
 
-__all__ = ["EDS_LINES", "FaceState", "bse_images", "eds_maps", "mean_z", "sims_maps"]
+__all__ = [
+    "EDS_LINES", "FaceState", "backscatter_coefficient", "bse_images", "eds_maps", "mean_z",
+    "sims_maps",
+]  # fmt: skip
 
 AVOGADRO = 6.02214076e23
 ELECTRON_C = 1.602176634e-19
 BACK_WALL_DECAY_UM = 0.7  # how fast a back wall's signal fades with its depth
 LOOKAHEAD_UM, LOOKAHEAD_STEPS = 2.0, 8  # how deep a pore's back wall is searched
+LOOKAHEAD_BINNING = 4  # the back-wall search's grid, in image pixels
 EDS_LINES = {"Co La": "Co", "Ni Ka": "Ni", "Zr La": "Zr", "Al Ka": "Al", "C Ka": "C",
              "F Ka": "F", "Pt Ma": "Pt"}  # fmt: skip
 EDS_COUNTS_PER_S = 2.0e4  # per unit mass fraction at 5 kV, 1.6 nA
@@ -53,7 +59,7 @@ class Detector:
     blur_px: float
 
 
-DETECTORS = {"cbs": Detector(0.05, 0.8, 0.5), "tld": Detector(0.012, 0.25, 1.0)}
+DETECTORS = {"cbs": Detector(0.05, 0.25, 0.5), "tld": Detector(0.012, 0.8, 1.0)}
 
 
 @dataclass
@@ -84,14 +90,19 @@ def mean_z(formula: str) -> float:
     return sum(w * xraydb.atomic_number(el) for el, w in _composition(formula).items())
 
 
-def _eta(z: float) -> float:
-    """Backscatter coefficient eta(Z) (Reuter 1972), for a compound at its mean Z."""
-    if z <= 0:
-        return 0.0
+def _eta_element(z: float) -> float:
+    """Backscatter coefficient of an element, eta(Z) (Reuter 1972)."""
     return -0.0254 + 0.016 * z - 1.86e-4 * z**2 + 8.3e-7 * z**3
 
 
-_ETA = np.array([_eta(mean_z(p.formula)) for p in sorted(PHASES.values(), key=lambda p: p.label)])
+def backscatter_coefficient(formula: str) -> float:
+    """A compound's eta: its elements' eta(Z) weighted by mass fraction (Castaing)."""
+    return sum(w * _eta_element(xraydb.atomic_number(el))
+               for el, w in _composition(formula).items())  # fmt: skip
+
+
+_ETA = np.array([backscatter_coefficient(p.formula)
+                 for p in sorted(PHASES.values(), key=lambda p: p.label)])  # fmt: skip
 
 
 def _face_labels(phantom, state, depth, shape, pixel_um, origin_um, sub=1):
@@ -129,11 +140,17 @@ def bse_images(
     behind = np.zeros(labels.shape, dtype=np.int8)
     open_pore = np.isin(labels, EMPTY_LABELS)
     todo = open_pore.copy()
+    # Back walls are searched on a grid LOOKAHEAD_BINNING times coarser: they are
+    # out of focus and dim, and the search costs a face per step.
+    coarse = (-(-shape[0] // LOOKAHEAD_BINNING), -(-shape[1] // LOOKAHEAD_BINNING))
     for k in range(1, LOOKAHEAD_STEPS + 1):
         if not todo.any():
             break
         t = k * LOOKAHEAD_UM / LOOKAHEAD_STEPS
-        ahead = _face_labels(phantom, state, depth_um + t, shape, pixel_um, origin_um)
+        ahead = _face_labels(phantom, state, depth_um + t, coarse,
+                             pixel_um * LOOKAHEAD_BINNING, origin_um)  # fmt: skip
+        ahead = ahead.repeat(LOOKAHEAD_BINNING, 0).repeat(LOOKAHEAD_BINNING, 1)
+        ahead = ahead[: shape[0], : shape[1]]
         found = todo & ~np.isin(ahead, EMPTY_LABELS)
         back[found], behind[found] = t, ahead[found]
         todo &= ~found

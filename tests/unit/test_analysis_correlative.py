@@ -29,6 +29,7 @@ def test_normalize_minmax_and_log():
     counts = np.array([0.0, 1.0, 10.0, 100.0, 1000.0])
     # x* = log10 x / log10 max x; no counts map to 0 as a count of 1 does.
     np.testing.assert_allclose(normalize_log(counts), [0, 0, 1 / 3, 2 / 3, 1])
+    assert np.isnan(normalize_log([np.nan, 10.0])[0])
     with pytest.raises(ValueError, match="negative"):
         normalize_log([-1.0, 5.0])
     with pytest.raises(ValueError, match="above 1"):
@@ -104,12 +105,15 @@ def _modality(phase, shape, pixel_um, origin_um, intensities, counts, rng, overs
     return rng.poisson(mean * counts).astype(float)
 
 
-@pytest.mark.parametrize("seed", range(1, 9))
+@pytest.mark.parametrize("seed", range(1, 13))
 def test_register_eds_zr_against_sims_li_to_a_fraction_of_an_eds_pixel(seed):
     rng = np.random.default_rng(100 + seed)
     phase = _scene(seed)
     eds_origin = (1.0, 1.5)
-    sims_origin = (eds_origin[0] + rng.uniform(1.0, 2.0), eds_origin[1] + rng.uniform(-2.0, -1.0))
+    # Offsets of either sign (1-2 um): the SIMS field reaches past the EDS field's sides.
+    signs = rng.choice([-1.0, 1.0], 2)
+    offset = signs * rng.uniform(1.0, 2.0, 2)
+    sims_origin = (eds_origin[0] + offset[0], eds_origin[1] + offset[1])
     # Zr La: LLZTO only. 6Li+: LLZTO and LCO with matrix-dependent yields (not concentration).
     eds = _modality(phase, (110, 120), EDS_PIXEL_UM, eds_origin, [0.05, 1.0, 0.05], 30, rng)
     sims = _modality(phase, (125, 125), SIMS_PIXEL_UM, sims_origin, [0.02, 0.35, 1.0], 60, rng)
@@ -145,3 +149,25 @@ def test_covariance_maps_and_profiles():
     ramp = np.add.outer(np.arange(20.0), 10 * np.arange(30.0))
     np.testing.assert_allclose(line_profile(ramp, (2, 3), (2, 13)), 2 + 10 * np.arange(3, 14))
     np.testing.assert_allclose(line_profile(ramp, (0, 0), (4, 0), num=3), [0, 2, 4])
+
+
+def test_nan_outside_a_field_stays_local():
+    image = _render(_field, (60, 70), 0.1)
+    image[:, :5] = np.nan  # a drifted slice's uncovered edge
+    out = resample(image, 0.1, 0.2)
+    assert np.isnan(out[:, :2]).all() and np.isfinite(out[:, 4:]).all()
+    truth = _render(_field, out.shape, 0.2)
+    assert np.abs(out[5:-5, 6:-5] - truth[5:-5, 6:-5]).max() < 0.02
+
+
+def test_register_ignores_nan_borders_and_refuses_no_overlap():
+    rng = np.random.default_rng(4)
+    phase = _scene(4)
+    eds = _modality(phase, (110, 120), EDS_PIXEL_UM, (1.0, 1.5), [0.05, 1.0, 0.05], 30, rng)
+    sims = _modality(phase, (125, 125), SIMS_PIXEL_UM, (2.0, 2.0), [0.02, 0.35, 1.0], 60, rng)
+    sims[:, :4] = np.nan
+    eds[-3:, :] = np.nan
+    dy, dx = register(eds, sims, EDS_PIXEL_UM, SIMS_PIXEL_UM)
+    assert np.hypot(dy - 1.0, dx - 0.5) / EDS_PIXEL_UM < 0.5, (dy, dx)
+    with pytest.raises(ValueError, match="no overlap"):
+        register(np.full((20, 20), np.nan), sims, EDS_PIXEL_UM, SIMS_PIXEL_UM)

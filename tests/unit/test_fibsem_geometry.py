@@ -57,6 +57,11 @@ def test_other_geometries_move_the_poses_with_them():
         (StageState(tilt_deg=16.0), StageState(tilt_deg=16.0, rotation_deg=180.0),
          "tilt flat"),
         (StageState(), StageState(inserted=frozenset({"laser"})), "unknown insertable"),
+        (StageState(tilt_deg=54.0, inserted=frozenset({"eds"})),
+         StageState(tilt_deg=54.0, rotation_deg=float("nan"), inserted=frozenset({"eds"})),
+         "finite"),
+        (StageState(), StageState(x_um=float("inf")), "finite"),
+        (StageState(), StageState(z_um=-5.0), "outside the stage"),
     ],
 )  # fmt: skip
 def test_unsafe_moves_are_named(state, target, message):

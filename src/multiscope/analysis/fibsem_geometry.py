@@ -128,6 +128,8 @@ class ChamberLimits:
     ----------
     tilt_range_deg
         Stage tilt soft limits.
+    x_range_um, y_range_um, z_range_um
+        Stage travel soft limits.
     max_tilt_inserted_deg
         Above this tilt the holder reaches what hangs under the pole piece: nothing
         may be inserted (CBS, EDS, gas needle).
@@ -142,6 +144,9 @@ class ChamberLimits:
     """
 
     tilt_range_deg: tuple[float, float] = (-10.0, 60.0)
+    x_range_um: tuple[float, float] = (-50_000.0, 50_000.0)
+    y_range_um: tuple[float, float] = (-50_000.0, 50_000.0)
+    z_range_um: tuple[float, float] = (0.0, 10_000.0)
     max_tilt_inserted_deg: float = 56.0
     flat_for_rotation_deg: float = 1.0
     small_rotation_deg: float = 5.0
@@ -176,9 +181,18 @@ def violations(
     inserted at either end).
     """
     problems: list[str] = []
-    low, high = limits.tilt_range_deg
-    if not low <= target.tilt_deg <= high:
-        problems.append(f"tilt {target.tilt_deg:g} deg is outside the stage's [{low:g}, {high:g}]")
+    numbers = {"tilt": target.tilt_deg, "rotation": target.rotation_deg, "x": target.x_um,
+               "y": target.y_um, "z": target.z_um}  # fmt: skip
+    bad = [name for name, value in numbers.items() if not math.isfinite(value)]
+    if bad:
+        return [f"{', '.join(bad)} must be finite numbers (got {numbers})"]
+    ranges = {"tilt": (limits.tilt_range_deg, "deg"), "x": (limits.x_range_um, "um"),
+              "y": (limits.y_range_um, "um"), "z": (limits.z_range_um, "um")}  # fmt: skip
+    for name, ((low, high), unit) in ranges.items():
+        if not low <= numbers[name] <= high:
+            problems.append(
+                f"{name} {numbers[name]:g} {unit} is outside the stage's [{low:g}, {high:g}]"
+            )
     unknown = set(target.inserted) - set(INSERTABLES)
     if unknown:
         problems.append(f"unknown insertable(s) {sorted(unknown)}; known: {list(INSERTABLES)}")

@@ -31,21 +31,32 @@ def features(channels, *, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA
     Parameters
     ----------
     channels : sequence of 2-D arrays, or array (n_channels, ny, nx)
-        Images of one face on one grid (e.g. CBS, TLD, EDS maps resampled).
-        Each channel is standardised first, so no channel dominates by its scale.
+        Images of one face on one grid (e.g. CBS, TLD, EDS maps resampled), in the
+        detectors' own units: no per-image scaling, so a face with other phase
+        fractions gives the same features for the same phase (a random forest does
+        not need features on one scale). NaN pixels (outside a drifted field) are
+        filled with their channel's median for the filters; see :meth:`PixelClassifier.predict`.
     """
-    stack = np.asarray(channels, dtype=np.float64)
+    stack = np.array(channels, dtype=np.float64)
     if stack.ndim == 2:
         stack = stack[None]
     if stack.ndim != 3:
         raise ValueError(f"channels must be (n, ny, nx) or one 2-D image, not {stack.shape}")
-    std = stack.std(axis=(1, 2), keepdims=True)
-    std[std == 0] = 1.0
-    stack = (stack - stack.mean(axis=(1, 2), keepdims=True)) / std
+    for channel in stack:
+        missing = ~np.isfinite(channel)
+        if missing.all():
+            raise ValueError("a channel has no finite pixel")
+        channel[missing] = np.median(channel[~missing])
     return multiscale_basic_features(
         np.moveaxis(stack, 0, -1), sigma_min=sigma_min, sigma_max=sigma_max,
         channel_axis=-1, workers=1,
     )  # fmt: skip
+
+
+def _valid(channels) -> np.ndarray:
+    stack = np.asarray(channels, dtype=np.float64)
+    stack = stack[None] if stack.ndim == 2 else stack
+    return np.isfinite(stack).all(axis=0)
 
 
 @dataclass
@@ -59,13 +70,16 @@ class PixelClassifier:
     sigma_max: float = SIGMA_MAX
 
     def predict(self, channels) -> np.ndarray:
-        """Label map ``(ny, nx)`` of ``channels`` (the same kinds, in the same order)."""
+        """Label map ``(ny, nx)`` of ``channels`` (the same kinds, in the same order);
+        0 where any channel is NaN (not imaged)."""
         stack = np.asarray(channels)
         if (stack.shape[0] if stack.ndim == 3 else 1) != self.n_channels:
             raise ValueError(f"trained on {self.n_channels} channel(s), given {stack.shape}")
         feats = features(stack, sigma_min=self.sigma_min, sigma_max=self.sigma_max)
         flat = feats.reshape(-1, feats.shape[-1])
-        return self.forest.predict(flat).reshape(feats.shape[:2]).astype(np.int32)
+        labels = self.forest.predict(flat).reshape(feats.shape[:2]).astype(np.int32)
+        labels[~_valid(stack)] = 0
+        return labels
 
 
 def train_pixel_classifier(
@@ -90,7 +104,7 @@ def train_pixel_classifier(
     feats = features(stack)
     if labels.shape != feats.shape[:2]:
         raise ValueError(f"labels {labels.shape} do not match the images {feats.shape[:2]}")
-    taught = labels > 0
+    taught = (labels > 0) & _valid(stack)
     classes = tuple(int(c) for c in np.unique(labels[taught]))
     if len(classes) < 2:
         raise ValueError(f"label at least two classes (found {list(classes)})")
