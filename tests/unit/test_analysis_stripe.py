@@ -80,7 +80,7 @@ def test_rings_from_gain_errors_go_and_the_slice_gets_better(seed):
           f"rmse {rmse(with_rings, truth):.2e} -> {rmse(removed, truth):.2e} "
           f"(no defects {rmse(without_defects, truth):.2e})")  # fmt: skip
     assert rings[0] > 5 * ring_metric(without_defects, truth)  # the defects make rings
-    assert rings[1] < rings[0] / 10  # measured 15-18x
+    assert rings[1] < rings[0] / 10  # measured 11-18x
     assert rings[1] < 1.5 * ring_metric(without_defects, truth)  # as if no defects
     assert rmse(removed, truth) < rmse(with_rings, truth)
     assert rmse(removed, truth) < 1.05 * rmse(without_defects, truth)
@@ -174,9 +174,9 @@ def test_rings_go_from_a_thick_photon_starved_scan(seed):
     rmse = error(without_defects), error(with_rings), error(removed)
     print(f"rings {before:.2e} -> {after:.2e} ({before / after:.1f}x); "
           f"rmse {rmse[1]:.4e} -> {rmse[2]:.4e} (no defects {rmse[0]:.4e})")  # fmt: skip
-    assert after < before / 4  # measured 5.1x, 10.1x, 13.9x
+    assert after < before / 5  # measured 8.6x, 11.6x, 13.9x
     assert rmse[2] < rmse[1]
-    assert rmse[2] < 1.005 * rmse[0]  # measured within 0.04-0.21 %
+    assert rmse[2] < 1.005 * rmse[0]  # measured within 0.00-0.13 %
 
 
 def test_in_place_correction_equals_the_copy():

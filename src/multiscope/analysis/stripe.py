@@ -52,6 +52,28 @@ def _narrow(found: np.ndarray, max_width: int) -> np.ndarray:
     return out
 
 
+def _structure_error(residual: np.ndarray, error: np.ndarray) -> float:
+    """The error common to all columns that their own noise does not explain.
+
+    The sample's structure moves the median over the angles too (more so with few
+    angles), and so does the flat field's own noise, a stripe of every column:
+    the least ``b`` with which ``residual / hypot(error, b)`` has a robust spread
+    (1.4826 MAD) of at most 1, by bisection.
+    """
+
+    def spread(b):
+        z = residual / np.hypot(error, b)
+        return 1.4826 * float(np.median(np.abs(z - np.median(z))))
+
+    if residual.size < 3 or spread(0.0) <= 1:
+        return 0.0
+    low, high = 0.0, float(np.abs(residual).max())
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if spread(middle) > 1 else (low, middle)
+    return high
+
+
 def stripe_offsets(
     sinogram, snr: float = 6.0, max_passes: int = 8, max_width: int = 3
 ) -> np.ndarray:
@@ -105,7 +127,8 @@ def stripe_offsets(
     offset_cols = np.zeros(n_cols, bool)
     # Noise-free data have no spread; only offsets above float32 rounding count then.
     floor = 16 * np.finfo(np.float32).eps * float(np.abs(p).max(initial=0.0))
-    residual = np.zeros(n_cols)
+    residual = significance = np.zeros(n_cols)
+    structure_error = None
     for _ in range(max(1, int(max_passes))):
         good = np.flatnonzero(~offset_cols)
         if good.size < 2:
@@ -131,6 +154,9 @@ def stripe_offsets(
         deviation = np.abs(difference - median[:, None], out=difference)
         mad = np.median(deviation, axis=1, overwrite_input=True).astype(np.float64)
         error = np.maximum(np.sqrt(np.pi / 2) * 1.4826 * mad / np.sqrt(p.shape[1]), floor)
+        if structure_error is None:  # from all columns once: the stripes are few
+            structure_error = _structure_error(residual, error)
+        error = np.hypot(error, structure_error)
         significance = np.abs(residual) / error
         # A stripe makes its neighbours look offset by up to half its own offset (it
         # is in their predictions), significantly so where the noise is low: a new
@@ -144,7 +170,8 @@ def stripe_offsets(
         offset_cols = found
     # Wide runs are judged once the set is stable: in the first pass two stripes
     # close together make a run of candidates (each offsets its neighbours).
-    return np.where(_narrow(offset_cols, max_width), residual, 0.0)
+    in_narrow_runs = _narrow(offset_cols | (significance > snr / 2), max_width)
+    return np.where(offset_cols & in_narrow_runs, residual, 0.0)
 
 
 def remove_stripe_offsets(
