@@ -32,6 +32,10 @@ Algorithms
 ``fbp``
     Plain filtered back projection with linear interpolation, numba-parallel;
     the same algorithm as ``iradon`` and a reference for ``gridrec``.
+
+Ring artefacts: :func:`remove_stripe_offsets` (per-column gain errors, before
+reconstruction) is re-exported here from :mod:`multiscope.analysis.stripe`, its
+implementation, so the tomography steps are importable from one module.
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ import numba
 import numpy as np
 import scipy.fft
 
-__all__ = ["find_center", "minus_log", "normalize", "reconstruct"]
+from .stripe import remove_stripe_offsets
+
+__all__ = ["find_center", "minus_log", "normalize", "reconstruct", "remove_stripe_offsets"]
 
 # tomopy filter names -> scikit-image names (both spellings are accepted).
 _FILTERS = {
