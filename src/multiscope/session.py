@@ -415,4 +415,6 @@ def configure_session(
     namespace.update(added)
     namespace[_MARKER] = session
     session.names = sorted(added)
+    # Import bluesky-tiled-plugins (~3 s) while the user types, not before the prompt.
+    catalog.warm_up()
     return session

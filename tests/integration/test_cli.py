@@ -1,10 +1,15 @@
 """The `multiscope` command as a user types it: sim control, errors, the main job."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from waiting import wait_until
+
+from multiscope import catalog_server
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +36,16 @@ def test_sim_start_twice_does_not_duplicate_and_stop_by_pid(tmp_path):
         assert f"pid {pid}" in first.stdout and f"pid {pid}" in second.stdout
         status = multiscope("sim", "status", data_dir=tmp_path)
         assert "running" in status.stdout and state["demo"]["prefix"] in status.stdout
+        # sim start also started the shared catalog server, in the background (0015).
+        assert "catalog" in first.stdout
+        server = wait_until(lambda: catalog_server.running(tmp_path), timeout=120)
     finally:
         stopped = multiscope("sim", "stop", data_dir=tmp_path)
     assert stopped.returncode == 0 and "demo" in stopped.stdout
-    import os
-
+    assert "stopped the catalog server" in stopped.stdout
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+    wait_until(lambda: not Path(f"/proc/{server.pid}").exists(), timeout=30)
     assert "no simulated IOCs" in multiscope("sim", "status", data_dir=tmp_path).stdout
 
 
