@@ -378,14 +378,16 @@ def running(data_dir: str | os.PathLike) -> ServerInfo | None:
     return None
 
 
-def stop(data_dir: str | os.PathLike, *, timeout: float = 10.0) -> str:
+def stop(data_dir: str | os.PathLike, *, timeout: float = START_TIMEOUT_S) -> str:
     """Stop the data directory's catalog server unless a process still uses it.
+
+    A server still starting is waited for (up to ``timeout`` s), then stopped.
 
     Returns
     -------
     str
-        ``"stopped"``, ``"in use"`` (left running; it stops itself once idle) or
-        ``"not running"``.
+        ``"stopped"``, ``"in use"`` (left running; it stops itself once idle),
+        ``"starting"`` (still starting after ``timeout``) or ``"not running"``.
     """
     catalog_dir = Path(data_dir).expanduser().resolve() / "catalog"
     if not (catalog_dir / LOCK_NAME).exists():
@@ -393,7 +395,7 @@ def stop(data_dir: str | os.PathLike, *, timeout: float = 10.0) -> str:
     lock_fd = _open_lock_file(catalog_dir / LOCK_NAME)
     try:
         if not _lock(lock_fd, time.monotonic() + timeout):
-            return "in use"  # being started right now
+            return "starting"
         info = _read_state(catalog_dir)
         if info is None or not _is_our_server(info, catalog_dir):
             _remove_state(catalog_dir)
@@ -401,7 +403,7 @@ def stop(data_dir: str | os.PathLike, *, timeout: float = 10.0) -> str:
         if not _lease_is_free(catalog_dir):
             return "in use"
         _remove_state(catalog_dir)
-        _terminate(info.pid, grace=timeout)
+        _terminate(info.pid)
         return "stopped"
     finally:
         os.close(lock_fd)

@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from . import __version__, catalog_server, simctl
@@ -134,7 +135,8 @@ def _run_sim(args, root: Path) -> int:
         before = {n for n, r in simctl.status(root).items() if r["alive"]}
         # The shared catalog server starts meanwhile, ready for the session (0015).
         catalog_state, catalog_pid = catalog_server.start_in_background(root)
-        for name, ioc in simctl.start(args.names or simctl.names(), root).items():
+        explain = partial(print, file=sys.stderr, flush=True)
+        for name, ioc in simctl.start(args.names or simctl.names(), root, progress=explain).items():
             state = "already running" if name in before else "started"
             print(f"{name:<8} {state:<16} prefix {ioc.prefix:<12} port {ioc.port:<6} pid {ioc.pid}")
         pid = f", pid {catalog_pid}" if catalog_pid else ""
@@ -156,9 +158,10 @@ def _run_sim(args, root: Path) -> int:
             outcome = catalog_server.stop(root)
             if outcome == "stopped":
                 print("stopped the catalog server")
-            elif outcome == "in use":
+            elif outcome in ("in use", "starting"):
+                why = "a session or command uses it" if outcome == "in use" else "still starting"
                 print(
-                    "catalog server left running: a session or command uses it; it stops "
+                    f"catalog server left running ({why}); it stops itself "
                     f"{catalog_server.idle_seconds():.0f} s after its last user"
                 )
     return 0
