@@ -322,6 +322,7 @@ class Catalog:
         # `client` may be a plain container standing in until `open_client` gives the
         # bluesky one, at first use of `.client` (see `embedded`).
         self._client = client
+        self._stand_in = None
         self._open_client = open_client
         self._client_lock = threading.Lock()
         self.data_dir = default_data_dir(data_dir)
@@ -418,10 +419,9 @@ class Catalog:
         if self._open_client is not None:
             with self._client_lock:
                 if self._open_client is not None:
-                    stand_in, self._client = self._client, self._open_client()
+                    # The stand-in stays open until close(): another thread may be using it.
+                    self._stand_in, self._client = self._client, self._open_client()
                     self._open_client = None
-                    with contextlib.suppress(Exception):  # its HTTP connection pool
-                        stand_in.context.close()
         return self._client
 
     def warm_up(self) -> threading.Thread:
@@ -570,8 +570,9 @@ class Catalog:
         if self._writer is not None:
             ok = self._writer.background.close(timeout)
             self._writer.journal.close()
-        with contextlib.suppress(Exception):  # the HTTP connection pool; harmless if gone
-            self._client.context.close()
+        for client in (self._client, self._stand_in):
+            with contextlib.suppress(Exception):  # the HTTP connection pool; harmless if gone
+                client.context.close()
         if self._server is not None:
             self._server.stop()
         return ok

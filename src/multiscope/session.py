@@ -10,7 +10,8 @@ does. It creates, and puts into the namespace under explicit names:
 ``bec``          bluesky's BestEffortCallback (tables; plots only with a display)
 ``bp``, ``bps``  ``bluesky.plans`` and ``bluesky.plan_stubs``
 devices          one name per device of the instrument (e.g. ``m1``, ``cam``)
-plans            the instrument's plans (e.g. ``line_scan``)
+plans            the instrument's plans (e.g. ``line_scan``), checking their
+                 arguments when called (:func:`~multiscope.plans.refusals.checked_at_call`)
 ===============  ==============================================================
 
 Simulated hardware is found through the state file that ``multiscope sim start``
@@ -28,6 +29,7 @@ suspended (no beam) for ``max_suspension_s`` (default 30 min): see
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import sys
@@ -44,6 +46,7 @@ from .config import apply_ca_client_environment, ca_client_environment
 from .config import data_dir as resolve_data_dir
 from .metadata import JSONMetadataStore
 from .plan_stubs.connection import wait_for_reconnection
+from .plans.refusals import QuietRefusals, checked_at_call
 from .suspenders import RunWatchdog, SuspendFloorOrDisconnect
 
 __all__ = ["InstrumentSpec", "INSTRUMENTS", "Session", "configure_session"]
@@ -314,6 +317,8 @@ def configure_session(
     )
     RE = RunEngine(JSONMetadataStore(root / "session" / instrument / "md.json"))
     RE.md.setdefault("instrument", instrument)
+    # A refusal is one clear exception, without bluesky's "Run aborted" traceback above it.
+    QuietRefusals.install(RE)
     # Every consumer sees each document once: a rewind re-emits saved events (replay.py).
     RE.subscribe(ReplayFilter(catalog.writer()))
     bec = None
@@ -352,7 +357,11 @@ def configure_session(
     plans: dict[str, Any] = {}
     for module_name in spec.plan_modules:
         module = importlib.import_module(module_name)
-        plans.update({name: getattr(module, name) for name in module.__all__})
+        for name in module.__all__:
+            plan = getattr(module, name)
+            # Plans check their arguments when called (`line_scan(...)` raises), not
+            # only inside RE(...); helpers (energy_grid, tomo_schedule) stay as they are.
+            plans[name] = checked_at_call(plan) if inspect.isgeneratorfunction(plan) else plan
 
     beam_devices = []
     if suspenders and spec.beam_current:
