@@ -9,6 +9,7 @@ does. It creates, and puts into the namespace under explicit names:
 ``session``      the :class:`Session` object (``session.close()`` drains storage)
 ``bec``          bluesky's BestEffortCallback (tables; plots only with a display)
 ``bp``, ``bps``  ``bluesky.plans`` and ``bluesky.plan_stubs``
+``dry_run``      ``dry_run(plan)``: duration, frames, disk, moves, checks
 devices          one name per device of the instrument (e.g. ``m1``, ``cam``)
 plans            the instrument's plans (e.g. ``line_scan``), checking their
                  arguments when called (:func:`~multiscope.plans.refusals.checked_at_call`)
@@ -46,6 +47,7 @@ from .config import apply_ca_client_environment, ca_client_environment
 from .config import data_dir as resolve_data_dir
 from .metadata import JSONMetadataStore
 from .plan_stubs.connection import wait_for_reconnection
+from .plans.dry_run import dry_run
 from .plans.refusals import QuietRefusals, checked_at_call
 from .suspenders import RunWatchdog, SuspendFloorOrDisconnect
 
@@ -414,6 +416,7 @@ def configure_session(
         "session": session,
         "bp": bp,
         "bps": bps,
+        "dry_run": dry_run,
         **({"bec": bec} if bec is not None else {}),
         **devices,
         **plans,
