@@ -48,7 +48,7 @@ def ca_server_environment(port: int) -> dict[str, str]:
 
     UDP search and TCP use the same port number; every IOC needs a unique one
     because UDP is bound with SO_REUSEPORT and two IOCs on one port silently
-    split the search traffic (PITFALLS.md).
+    split the search traffic (docs/stack-facts.md).
     """
     return {
         "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",

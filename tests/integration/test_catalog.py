@@ -1,6 +1,6 @@
 """The embedded catalog under a real RunEngine: frames, second process, kill, outage.
 
-Fault tests follow shared/RELIABILITY.md rows 7 and 8: inject X during Y, expect Z.
+Fault tests follow docs/stack-facts.md, fault rows 7 and 8: inject X during Y, expect Z.
 """
 
 from __future__ import annotations

@@ -76,7 +76,10 @@ def lens_distances_mm(focal_length, magnification):
 
 
 def depth_of_focus_um(resolution_nm, energy_keV):
-    """Depth of focus ``4 dr^2 / lambda`` (um); 30 nm at 8 keV gives ~23 um (DOMAIN.md)."""
+    """Depth of focus ``4 dr^2 / lambda`` (um); 30 nm at 8 keV gives ~23 um.
+
+    (The example of docs/stack-facts.md, domain numbers.)
+    """
     return 4.0 * resolution_nm**2 / wavelength_nm(energy_keV) * 1e-3
 
 
