@@ -187,6 +187,19 @@ class RunSummary:
     exit_status: str | None
     num_events: dict[str, int]
 
+    @classmethod
+    def from_metadata(cls, uid: str, metadata: dict) -> RunSummary:
+        """The summary of a run from its tiled metadata (``start`` and ``stop`` documents)."""
+        start, stop = metadata.get("start") or {}, metadata.get("stop") or {}
+        return cls(
+            uid=uid,
+            scan_id=start.get("scan_id"),
+            plan_name=start.get("plan_name"),
+            time=start.get("time"),
+            exit_status=stop.get("exit_status"),
+            num_events=dict(stop.get("num_events") or {}),
+        )
+
     def __str__(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time)) if self.time else "?"
         events = ", ".join(f"{k}={v}" for k, v in self.num_events.items()) or "-"
@@ -194,6 +207,33 @@ class RunSummary:
             f"{self.scan_id!s:>6}  {self.uid[:8]}  {when}  {self.plan_name or '?':<20} "
             f"{self.exit_status or 'running?':<8} {events}"
         )
+
+
+def describe_run(metadata: dict, streams: dict[str, list[str]]) -> str:
+    """A human-readable account of one run: identity, outcome and streams.
+
+    Parameters
+    ----------
+    metadata : dict
+        The run's tiled metadata (``start`` and ``stop`` documents).
+    streams : dict
+        Stream name to the names it holds.
+    """
+    start, stop = metadata.get("start") or {}, metadata.get("stop") or {}
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start.get("time", 0)))
+    lines = [
+        f"uid:         {start.get('uid')}",
+        f"scan_id:     {start.get('scan_id')}",
+        f"plan:        {start.get('plan_name')} {start.get('plan_args', '')}",
+        f"started:     {when}",
+        f"exit_status: {stop.get('exit_status', 'no stop document (running or lost)')}",
+    ]
+    if stop.get("reason"):
+        lines.append(f"reason:      {stop['reason']}")
+    counts = stop.get("num_events") or {}
+    for stream, keys in streams.items():
+        lines.append(f"stream {stream}: {counts.get(stream, '?')} events  [{', '.join(keys)}]")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -429,7 +469,14 @@ class Catalog:
 
         Returns the thread (joining it is optional).
         """
-        thread = threading.Thread(target=lambda: self.client, name="catalog-warm-up", daemon=True)
+
+        def warm() -> None:
+            try:
+                _ = self.client
+            except Exception:  # e.g. the interpreter exiting meanwhile; the next use retries
+                logger.debug("catalog warm-up failed", exc_info=True)
+
+        thread = threading.Thread(target=warm, name="catalog-warm-up", daemon=True)
         thread.start()
         return thread
 
@@ -468,21 +515,10 @@ class Catalog:
         """Summaries of the most recent ``limit`` runs, oldest first."""
         client = self._client  # metadata only: a plain stand-in serves as well
         n = len(client)
-        out = []
-        for uid, run in client.items()[max(0, n - limit) : n]:
-            md = run.metadata
-            start, stop = md.get("start") or {}, md.get("stop") or {}
-            out.append(
-                RunSummary(
-                    uid=uid,
-                    scan_id=start.get("scan_id"),
-                    plan_name=start.get("plan_name"),
-                    time=start.get("time"),
-                    exit_status=stop.get("exit_status"),
-                    num_events=dict(stop.get("num_events") or {}),
-                )
-            )
-        return out
+        return [
+            RunSummary.from_metadata(uid, run.metadata)
+            for uid, run in client.items()[max(0, n - limit) : n]
+        ]
 
     def run(self, uid_or_index: str | int):
         """One run: a uid or a unique uid prefix, a negative index (``-1`` latest) or a scan id.
@@ -531,25 +567,12 @@ class Catalog:
     def describe(self, uid_or_index: str | int) -> str:
         """A human-readable account of one run: identity, outcome and streams."""
         run = self.run(uid_or_index)
-        md = run.metadata
-        start, stop = md.get("start") or {}, md.get("stop") or {}
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start.get("time", 0)))
-        lines = [
-            f"uid:         {start.get('uid')}",
-            f"scan_id:     {start.get('scan_id')}",
-            f"plan:        {start.get('plan_name')} {start.get('plan_args', '')}",
-            f"started:     {when}",
-            f"exit_status: {stop.get('exit_status', 'no stop document (running or lost)')}",
-        ]
-        if stop.get("reason"):
-            lines.append(f"reason:      {stop['reason']}")
-        counts = stop.get("num_events") or {}
-        for stream in run:
-            node = run[stream]
-            # A BlueskyEventStream lists its columns; its base (and a plain container) its parts.
-            keys = ", ".join(node.base.keys() if hasattr(node, "base") else node)
-            lines.append(f"stream {stream}: {counts.get(stream, '?')} events  [{keys}]")
-        return "\n".join(lines)
+        # A BlueskyEventStream lists its columns; its base (and a plain container) its parts.
+        streams = {
+            name: list(node.base.keys() if hasattr(node, "base") else node)
+            for name, node in ((name, run[name]) for name in run)
+        }
+        return describe_run(run.metadata, streams)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self, timeout: float | None = 30.0) -> bool:

@@ -34,6 +34,7 @@ import inspect
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -179,6 +180,51 @@ class Session:
             f"<multiscope session: {self.instrument} ({mode}, prefix {self.prefix!r}), "
             f"data in {self.data_dir}, {len(self.devices)} devices>"
         )
+
+
+class _BuiltOnFirstUse:
+    """The instrument's live-analysis callback, built at its first use.
+
+    ``"module:function"`` is imported and called as ``function(output_dir, publish)``
+    by :meth:`build`, or at the first document or attribute asked for: its imports
+    (numba, scipy, scikit-image; ~3 s on a loaded 2-core machine) stay out of the
+    session's start-up, which warms it up on a thread once ready.
+    """
+
+    def __init__(self, target: str, output_dir: Path, publish) -> None:
+        self._target, self._output_dir, self._publish = target, output_dir, publish
+        self._callback = None
+        self._lock = threading.Lock()
+
+    def build(self):
+        """The callback, built now if it is not yet."""
+        with self._lock:
+            if self._callback is None:
+                module_name, function_name = self._target.split(":")
+                function = getattr(importlib.import_module(module_name), function_name)
+                self._callback = function(self._output_dir, self._publish)
+            return self._callback
+
+    def warm_up(self) -> None:
+        """:meth:`build`, logging a failure (the first document retries and reports it)."""
+        try:
+            self.build()
+        except Exception:  # e.g. the interpreter exiting meanwhile
+            logger.debug("live-analysis warm-up failed", exc_info=True)
+
+    def __call__(self, name: str, doc: dict):
+        return self.build()(name, doc)
+
+    def __getattr__(self, attribute: str):  # e.g. session.pipeline.callback.keep_last
+        if attribute.startswith("_"):
+            raise AttributeError(attribute)
+        return getattr(self.build(), attribute)
+
+    def __setattr__(self, attribute: str, value) -> None:
+        if attribute.startswith("_"):
+            object.__setattr__(self, attribute, value)
+        else:
+            setattr(self.build(), attribute, value)
 
 
 def _find_simulated_ioc(instrument: str, data_dir: Path):
@@ -338,9 +384,10 @@ def configure_session(
     if spec.pipeline:
         from .callbacks.background import BackgroundCallback
 
-        module_name, function_name = spec.pipeline.split(":")
-        build = getattr(importlib.import_module(module_name), function_name)
-        pipeline = BackgroundCallback(build(root / "derived" / instrument, catalog.writer()))
+        pipeline = BackgroundCallback(
+            _BuiltOnFirstUse(spec.pipeline, root / "derived" / instrument, catalog.writer()),
+            name=f"background-{instrument}-pipeline",
+        )
         RE.subscribe(ReplayFilter(pipeline))
 
     devices_module = importlib.import_module(spec.devices_module)
@@ -427,6 +474,11 @@ def configure_session(
     namespace.update(added)
     namespace[_MARKER] = session
     session.names = sorted(added)
-    # Import bluesky-tiled-plugins (~3 s) while the user types, not before the prompt.
+    # Import bluesky-tiled-plugins and the live analysis (~3 s each on a loaded machine)
+    # while the user types, not before the prompt.
     catalog.warm_up()
+    if pipeline is not None:
+        threading.Thread(
+            target=pipeline.callback.warm_up, name="pipeline-warm-up", daemon=True
+        ).start()
     return session

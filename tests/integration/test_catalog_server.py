@@ -192,3 +192,44 @@ def test_a_file_given_as_data_dir_says_what_is_wrong(data_dir):
         assert result.returncode == 2
         assert f"{a_file} is a file, not a directory" in result.stderr, result.stderr
         assert "Errno" not in result.stderr
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_cli_reads_what_the_tiled_client_reads(data_dir):
+    """`catalog list/show` read the server over plain HTTP (RunIndex): the same runs,
+    the same account of each, as the tiled client's Catalog."""
+    from bluesky import RunEngine
+    from bluesky.plans import count, scan
+    from ophyd.sim import det, motor
+
+    from multiscope.catalog import Catalog, RunSummary, describe_run
+    from multiscope.catalog_index import RunIndex
+
+    with Catalog.embedded(data_dir) as catalog:
+        RE = RunEngine({})
+        RE.subscribe(catalog.writer())
+        uids = [RE(count([det], 2))[0], RE(scan([det], motor, 0, 1, 3))[0], RE(count([det]))[0]]
+        assert catalog.drain(60)
+        lease = catalog_server.acquire(data_dir)
+        try:
+            with RunIndex(lease.url, lease.api_key) as index:
+                assert index.count() == 3
+                listed = [RunSummary.from_metadata(u, md) for u, md in index.recent(2)]
+                assert listed == catalog.runs(2)
+                assert [s.uid for s in listed] == uids[1:]
+                # (a prefix of digits only would be a scan id: 9 characters hold the dash)
+                for name in ("-1", "-3", "2", uids[0], uids[1][:9]):
+                    uid, metadata = index.find(name)
+                    assert describe_run(metadata, index.streams(uid)) == catalog.describe(name)
+                for missing, message in [("-4", r"holds 3 run\(s\)"), ("99", "scan id 99"),
+                                         ("deadbeef", "no run with uid")]:  # fmt: skip
+                    with pytest.raises(KeyError, match=message):
+                        index.find(missing)
+        finally:
+            lease.release()
+    shown = _cli(data_dir, "catalog", "show", uids[1][:9])
+    assert shown.returncode == 0 and f"uid:         {uids[1]}" in shown.stdout
+    listing = _cli(data_dir, "catalog", "list").stdout.splitlines()
+    assert listing[0].split() == ["scan", "uid", "started", "plan", "status", "events"]
+    assert [line.split()[1] for line in listing[1:]] == [u[:8] for u in uids]
+    catalog_server.stop(data_dir)

@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.interpolate import make_interp_spline
 
 __all__ = [
     "HC_KEV_NM",
@@ -118,6 +117,9 @@ class FocusCalibration:
                 )
         self._splines = {}
         if energies.size >= 2:
+            # Imported here: scipy.interpolate costs ~1 s at a session's start-up (issue 9).
+            from scipy.interpolate import make_interp_spline
+
             order = min(3, energies.size - 1)  # cubic once there are four energies
             self._splines = {
                 axis: make_interp_spline(energies, np.asarray(values, float), k=order)
