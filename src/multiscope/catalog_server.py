@@ -29,9 +29,9 @@ Protocol, all by ``flock`` (the kernel releases a killed process's locks):
   stops. A user taking the lease holds the same lock, so neither misses the other.
 - **Explicit stop.** :func:`stop` (``multiscope sim stop``) stops an idle server.
 
-Only the standard library and :mod:`multiscope.config` are imported here, so any
-layer may use it (as :mod:`multiscope.simctl`); tiled is imported only by the
-server process itself.
+Only the standard library and :mod:`multiscope.simctl` (itself stdlib-only) are
+imported here, so any layer may use it; tiled is imported only by the server
+process itself.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from multiscope.simctl import pid_exists
 
 __all__ = [
     "IDLE_ENV",
@@ -155,22 +157,9 @@ def _lease_is_free(catalog_dir: Path) -> bool:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):  # reap our own dead child (a zombie)
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_our_server(info: ServerInfo, catalog_dir: Path) -> bool:
     """The recorded PID runs, and is this module serving this data directory (PIDs get reused)."""
-    if not _pid_alive(info.pid):
+    if not pid_exists(info.pid):
         return False
     try:
         cmd = Path(f"/proc/{info.pid}/cmdline").read_bytes().split(b"\0")
@@ -213,7 +202,7 @@ def _terminate(pid: int, grace: float = 10.0) -> None:
             return
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            if not _pid_alive(pid):
+            if not pid_exists(pid):
                 return
             time.sleep(0.05)
 

@@ -42,6 +42,7 @@ __all__ = [
     "free_port",
     "link_args",
     "names",
+    "pid_exists",
     "port_is_free",
     "is_alive",
     "start",
@@ -277,7 +278,7 @@ def wait_until_ready(
     deadline = t0 + timeout
     told = False
     while time.monotonic() < deadline:
-        if not _pid_exists(ioc.pid):
+        if not pid_exists(ioc.pid):
             raise IOCNotReadyError(
                 f"IOC {ioc.name} (pid {ioc.pid}) exited during startup; its log "
                 f"{ioc.log_path} ends:\n{_log_tail(ioc.log_path)}"
@@ -303,8 +304,8 @@ def wait_until_ready(
     )
 
 
-def _pid_exists(pid: int) -> bool:
-    # A zombie child still "exists" for kill(0); reap it if it is ours.
+def pid_exists(pid: int) -> bool:
+    """True if process ``pid`` runs (a zombie child of ours is reaped and counts as gone)."""
     try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
@@ -329,7 +330,7 @@ def _cmdline(pid: int) -> list[str]:
 
 def is_alive(ioc: IOCProcess) -> bool:
     """True if ``ioc.pid`` runs and is this IOC (module and port in its command line)."""
-    if not _pid_exists(ioc.pid):
+    if not pid_exists(ioc.pid):
         return False
     cmd = _cmdline(ioc.pid)
     if not cmd:  # no /proc (not Linux): trust the PID
@@ -352,7 +353,7 @@ def stop_ioc(pid: int, grace: float = STOP_GRACE_S) -> bool:
             return True
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            if not _pid_exists(pid):
+            if not pid_exists(pid):
                 return True
             time.sleep(0.02)
     return False
