@@ -419,28 +419,39 @@ def _announce_when_healthy(catalog_dir: Path, info: ServerInfo, lock_fd: int) ->
 
 
 def _stop_when_idle(catalog_dir: Path, idle_s: float) -> None:
-    """Stop this server after ``idle_s`` s in which no process held the lease."""
+    """Stop this server after ``idle_s`` s in which no process held the lease.
+
+    Also once its data directory is gone (deleted under it): nothing is left to serve.
+    """
     poll = min(5.0, idle_s / 4)
-    lease_path = catalog_dir / LEASE_NAME
-    last_busy = time.time()
-    while True:
+    with contextlib.suppress(OSError):  # the idle time counts from the server's start
+        os.close(_open_lock_file(catalog_dir / LEASE_NAME))
+        os.utime(catalog_dir / LEASE_NAME)
+    while catalog_dir.is_dir():
         time.sleep(poll)
-        if not _lease_is_free(catalog_dir):
-            last_busy = time.time()
-            continue
-        with contextlib.suppress(OSError):  # a user released it since the last check
-            last_busy = max(last_busy, lease_path.stat().st_mtime)
-        if time.time() - last_busy < idle_s:
-            continue
-        lock_fd = _open_lock_file(catalog_dir / LOCK_NAME)
         try:
-            if not _lock(lock_fd, time.monotonic() + poll) or not _lease_is_free(catalog_dir):
-                continue  # someone is starting to use it
-            _remove_state(catalog_dir, pid=os.getpid())
-        finally:
-            os.close(lock_fd)
-        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful shutdown
-        return
+            if _idle_for(catalog_dir, idle_s, poll):
+                break
+        except OSError:  # the directory vanished between the check and the files
+            continue
+    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful shutdown
+
+
+def _idle_for(catalog_dir: Path, idle_s: float, poll: float) -> bool:
+    """True (and ``server.json`` removed) once nobody used the server for ``idle_s`` s."""
+    if not _lease_is_free(catalog_dir):
+        os.utime(catalog_dir / LEASE_NAME)  # busy now: the idle time counts from here
+        return False
+    if time.time() - (catalog_dir / LEASE_NAME).stat().st_mtime < idle_s:
+        return False  # released (the mtime) less than idle_s ago
+    lock_fd = _open_lock_file(catalog_dir / LOCK_NAME)
+    try:
+        if not _lock(lock_fd, time.monotonic() + poll) or not _lease_is_free(catalog_dir):
+            return False  # someone is starting to use it
+        _remove_state(catalog_dir, pid=os.getpid())
+        return True
+    finally:
+        os.close(lock_fd)
 
 
 def _serve(argv: list[str]) -> None:  # pragma: no cover - runs in the server process

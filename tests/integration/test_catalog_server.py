@@ -233,3 +233,18 @@ def test_the_cli_reads_what_the_tiled_client_reads(data_dir):
     assert listing[0].split() == ["scan", "uid", "started", "plan", "status", "events"]
     assert [line.split()[1] for line in listing[1:]] == [u[:8] for u in uids]
     catalog_server.stop(data_dir)
+
+
+def test_a_server_whose_data_directory_is_deleted_stops(tmp_path):
+    """pytest and users delete data directories; their server must not outlive them."""
+    data_dir = (tmp_path / "doomed").resolve()
+    holder = _hold(data_dir, env={catalog_server.IDLE_ENV: "600"})  # idle would take 10 min
+    try:
+        pid = _answer(holder)["pid"]
+    finally:
+        holder.communicate("", timeout=30)
+    assert _alive(pid)
+    import shutil
+
+    shutil.rmtree(data_dir)
+    wait_until(lambda: not _alive(pid), timeout=60, message="server outlived its directory")
