@@ -9,7 +9,7 @@ Every instrument IOC in :mod:`sim_devices` ends with the same footer::
         ioc = DemoIOC(prefix=args.prefix)
         run_ioc(ioc.pvdb, port=args.port)
 
-What :func:`run_ioc` fixes relative to ``caproto.server.run`` (see shared/PITFALLS.md):
+What :func:`run_ioc` fixes relative to ``caproto.server.run`` (docs/stack-facts.md, caproto IOCs):
 
 - the EPICS server environment comes from
   :func:`multiscope.config.ca_server_environment` and is applied before the

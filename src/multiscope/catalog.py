@@ -8,6 +8,7 @@ Data directory layout (``multiscope.config.data_dir``)::
             tables.sqlite   event tables (SQLite, so several processes may open it)
             data/           arrays tiled writes itself (zarr)
             server.log      log of the embedded server
+            server.json     URL, PID and key of the running server (mode 0600)
         assets/             detector files (HDF5), referenced, never copied
         journal/            one JSON-lines file per run, the durable record
             committed/      journals of runs fully stored in the catalog
@@ -17,37 +18,37 @@ a background thread writes it to tiled. A run whose live write failed (storage
 outage, full queue, killed process) is rewritten from its journal, by the
 writer itself when storage is back or by :func:`recover`.
 
-The embedded catalog is served by ``tiled serve catalog`` in a child process on
-loopback with a random API key (measured faster to write to than a server thread
-in the acquiring process, which competes for the GIL). Each process that opens
-the catalog runs its own server over the same SQLite files, so an IPython
-session and ``multiscope catalog list`` in another terminal both work. DuckDB,
-tiled's default tabular store, admits one process only and is therefore not used.
+The embedded catalog is served by ``tiled serve catalog`` in a process of its own
+on loopback with a random API key (measured faster to write to than a server
+thread in the acquiring process, which competes for the GIL). One server per data
+directory is shared by every process that opens the catalog: the first starts it,
+the later ones find it, and it stops itself once unused
+(:mod:`multiscope.catalog_server`, decision 0015), so an IPython session and
+``multiscope catalog list`` in another terminal both work without paying its
+start-up twice. DuckDB, tiled's default tabular store, admits one process only
+and is therefore not used.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
 import weakref
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import httpx
-
+from multiscope import catalog_server
 from multiscope.callbacks.storage import (
     COMMITTED_SUBDIR,
     BackgroundWriter,
@@ -85,36 +86,15 @@ RECOVERY_BATCH_SIZE = 10_000
 
 
 # ---------------------------------------------------------------------------- embedded server
-_CHILD_API_KEY_ENV = "MULTISCOPE_EMBEDDED_TILED_API_KEY"
-# `tiled serve catalog`, run by the child with the API key among its *in-process*
-# arguments: on the real command line `ps` would show it, and taken from the
-# environment (TILED_SINGLE_USER_API_KEY) tiled prints it, in a URL, to its log.
-_SERVE_WITH_KEY_FROM_ENVIRONMENT = f"""
-import os, sys
-from tiled.commandline.main import main
-key = os.environ.pop({_CHILD_API_KEY_ENV!r})
-main(["serve", "catalog", *sys.argv[1:], "--api-key", key], prog_name="tiled")
-"""
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Ask Linux to SIGTERM the server if the process that started it dies (even SIGKILL).
-
-    Strictly, when the *thread* that started it ends: open the catalog from a
-    long-lived thread (normally the main thread).
-    """
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
 def _wait_healthy(url: str, deadline: float, alive) -> None:
+    import httpx
+
     with httpx.Client(trust_env=False) as http:
         while True:
             if not alive():
@@ -129,87 +109,31 @@ def _wait_healthy(url: str, deadline: float, alive) -> None:
             time.sleep(0.05)
 
 
-class _EmbeddedServer:
-    """A loopback tiled server over ``<data_dir>/catalog``, in a child process or a thread.
+class _ThreadServer:
+    """A loopback tiled server over ``<data_dir>/catalog`` on a thread of this process.
 
-    Parameters
-    ----------
-    root : Path
-        The data directory.
-    mode : {"subprocess", "thread"}
-        ``subprocess`` runs ``tiled serve catalog``; ``thread`` runs uvicorn in this
-        process (no child to manage, slower to write to; kept for measurements).
+    Not the default (:mod:`multiscope.catalog_server`'s shared server is): it competes
+    with acquisition for the GIL and writes slower; kept for measurements.
     """
 
-    def __init__(self, root: Path, mode: Literal["subprocess", "thread"] = "subprocess"):
-        self.root = root
+    def __init__(self, root: Path):
         self.directory = root / "catalog"
         self.assets = root / "assets"
         # Derived results (reconstructions, stitched volumes) are file-referenced like frames.
         self.derived = root / "derived"
         for d in (self.directory / "data", self.assets, self.derived):
             d.mkdir(parents=True, exist_ok=True)
-        self.mode = mode
         self.api_key = secrets.token_hex(32)
-        self.pid: int | None = None
-        self._proc: subprocess.Popen | None = None
+        self.pid = os.getpid()
         self._uvicorn = None
         self._thread: threading.Thread | None = None
         db = self.directory / "catalog.db"
-        # `--init` costs a ~3 s subprocess even when the catalog exists; skip it then.
-        init = not db.exists()
         tables = f"sqlite:///{self.directory / 'tables.sqlite'}"
-        last_error: Exception | None = None
-        for _ in range(3):  # the free port can be taken between probe and bind
-            port = _free_port()
-            self.url = f"http://127.0.0.1:{port}"
-            try:
-                if mode == "subprocess":
-                    self._start_subprocess(db, tables, port, init)
-                else:
-                    self._start_thread(db, tables, port, init)
-                return
-            except (RuntimeError, TimeoutError) as exc:
-                last_error = exc
-                self.stop()
-                init = not db.exists()
-        raise RuntimeError(
-            f"could not start the embedded tiled server; see {self.directory / 'server.log'}"
-        ) from last_error
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self._start(db, tables, port, init=not db.exists())
 
-    def _start_subprocess(self, db: Path, tables: str, port: int, init: bool) -> None:
-        cmd = [sys.executable, "-c", _SERVE_WITH_KEY_FROM_ENVIRONMENT, str(db)]
-        cmd += ["-w", str(self.directory / "data"), "-w", tables]
-        cmd += ["-r", str(self.assets), "-r", str(self.derived)]
-        cmd += ["--host", "127.0.0.1", "--port", str(port)]
-        if init:
-            cmd.append("--init")
-        # The key goes by environment, not argv, so `ps` does not show it.
-        env = dict(os.environ, **{_CHILD_API_KEY_ENV: self.api_key})
-        # The server reads HDF5 files that detectors may still be writing.
-        env.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
-        # Owner-only: the log names every request, and old versions wrote the key in it.
-        log = os.open(self.directory / "server.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.fchmod(log, 0o600)  # a log created before by a looser version
-            self._proc = subprocess.Popen(
-                cmd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-        finally:
-            os.close(log)
-        self.pid = self._proc.pid
-        _wait_healthy(
-            self.url,
-            time.monotonic() + _SERVER_START_TIMEOUT,
-            lambda: self._proc is not None and self._proc.poll() is None,
-        )
-
-    def _start_thread(self, db: Path, tables: str, port: int, init: bool) -> None:
+    def _start(self, db: Path, tables: str, port: int, init: bool) -> None:
         import uvicorn
         from tiled.catalog import from_uri
         from tiled.config import Authentication
@@ -239,15 +163,7 @@ class _EmbeddedServer:
         )
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server (by PID for the child process). Idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        """Stop the server thread. Idempotent."""
         server, self._uvicorn = self._uvicorn, None
         if server is not None:
             server.should_exit = True
@@ -258,7 +174,11 @@ class _EmbeddedServer:
 # ---------------------------------------------------------------------------- summaries
 @dataclass(frozen=True)
 class RunSummary:
-    """One line of ``Catalog.runs``."""
+    """One line of ``Catalog.runs``; :attr:`HEADER` names its columns."""
+
+    HEADER: ClassVar[str] = (
+        f"{'scan':>6}  {'uid':<8}  {'started':<19}  {'plan':<20} {'status':<8} events"
+    )
 
     uid: str
     scan_id: int | None
@@ -267,6 +187,19 @@ class RunSummary:
     exit_status: str | None
     num_events: dict[str, int]
 
+    @classmethod
+    def from_metadata(cls, uid: str, metadata: dict) -> RunSummary:
+        """The summary of a run from its tiled metadata (``start`` and ``stop`` documents)."""
+        start, stop = metadata.get("start") or {}, metadata.get("stop") or {}
+        return cls(
+            uid=uid,
+            scan_id=start.get("scan_id"),
+            plan_name=start.get("plan_name"),
+            time=start.get("time"),
+            exit_status=stop.get("exit_status"),
+            num_events=dict(stop.get("num_events") or {}),
+        )
+
     def __str__(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time)) if self.time else "?"
         events = ", ".join(f"{k}={v}" for k, v in self.num_events.items()) or "-"
@@ -274,6 +207,33 @@ class RunSummary:
             f"{self.scan_id!s:>6}  {self.uid[:8]}  {when}  {self.plan_name or '?':<20} "
             f"{self.exit_status or 'running?':<8} {events}"
         )
+
+
+def describe_run(metadata: dict, streams: dict[str, list[str]]) -> str:
+    """A human-readable account of one run: identity, outcome and streams.
+
+    Parameters
+    ----------
+    metadata : dict
+        The run's tiled metadata (``start`` and ``stop`` documents).
+    streams : dict
+        Stream name to the names it holds.
+    """
+    start, stop = metadata.get("start") or {}, metadata.get("stop") or {}
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start.get("time", 0)))
+    lines = [
+        f"uid:         {start.get('uid')}",
+        f"scan_id:     {start.get('scan_id')}",
+        f"plan:        {start.get('plan_name')} {start.get('plan_args', '')}",
+        f"started:     {when}",
+        f"exit_status: {stop.get('exit_status', 'no stop document (running or lost)')}",
+    ]
+    if stop.get("reason"):
+        lines.append(f"reason:      {stop['reason']}")
+    counts = stop.get("num_events") or {}
+    for stream, keys in streams.items():
+        lines.append(f"stream {stream}: {counts.get(stream, '?')} events  [{', '.join(keys)}]")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -352,6 +312,26 @@ class CatalogWriter:
         return {**self.background.status(), "open_runs": self.journal.open_runs()}
 
 
+class _TiledWriterOnFirstDocument:
+    """A ``TiledWriter``, made at its first document on the background writer's thread.
+
+    Importing bluesky-tiled-plugins costs ~3 s on a loaded machine; a session pays it
+    there, off the RunEngine thread, instead of at start-up.
+    """
+
+    def __init__(self, catalog: Catalog, batch_size: int) -> None:
+        self._catalog = catalog
+        self._batch_size = batch_size
+        self._writer = None
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if self._writer is None:
+            from bluesky_tiled_plugins import TiledWriter
+
+            self._writer = TiledWriter(self._catalog.client, batch_size=self._batch_size)
+        self._writer(name, doc)
+
+
 # ---------------------------------------------------------------------------- catalog
 class Catalog:
     """A tiled catalog of bluesky runs with journal-backed, non-blocking writing.
@@ -373,12 +353,18 @@ class Catalog:
         client,
         *,
         data_dir: str | os.PathLike | None = None,
-        server: _EmbeddedServer | None = None,
+        server: catalog_server.Lease | _ThreadServer | None = None,
         batch_size: int = LIVE_BATCH_SIZE,
         queue_size: int = 100_000,
         fsync: bool = False,
+        open_client: Callable[[], Any] | None = None,
     ) -> None:
-        self.client = client
+        # `client` may be a plain container standing in until `open_client` gives the
+        # bluesky one, at first use of `.client` (see `embedded`).
+        self._client = client
+        self._stand_in = None
+        self._open_client = open_client
+        self._client_lock = threading.Lock()
         self.data_dir = default_data_dir(data_dir)
         self.journal_dir = self.data_dir / "journal"
         self._server = server
@@ -399,7 +385,8 @@ class Catalog:
         cls,
         data_dir: str | os.PathLike | None = None,
         *,
-        server: Literal["subprocess", "thread"] = "subprocess",
+        server: Literal["shared", "thread"] = "shared",
+        bluesky_clients: bool = True,
         **kwargs,
     ) -> Catalog:
         """Open (creating if needed) the on-disk catalog of ``data_dir`` behind a loopback server.
@@ -408,26 +395,27 @@ class Catalog:
         ----------
         data_dir : path-like, optional
             Data directory; default from :func:`multiscope.config.data_dir`.
-        server : {"subprocess", "thread"}
-            How to run the tiled server (see module docstring).
+        server : {"shared", "thread"}
+            ``shared``: the data directory's catalog server, started if none runs
+            (:mod:`multiscope.catalog_server`); ``thread``: a server of this process's
+            own, on a thread (slower to write to; for measurements).
+        bluesky_clients : bool
+            True: runs come as bluesky-tiled-plugins' ``BlueskyRun`` (``run["primary"]
+            .read()``). False: as plain tiled containers, enough for metadata and
+            listings, and ~3 s faster to open (no xarray, dask or numba imported).
         **kwargs
             ``batch_size``, ``queue_size``, ``fsync``: see :class:`Catalog`.
         """
-        from tiled.client import from_uri
-
         root = default_data_dir(data_dir)
-        srv = _EmbeddedServer(root, server)
+        srv = catalog_server.acquire(root) if server == "shared" else _ThreadServer(root)
         try:
-            top = from_uri(srv.url, api_key=srv.api_key)
-            if RUNS_NODE not in top:
-                with contextlib.suppress(Exception):  # another process may create it first
-                    top.create_container(RUNS_NODE, specs=["CatalogOfBlueskyRuns"])
-            top.context.close()
-            client = from_uri(f"{srv.url}/api/v1/metadata/{RUNS_NODE}", api_key=srv.api_key)
+            # A plain client first: bluesky-tiled-plugins' import (~3 s) waits for first use.
+            client = _open_runs_container(srv.url, srv.api_key, bluesky_clients=False)
         except BaseException:
             srv.stop()
             raise
-        return cls(client, data_dir=root, server=srv, **kwargs)
+        upgrade = partial(_open_runs_container, srv.url, srv.api_key) if bluesky_clients else None
+        return cls(client, data_dir=root, server=srv, open_client=upgrade, **kwargs)
 
     @classmethod
     def remote(
@@ -436,6 +424,7 @@ class Catalog:
         api_key: str | None = None,
         *,
         data_dir: str | os.PathLike | None = None,
+        bluesky_clients: bool = True,
         **kwargs,
     ) -> Catalog:
         """Connect to a facility tiled server.
@@ -450,10 +439,13 @@ class Catalog:
             Defaults to the ``MULTISCOPE_TILED_API_KEY`` environment variable.
         data_dir : path-like, optional
             Local data directory holding the journal.
+        bluesky_clients : bool
+            As for :meth:`embedded`.
         """
         from tiled.client import from_uri
 
-        client = from_uri(uri, api_key=api_key or os.environ.get(API_KEY_ENV))
+        structure_clients = "numpy" if bluesky_clients else _plain_structure_clients()
+        client = from_uri(uri, structure_clients, api_key=api_key or os.environ.get(API_KEY_ENV))
         if not _is_run_catalog(client):
             if RUNS_NODE in client and _is_run_catalog(client[RUNS_NODE]):
                 client = client[RUNS_NODE]
@@ -461,18 +453,43 @@ class Catalog:
                 raise ValueError(f"{uri} is not a container with spec CatalogOfBlueskyRuns")
         return cls(client, data_dir=data_dir, **kwargs)
 
+    @property
+    def client(self):
+        """The tiled client of the container of runs (``CatalogOfBlueskyRuns``)."""
+        if self._open_client is not None:
+            with self._client_lock:
+                if self._open_client is not None:
+                    # The stand-in stays open until close(): another thread may be using it.
+                    self._stand_in, self._client = self._client, self._open_client()
+                    self._open_client = None
+        return self._client
+
+    def warm_up(self) -> threading.Thread:
+        """Open the bluesky client on a daemon thread now, so a first read does not wait.
+
+        Returns the thread (joining it is optional).
+        """
+
+        def warm() -> None:
+            try:
+                _ = self.client
+            except Exception:  # e.g. the interpreter exiting meanwhile; the next use retries
+                logger.debug("catalog warm-up failed", exc_info=True)
+
+        thread = threading.Thread(target=warm, name="catalog-warm-up", daemon=True)
+        thread.start()
+        return thread
+
     # ------------------------------------------------------------------ writing
     def writer(self) -> CatalogWriter:
         """The RunEngine callback for this catalog (one per catalog, created on first use)."""
-        from bluesky_tiled_plugins import TiledWriter
-
         with self._lock:
             if self._closed:
                 raise RuntimeError("catalog is closed")
             if self._writer is None:
                 journal = DocumentJournal(self.journal_dir, fsync=self._fsync)
                 background = BackgroundWriter(
-                    TiledWriter(self.client, batch_size=self._batch_size),
+                    _TiledWriterOnFirstDocument(self, self._batch_size),
                     maxsize=self._queue_size,
                     recover=self._recover_uid,
                     on_written=journal.commit,
@@ -496,25 +513,17 @@ class Catalog:
     # ------------------------------------------------------------------ reading
     def runs(self, limit: int = 20) -> list[RunSummary]:
         """Summaries of the most recent ``limit`` runs, oldest first."""
-        n = len(self.client)
-        out = []
-        for uid, run in self.client.items()[max(0, n - limit) : n]:
-            md = run.metadata
-            start, stop = md.get("start") or {}, md.get("stop") or {}
-            out.append(
-                RunSummary(
-                    uid=uid,
-                    scan_id=start.get("scan_id"),
-                    plan_name=start.get("plan_name"),
-                    time=start.get("time"),
-                    exit_status=stop.get("exit_status"),
-                    num_events=dict(stop.get("num_events") or {}),
-                )
-            )
-        return out
+        client = self._client  # metadata only: a plain stand-in serves as well
+        n = len(client)
+        return [
+            RunSummary.from_metadata(uid, run.metadata)
+            for uid, run in client.items()[max(0, n - limit) : n]
+        ]
 
     def run(self, uid_or_index: str | int):
         """One run: a uid or a unique uid prefix, a negative index (``-1`` latest) or a scan id.
+
+        A positive number is a scan id (the latest run with it), as in bluesky.
 
         Raises
         ------
@@ -526,17 +535,30 @@ class Catalog:
                 uid_or_index = int(uid_or_index)  # "-1" from a command line is an index
             except ValueError:
                 return _find_run(self.client, uid_or_index)
-        try:
-            return self.client[uid_or_index]
-        except (KeyError, IndexError):
-            raise KeyError(f"no run {uid_or_index} in the catalog") from None
+        # Done here rather than by CatalogOfBlueskyRuns, so plain clients work alike.
+        if uid_or_index < 0:
+            try:
+                return self.client.values()[uid_or_index]
+            except IndexError:
+                raise KeyError(
+                    f"no run {uid_or_index} in the catalog: it holds {len(self.client)} run(s)"
+                ) from None
+        from tiled.queries import Eq
+
+        matches = self.client.search(Eq("start.scan_id", uid_or_index)) if uid_or_index else {}
+        if not matches:
+            raise KeyError(
+                f"no run with scan id {uid_or_index} in the catalog "
+                "(a negative number counts back from the latest, -1)"
+            )
+        return matches.values().last()  # the latest run of that scan id
 
     def __getitem__(self, uid_or_index: str | int):
         """``catalog[-1]``, ``catalog["b8afe"]``: as :meth:`run`."""
         return self.run(uid_or_index)
 
     def __len__(self) -> int:
-        return len(self.client)
+        return len(self._client)
 
     def search(self, query):
         """Runs matching a tiled query (e.g. ``Key("plan_name") == "line_scan"``)."""
@@ -545,23 +567,12 @@ class Catalog:
     def describe(self, uid_or_index: str | int) -> str:
         """A human-readable account of one run: identity, outcome and streams."""
         run = self.run(uid_or_index)
-        md = run.metadata
-        start, stop = md.get("start") or {}, md.get("stop") or {}
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start.get("time", 0)))
-        lines = [
-            f"uid:         {start.get('uid')}",
-            f"scan_id:     {start.get('scan_id')}",
-            f"plan:        {start.get('plan_name')} {start.get('plan_args', '')}",
-            f"started:     {when}",
-            f"exit_status: {stop.get('exit_status', 'no stop document (running or lost)')}",
-        ]
-        if stop.get("reason"):
-            lines.append(f"reason:      {stop['reason']}")
-        counts = stop.get("num_events") or {}
-        for stream in run:
-            keys = ", ".join(run[stream].base.keys()) if hasattr(run[stream], "base") else ""
-            lines.append(f"stream {stream}: {counts.get(stream, '?')} events  [{keys}]")
-        return "\n".join(lines)
+        # A BlueskyEventStream lists its columns; its base (and a plain container) its parts.
+        streams = {
+            name: list(node.base.keys() if hasattr(node, "base") else node)
+            for name, node in ((name, run[name]) for name in run)
+        }
+        return describe_run(run.metadata, streams)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self, timeout: float | None = 30.0) -> bool:
@@ -582,8 +593,9 @@ class Catalog:
         if self._writer is not None:
             ok = self._writer.background.close(timeout)
             self._writer.journal.close()
-        with contextlib.suppress(Exception):  # the HTTP connection pool; harmless if gone
-            self.client.context.close()
+        for client in (self._client, self._stand_in):
+            with contextlib.suppress(Exception):  # the HTTP connection pool; harmless if gone
+                client.context.close()
         if self._server is not None:
             self._server.stop()
         return ok
@@ -595,8 +607,43 @@ class Catalog:
         self.close()
 
     def __repr__(self) -> str:
-        where = self._server.url if self._server else getattr(self.client, "uri", "?")
+        where = self._server.url if self._server else getattr(self._client, "uri", "?")
         return f"<Catalog {where} data_dir={self.data_dir}>"
+
+
+def _plain_structure_clients():
+    """tiled's structure clients without the ones registered for specs (bluesky's)."""
+    from tiled.client.container import DEFAULT_STRUCTURE_CLIENT_DISPATCH
+    from tiled.structures.core import StructureFamily
+    from tiled.utils import OneShotCachedMap
+
+    numpy = DEFAULT_STRUCTURE_CLIENT_DISPATCH["numpy"]
+    return OneShotCachedMap(
+        {
+            family.value: partial(numpy.__getitem__, family.value)
+            for family in StructureFamily
+            if family.value in numpy
+        }
+    )
+
+
+def _open_runs_container(url: str, api_key: str, bluesky_clients: bool = True):
+    """The client of the embedded server's ``raw`` container, creating it if absent."""
+    from tiled.client import from_uri
+    from tiled.client.utils import ClientError
+
+    structure_clients = "numpy" if bluesky_clients else _plain_structure_clients()
+    runs_url = f"{url}/api/v1/metadata/{RUNS_NODE}"
+    try:
+        return from_uri(runs_url, structure_clients, api_key=api_key)
+    except ClientError as exc:
+        if exc.response.status_code != 404:
+            raise
+    top = from_uri(url, api_key=api_key)
+    with contextlib.suppress(Exception):  # another process may create it first
+        top.create_container(RUNS_NODE, specs=["CatalogOfBlueskyRuns"])
+    top.context.close()
+    return from_uri(runs_url, structure_clients, api_key=api_key)
 
 
 def _find_run(client, uid: str):

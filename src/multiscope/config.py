@@ -31,7 +31,15 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     """
     chosen = explicit or os.environ.get(DATA_DIR_ENV) or platformdirs.user_data_dir("multiscope")
     path = Path(chosen).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        # mkdir's own words ("[Errno 17] File exists") do not say what is wrong.
+        in_the_way = next(p for p in (path, *path.parents) if p.exists() and not p.is_dir())
+        raise NotADirectoryError(
+            f"data directory {path}: {in_the_way} is a file, not a directory; "
+            "give a directory (new or existing)"
+        ) from None
     return path
 
 
@@ -40,7 +48,7 @@ def ca_server_environment(port: int) -> dict[str, str]:
 
     UDP search and TCP use the same port number; every IOC needs a unique one
     because UDP is bound with SO_REUSEPORT and two IOCs on one port silently
-    split the search traffic (PITFALLS.md).
+    split the search traffic (docs/stack-facts.md).
     """
     return {
         "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",

@@ -9,8 +9,10 @@ does. It creates, and puts into the namespace under explicit names:
 ``session``      the :class:`Session` object (``session.close()`` drains storage)
 ``bec``          bluesky's BestEffortCallback (tables; plots only with a display)
 ``bp``, ``bps``  ``bluesky.plans`` and ``bluesky.plan_stubs``
+``dry_run``      ``dry_run(plan)``: duration, frames, disk, moves, checks
 devices          one name per device of the instrument (e.g. ``m1``, ``cam``)
-plans            the instrument's plans (e.g. ``line_scan``)
+plans            the instrument's plans (e.g. ``line_scan``), checking their
+                 arguments when called (:func:`~multiscope.plans.refusals.checked_at_call`)
 ===============  ==============================================================
 
 Simulated hardware is found through the state file that ``multiscope sim start``
@@ -28,9 +30,11 @@ suspended (no beam) for ``max_suspension_s`` (default 30 min): see
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -44,6 +48,8 @@ from .config import apply_ca_client_environment, ca_client_environment
 from .config import data_dir as resolve_data_dir
 from .metadata import JSONMetadataStore
 from .plan_stubs.connection import wait_for_reconnection
+from .plans.dry_run import dry_run
+from .plans.refusals import QuietRefusals, checked_at_call
 from .suspenders import RunWatchdog, SuspendFloorOrDisconnect
 
 __all__ = ["InstrumentSpec", "INSTRUMENTS", "Session", "configure_session"]
@@ -174,6 +180,51 @@ class Session:
             f"<multiscope session: {self.instrument} ({mode}, prefix {self.prefix!r}), "
             f"data in {self.data_dir}, {len(self.devices)} devices>"
         )
+
+
+class _BuiltOnFirstUse:
+    """The instrument's live-analysis callback, built at its first use.
+
+    ``"module:function"`` is imported and called as ``function(output_dir, publish)``
+    by :meth:`build`, or at the first document or attribute asked for: its imports
+    (numba, scipy, scikit-image; ~3 s on a loaded 2-core machine) stay out of the
+    session's start-up, which warms it up on a thread once ready.
+    """
+
+    def __init__(self, target: str, output_dir: Path, publish) -> None:
+        self._target, self._output_dir, self._publish = target, output_dir, publish
+        self._callback = None
+        self._lock = threading.Lock()
+
+    def build(self):
+        """The callback, built now if it is not yet."""
+        with self._lock:
+            if self._callback is None:
+                module_name, function_name = self._target.split(":")
+                function = getattr(importlib.import_module(module_name), function_name)
+                self._callback = function(self._output_dir, self._publish)
+            return self._callback
+
+    def warm_up(self) -> None:
+        """:meth:`build`, logging a failure (the first document retries and reports it)."""
+        try:
+            self.build()
+        except Exception:  # e.g. the interpreter exiting meanwhile
+            logger.debug("live-analysis warm-up failed", exc_info=True)
+
+    def __call__(self, name: str, doc: dict):
+        return self.build()(name, doc)
+
+    def __getattr__(self, attribute: str):  # e.g. session.pipeline.callback.keep_last
+        if attribute.startswith("_"):
+            raise AttributeError(attribute)
+        return getattr(self.build(), attribute)
+
+    def __setattr__(self, attribute: str, value) -> None:
+        if attribute.startswith("_"):
+            object.__setattr__(self, attribute, value)
+        else:
+            setattr(self.build(), attribute, value)
 
 
 def _find_simulated_ioc(instrument: str, data_dir: Path):
@@ -314,6 +365,8 @@ def configure_session(
     )
     RE = RunEngine(JSONMetadataStore(root / "session" / instrument / "md.json"))
     RE.md.setdefault("instrument", instrument)
+    # A refusal is one clear exception, without bluesky's "Run aborted" traceback above it.
+    QuietRefusals.install(RE)
     # Every consumer sees each document once: a rewind re-emits saved events (replay.py).
     RE.subscribe(ReplayFilter(catalog.writer()))
     bec = None
@@ -331,9 +384,10 @@ def configure_session(
     if spec.pipeline:
         from .callbacks.background import BackgroundCallback
 
-        module_name, function_name = spec.pipeline.split(":")
-        build = getattr(importlib.import_module(module_name), function_name)
-        pipeline = BackgroundCallback(build(root / "derived" / instrument, catalog.writer()))
+        pipeline = BackgroundCallback(
+            _BuiltOnFirstUse(spec.pipeline, root / "derived" / instrument, catalog.writer()),
+            name=f"background-{instrument}-pipeline",
+        )
         RE.subscribe(ReplayFilter(pipeline))
 
     devices_module = importlib.import_module(spec.devices_module)
@@ -352,7 +406,11 @@ def configure_session(
     plans: dict[str, Any] = {}
     for module_name in spec.plan_modules:
         module = importlib.import_module(module_name)
-        plans.update({name: getattr(module, name) for name in module.__all__})
+        for name in module.__all__:
+            plan = getattr(module, name)
+            # Plans check their arguments when called (`line_scan(...)` raises), not
+            # only inside RE(...); helpers (energy_grid, tomo_schedule) stay as they are.
+            plans[name] = checked_at_call(plan) if inspect.isgeneratorfunction(plan) else plan
 
     beam_devices = []
     if suspenders and spec.beam_current:
@@ -405,6 +463,7 @@ def configure_session(
         "session": session,
         "bp": bp,
         "bps": bps,
+        "dry_run": dry_run,
         **({"bec": bec} if bec is not None else {}),
         **devices,
         **plans,
@@ -415,4 +474,11 @@ def configure_session(
     namespace.update(added)
     namespace[_MARKER] = session
     session.names = sorted(added)
+    # Import bluesky-tiled-plugins and the live analysis (~3 s each on a loaded machine)
+    # while the user types, not before the prompt.
+    catalog.warm_up()
+    if pipeline is not None:
+        threading.Thread(
+            target=pipeline.callback.warm_up, name="pipeline-warm-up", daemon=True
+        ).start()
     return session

@@ -25,7 +25,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,6 +42,7 @@ __all__ = [
     "free_port",
     "link_args",
     "names",
+    "pid_exists",
     "port_is_free",
     "is_alive",
     "start",
@@ -70,6 +71,11 @@ READY_PVS: dict[str, str] = {
 REQUIRES: dict[str, tuple[str, ...]] = {"txm": ("ring",)}
 
 STOP_GRACE_S = 3.0
+# An IOC serves once it is ready; a live process is waited for this long. A cold numba
+# cache on a loaded 2-core machine took longer than the 10 s this used to be (issue 9).
+READY_TIMEOUT_S = 600.0
+# After this long, `wait_until_ready` explains the wait (once).
+SLOW_START_S = 5.0
 
 
 class IOCNotReadyError(RuntimeError):
@@ -236,32 +242,70 @@ def _ca_get(pv: str, port: int, timeout: float) -> bool:
         return False
 
 
-def wait_until_ready(ioc: IOCProcess, timeout: float = 10.0) -> float:
+def wait_until_ready(
+    ioc: IOCProcess,
+    timeout: float = READY_TIMEOUT_S,
+    progress: Callable[[str], object] | None = None,
+) -> float:
     """Block until the IOC's TCP port accepts and one CA read succeeds.
 
-    Returns the seconds waited. Raises :class:`IOCNotReadyError` with the log tail if
-    the process exits or ``timeout`` passes.
+    An IOC serves only once it is ready to render (the TXM first warms its numba
+    kernels, compiling them on a fresh install: tens of seconds, minutes under load),
+    so the wait is for that signal while the process lives, up to the generous
+    ``timeout``; a process that exits ends it at once.
+
+    Parameters
+    ----------
+    ioc : IOCProcess
+    timeout : float
+        Seconds to wait for a live process.
+    progress : callable, optional
+        Called once with a line of explanation when the wait passes
+        :data:`SLOW_START_S` (``multiscope sim start`` prints it).
+
+    Returns
+    -------
+    float
+        The seconds waited.
+
+    Raises
+    ------
+    IOCNotReadyError
+        With the log tail, if the process exits or ``timeout`` passes; the message
+        says what to do.
     """
     t0 = time.monotonic()
     deadline = t0 + timeout
+    told = False
     while time.monotonic() < deadline:
-        if not _pid_exists(ioc.pid):
+        if not pid_exists(ioc.pid):
             raise IOCNotReadyError(
-                f"IOC {ioc.name} (pid {ioc.pid}) exited during startup:\n{_log_tail(ioc.log_path)}"
+                f"IOC {ioc.name} (pid {ioc.pid}) exited during startup; its log "
+                f"{ioc.log_path} ends:\n{_log_tail(ioc.log_path)}"
             )
         if _port_accepts(ioc.port) and (
             not READY_PVS.get(ioc.name) or _ca_get(ioc.ready_pv, ioc.port, timeout=1.0)
         ):
             return time.monotonic() - t0
-        time.sleep(0.02)
+        if progress is not None and not told and time.monotonic() - t0 > SLOW_START_S:
+            told = True
+            progress(
+                f"{ioc.name}: still starting (pid {ioc.pid}); a first start compiles the "
+                f"simulator's numba kernels, which takes minutes on a busy machine; "
+                f"waiting up to {timeout:.0f} s"
+            )
+        time.sleep(0.05)
     raise IOCNotReadyError(
-        f"IOC {ioc.name} (pid {ioc.pid}, port {ioc.port}) not ready after {timeout} s:\n"
-        f"{_log_tail(ioc.log_path)}"
+        f"IOC {ioc.name} (pid {ioc.pid}, port {ioc.port}) still not serving after "
+        f"{timeout:.0f} s, though its process runs. A first start compiles its numba "
+        "kernels (cached afterwards), slow on a busy machine: check `multiscope sim status` "
+        f"in a while, or `multiscope sim stop {ioc.name}` and start it again when the "
+        f"machine is quieter. Its log {ioc.log_path} ends:\n{_log_tail(ioc.log_path)}"
     )
 
 
-def _pid_exists(pid: int) -> bool:
-    # A zombie child still "exists" for kill(0); reap it if it is ours.
+def pid_exists(pid: int) -> bool:
+    """True if process ``pid`` runs (a zombie child of ours is reaped and counts as gone)."""
     try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
@@ -286,7 +330,7 @@ def _cmdline(pid: int) -> list[str]:
 
 def is_alive(ioc: IOCProcess) -> bool:
     """True if ``ioc.pid`` runs and is this IOC (module and port in its command line)."""
-    if not _pid_exists(ioc.pid):
+    if not pid_exists(ioc.pid):
         return False
     cmd = _cmdline(ioc.pid)
     if not cmd:  # no /proc (not Linux): trust the PID
@@ -309,7 +353,7 @@ def stop_ioc(pid: int, grace: float = STOP_GRACE_S) -> bool:
             return True
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            if not _pid_exists(pid):
+            if not pid_exists(pid):
                 return True
             time.sleep(0.02)
     return False
@@ -346,11 +390,13 @@ def start(
     *,
     ports: dict[str, int] | None = None,
     prefixes: dict[str, str] | None = None,
-    timeout: float = 10.0,
+    timeout: float = READY_TIMEOUT_S,
+    progress: Callable[[str], object] | None = None,
 ) -> dict[str, IOCProcess]:
     """Start the named IOCs, and those they require, unless already alive; wait until ready.
 
-    Returns every requested or required IOC (already running or new).
+    ``timeout`` and ``progress`` are those of :func:`wait_until_ready`. Returns every
+    requested or required IOC (already running or new).
     """
     ports = {**DEFAULT_PORTS, **(ports or {})}
     prefixes = {**DEFAULT_PREFIXES, **(prefixes or {})}
@@ -382,7 +428,7 @@ def start(
         result[name] = ioc
     _save(data_dir, recorded)
     for ioc in result.values():
-        wait_until_ready(ioc, timeout)
+        wait_until_ready(ioc, timeout, progress)
     return result
 
 

@@ -1,7 +1,7 @@
 """Suspenders that also trip when their signal disconnects, and a watchdog that bounds a run.
 
 bluesky's threshold suspenders only react to value changes, so a beam-current
-IOC that dies never trips them (RELIABILITY.md row 5). Here a lost connection
+IOC that dies never trips them (docs/stack-facts.md, fault row 5). Here a lost connection
 counts as "below the floor" until the signal reconnects with a good value.
 
 A suspension waits for the beam however long it takes, and a plan waiting on a

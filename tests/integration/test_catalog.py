@@ -1,6 +1,6 @@
 """The embedded catalog under a real RunEngine: frames, second process, kill, outage.
 
-Fault tests follow shared/RELIABILITY.md rows 7 and 8: inject X during Y, expect Z.
+Fault tests follow docs/stack-facts.md, fault rows 7 and 8: inject X during Y, expect Z.
 """
 
 from __future__ import annotations
@@ -224,13 +224,11 @@ def test_killed_process_is_recovered_from_journal(catalog, data_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    # The orphaned tiled server follows its parent (PR_SET_PDEATHSIG).
-    deadline = time.monotonic() + 10
-    while _pid_alive(server_pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _pid_alive(server_pid):
-        os.kill(server_pid, signal.SIGKILL)
-        pytest.fail("embedded server outlived the killed acquisition process")
+    # The killed process used this data directory's shared server (decision 0015),
+    # which keeps serving the others: the recovery below goes through it. (A server
+    # left without users stops itself: test_catalog_server.py.)
+    assert server_pid == catalog._server.pid
+    assert _pid_alive(server_pid)
 
     (journal,) = list((data_dir / "journal").glob("*.jsonl"))
     in_journal = journal.read_bytes().count(b'"name": "event"')

@@ -50,8 +50,10 @@ def test_session_keeps_the_catalog_key_out_of_logs_and_readable_files(demo_ioc, 
     names = {path.name for path in files}
     assert {"server.log", "catalog.db", f"{uid}.jsonl"} <= names, names
     assert any(path.suffix == ".h5" for path in files)
+    # Only the shared server's record holds it, readable by its owner alone (0015).
     holding_key = [path for path in files if key.encode() in path.read_bytes()]
-    assert holding_key == []
+    assert holding_key == [tmp_path / "catalog" / "server.json"]
+    assert stat.S_IMODE(holding_key[0].stat().st_mode) == 0o600
     server_log = tmp_path / "catalog" / "server.log"
     assert "GET /api/v1/metadata/" in server_log.read_text()  # it does log requests
     assert stat.S_IMODE(server_log.stat().st_mode) == 0o600

@@ -3,7 +3,7 @@
 A separately started `tiled serve catalog` with an API key; the container of
 runs created as documented; a session writes to it with `Catalog.remote`; the
 CLI lists it with `--catalog URL` and the key from the environment; a client
-without the key is refused (RELIABILITY.md row 11).
+without the key is refused (docs/stack-facts.md, fault row 11).
 """
 
 import os

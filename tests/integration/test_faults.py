@@ -1,4 +1,4 @@
-"""Fault injection over real Channel Access (RELIABILITY.md rows 1, 3, 5, 6).
+"""Fault injection over real Channel Access (docs/stack-facts.md, fault rows 1, 3, 5, 6).
 
 Each test: inject X during Y, expect Z, measure N. The TXM tests run the TXM and
 the storage ring as separate IOCs (decision 0009), so a dead TXM IOC and a beam
@@ -81,7 +81,8 @@ def test_ioc_killed_mid_move_fails_run_quickly_with_events_kept(fresh_demo_ioc, 
     assert "t" in killed, "the IOC was not killed during a move"
     elapsed = ended - killed["t"]
     print(f"kill-to-fail: {elapsed:.2f} s ({excinfo.value!r})")
-    # RELIABILITY.md row 1: the error names the device; it arrives within its move timeout + 2 s.
+    # docs/stack-facts.md, fault row 1: the error names the device; it arrives within its
+    # move timeout + 2 s.
     assert "m1" in repr(excinfo.value)
     assert elapsed < move_budget + 2.0
     assert elapsed < 10.0  # the issue's bound

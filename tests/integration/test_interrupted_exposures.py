@@ -1,4 +1,4 @@
-"""Interruptions inside an exposure corrupt nothing (issue 8, RELIABILITY.md row 4).
+"""Interruptions inside an exposure corrupt nothing (issue 8, docs/stack-facts.md fault row 4).
 
 Over Channel Access on the simulated TXM (binning 4, 64 x 64) and its ring IOC.
 Inject a pause (Ctrl-C twice: ``request_pause``) or a beam dump (the ring IOC's

@@ -1,4 +1,4 @@
-"""Pause, then stop / abort / halt; and a plan that raises (RELIABILITY.md row 6).
+"""Pause, then stop / abort / halt; and a plan that raises (docs/stack-facts.md, fault row 6).
 
 Inject the interruption during a step scan over CA; expect the documented exit
 status, exactly one stop document, the RunEngine idle within 1 s, and the run

@@ -80,3 +80,33 @@ def test_out_of_limits_scan_refused_without_motion_or_run(session):
     assert m1.position == pytest.approx(0.5, abs=1e-3)
     session.catalog.drain(10)
     assert len(session.catalog.runs(limit=1000)) == runs_before
+
+
+def test_the_tours_refusal_comes_at_the_call_without_a_traceback_log(session, caplog):
+    """README: `line_scan([cam], m1, 0, 50, 5)  # PlanArgumentError: outside its limits`."""
+    session, namespace = session
+    m1, cam = namespace["m1"], namespace["cam"]
+    m1.set(0.5).wait(5)
+    with pytest.raises(PlanArgumentError, match="outside its limits"):
+        namespace["line_scan"]([cam], m1, 0, 50, 5)  # the plan is built, not run
+    # Inside RE(...) too, and bluesky's "Run aborted" traceback is not logged above it.
+    with caplog.at_level("DEBUG", logger="bluesky"), pytest.raises(PlanArgumentError):
+        session.RE(line_scan([cam], m1, 0, 50, 5))
+    assert [r for r in caplog.records if r.getMessage() == "Run aborted"] == []
+    assert m1.position == pytest.approx(0.5, abs=1e-3)
+    # Its dry run over CA: the camera's frames and m1's moves, nothing moved or stored.
+    runs_before = len(session.catalog.runs(limit=1000))
+    summary = namespace["dry_run"](namespace["line_scan"]([cam], m1, 0, 0.2, 3))
+    assert summary.plan_names == ["line_scan"] and summary.frames == {"cam": 3}
+    ny, nx = (
+        int(s.get()) for s in (cam.cam.array_size.array_size_y, cam.cam.array_size.array_size_x)
+    )
+    assert summary.frame_bytes["cam"] == ny * nx * 2 > 0
+    assert summary.moves["m1"].count == 3 and summary.limit_problems == []
+    assert summary.estimated_duration_s > 0
+    assert m1.position == pytest.approx(0.5, abs=1e-3)
+    assert len(session.catalog.runs(limit=1000)) == runs_before
+    # A valid call still runs to the end through the checked plan.
+    (uid,) = session.RE(namespace["line_scan"]([namespace["beam_current"]], m1, 0, 0.2, 3))
+    assert session.catalog.drain(60)
+    assert session.catalog.run(uid).metadata["stop"]["num_events"] == {"primary": 3}

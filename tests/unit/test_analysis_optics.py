@@ -1,4 +1,4 @@
-"""Zone-plate optics against hand calculations and the numbers in DOMAIN.md."""
+"""Zone-plate optics against hand calculations and the numbers in docs/stack-facts.md."""
 
 import doctest
 
@@ -38,7 +38,7 @@ def test_lens_equation_and_magnification():
 
 
 def test_depth_of_focus_matches_domain_example():
-    # DOMAIN.md: 30 nm resolution at 8 keV gives a depth of focus of ~23 um.
+    # docs/stack-facts.md: 30 nm resolution at 8 keV gives a depth of focus of ~23 um.
     assert depth_of_focus_um(30, 8.0) == pytest.approx(23, abs=0.5)
 
 

@@ -1,4 +1,4 @@
-"""Plans refuse bad arguments before emitting any message (RELIABILITY.md row 10)."""
+"""Plans refuse bad arguments before emitting any message (docs/stack-facts.md, fault row 10)."""
 
 import math
 import time

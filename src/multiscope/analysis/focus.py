@@ -4,7 +4,7 @@ A calibration scans the zone plate along the beam and records one frame per
 position; a sharpness metric turns each frame into a number, and the focus is
 the peak of that curve, located to a fraction of the scan step by a
 least-squares parabola through the points around the best one (the most
-accurate of the fast peak fits, shared/PITFALLS.md). Pure numpy: frames from
+accurate of the fast peak fits, docs/stack-facts.md). Pure numpy: frames from
 anywhere (a live plan, a catalog replay) give the same answer.
 
 Two metrics, both independent of the illumination's absolute scale only where

@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.interpolate import make_interp_spline
 
 __all__ = [
     "HC_KEV_NM",
@@ -76,7 +75,10 @@ def lens_distances_mm(focal_length, magnification):
 
 
 def depth_of_focus_um(resolution_nm, energy_keV):
-    """Depth of focus ``4 dr^2 / lambda`` (um); 30 nm at 8 keV gives ~23 um (DOMAIN.md)."""
+    """Depth of focus ``4 dr^2 / lambda`` (um); 30 nm at 8 keV gives ~23 um.
+
+    (The example of docs/stack-facts.md, domain numbers.)
+    """
     return 4.0 * resolution_nm**2 / wavelength_nm(energy_keV) * 1e-3
 
 
@@ -115,6 +117,9 @@ class FocusCalibration:
                 )
         self._splines = {}
         if energies.size >= 2:
+            # Imported here: scipy.interpolate costs ~1 s at a session's start-up (issue 9).
+            from scipy.interpolate import make_interp_spline
+
             order = min(3, energies.size - 1)  # cubic once there are four energies
             self._splines = {
                 axis: make_interp_spline(energies, np.asarray(values, float), k=order)

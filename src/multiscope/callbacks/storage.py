@@ -28,14 +28,13 @@ import json
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 __all__ = [
     "COMMITTED_SUBDIR",
@@ -55,9 +54,12 @@ COMMITTED_SUBDIR = "committed"
 
 def _json_default(obj: Any) -> Any:
     """Convert numpy values (and a few other types RunEngines emit) for ``json.dumps``."""
-    if isinstance(obj, np.ndarray):
+    # numpy only if loaded (a numpy value implies it is): `multiscope catalog` commands
+    # import this module and should not pay numpy's import.
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(obj, np.ndarray):
         return obj.tolist()
-    if isinstance(obj, np.generic):
+    if np is not None and isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, bytes):
         return obj.decode("utf-8", errors="replace")

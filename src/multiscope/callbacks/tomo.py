@@ -700,6 +700,8 @@ def _n_events(datum: dict) -> int:
 def write_volume(path, volume, attrs: dict, **extra) -> None:
     """Write ``volume`` (z, y, x) to ``path`` at ``/entry/data/data`` as ``(1, z, y, x)`` float32.
 
+    Compressed losslessly (shuffle + gzip), one chunk per slice.
+
     The file is written under a temporary name and renamed, so a reader never
     sees a partial file. ``attrs`` go on the dataset; each ``extra`` array goes
     to ``/entry/reconstruction/<name>``.
@@ -714,6 +716,11 @@ def write_volume(path, volume, attrs: dict, **extra) -> None:
             VOLUME_DATASET,
             data=np.asarray(volume, np.float32)[None],
             chunks=(1, 1, y, x),  # one slice per chunk: slice views read little
+            # Lossless, so every score read back is unchanged: byte shuffle + gzip 1 took
+            # a demo volume to 0.85 of its size at ~10 ms per 256 x 256 slice (issue 9).
+            shuffle=True,
+            compression="gzip",
+            compression_opts=1,
         )
         for key, value in attrs.items():
             ds.attrs[key] = value

@@ -73,12 +73,12 @@ def txm_ioc(ioc_args: list[str], data_dir: Path, port: int | None, prefix_stem: 
     ]  # fmt: skip
     ring = processes[0]
     try:
-        simctl.wait_until_ready(ring, timeout=30.0)
+        simctl.wait_until_ready(ring)
         processes.append(
             simctl.start_ioc("txm", prefix=prefix, port=port, log_dir=log_dir,
                              extra_args=[*ioc_args, *simctl.link_args("txm", {"ring": ring})])
         )  # fmt: skip
-        simctl.wait_until_ready(processes[-1], timeout=60.0)  # builds the phantom first (~2 s)
+        simctl.wait_until_ready(processes[-1])  # warms its kernels first
     except Exception:
         for process in processes:
             simctl.stop_ioc(process.pid)

@@ -28,7 +28,7 @@ replay it; the camera keeps the file and the events one-to-one through them
 
 The frames' data key ``<name>_image`` is described with
 ``external="STREAM:"`` and shape ``[num_images, ny, nx]`` (``[ny, nx]`` fails
-to read back; shared/PITFALLS.md). Per-frame attributes the IOC records (e.g. a
+to read back; docs/stack-facts.md). Per-frame attributes the IOC records (e.g. a
 rotation angle at exposure) are in the same file under
 ``/entry/instrument/NDAttributes/<name>``; :meth:`StreamingCamera.attribute_path`
 names them for analysis.

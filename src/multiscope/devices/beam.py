@@ -13,7 +13,7 @@ class BeamCurrent(Device):
 
     ``current`` is the signal to watch with a suspender (``SuspendFloor``).
     Suspenders only see value changes, so a disconnect must be treated as a
-    trip by the caller (shared/PITFALLS.md).
+    trip by the caller (docs/stack-facts.md).
     """
 
     # readbacks

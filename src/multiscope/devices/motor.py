@@ -1,7 +1,7 @@
 """Motor axis: ophyd's ``EpicsMotor`` with a finite move timeout and named limit errors.
 
 Bare ``EpicsMotor`` moves have no timeout, so a dead IOC hangs a run
-(shared/RELIABILITY.md row 1). :class:`Motor` gives every move a timeout of
+(docs/stack-facts.md, fault row 1). :class:`Motor` gives every move a timeout of
 ``distance / VELO + 2 * ACCL + margin`` seconds, and refuses targets outside the
 soft limits before anything moves, naming the axis.
 """

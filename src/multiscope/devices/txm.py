@@ -107,7 +107,7 @@ def _mode(objective: str, nominal_pixel_nm: float) -> dict:
     }
 
 
-#: Field-of-view modes of the 1024 px camera at X-ray magnification 50 (DOMAIN.md).
+#: Field-of-view modes of the 1024 px camera at X-ray magnification 50 (docs/stack-facts.md).
 FIELD_OF_VIEW_MODES: dict[str, dict] = {
     "large": _mode("2x", 65.0),  # ~66 um field
     "high_resolution": _mode("8x", 16.0),  # ~17 um field

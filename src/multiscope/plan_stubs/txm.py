@@ -1,7 +1,7 @@
 """TXM verbs: one action each, never opening a run (compose them inside plans).
 
 Every stub checks its arguments when the generator starts, before its first
-message, so a bad argument raises before anything moves (RELIABILITY.md row 10);
+message, so a bad argument raises before anything moves (docs/stack-facts.md, fault row 10);
 errors name the parameter. Every move has a finite timeout.
 
 Examples

@@ -1,7 +1,7 @@
 """Argument checks every plan runs before it emits a single message.
 
 A plan calls these at the top of its generator, so a bad argument raises before
-the RunEngine opens a run or moves anything (RELIABILITY.md row 10). Errors
+the RunEngine opens a run or moves anything (docs/stack-facts.md, fault row 10). Errors
 name the parameter and say what would have been acceptable.
 
 The checks, in the order a plan makes them:

@@ -34,7 +34,7 @@ __all__ = ["line_scan", "count_frames", "estimate_exposure"]
 logger = logging.getLogger(__name__)
 
 # Per-point cost of a step scan over Channel Access beyond motion and exposure
-# (measured ~7 ms per event on 2 cores, PITFALLS.md speed facts); rounded up.
+# (measured ~7 ms per event on 2 cores, docs/stack-facts.md, speed facts); rounded up.
 _POINT_OVERHEAD_S = 0.01
 
 

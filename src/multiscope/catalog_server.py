@@ -1,0 +1,500 @@
+"""One embedded tiled server per data directory, shared by every process that uses it.
+
+Starting ``tiled serve catalog`` costs 8-12 s on a loaded 2-core machine (importing
+tiled's server), which every session and every ``multiscope catalog`` command used
+to pay for its own server. Now the first user starts one server for the data
+directory and the later ones find it (decision 0015)::
+
+    <data_dir>/catalog/
+        server.json     url, pid, api_key, started: mode 0600 (it holds the key)
+        server.lock     held (flock) while a server starts or decides to stop
+        server.lease    every process using the server holds a shared flock on it
+        server.log      the server's log (mode 0600; never holds the key)
+
+Protocol, all by ``flock`` (the kernel releases a killed process's locks):
+
+- **Start.** A user takes ``server.lock``. A healthy server recorded in
+  ``server.json`` (its PID alive, its command line this module's for this data
+  directory, ``/healthz`` answering) is used. Otherwise the stale file is
+  removed and a server is spawned in its own session, *inheriting the lock*: it
+  writes ``server.json`` once healthy and only then lets the lock go, so
+  concurrent first users wait on the lock and then all find the one server.
+  A server that dies during start-up releases the lock too; the waiter then
+  starts another (three attempts) or reports the log.
+- **Use.** While holding ``server.lock`` the user takes a shared lock on
+  ``server.lease`` and keeps it until :meth:`Lease.release` (or its death).
+- **Idle stop.** The server checks every few seconds whether anyone holds
+  the lease; after ``MULTISCOPE_CATALOG_IDLE_S`` seconds (default 600) with no
+  holder, it takes ``server.lock``, checks again, removes ``server.json`` and
+  stops. A user taking the lease holds the same lock, so neither misses the other.
+- **Explicit stop.** :func:`stop` (``multiscope sim stop``) stops an idle server.
+
+Only the standard library and :mod:`multiscope.simctl` (itself stdlib-only) are
+imported here, so any layer may use it; tiled is imported only by the server
+process itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import http.client
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from multiscope.simctl import pid_exists
+
+__all__ = [
+    "IDLE_ENV",
+    "DEFAULT_IDLE_S",
+    "Lease",
+    "ServerInfo",
+    "acquire",
+    "idle_seconds",
+    "running",
+    "start_in_background",
+    "state_path",
+    "stop",
+]
+
+IDLE_ENV = "MULTISCOPE_CATALOG_IDLE_S"
+DEFAULT_IDLE_S = 600.0
+START_TIMEOUT_S = 90.0
+START_ATTEMPTS = 3
+STATE_NAME = "server.json"
+LOCK_NAME = "server.lock"
+LEASE_NAME = "server.lease"
+LOG_NAME = "server.log"
+_CHILD_API_KEY_ENV = "MULTISCOPE_EMBEDDED_TILED_API_KEY"
+_MODULE = "multiscope.catalog_server"
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What ``server.json`` records about the running server."""
+
+    url: str
+    pid: int
+    api_key: str
+    started: float
+
+    def __repr__(self) -> str:  # never print the key
+        return f"ServerInfo(url={self.url!r}, pid={self.pid}, started={self.started})"
+
+
+def state_path(data_dir: str | os.PathLike) -> Path:
+    """``<data_dir>/catalog/server.json``."""
+    return Path(data_dir) / "catalog" / STATE_NAME
+
+
+def _read_state(catalog_dir: Path) -> ServerInfo | None:
+    try:
+        return ServerInfo(**json.loads((catalog_dir / STATE_NAME).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write_state(catalog_dir: Path, info: ServerInfo) -> None:
+    """Write ``server.json`` atomically, owner-only from its creation (it holds the key)."""
+    tmp = catalog_dir / f".{STATE_NAME}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, json.dumps(asdict(info)).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, catalog_dir / STATE_NAME)
+
+
+def _remove_state(catalog_dir: Path, pid: int | None = None) -> None:
+    """Remove ``server.json`` (only if it names ``pid``, when given)."""
+    if pid is not None:
+        info = _read_state(catalog_dir)
+        if info is None or info.pid != pid:
+            return
+    with contextlib.suppress(FileNotFoundError):
+        (catalog_dir / STATE_NAME).unlink()
+
+
+def _open_lock_file(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+
+def _lock(fd: int, deadline: float, mode: int = fcntl.LOCK_EX) -> bool:
+    """Take ``mode`` on ``fd`` before ``deadline`` (monotonic); False if it could not."""
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+
+
+def _lease_is_free(catalog_dir: Path) -> bool:
+    """True when no process holds the lease (a shared lock on ``server.lease``)."""
+    fd = _open_lock_file(catalog_dir / LEASE_NAME)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _is_our_server(info: ServerInfo, catalog_dir: Path) -> bool:
+    """The recorded PID runs, and is this module serving this data directory (PIDs get reused)."""
+    if not pid_exists(info.pid):
+        return False
+    try:
+        cmd = Path(f"/proc/{info.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc (not Linux): trust the live PID
+    return _MODULE.encode() in cmd and str(catalog_dir.parent).encode() in cmd
+
+
+def _healthy(url: str, timeout: float = 2.0) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        connection.request("GET", "/healthz")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _terminate(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM ``pid``, SIGKILL it after ``grace`` s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not pid_exists(pid):
+                return
+            time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------- user side
+class Lease:
+    """The right to use the shared server, held until :meth:`release` (or death).
+
+    Attributes
+    ----------
+    url, api_key, pid
+        Of the server (``pid`` is the server's process, not ours).
+    started_here : bool
+        True if this process started the server (False: found it running).
+    """
+
+    def __init__(self, info: ServerInfo, lease_fd: int, catalog_dir: Path, started_here: bool):
+        self.url = info.url
+        self.api_key = info.api_key
+        self.pid = info.pid
+        self.started_here = started_here
+        self._catalog_dir = catalog_dir
+        self._fd: int | None = lease_fd
+
+    def release(self) -> None:
+        """Stop using the server (idempotent); it stops itself once nobody uses it."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        # The server counts its idle time from the last release (its mtime).
+        with contextlib.suppress(OSError):
+            os.utime(self._catalog_dir / LEASE_NAME)
+        os.close(fd)  # drops the shared lock
+
+    stop = release  # the name Catalog.close uses for every server kind
+
+    def __repr__(self) -> str:
+        return f"<catalog server lease {self.url} pid {self.pid}>"
+
+
+def _spawn(root: Path, lock_fd: int) -> subprocess.Popen:
+    """Start a server that inherits ``lock_fd`` (and so the start lock) until it is healthy."""
+    catalog_dir = root / "catalog"
+    cmd = [sys.executable, "-m", _MODULE, str(root), "--port", str(_free_port())]
+    cmd += ["--lock-fd", str(lock_fd)]
+    # The key goes by environment, not argv, so `ps` does not show it.
+    env = dict(os.environ, **{_CHILD_API_KEY_ENV: secrets.token_hex(32)})
+    # The server reads HDF5 files that detectors may still be writing.
+    env.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+    # Owner-only: the log names every request.
+    log = os.open(catalog_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.fchmod(log, 0o600)  # a log created before by a looser version
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(lock_fd,),
+            start_new_session=True,  # shared: a Ctrl-C in the starting terminal leaves it
+        )
+    finally:
+        os.close(log)
+
+
+def acquire(data_dir: str | os.PathLike, *, timeout: float = START_TIMEOUT_S) -> Lease:
+    """Use the data directory's running catalog server, starting one if there is none.
+
+    Parameters
+    ----------
+    data_dir : path-like
+        The data directory (its ``catalog/`` holds the SQLite files and the state).
+    timeout : float
+        Seconds to wait for a server another process is starting, or for ours.
+
+    Returns
+    -------
+    Lease
+        URL and key of the server; release it when done.
+
+    Raises
+    ------
+    RuntimeError
+        If no server could be started (the message carries the log's tail).
+    """
+    root = Path(data_dir).expanduser().resolve()
+    catalog_dir = root / "catalog"
+    for sub in (catalog_dir / "data", root / "assets", root / "derived"):
+        sub.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    spawned: subprocess.Popen | None = None
+    for _attempt in range(START_ATTEMPTS + 1):
+        lock_fd = _open_lock_file(catalog_dir / LOCK_NAME)
+        try:
+            if not _lock(lock_fd, deadline):
+                if spawned is not None:
+                    _terminate(spawned.pid)
+                raise RuntimeError(
+                    f"the catalog server did not start within {timeout:.0f} s; see "
+                    f"{catalog_dir / LOG_NAME}:\n{_log_tail(catalog_dir / LOG_NAME)}"
+                )
+            info = _read_state(catalog_dir)
+            if info is not None and _is_our_server(info, catalog_dir) and _healthy(info.url):
+                lease_fd = _open_lock_file(catalog_dir / LEASE_NAME)
+                fcntl.flock(lease_fd, fcntl.LOCK_SH)  # the server's own check is brief
+                started_here = spawned is not None and spawned.pid == info.pid
+                return Lease(info, lease_fd, catalog_dir, started_here)
+            if info is not None:
+                if _is_our_server(info, catalog_dir):  # alive but not answering: hung
+                    _terminate(info.pid)
+                _remove_state(catalog_dir)
+            if _attempt == START_ATTEMPTS:
+                break
+            spawned = _spawn(root, lock_fd)
+        finally:
+            os.close(lock_fd)  # a spawned server keeps the lock through its own copy
+    raise RuntimeError(
+        f"could not start the embedded tiled server; see {catalog_dir / LOG_NAME}:\n"
+        f"{_log_tail(catalog_dir / LOG_NAME)}"
+    )
+
+
+def start_in_background(data_dir: str | os.PathLike) -> tuple[str, int | None]:
+    """Start the data directory's catalog server if none runs, without waiting for it.
+
+    ``multiscope sim start`` calls it, so the server is up by the time a session or a
+    catalog command wants it.
+
+    Returns
+    -------
+    (str, int or None)
+        ``("already running", pid)``, ``("starting", pid)`` (ours, or another
+        process's start in progress: pid None).
+    """
+    root = Path(data_dir).expanduser().resolve()
+    catalog_dir = root / "catalog"
+    for sub in (catalog_dir / "data", root / "assets", root / "derived"):
+        sub.mkdir(parents=True, exist_ok=True)
+    lock_fd = _open_lock_file(catalog_dir / LOCK_NAME)
+    try:
+        if not _lock(lock_fd, time.monotonic()):
+            return "starting", None
+        info = _read_state(catalog_dir)
+        if info is not None and _is_our_server(info, catalog_dir) and _healthy(info.url):
+            return "already running", info.pid
+        if info is not None:
+            if _is_our_server(info, catalog_dir):
+                _terminate(info.pid)
+            _remove_state(catalog_dir)
+        return "starting", _spawn(root, lock_fd).pid
+    finally:
+        os.close(lock_fd)  # the spawned server holds the lock until it is healthy
+
+
+def running(data_dir: str | os.PathLike) -> ServerInfo | None:
+    """The data directory's catalog server if one runs and answers, else None."""
+    catalog_dir = Path(data_dir).expanduser().resolve() / "catalog"
+    info = _read_state(catalog_dir)
+    if info is not None and _is_our_server(info, catalog_dir) and _healthy(info.url):
+        return info
+    return None
+
+
+def stop(data_dir: str | os.PathLike, *, timeout: float = START_TIMEOUT_S) -> str:
+    """Stop the data directory's catalog server unless a process still uses it.
+
+    A server still starting is waited for (up to ``timeout`` s), then stopped.
+
+    Returns
+    -------
+    str
+        ``"stopped"``, ``"in use"`` (left running; it stops itself once idle),
+        ``"starting"`` (still starting after ``timeout``) or ``"not running"``.
+    """
+    catalog_dir = Path(data_dir).expanduser().resolve() / "catalog"
+    if not (catalog_dir / LOCK_NAME).exists():
+        return "not running"
+    lock_fd = _open_lock_file(catalog_dir / LOCK_NAME)
+    try:
+        if not _lock(lock_fd, time.monotonic() + timeout):
+            return "starting"
+        info = _read_state(catalog_dir)
+        if info is None or not _is_our_server(info, catalog_dir):
+            _remove_state(catalog_dir)
+            return "not running"
+        if not _lease_is_free(catalog_dir):
+            return "in use"
+        _remove_state(catalog_dir)
+        _terminate(info.pid)
+        return "stopped"
+    finally:
+        os.close(lock_fd)
+
+
+# ---------------------------------------------------------------------------- server side
+def idle_seconds() -> float:
+    """How long the server runs without users: ``$MULTISCOPE_CATALOG_IDLE_S`` or 600 s."""
+    try:
+        return max(1.0, float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S)))
+    except ValueError:
+        return DEFAULT_IDLE_S
+
+
+def _announce_when_healthy(catalog_dir: Path, info: ServerInfo, lock_fd: int) -> None:
+    """Write ``server.json`` once the server answers, then let the start lock go."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if _healthy(info.url, timeout=1.0):
+            _write_state(catalog_dir, info)
+            break
+        time.sleep(0.05)
+    os.close(lock_fd)  # without server.json the waiter starts another (or reports)
+
+
+def _stop_when_idle(catalog_dir: Path, idle_s: float) -> None:
+    """Stop this server after ``idle_s`` s in which no process held the lease.
+
+    Also once its data directory is gone (deleted under it): nothing is left to serve.
+    """
+    poll = min(5.0, idle_s / 4)
+    with contextlib.suppress(OSError):  # the idle time counts from the server's start
+        os.close(_open_lock_file(catalog_dir / LEASE_NAME))
+        os.utime(catalog_dir / LEASE_NAME)
+    while catalog_dir.is_dir():
+        time.sleep(poll)
+        try:
+            if _idle_for(catalog_dir, idle_s, poll):
+                break
+        except OSError:  # the directory vanished between the check and the files
+            continue
+    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful shutdown
+
+
+def _idle_for(catalog_dir: Path, idle_s: float, poll: float) -> bool:
+    """True (and ``server.json`` removed) once nobody used the server for ``idle_s`` s."""
+    if not _lease_is_free(catalog_dir):
+        os.utime(catalog_dir / LEASE_NAME)  # busy now: the idle time counts from here
+        return False
+    if time.time() - (catalog_dir / LEASE_NAME).stat().st_mtime < idle_s:
+        return False  # released (the mtime) less than idle_s ago
+    lock_fd = _open_lock_file(catalog_dir / LOCK_NAME)
+    try:
+        if not _lock(lock_fd, time.monotonic() + poll) or not _lease_is_free(catalog_dir):
+            return False  # someone is starting to use it
+        _remove_state(catalog_dir, pid=os.getpid())
+        return True
+    finally:
+        os.close(lock_fd)
+
+
+def _serve(argv: list[str]) -> None:  # pragma: no cover - runs in the server process
+    """``python -m multiscope.catalog_server ROOT --port N --lock-fd K``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m {_MODULE}")
+    parser.add_argument("root")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--lock-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    catalog_dir = root / "catalog"
+    key = os.environ.pop(_CHILD_API_KEY_ENV)
+    url = f"http://127.0.0.1:{args.port}"
+    info = ServerInfo(url=url, pid=os.getpid(), api_key=key, started=time.time())
+    db = catalog_dir / "catalog.db"
+    tiled_args = [str(db), "-w", str(catalog_dir / "data")]
+    tiled_args += ["-w", f"sqlite:///{catalog_dir / 'tables.sqlite'}"]
+    tiled_args += ["-r", str(root / "assets"), "-r", str(root / "derived")]
+    tiled_args += ["--host", "127.0.0.1", "--port", str(args.port)]
+    if not db.exists():  # `--init` costs a ~3 s subprocess even when the catalog exists
+        tiled_args.append("--init")
+    threading.Thread(
+        target=_announce_when_healthy, args=(catalog_dir, info, args.lock_fd), daemon=True
+    ).start()
+    threading.Thread(
+        target=_stop_when_idle, args=(catalog_dir, idle_seconds()), daemon=True
+    ).start()
+    from tiled.commandline.main import main
+
+    try:
+        # The key among tiled's *in-process* arguments: on the real command line `ps`
+        # would show it, and taken from TILED_SINGLE_USER_API_KEY tiled logs it in a URL.
+        main(["serve", "catalog", *tiled_args, "--api-key", key], prog_name="tiled")
+    finally:
+        _remove_state(catalog_dir, pid=os.getpid())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    try:
+        _serve(sys.argv[1:])
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        sys.exit(f"port taken: {exc}")

@@ -1,0 +1,250 @@
+"""One embedded catalog server per data directory, shared by the processes using it.
+
+Decision 0015: the first user starts it, later ones find it through
+``catalog/server.json`` (0600), a stale record is replaced, concurrent first users
+start one server, and it stops itself once nobody holds its lease. The CLI refuses
+bad arguments before any catalog opens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from waiting import wait_until
+
+from multiscope import catalog_server
+
+pytestmark = pytest.mark.integration
+
+# Acquire the data directory's server, print its PID and whether we started it,
+# then hold the lease until stdin closes (or the process is killed).
+HOLD = textwrap.dedent(
+    """
+    import json, sys
+    from multiscope import catalog_server
+    lease = catalog_server.acquire(sys.argv[1])
+    print(json.dumps({"pid": lease.pid, "started_here": lease.started_here}), flush=True)
+    sys.stdin.read()
+    lease.release()
+    """
+)
+
+
+def _hold(data_dir: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(data_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _answer(process: subprocess.Popen) -> dict:
+    line = process.stdout.readline()
+    assert line, f"the holder exited with {process.wait(10)}"
+    return json.loads(line)
+
+
+def _servers_of(data_dir: Path) -> list[int]:
+    """PIDs of catalog servers (this module's command line) serving ``data_dir``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"multiscope.catalog_server" in cmd and str(data_dir).encode() in cmd:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    root = tmp_path.resolve()
+    yield root
+    for pid in _servers_of(root):  # whatever a failed test left running
+        os.kill(pid, signal.SIGTERM)
+
+
+def test_second_process_finds_the_running_server(data_dir):
+    lease = catalog_server.acquire(data_dir)
+    try:
+        assert lease.started_here
+        state = catalog_server.state_path(data_dir)
+        assert stat.S_IMODE(state.stat().st_mode) == 0o600  # it holds the key
+        recorded = json.loads(state.read_text())
+        assert recorded["pid"] == lease.pid and recorded["url"] == lease.url
+        other = _hold(data_dir)
+        try:
+            answer = _answer(other)
+        finally:
+            other.communicate("", timeout=30)
+        assert answer == {"pid": lease.pid, "started_here": False}
+        assert _servers_of(data_dir) == [lease.pid]
+    finally:
+        lease.release()
+    assert catalog_server.stop(data_dir) == "stopped"
+    wait_until(lambda: not _alive(lease.pid), timeout=30, message="server still running")
+    assert not catalog_server.state_path(data_dir).exists()
+
+
+def test_stale_state_file_with_a_dead_pid_is_replaced(data_dir):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    catalog_dir = data_dir / "catalog"
+    catalog_dir.mkdir()
+    stale = {"url": "http://127.0.0.1:9", "pid": dead.pid, "api_key": "0" * 64, "started": 0.0}
+    catalog_server.state_path(data_dir).write_text(json.dumps(stale))
+    lease = catalog_server.acquire(data_dir)
+    try:
+        assert lease.started_here and lease.pid != dead.pid and _alive(lease.pid)
+        assert json.loads(catalog_server.state_path(data_dir).read_text())["pid"] == lease.pid
+        assert lease.api_key != stale["api_key"]
+    finally:
+        lease.release()
+        catalog_server.stop(data_dir)
+
+
+def test_concurrent_first_use_by_two_processes_starts_one_server(data_dir):
+    first, second = _hold(data_dir), _hold(data_dir)  # both find no server
+    try:
+        answers = [_answer(first), _answer(second)]
+        assert answers[0]["pid"] == answers[1]["pid"]
+        assert sorted(a["started_here"] for a in answers) == [False, True]
+        assert _servers_of(data_dir) == [answers[0]["pid"]]
+    finally:
+        for process in (first, second):
+            process.communicate("", timeout=30)
+    catalog_server.stop(data_dir)
+
+
+def test_server_in_use_is_kept_and_stops_once_idle_even_after_a_killed_user(data_dir):
+    holder = _hold(data_dir, env={catalog_server.IDLE_ENV: "2"})
+    try:
+        pid = _answer(holder)["pid"]
+        assert catalog_server.stop(data_dir) == "in use"
+        assert _alive(pid)
+        # Long past the idle time the server stays while its lease is held.
+        time.sleep(4)  # not synchronisation: the time the server must *not* stop in
+        assert _alive(pid) and catalog_server.running(data_dir) is not None
+        holder.kill()  # a killed user's lease goes with it (flock)
+        holder.wait(10)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    wait_until(lambda: not _alive(pid), timeout=60, message="idle server did not stop")
+    assert not catalog_server.state_path(data_dir).exists()
+
+
+def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "multiscope", "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("catalog", "show", "x!"), "names no run"),
+        (("catalog", "show", "0"), "names no run"),
+        (("catalog", "list", "--limit", "0"), "--limit 0"),
+        (("export", "-1", "--out", "{file}"), "a file is in the way"),
+        (("export", "nope", "--out", "{dir}"), "names no run"),
+    ],
+)
+def test_argument_errors_come_before_any_catalog_opens(data_dir, args, message):
+    a_file = data_dir / "a_file"
+    a_file.write_text("not a directory")
+    args = [arg.format(file=a_file, dir=data_dir / "out") for arg in args]
+    result = _cli(data_dir / "data", *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (data_dir / "data" / "catalog").exists()  # nothing opened, nothing started
+
+
+def test_a_file_given_as_data_dir_says_what_is_wrong(data_dir):
+    a_file = data_dir / "a_file"
+    a_file.write_text("not a directory")
+    for given in (a_file, a_file / "below"):
+        result = _cli(given, "catalog", "list")
+        assert result.returncode == 2
+        assert f"{a_file} is a file, not a directory" in result.stderr, result.stderr
+        assert "Errno" not in result.stderr
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_cli_reads_what_the_tiled_client_reads(data_dir):
+    """`catalog list/show` read the server over plain HTTP (RunIndex): the same runs,
+    the same account of each, as the tiled client's Catalog."""
+    from bluesky import RunEngine
+    from bluesky.plans import count, scan
+    from ophyd.sim import det, motor
+
+    from multiscope.catalog import Catalog, RunSummary, describe_run
+    from multiscope.catalog_index import RunIndex
+
+    with Catalog.embedded(data_dir) as catalog:
+        RE = RunEngine({})
+        RE.subscribe(catalog.writer())
+        uids = [RE(count([det], 2))[0], RE(scan([det], motor, 0, 1, 3))[0], RE(count([det]))[0]]
+        assert catalog.drain(60)
+        lease = catalog_server.acquire(data_dir)
+        try:
+            with RunIndex(lease.url, lease.api_key) as index:
+                assert index.count() == 3
+                listed = [RunSummary.from_metadata(u, md) for u, md in index.recent(2)]
+                assert listed == catalog.runs(2)
+                assert [s.uid for s in listed] == uids[1:]
+                # (a prefix of digits only would be a scan id: 9 characters hold the dash)
+                for name in ("-1", "-3", "2", uids[0], uids[1][:9]):
+                    uid, metadata = index.find(name)
+                    assert describe_run(metadata, index.streams(uid)) == catalog.describe(name)
+                for missing, message in [("-4", r"holds 3 run\(s\)"), ("99", "scan id 99"),
+                                         ("deadbeef", "no run with uid")]:  # fmt: skip
+                    with pytest.raises(KeyError, match=message):
+                        index.find(missing)
+        finally:
+            lease.release()
+    shown = _cli(data_dir, "catalog", "show", uids[1][:9])
+    assert shown.returncode == 0 and f"uid:         {uids[1]}" in shown.stdout
+    listing = _cli(data_dir, "catalog", "list").stdout.splitlines()
+    assert listing[0].split() == ["scan", "uid", "started", "plan", "status", "events"]
+    assert [line.split()[1] for line in listing[1:]] == [u[:8] for u in uids]
+    catalog_server.stop(data_dir)
+
+
+def test_a_server_whose_data_directory_is_deleted_stops(tmp_path):
+    """pytest and users delete data directories; their server must not outlive them."""
+    data_dir = (tmp_path / "doomed").resolve()
+    holder = _hold(data_dir, env={catalog_server.IDLE_ENV: "600"})  # idle would take 10 min
+    try:
+        pid = _answer(holder)["pid"]
+    finally:
+        holder.communicate("", timeout=30)
+    assert _alive(pid)
+    import shutil
+
+    shutil.rmtree(data_dir)
+    wait_until(lambda: not _alive(pid), timeout=60, message="server outlived its directory")
