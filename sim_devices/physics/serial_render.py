@@ -22,6 +22,7 @@ shifted origin; the truth labels of any grid come from the same phantom.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,8 +76,10 @@ class FaceState:
         return any(lo <= depth_um < hi for lo, hi in self.pt_filled)
 
 
+@functools.cache
 def _composition(formula: str) -> dict[str, float]:
-    """Mass fractions of ``formula``'s elements."""
+    """Mass fractions of ``formula``'s elements (cached: every map asks per phase;
+    callers must not modify the returned dict)."""
     if not formula:
         return {}
     atoms = xraydb.chemparse(formula)

@@ -365,15 +365,13 @@ def register(
     # which any one-to-one or many-to-one relation of the two contrasts satisfies,
     # chooses among them (a phase seen in one modality only adds edges the other
     # lacks, and can lift a wrong shift's correlation above the true one's).
-    intensity = _masked_ncc(
-        _standardise(_smooth(reference, edge_sigma_px)),
-        _standardise(_smooth(on_grid, edge_sigma_px)),
-        ref_mask, mov_mask, min_overlap,
-    )  # fmt: skip
-    candidates = _top_peaks(ncc) + _top_peaks(np.abs(np.where(np.isfinite(intensity),
-                                                              intensity, 0.0)))  # fmt: skip
     ref_values = _smooth(reference, edge_sigma_px)
     mov_values = _smooth(on_grid, edge_sigma_px)
+    intensity = _masked_ncc(
+        _standardise(ref_values), _standardise(mov_values), ref_mask, mov_mask, min_overlap
+    )
+    candidates = _top_peaks(ncc) + _top_peaks(np.abs(np.where(np.isfinite(intensity),
+                                                              intensity, 0.0)))  # fmt: skip
     scored = [
         (_mutual_information(ref_values, mov_values, ref_mask, mov_mask, peak, mov.shape), peak)
         for peak in candidates
