@@ -12,6 +12,8 @@ block              written by                             read by
                    ``xanes_3d``                           callbacks
 ``xanes``          ``xanes_2d``, ``xanes_3d``             the XANES maps
 ``mosaic``         ``vertical_mosaic_tomo`` (per tile)    the mosaic stitcher
+``slice_and_view`` ``slice_and_view`` (each run of a      the slice-and-view
+                   sample, a resume too)                  assembler
 =================  =====================================  ==========================
 
 ``to_md()`` gives the plain-JSON dict the start document holds (the layout of
@@ -38,7 +40,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-__all__ = ["MosaicBlock", "TomoBlock", "XanesBlock"]
+__all__ = ["MosaicBlock", "SliceViewBlock", "TomoBlock", "XanesBlock"]
 
 
 class _Block:
@@ -203,3 +205,68 @@ class MosaicBlock(_Block):
     overlap_fraction: float | None = None
     z_direction: str = "sample stage z up: the field of view moves down the sample"
     extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class SliceViewBlock(_Block):
+    """The ``slice_and_view`` block: a serial-sectioning run's slices, fields and channels.
+
+    Streams of such a run (one event per slice and modality; frames in HDF5):
+    ``mill`` (one event per cut: ``slice_number``, ``face_depth_um``,
+    ``cut_complete``), ``sem`` (``sem_image``: CBS then TLD, ``[2, ny, nx]``), ``eds``
+    (``eds_image``: one frame per line of ``eds_lines``), ``sims`` (``sims_image``:
+    one frame per mass of ``sims_masses``). Every imaging event also holds
+    ``slice_number``, ``face_depth_um``, ``pose``, ``ion_beam`` and the beam shift
+    applied (``beam_shift_x_um``, ``beam_shift_y_um``).
+
+    Attributes
+    ----------
+    n_slices : int
+        Slices of the whole series (a resume keeps the first run's).
+    first_slice : int
+        Number (1-based) of the first slice this run mills (a resume: the next unmilled).
+    slice_thickness_um : float
+        Nominal thickness of one slice.
+    start_depth_um : float
+        The IOC's face depth when this run began.
+    sem_pixel_um, eds_pixel_um, sims_pixel_um : float
+        Pixel sizes on the face.
+    sem_channels, eds_lines, sims_masses : tuple of str
+        Frame order of each modality's acquisition.
+    eds_every, sims_every : int
+        A slice is mapped when ``slice_number % every == 0`` (0: never).
+    fiducial_px : tuple of int or None
+        ``(row0, row1, col0, col1)`` of the fiducial window in SEM pixels.
+    kintsugi : bool
+        Pores infiltrated with Pt before slicing.
+    resume_of : str or None
+        Start uid of the series' first run when this run continues it.
+    sample_id : str or None
+    extra : dict
+        Keys this version does not know (kept for the round trip).
+    """
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("resume_of",)
+
+    n_slices: int | None = None
+    first_slice: int = 1
+    slice_thickness_um: float | None = None
+    start_depth_um: float = 0.0
+    sem_pixel_um: float | None = None
+    eds_pixel_um: float | None = None
+    sims_pixel_um: float | None = None
+    sem_channels: tuple[str, ...] = ("cbs", "tld")
+    eds_lines: tuple[str, ...] = ()
+    sims_masses: tuple[str, ...] = ()
+    eds_every: int = 1
+    sims_every: int = 1
+    fiducial_px: tuple[int, ...] | None = None
+    kintsugi: bool = False
+    resume_of: str | None = None
+    sample_id: str | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def series_uid(self) -> str | None:
+        """The first run's uid when this run continues it (None: this run is the first)."""
+        return self.resume_of
