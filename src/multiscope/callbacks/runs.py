@@ -19,6 +19,8 @@ hook                       called
                            (``{"angle_deg": ..., "energy_index": ...}``; only those
                            its descriptor has: a fly scan's frames come without events)
 ``read_options(stream)``   rows and per-frame file attributes to read
+``camera_key_of(stream)``  the data key of ``stream``'s frames (default: ``camera_key``;
+                           a run with one detector per stream names each)
 ``described(doc)``         after a descriptor (``self.frame_shape`` known once the
                            camera's stream is described)
 ``datum_referenced(...)``  each camera ``stream_datum`` (before it is read)
@@ -41,7 +43,7 @@ session, so each event and datum is seen once (decision 0011).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from event_model import DocumentRouter
@@ -74,6 +76,11 @@ class FrameRecord:
         frames of one acquisition block, e.g. one flat set.
     angle_source : str or None
         ``"hdf5:<attribute>"`` or ``"event:<data key>"``.
+    values : dict
+        Every event value the frame waited for (:meth:`RunFrames.event_fields`),
+        by its record name.
+    attributes : dict
+        The frame's per-file attributes read (:meth:`RunFrames.read_options`), as floats.
     """
 
     stream: str
@@ -83,6 +90,8 @@ class FrameRecord:
     energy_index: int | None = None
     datum: int = 0
     angle_source: str | None = None
+    values: dict = field(default_factory=dict)
+    attributes: dict = field(default_factory=dict)
 
 
 class RunFrames(DocumentRouter):
@@ -152,6 +161,10 @@ class RunFrames(DocumentRouter):
         """``rows`` and ``attributes`` for :meth:`FrameReader.read` of ``stream``'s frames."""
         return {}
 
+    def camera_key_of(self, stream: str) -> str | None:
+        """Data key whose frames become records in ``stream`` (default :attr:`camera_key`)."""
+        return self.camera_key
+
     def described(self, doc: dict) -> None:
         """A descriptor of the run arrived."""
 
@@ -204,7 +217,7 @@ class RunFrames(DocumentRouter):
         stream = self._stream_of_descriptor.get(doc.get("descriptor", ""))
         if stream not in self.streams:
             return
-        if self.frames.resource_of(doc).data_key != self.camera_key:
+        if self.frames.resource_of(doc).data_key != self.camera_key_of(stream):
             return
         number = len(self.datums[stream])
         self.datums[stream].append(doc)
@@ -298,6 +311,7 @@ class RunFrames(DocumentRouter):
         index = values.get("energy_index")
         angle_key = self._fields_of_stream.get(stream, {}).get("angle_deg")
         for k, frame in enumerate(frames):
+            per_frame = {name: float(v[k]) for name, v in attributes.items() if len(v) > k}
             if angles is not None:
                 angle, source = float(angles[k]), f"hdf5:{self.angle_attribute}"
             elif event_angle is not None:
@@ -312,4 +326,6 @@ class RunFrames(DocumentRouter):
                 energy_index=None if index is None else int(index),
                 datum=number,
                 angle_source=source,
+                values=dict(values),
+                attributes=per_frame,
             )
