@@ -1,192 +1,49 @@
 """SliceAndViewAssembler on real slice-and-view documents, scored against the ground truth.
 
-Frames are rendered by ``sim_devices.physics.serial_render`` from seed 004's composite
-cathode phantom at the instrument's sizes (SEM 384 x 512 at 50 nm, EDS 216 x 352 at
-81.4 nm, SIMS 500 x 500 at 72 nm), with a known drift per slice (the fields' origins
-move on the face) and a known SIMS field offset per slice; the SEM images carry a
-Pt cap with a milled cross in their top rows (the fiducial). They are written to
-HDF5 files with the IOC's per-frame attributes and referenced by event-model
-documents as the plan's would be (``contracts.SliceViewBlock``).
+Frames are rendered (``serial_runs``) by ``sim_devices.physics.serial_render`` from
+seed 004's composite cathode phantom at the instrument's sizes (SEM 384 x 512 at 50
+nm, EDS 216 x 352 at 81.4 nm, SIMS 500 x 500 at 72 nm), with a known drift per slice
+(the fields' origins move on the face) and a known SIMS field offset per slice; the
+SEM images carry a Pt cap with a milled cross in their top rows (the fiducial). They
+are written to HDF5 files with the IOC's per-frame attributes and referenced by
+event-model documents as the plan's would be (``contracts.SliceViewBlock``).
 """
 
 from __future__ import annotations
-
-import time
-from collections import defaultdict
 
 import h5py
 import numpy as np
 import pytest
 from event_model import compose_run
+from serial_runs import (
+    CAP_ROWS,
+    EDS_ORIGIN,
+    EDS_PX,
+    EDS_SHAPE,
+    SEM_ORIGIN,
+    SEM_PX,
+    SEM_SHAPE,
+    THICKNESS_UM,
+    block_md,
+    feed,
+    render_series,
+    render_slice,
+    run_documents,
+    truth,
+)  # fmt: skip
+from serial_runs import phantom as make_phantom
 
 from multiscope.analysis.pixel_classifier import train_pixel_classifier
 from multiscope.callbacks.slice_and_view import DERIVED_PLAN, SliceAndViewAssembler
-from multiscope.contracts import SliceViewBlock
-from sim_devices.areadetector import HDF5FrameWriter
-from sim_devices.physics.serial_phantom import LABEL, make_serial_phantom
-from sim_devices.physics.serial_render import EDS_LINES, bse_images, eds_maps, sims_maps
+from sim_devices.physics.serial_phantom import LABEL
+from sim_devices.physics.serial_render import bse_images
 
-SEM_SHAPE, EDS_SHAPE, SIMS_SHAPE = (384, 512), (216, 352), (500, 500)
-SEM_PX, EDS_PX, SIMS_PX = 0.05, 0.0814, 0.072
-THICKNESS_UM = 0.25  # thicker than the seed's 60 nm: neighbouring faces must differ (order)
-SEM_ORIGIN, EDS_ORIGIN = (10.0, 8.0), (11.0, 7.0)  # field corners on the face at no drift
-CAP_ROWS = 64  # the Pt cap above the face in the SEM images (at no drift)
-FIDUCIAL_PX = (6, 58, 176, 336)  # (row0, row1, col0, col1) around the milled cross
-LINES, MASSES = tuple(EDS_LINES), ("6Li+", "7Li+")
 MAX_SLICE_SECONDS = 2.0  # the issue's budget per slice (shared 2-core machine)
 
 
 @pytest.fixture(scope="module")
 def phantom():
-    return make_serial_phantom("assb", size_um=(48.0, 48.0, 4.0), seed=4)
-
-
-def truth(n, seed):
-    """Per slice: drift (um, a random walk of 0.15 um steps) and the SIMS field offset."""
-    rng = np.random.default_rng(seed)
-    drift = np.cumsum(np.vstack([[0, 0], rng.normal(0, 0.15, (n - 1, 2))]), axis=0)
-    offset = rng.choice([-1.0, 1.0], (n, 2)) * rng.uniform(1.0, 2.0, (n, 2))
-    return drift, offset
-
-
-def _fiducial(shape, origin):
-    """A Pt cap over the top of the face (bright) with a milled 'x' (dark), on the face."""
-    y = origin[0] + (np.arange(shape[0]) + 0.5) * SEM_PX
-    x = origin[1] + (np.arange(shape[1]) + 0.5) * SEM_PX
-    y, x = y[:, None] - SEM_ORIGIN[0], x[None, :] - SEM_ORIGIN[1]
-    cap = y < CAP_ROWS * SEM_PX
-    cy, cx = 32 * SEM_PX, 256 * SEM_PX
-    u, v = (y - cy) + (x - cx), (y - cy) - (x - cx)
-    arm = np.hypot(y - cy, x - cx) < 1.0
-    cross = arm * (np.exp(-(u**2) / 0.02) + np.exp(-(v**2) / 0.02)).clip(0, 1)
-    return cap, cross
-
-
-def render_slice(phantom, number, drift_um, offset_um, *, eds=True, sims=True, seed=0):
-    """Frames of slice ``number`` (depth ``number * THICKNESS_UM``) and its truth labels."""
-    rng = np.random.default_rng(1000 + seed * 97 + number)
-    depth = number * THICKNESS_UM
-    sem_origin = (SEM_ORIGIN[0] + drift_um[0], SEM_ORIGIN[1] + drift_um[1])
-    images = bse_images(phantom, depth, SEM_SHAPE, SEM_PX, sem_origin, rng=rng)
-    cap, cross = _fiducial(SEM_SHAPE, sem_origin)
-    sem = []
-    for name, level in (("cbs", 400.0), ("tld", 100.0)):
-        mean = np.where(cap, level * (1.0 - 0.8 * cross), images[name])
-        sem.append(np.where(cap, rng.poisson(mean), mean).astype(np.uint16))
-    out = {"depth": depth, "sem": sem, "labels": images["labels"], "cap": cap}
-    eds_origin = (EDS_ORIGIN[0] + drift_um[0], EDS_ORIGIN[1] + drift_um[1])
-    if eds:
-        maps = eds_maps(phantom, depth, EDS_SHAPE, EDS_PX, eds_origin, lines=LINES, rng=rng)
-        out["eds"] = [maps[line] for line in LINES]
-    if sims:
-        origin = (eds_origin[0] + offset_um[0], eds_origin[1] + offset_um[1])
-        maps = sims_maps(phantom, depth, SIMS_SHAPE, SIMS_PX, origin, rng=rng)
-        out["sims"] = [np.clip(maps[m], 0, 65535).astype(np.uint16) for m in MASSES]
-        # register()'s answer: SIMS's first pixel centre in EDS coordinates.
-        out["registration_um"] = np.asarray(offset_um) + (SIMS_PX - EDS_PX) / 2.0
-    return out
-
-
-def block_md(n_slices, first_slice=1, resume_of=None, eds_every=1, sims_every=1):
-    return SliceViewBlock(
-        n_slices=n_slices, first_slice=first_slice, slice_thickness_um=THICKNESS_UM,
-        start_depth_um=(first_slice - 1) * THICKNESS_UM, sem_pixel_um=SEM_PX,
-        eds_pixel_um=EDS_PX, sims_pixel_um=SIMS_PX, eds_lines=LINES, sims_masses=MASSES,
-        eds_every=eds_every, sims_every=sims_every, fiducial_px=FIDUCIAL_PX,
-        resume_of=resume_of, sample_id="assb seed 004 phantom",
-    ).to_md()  # fmt: skip
-
-
-def run_documents(directory, block, slices):
-    """``[(name, doc, slice_number or None)]`` of one run; one HDF5 file per acquisition.
-
-    ``slices``: ``{number: render_slice(...)}`` in milling order.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    run = compose_run(metadata={"plan_name": "slice_and_view", "slice_and_view": block})
-    docs = [("start", run.start_doc, None)]
-    scalar = {"dtype": "number", "shape": [], "source": "sim"}
-    text = {"dtype": "string", "shape": [], "source": "sim"}
-    common = {"slice_number": {**scalar, "dtype": "integer"}, "face_depth_um": scalar,
-              "pose": text, "ion_beam": text, "beam_shift_x_um": scalar,
-              "beam_shift_y_um": scalar}  # fmt: skip
-    counts = {"sem": 2, "eds": len(LINES), "sims": len(MASSES)}
-    descriptors = {"mill": run.compose_descriptor(name="mill", data_keys={
-        "slice_number": common["slice_number"], "face_depth_um": scalar,
-        "cut_complete": {**scalar, "dtype": "integer"}})}  # fmt: skip
-    shapes = {"sem": SEM_SHAPE, "eds": EDS_SHAPE, "sims": SIMS_SHAPE}
-    for stream, count in counts.items():
-        image = {"dtype": "array", "dtype_numpy": "<u2", "shape": [count, *shapes[stream]],
-                 "external": "STREAM:", "source": f"PV:{stream.upper()}:HDF1"}  # fmt: skip
-        keys = {f"{stream}_image": image, **common}
-        descriptors[stream] = run.compose_descriptor(name=stream, data_keys=keys)
-    docs += [("descriptor", d.descriptor_doc, None) for d in descriptors.values()]
-    seq = defaultdict(lambda: 1)
-    for number, frames in slices.items():
-        values = {
-            "slice_number": number, "face_depth_um": frames["depth"], "pose": "sem",
-            "ion_beam": "Blanked", "beam_shift_x_um": 0.0, "beam_shift_y_um": 0.0,
-        }  # fmt: skip
-        mill = {"slice_number": number, "face_depth_um": frames["depth"], "cut_complete": 1}
-        cut = descriptors["mill"].compose_event(
-            data=mill, timestamps={k: time.time() for k in mill}, seq_num=seq["mill"]
-        )
-        docs.append(("event", cut, number))
-        seq["mill"] += 1
-        for stream in ("sem", "eds", "sims"):
-            if stream not in frames:
-                continue
-            path = directory / f"{stream}_{number:03d}.h5"
-            writer = HDF5FrameWriter(path, shapes[stream])
-            for channel, frame in enumerate(frames[stream]):
-                attrs = {"channel": channel, "face_depth_um": frames["depth"]}
-                writer.write(frame, attrs, channel + 1, time.time())
-            writer.close()
-            resource = run.compose_stream_resource(
-                mimetype="application/x-hdf5", uri=f"file://localhost{path.absolute()}",
-                data_key=f"{stream}_image",
-                parameters={"dataset": "/entry/data/data", "chunk_shape": [1, *shapes[stream]]},
-            )  # fmt: skip
-            s = seq[stream]
-            datum = resource.compose_stream_datum(
-                indices={"start": 0, "stop": counts[stream]}, seq_nums={"start": s, "stop": s + 1},
-                descriptor=descriptors[stream].descriptor_doc,
-            )  # fmt: skip
-            event_values = {**values, "pose": "sims" if stream == "sims" else "sem"}
-            event = descriptors[stream].compose_event(
-                data=event_values, timestamps={k: time.time() for k in event_values}, seq_num=s
-            )
-            docs += [("stream_resource", resource.stream_resource_doc, number),
-                     ("stream_datum", datum, number), ("event", event, number)]  # fmt: skip
-            seq[stream] += 1
-    docs.append(("stop", run.compose_stop(exit_status="success"), None))
-    return docs
-
-
-def feed(assembler, docs):
-    """Send the documents; seconds spent per slice (reading its frames included)."""
-    seconds = defaultdict(float)
-    for name, doc, number in docs:
-        t0 = time.perf_counter()
-        assembler(name, doc)
-        if number is not None:
-            seconds[number] += time.perf_counter() - t0
-    return dict(seconds)
-
-
-def render_series(phantom, numbers, drift, offset, *, eds_every=1, sims_every=1, seed=0):
-    return {
-        n: render_slice(
-            phantom,
-            n,
-            drift[n - 1],
-            offset[n - 1],
-            seed=seed,
-            eds=bool(eds_every) and n % eds_every == 0,
-            sims=bool(sims_every) and n % sims_every == 0,
-        )  # fmt: skip
-        for n in numbers
-    }
+    return make_phantom()
 
 
 def check_drift(table, drift, numbers, tolerance_px=0.5):
