@@ -32,8 +32,8 @@ SEM_SHAPE, EDS_SHAPE, SIMS_SHAPE = (384, 512), (216, 352), (500, 500)
 SEM_PX, EDS_PX, SIMS_PX = 0.05, 0.0814, 0.072
 THICKNESS_UM = 0.25  # thicker than the seed's 60 nm: neighbouring faces must differ (order)
 SEM_ORIGIN, EDS_ORIGIN = (10.0, 8.0), (11.0, 7.0)  # field corners on the face at no drift
-CAP_ROWS = 64  # the Pt cap above the face in the SEM images (at no drift)
-FIDUCIAL_PX = (6, 58, 176, 336)  # (row0, row1, col0, col1) around the milled cross
+CAP_ROWS = 96  # the Pt cap above the face in the SEM images (at no drift)
+FIDUCIAL_PX = (4, 76, 176, 336)  # (row0, row1, col0, col1): the cross, in the cap at any drift
 LINES, MASSES = tuple(EDS_LINES), ("6Li+", "7Li+")
 
 
@@ -46,14 +46,19 @@ def truth(n, seed):
 
 
 def _fiducial(shape, origin):
-    """A Pt cap over the top of the face (bright) with a milled 'x' (dark), on the face."""
+    """A Pt cap over the top of the face (bright) with a milled 'x' (dark), on the face.
+
+    Returns the cap's area fraction per pixel and the cross's depth (0-1): both smooth
+    at the pixel scale, as a detector integrates a pixel's area (a binary edge would
+    jump by whole pixels as the drift moves it).
+    """
     y = origin[0] + (np.arange(shape[0]) + 0.5) * SEM_PX
     x = origin[1] + (np.arange(shape[1]) + 0.5) * SEM_PX
     y, x = y[:, None] - SEM_ORIGIN[0], x[None, :] - SEM_ORIGIN[1]
-    cap = y < CAP_ROWS * SEM_PX
-    cy, cx = 32 * SEM_PX, 256 * SEM_PX
+    cap = np.clip((CAP_ROWS * SEM_PX - y) / SEM_PX + 0.5, 0.0, 1.0) * np.ones_like(x)
+    cy, cx = 40 * SEM_PX, 256 * SEM_PX
     u, v = (y - cy) + (x - cx), (y - cy) - (x - cx)
-    arm = np.hypot(y - cy, x - cx) < 1.0
+    arm = np.clip((1.0 - np.hypot(y - cy, x - cx)) / SEM_PX + 0.5, 0.0, 1.0)
     cross = arm * (np.exp(-(u**2) / 0.02) + np.exp(-(v**2) / 0.02)).clip(0, 1)
     return cap, cross
 
@@ -67,9 +72,9 @@ def render_slice(phantom, number, drift_um, offset_um, *, eds=True, sims=True, s
     cap, cross = _fiducial(SEM_SHAPE, sem_origin)
     sem = []
     for name, level in (("cbs", 400.0), ("tld", 100.0)):
-        mean = np.where(cap, level * (1.0 - 0.8 * cross), images[name])
-        sem.append(np.where(cap, rng.poisson(mean), mean).astype(np.uint16))
-    out = {"depth": depth, "sem": sem, "labels": images["labels"], "cap": cap}
+        capped = rng.poisson(cap * level * (1.0 - 0.8 * cross))
+        sem.append(np.round(capped + (1.0 - cap) * images[name]).astype(np.uint16))
+    out = {"depth": depth, "sem": sem, "labels": images["labels"], "cap": cap > 0}
     eds_origin = (EDS_ORIGIN[0] + drift_um[0], EDS_ORIGIN[1] + drift_um[1])
     if eds:
         maps = eds_maps(phantom, depth, EDS_SHAPE, EDS_PX, eds_origin, lines=LINES, rng=rng)

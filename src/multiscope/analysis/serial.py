@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage.registration import phase_cross_correlation
 
 from multiscope.analysis.correlative import (
     covariance,
@@ -43,7 +42,7 @@ from multiscope.analysis.correlative import (
     register,
     resample,
 )
-from multiscope.analysis.stack import UPSAMPLE, measure_drift
+from multiscope.analysis.stack import measure_drift
 
 __all__ = [
     "LI_HOST_LINES",
@@ -60,6 +59,15 @@ LI_HOST_LINES = ("Co La", "Ni Ka", "Zr La")
 REFERENCE_SMOOTH_PX = 1.0  # Poisson maps of a few counts: min-max of raw counts is one outlier
 
 
+def _apodised(image: np.ndarray) -> np.ndarray:
+    """Mean removed and a Hann window applied: a cut-out window's edges are the same
+    in both images and, taken as periodic by the phase correlation, would pull the
+    peak to zero shift."""
+    from skimage.filters import window
+
+    return (image - image.mean()) * window("hann", image.shape)
+
+
 def slice_drift(reference, image, *, fiducial=None) -> tuple[np.ndarray, np.ndarray]:
     """Shift ``(dy, dx)`` px bringing ``image`` onto ``reference``, and the residual after it.
 
@@ -73,19 +81,24 @@ def slice_drift(reference, image, *, fiducial=None) -> tuple[np.ndarray, np.ndar
     Returns
     -------
     shift : ndarray (2,)
-        :func:`~multiscope.analysis.stack.measure_drift`'s shift of ``image``.
+        The shift of :func:`~multiscope.analysis.stack.measure_drift` (phase
+        correlation, 1/50 px) between the two windows, each apodised (mean removed,
+        Hann window).
     residual : ndarray (2,)
         The same measure on ``image`` shifted by ``shift`` (linear interpolation):
         what the alignment left, ideally well under a pixel.
     """
     reference = np.asarray(reference, dtype=np.float64)
     image = np.asarray(image, dtype=np.float64)
-    shift = measure_drift(np.stack([reference, image]), fiducial=fiducial)[1]
     window = fiducial if fiducial is not None else (slice(None), slice(None))
-    moved = ndimage.shift(image, shift, order=1, mode="nearest")
-    residual = phase_cross_correlation(reference[window], moved[window],
-                                       upsample_factor=UPSAMPLE)[0]  # fmt: skip
-    return shift, np.asarray(residual, dtype=np.float64)
+
+    def measure(moving):
+        pair = np.stack([_apodised(reference[window]), _apodised(moving[window])])
+        return measure_drift(pair)[1]
+
+    shift = measure(image)
+    residual = measure(ndimage.shift(image, shift, order=1, mode="nearest"))
+    return shift, residual
 
 
 def shift_map(image, shift, *, order: int = 1) -> np.ndarray:
