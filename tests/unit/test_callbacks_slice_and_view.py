@@ -267,3 +267,25 @@ def test_other_runs_are_ignored(tmp_path):
         assert not assembler.active
         assembler("stop", run.compose_stop())
     assert assembler.series is None and assembler.uid is None
+
+
+def test_a_face_imaged_again_replaces_its_results(tmp_path, phantom):
+    drift, offset = truth(4, seed=5)
+    slices = render_series(phantom, range(1, 5), drift, offset, seed=5)
+    first = run_documents(tmp_path / "run1", block_md(4), {k: slices[k] for k in (1, 2)})
+    # The resume images face 2 again, drifted further (a new origin), then mills 3 and 4.
+    again = render_slice(phantom, 2, drift[2], offset[1], seed=6)
+    resume = block_md(4, first_slice=3, resume_of=first[0][1]["uid"])
+    second = run_documents(tmp_path / "run2", resume, {2: again, 3: slices[3], 4: slices[4]})
+    assembler = SliceAndViewAssembler(None, output_dir=tmp_path / "out", figures=False)
+    feed(assembler, first)
+    before = assembler.series_table()["drift_px"][1].copy()
+    feed(assembler, second)
+    table = assembler.series_table()
+    assert list(table["slice_numbers"]) == [1, 2, 3, 4]
+    expected = (drift[2] - drift[0]) / SEM_PX  # face 2 now at slice 3's drift
+    assert np.abs(table["drift_px"][1] - expected).max() < 0.5
+    assert np.abs(table["drift_px"][1] - before).max() > 1.0
+    check_drift(table, drift, [3, 4])
+    assert assembler.series.reference_slice == 1
+    assert assembler.series.slices[2].run_uid == second[0][1]["uid"]

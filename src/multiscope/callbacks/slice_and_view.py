@@ -289,6 +289,9 @@ class SliceAndViewAssembler(RunFrames):
         state = self._slice_of(record)
         names = self._names(record.stream)
         frames = getattr(state, record.stream)
+        if frames:  # imaged again (e.g. a resume re-imaging the last face): redo its results
+            _forget_results(state, record.stream)
+            frames, state.run_uid = getattr(state, record.stream), self.start_doc["uid"]
         for order, rec in enumerate(group):
             channel = rec.attributes.get("channel")
             index = int(channel) if channel is not None and np.isfinite(channel) else order
@@ -349,7 +352,7 @@ class SliceAndViewAssembler(RunFrames):
         series = self.series
         channels = list(state.sem)
         reference_image = state.sem[channels[0]]  # CBS: the sharp detector
-        if series.reference is None or state.number == series.reference_slice:
+        if series.reference is None:  # the first slice seen; kept even if imaged again
             series.reference, series.reference_slice = reference_image, state.number
             state.drift_px, state.residual_px = np.zeros(2), np.zeros(2)
         else:
@@ -570,6 +573,20 @@ def write_volumes(path, volumes) -> None:
             ds.attrs["voxel_um"] = np.asarray(voxel)
             ds.attrs["slice_numbers"] = np.asarray(numbers)
             ds.attrs["name"] = name
+
+
+def _forget_results(state: SliceState, stream: str) -> None:
+    """Drop what was computed from ``stream``'s earlier frames of the slice."""
+    state.sims_aligned = {}
+    if stream in ("eds", "sims"):
+        state.correlation, state.registration_fallback, state.fallback_reason = None, False, ""
+    if stream == "eds":
+        state.eds, state.eds_aligned = {}, {}
+    if stream == "sem":
+        state.sem, state.aligned_sem, state.eds_aligned = {}, {}, {}
+        state.drift_px = state.residual_px = state.labels = None
+    if stream == "sims":
+        state.sims = {}
 
 
 def _main_volume(volumes) -> str:
