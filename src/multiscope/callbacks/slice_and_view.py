@@ -45,7 +45,8 @@ assembler did not see (another process, a restart), replay the first run's
 documents with :meth:`SliceAndViewAssembler.seed_from` (from the catalog or the
 journal): they are assembled as live, but nothing is written or published. A resume
 whose first run was never seen is assembled alone, against its own first slice,
-and its derived run says ``series_complete: False``.
+and its derived run says ``series_complete: False``. So a session subscribes one
+long-lived assembler (:func:`slice_and_view_pipeline`), not one per run.
 """
 
 from __future__ import annotations
@@ -65,7 +66,13 @@ from multiscope.callbacks.derived import VOLUME_DATASET, provenance, publish_der
 from multiscope.callbacks.runs import FrameRecord, RunFrames
 from multiscope.contracts import SliceViewBlock
 
-__all__ = ["DERIVED_PLAN", "Series", "SliceAndViewAssembler", "SliceState"]
+__all__ = [
+    "DERIVED_PLAN",
+    "Series",
+    "SliceAndViewAssembler",
+    "SliceState",
+    "slice_and_view_pipeline",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +117,9 @@ class SliceState:
         Segmentation of the aligned CBS + TLD.
     seconds : float
         Time spent on this slice (frames handed over to processing done).
+    imaged : set of str
+        Streams whose frames of this slice have come (the raw SEM frames are dropped
+        once aligned).
     """
 
     number: int
@@ -129,6 +139,7 @@ class SliceState:
     sims_aligned: dict = field(default_factory=dict)
     labels: np.ndarray | None = None
     seconds: float = 0.0
+    imaged: set = field(default_factory=set)
 
 
 @dataclass
@@ -289,14 +300,15 @@ class SliceAndViewAssembler(RunFrames):
         state = self._slice_of(record)
         names = self._names(record.stream)
         frames = getattr(state, record.stream)
-        if frames:  # imaged again (e.g. a resume re-imaging the last face): redo its results
-            _forget_results(state, record.stream)
+        if record.stream in state.imaged:  # imaged again (a resume re-imaging the last
+            _forget_results(state, record.stream)  # face): its results are redone
             frames, state.run_uid = getattr(state, record.stream), self.start_doc["uid"]
         for order, rec in enumerate(group):
             channel = rec.attributes.get("channel")
             index = int(channel) if channel is not None and np.isfinite(channel) else order
             name = names[index] if 0 <= index < len(names) else names[order]
-            frames[name] = np.asarray(rec.frame, dtype=np.float64)
+            frames[name] = np.asarray(rec.frame, dtype=np.float32)
+        state.imaged.add(record.stream)
         self._advance(state)
         state.seconds += time.perf_counter() - t0
 
@@ -330,7 +342,7 @@ class SliceAndViewAssembler(RunFrames):
 
     def _advance(self, state: SliceState) -> None:
         """Do every step of the slice whose inputs are in and which is not done yet."""
-        if state.sem and state.drift_px is None:
+        if state.sem and state.drift_px is None:  # (the raw SEM frames go once aligned)
             self._align_sem(state)
         waited = state.fallback_reason == NO_EDS
         if state.eds and state.sims and (state.correlation is None or waited):
@@ -343,9 +355,9 @@ class SliceAndViewAssembler(RunFrames):
             return
         eds_shift = state.drift_px * self._pixel("sem") / self._pixel("eds")
         if state.eds and not state.eds_aligned:
-            state.eds_aligned = {n: shift_map(m, eds_shift) for n, m in state.eds.items()}
+            state.eds_aligned = {n: _f32(shift_map(m, eds_shift)) for n, m in state.eds.items()}
         if state.correlation is not None and not state.sims_aligned:
-            state.sims_aligned = {n: shift_map(m, eds_shift)
+            state.sims_aligned = {n: _f32(shift_map(m, eds_shift))
                                   for n, m in state.correlation.sims_on_eds.items()}  # fmt: skip
 
     def _align_sem(self, state: SliceState) -> None:
@@ -361,9 +373,10 @@ class SliceAndViewAssembler(RunFrames):
             )
         stack = np.stack([state.sem[c] for c in channels])
         aligned = apply_shifts(stack, np.repeat(state.drift_px[None], len(channels), axis=0))
-        state.aligned_sem = dict(zip(channels, aligned, strict=True))
+        state.aligned_sem = dict(zip(channels, _f32(aligned), strict=True))
         if self.classifier is not None:
             state.labels = self.classifier.predict(aligned[: self.classifier.n_channels])
+        state.sem = {}  # memory: a 39-slice series keeps only what its volumes need
 
     def _correlate(self, state: SliceState) -> None:
         try:
@@ -575,6 +588,18 @@ def write_volumes(path, volumes) -> None:
             ds.attrs["name"] = name
 
 
+def slice_and_view_pipeline(output_dir, publish, *, classifier=None) -> SliceAndViewAssembler:
+    """Factory for an instrument's spec: one assembler for the session, ``<output_dir>/
+    slice_and_view/`` for its files.
+
+    Subscribe the one instance (behind a ``BackgroundCallback``), not a per-run factory
+    of a ``RunRouter``: it keeps the series across the runs of a resume.
+    """
+    return SliceAndViewAssembler(
+        publish, output_dir=Path(output_dir) / "slice_and_view", classifier=classifier
+    )
+
+
 def _forget_results(state: SliceState, stream: str) -> None:
     """Drop what was computed from ``stream``'s earlier frames of the slice."""
     state.sims_aligned = {}
@@ -587,6 +612,13 @@ def _forget_results(state: SliceState, stream: str) -> None:
         state.drift_px = state.residual_px = state.labels = None
     if stream == "sims":
         state.sims = {}
+
+
+def _f32(images):
+    """float32 copies: volumes are stored so, and a series' slices stay in memory."""
+    if isinstance(images, dict):
+        return {k: np.asarray(v, dtype=np.float32) for k, v in images.items()}
+    return np.asarray(images, dtype=np.float32)
 
 
 def _main_volume(volumes) -> str:
