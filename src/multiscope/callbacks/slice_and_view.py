@@ -117,9 +117,9 @@ class SliceState:
         Segmentation of the aligned CBS + TLD.
     seconds : float
         Time spent on this slice (frames handed over to processing done).
-    imaged : set of str
-        Streams whose frames of this slice have come (the raw SEM frames are dropped
-        once aligned).
+    imaged : dict of str to (str, int)
+        Per stream, the event (run uid, sequence number) whose frames of this slice
+        came (the raw SEM frames are dropped once aligned).
     """
 
     number: int
@@ -139,7 +139,7 @@ class SliceState:
     sims_aligned: dict = field(default_factory=dict)
     labels: np.ndarray | None = None
     seconds: float = 0.0
-    imaged: set = field(default_factory=set)
+    imaged: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -300,15 +300,16 @@ class SliceAndViewAssembler(RunFrames):
         state = self._slice_of(record)
         names = self._names(record.stream)
         frames = getattr(state, record.stream)
-        if record.stream in state.imaged:  # imaged again (a resume re-imaging the last
-            _forget_results(state, record.stream)  # face): its results are redone
+        event = (self.start_doc["uid"], record.seq_num)
+        if state.imaged.get(record.stream, event) != event:  # imaged again by another
+            _forget_results(state, record.stream)  # event (a resume re-imaging the face)
             frames, state.run_uid = getattr(state, record.stream), self.start_doc["uid"]
         for order, rec in enumerate(group):
             channel = rec.attributes.get("channel")
             index = int(channel) if channel is not None and np.isfinite(channel) else order
             name = names[index] if 0 <= index < len(names) else names[order]
             frames[name] = np.asarray(rec.frame, dtype=np.float32)
-        state.imaged.add(record.stream)
+        state.imaged[record.stream] = event
         self._advance(state)
         state.seconds += time.perf_counter() - t0
 
