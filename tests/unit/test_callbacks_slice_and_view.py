@@ -11,6 +11,8 @@ event-model documents as the plan's would be (``contracts.SliceViewBlock``).
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -92,6 +94,8 @@ def test_a_series_is_aligned_registered_assembled_and_published(tmp_path, phanto
     _check_slice_order(phantom, cbs, drift)
     _check_sims_on_eds(phantom, volumes, drift)
 
+    for _, doc in published:
+        json.dumps(doc, allow_nan=False)  # plain JSON: what the catalog stores
     names = [name for name, _ in published]
     assert names == ["start", "descriptor", "stream_resource", "stream_datum", "event", "stop"]
     start, event = published[0][1], published[4][1]
@@ -100,6 +104,10 @@ def test_a_series_is_aligned_registered_assembled_and_published(tmp_path, phanto
     assert "multiscope.analysis.serial.correlate_slice" in start["analysis_functions"]
     assert event["data"]["n_slices"] == n
     assert event["data"]["drift_max_px"] == pytest.approx(np.abs(table["drift_px"]).max())
+    assert event["data"]["covariance_slices"] == list(range(1, n + 1))
+    assert event["data"]["registration_dy_um"] == pytest.approx(
+        table["registration_shift_um"][-1, 0]
+    )
     for figure in start["figures"]:
         assert tmp_path.joinpath(figure).stat().st_size > 10_000, figure
     assert {p.rsplit("/", 1)[-1] for p in start["figures"]} == {
@@ -201,7 +209,13 @@ def test_sims_without_eds_takes_the_last_registration(tmp_path, phantom):
     # SIMS mapped on every slice, EDS on even ones only.
     docs = run_documents(tmp_path / "raw", block_md(n, eds_every=2), slices)
     assembler = SliceAndViewAssembler(None, output_dir=tmp_path / "out", figures=False)
+    stop = docs.pop()
     feed(assembler, docs)
+    published = []
+    assembler.publish = lambda name, doc: published.append((name, doc))
+    assembler("stop", stop[1])
+    event = next(doc for name, doc in published if name == "event")
+    assert event["data"]["covariance_slices"] == [2, 4]  # slice 3: no Zr map, no NaN sent
     table = assembler.series_table()
     # Slice 1: no EDS and nothing registered yet -> left out; slice 3 reuses slice 2's.
     assert list(table["registered_slices"]) == [2, 3, 4]

@@ -537,11 +537,13 @@ class SliceAndViewAssembler(RunFrames):
             "n_slices": int(len(table["slice_numbers"])),
             "drift_max_px": float(np.abs(table["drift_px"]).max(initial=0.0)),
             "residual_max_px": float(np.abs(table["residual_px"]).max(initial=0.0)),
-            "registration_dy_um": float(regs[-1, 0]) if len(regs) else float("nan"),
-            "registration_dx_um": float(regs[-1, 1]) if len(regs) else float("nan"),
-            "covariance_li_zr": float(np.nanmean(covs)) if np.isfinite(covs).any() else np.nan,
             "slice_seconds_max": float(table["slice_seconds"].max(initial=0.0)),
-        }  # fmt: skip
+        }
+        # Only what was measured: no NaN in the documents (strict JSON readers refuse it).
+        if len(regs):
+            scalars["registration_dy_um"], scalars["registration_dx_um"] = map(float, regs[-1])
+        if np.isfinite(covs).any():
+            scalars["covariance_li_zr"] = float(np.nanmean(covs))
         metadata = {
             "plan_name": DERIVED_PLAN,
             "derived_from": self.start_doc["uid"],
@@ -566,6 +568,10 @@ class SliceAndViewAssembler(RunFrames):
                           correlative.register, correlative.resample,
                           correlative.covariance_map, correlative.line_profile)),
         }  # fmt: skip
+        # The covariance of the slices that had a Zr map, with their numbers (no NaN).
+        measured = np.isfinite(covs)
+        table["covariance_slices"] = table["registered_slices"][measured]
+        table["covariance_li_zr"] = covs[measured]
         arrays = {k: v for k, v in table.items() if v.size}
         return publish_derived_run(
             self.publish, metadata, scalars=scalars, arrays=arrays,
