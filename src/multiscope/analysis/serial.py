@@ -5,8 +5,9 @@ runs on each slice as it arrives (so the end of a 12 h series costs no more than
 stacking):
 
 * :func:`slice_drift`: the shift that brings a slice's SEM image onto the series'
-  first slice, measured in the fiducial window (:func:`multiscope.analysis.stack.
-  measure_drift`: no accumulated error), and the residual left after it is applied;
+  first slice, measured in the fiducial window (as :func:`multiscope.analysis.stack.
+  measure_drift` does, against the first slice: no accumulated error; with the
+  windows high-passed and tapered, see its notes), and the residual left after it;
 * :func:`li_host_reference`: the EDS map the SIMS lithium maps are registered to;
 * :func:`correlate_slice`: SIMS registered to EDS (:func:`multiscope.analysis.
   correlative.register`), resampled onto the EDS grid, and the Li x Zr covariance
@@ -42,7 +43,7 @@ from multiscope.analysis.correlative import (
     register,
     resample,
 )
-from multiscope.analysis.stack import measure_drift
+from multiscope.analysis.stack import UPSAMPLE
 
 __all__ = [
     "LI_HOST_LINES",
@@ -59,13 +60,20 @@ LI_HOST_LINES = ("Co La", "Ni Ka", "Zr La")
 REFERENCE_SMOOTH_PX = 1.0  # Poisson maps of a few counts: min-max of raw counts is one outlier
 
 
-def _apodised(image: np.ndarray) -> np.ndarray:
-    """Mean removed and a Hann window applied: a cut-out window's edges are the same
-    in both images and, taken as periodic by the phase correlation, would pull the
-    peak to zero shift."""
-    from skimage.filters import window
+HIGHPASS_SIGMA_PX = 6.0  # removes the window's background ramp, keeps the mark's edges
+TUKEY_ALPHA = 0.5  # tapered fraction of the window (flat in the middle half)
 
-    return (image - image.mean()) * window("hann", image.shape)
+
+def _prepared(image: np.ndarray) -> np.ndarray:
+    """High-passed (minus a Gaussian of :data:`HIGHPASS_SIGMA_PX`) and tapered (Tukey
+    window): a cut-out window's edges are the same in both images and, taken as
+    periodic by the Fourier correlation, would pull the peak towards zero shift; a
+    uniform background (the Pt cap around the mark) times the taper would too."""
+    from scipy.signal.windows import tukey
+
+    detail = image - ndimage.gaussian_filter(image, HIGHPASS_SIGMA_PX, mode="nearest")
+    taper = np.outer(tukey(image.shape[0], TUKEY_ALPHA), tukey(image.shape[1], TUKEY_ALPHA))
+    return (detail - detail.mean()) * taper
 
 
 def slice_drift(reference, image, *, fiducial=None) -> tuple[np.ndarray, np.ndarray]:
@@ -81,20 +89,34 @@ def slice_drift(reference, image, *, fiducial=None) -> tuple[np.ndarray, np.ndar
     Returns
     -------
     shift : ndarray (2,)
-        The shift of :func:`~multiscope.analysis.stack.measure_drift` (phase
-        correlation, 1/50 px) between the two windows, each apodised (mean removed,
-        Hann window).
+        scikit-image's ``phase_cross_correlation`` of the two windows, each
+        high-passed and tapered (:func:`_prepared`), without the phase normalisation,
+        refined to 1/:data:`~multiscope.analysis.stack.UPSAMPLE` px.
     residual : ndarray (2,)
         The same measure on ``image`` shifted by ``shift`` (linear interpolation):
         what the alignment left, ideally well under a pixel.
+
+    Notes
+    -----
+    :func:`~multiscope.analysis.stack.measure_drift` correlates the windows as they
+    are, with the phase normalisation, which whitens the spectrum and so lifts the
+    Poisson noise of a BSE image to the level of the mark's own detail: on the
+    simulated Pt cap with a milled cross (60 drifts of up to 14 px, 400 counts) its
+    error was 0.14 px median and 0.39 px at worst; prepared windows, correlated
+    plainly, 0.02 and 0.11 px (and 0.02 / 0.03 px against 0.06 / 0.16 px on a
+    textured window without a mark).
     """
+    from skimage.registration import phase_cross_correlation
+
     reference = np.asarray(reference, dtype=np.float64)
     image = np.asarray(image, dtype=np.float64)
     window = fiducial if fiducial is not None else (slice(None), slice(None))
+    fixed = _prepared(reference[window])
 
     def measure(moving):
-        pair = np.stack([_apodised(reference[window]), _apodised(moving[window])])
-        return measure_drift(pair)[1]
+        found = phase_cross_correlation(fixed, _prepared(moving[window]),
+                                        upsample_factor=UPSAMPLE, normalization=None)  # fmt: skip
+        return np.asarray(found[0], dtype=np.float64)
 
     shift = measure(image)
     residual = measure(ndimage.shift(image, shift, order=1, mode="nearest"))
