@@ -105,6 +105,7 @@ def test_a_series_is_aligned_registered_assembled_and_published(tmp_path, phanto
     assert event["data"]["n_slices"] == n
     assert event["data"]["drift_max_px"] == pytest.approx(np.abs(table["drift_px"]).max())
     assert event["data"]["covariance_slices"] == list(range(1, n + 1))
+    assert event["data"]["face_depth_um"] == pytest.approx(THICKNESS_UM * np.arange(1, n + 1))
     assert event["data"]["registration_dy_um"] == pytest.approx(
         table["registration_shift_um"][-1, 0]
     )

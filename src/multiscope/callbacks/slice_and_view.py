@@ -323,8 +323,9 @@ class SliceAndViewAssembler(RunFrames):
         if state is None:
             state = SliceState(number, self.start_doc["uid"])
             self.series.slices[number] = state
-        if values.get("face_depth_um") is not None:
-            state.face_depth_um = float(values["face_depth_um"])
+        depth = values.get("face_depth_um", record.attributes.get("face_depth_um"))
+        if depth is not None and np.isfinite(depth):  # the event's, else the file's
+            state.face_depth_um = float(depth)
         if values.get("beam_shift_x_um") is not None:
             state.beam_shift_um = (float(values["beam_shift_x_um"]),
                                    float(values.get("beam_shift_y_um") or 0.0))  # fmt: skip
@@ -478,6 +479,8 @@ class SliceAndViewAssembler(RunFrames):
         correlated = [s for s in slices if s.correlation is not None]
         return {
             "slice_numbers": np.array([s.number for s in aligned], dtype=np.int64),
+            "face_depth_um": np.array([np.nan if s.face_depth_um is None else s.face_depth_um
+                                       for s in aligned]),  # fmt: skip
             "drift_px": np.array([s.drift_px for s in aligned]).reshape(-1, 2),
             "residual_px": np.array([s.residual_px for s in aligned]).reshape(-1, 2),
             "slice_seconds": np.array([s.seconds for s in slices]),
@@ -572,7 +575,8 @@ class SliceAndViewAssembler(RunFrames):
         measured = np.isfinite(covs)
         table["covariance_slices"] = table["registered_slices"][measured]
         table["covariance_li_zr"] = covs[measured]
-        arrays = {k: v for k, v in table.items() if v.size}
+        arrays = {k: v for k, v in table.items()
+                  if v.size and (v.dtype.kind != "f" or np.isfinite(v).all())}  # fmt: skip
         return publish_derived_run(
             self.publish, metadata, scalars=scalars, arrays=arrays,
             volume_path=self.paths["volumes"], volume_shape=cbs.shape,
