@@ -58,14 +58,18 @@ SIM_MODULES: dict[str, str] = {
     "demo": "sim_devices.demo",
     "ring": "sim_devices.ring",
     "txm": "sim_devices.txm",
+    "fibsem": "sim_devices.fibsem",
 }
-DEFAULT_PORTS: dict[str, int] = {"demo": 5070, "txm": 5071, "ring": 5072}
-DEFAULT_PREFIXES: dict[str, str] = {"demo": "DEMO:", "txm": "TXM:", "ring": "SR:"}
+DEFAULT_PORTS: dict[str, int] = {"demo": 5070, "txm": 5071, "ring": 5072, "fibsem": 5073}
+DEFAULT_PREFIXES: dict[str, str] = {
+    "demo": "DEMO:", "txm": "TXM:", "ring": "SR:", "fibsem": "PFIB:",
+}  # fmt: skip
 # One PV per IOC (after the prefix) that answers once the server is up.
 READY_PVS: dict[str, str] = {
     "demo": "m1.RBV",
     "ring": "ring:current",
     "txm": "sample:theta.RBV",
+    "fibsem": "stage:tilt.RBV",
 }
 # IOCs an IOC reads from (started first); it is told where with link_args.
 REQUIRES: dict[str, tuple[str, ...]] = {"txm": ("ring",)}
