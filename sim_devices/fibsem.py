@@ -242,7 +242,7 @@ class FibsemIOC(PVGroup):
             self.pvdb.update(detector.pvdb)
         self._set_channel_clocks()
         for axis in (self.stage_x, self.stage_y, self.stage_z, self.stage_tilt, self.stage_rot):
-            axis.guard = self._guard_stage
+            axis.guard, axis.report_refusal = self._guard_stage, self.report_refusal
         for axis in (self.stage_tilt, self.stage_rot):
             axis.on_position = self._axis_moved
 
@@ -281,6 +281,11 @@ class FibsemIOC(PVGroup):
         logger.warning("refused: %s", reason)
         await self.message.write(reason[:255])
         raise RefusedError(reason)
+
+    async def report_refusal(self, reason: str) -> None:
+        """A put refused before its putter (a soft limit): publish why."""
+        logger.warning("refused: %s", reason)
+        await self.message.write(reason[:255])
 
     async def accepted(self) -> None:
         """A request passed the interlocks: clear the message."""
@@ -447,8 +452,8 @@ class FibsemIOC(PVGroup):
         duration = self._cut_time(depth)
         self._cut_stop.clear()
         self.state.start_cut(polish=polish)  # counted (and saved) before the beam mills
-        await self.mill_busy.write(1)
         await self._save()
+        await self.mill_busy.write(1)
         start = time.monotonic()
         try:
             await asyncio.wait_for(self._cut_stop.wait(), duration * self.time_scale)

@@ -171,6 +171,8 @@ class MotorAxis(PVGroup):
     ):
         super().__init__(*args, **kwargs)
         self.guard = guard
+        # Set by an owning IOC to hear of a soft-limit refusal (sim_devices.refusal).
+        self.report_refusal = None
         self._defaults = {
             "velocity": float(velocity),
             "acceleration": float(acceleration),

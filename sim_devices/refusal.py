@@ -8,8 +8,9 @@ status. A PV of one of the ``Refusable*`` classes below (``pvproperty(dtype=...)
 does the same when its putter raises :class:`RefusedError`: the value is not written,
 a put-with-callback completes at once with ``ECA_PUTFAIL`` (``response.status`` of a
 caproto ``PV.write(wait=True)``), a plain put is dropped. Any other exception behaves
-as before. Clients that ignore the status (ophyd's put-completion does) read the
-IOC's reason PV.
+as before, except a soft-limit refusal (caproto's ``CannotExceedLimits``) of a PV whose
+group has a ``report_refusal`` coroutine: it is answered the same way and reported to it.
+Clients that ignore the status (ophyd's put-completion does) read the IOC's reason PV.
 """
 
 from __future__ import annotations
@@ -45,11 +46,18 @@ class _Refusable:
     """Answer a put whose putter raised :class:`RefusedError` with ``ECA_PUTFAIL``."""
 
     async def auth_write(self, *args, **kwargs):
+        from caproto._data import CannotExceedLimits  # not exported (see multiscope.compat)
+
         try:
             return await super().auth_write(*args, **kwargs)
         except RefusedError as ex:
             logger.info("put to %s refused: %s", getattr(self, "pvname", "?"), ex)
-            return CAStatus.ECA_PUTFAIL
+        except CannotExceedLimits as ex:
+            report = getattr(getattr(self, "group", None), "report_refusal", None)
+            if report is None:
+                raise
+            await report(f"{self.pvname}: {ex}")
+        return CAStatus.ECA_PUTFAIL
 
 
 class RefusableChar(_Refusable, PvpropertyChar):
