@@ -7,7 +7,9 @@ Plain caproto client puts (no ophyd): a refused put completes with ``ECA_PUTFAIL
 from __future__ import annotations
 
 import os
+import re
 import signal
+from pathlib import Path
 from types import SimpleNamespace
 
 import h5py
@@ -23,6 +25,29 @@ pytestmark = pytest.mark.integration
 TIME_SCALE = 0.01  # wall s per instrument s (the IOC's default)
 POSES = {"eucentric": (0.0, 0.0), "mill": (16.0, 0.0), "sem": (54.0, 0.0), "sims": (0.0, 180.0)}
 INSERTABLES = ("cbs:insert", "eds:insert", "gis:needle")
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "fibsem.md"
+MOTOR_FIELDS = ("", ".RBV", ".DMOV", ".VELO", ".HLM", ".LLM", ".STOP")
+DETECTOR_PVS = ("cam1:Acquire", "cam1:NumImages", "cam1:AcquireTime", "HDF1:Capture",
+                "HDF1:FullFileName_RBV")  # fmt: skip
+
+
+def documented_pvs() -> list[str]:
+    """PV names (after the prefix) of the IOC's table in docs/fibsem.md, with motor fields."""
+    section = DOCS.read_text().split("## PVs of the simulated PFIB-SEM IOC")[1]
+    section = section.split("\n### ")[0]
+    names: list[str] = []
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        first, kind = (cell.strip() for cell in line.strip().strip("|").split("|")[:2])
+        for name in re.findall(r"`([^`]+)`", first):
+            if kind == "motor record":
+                names += [name + suffix for suffix in MOTOR_FIELDS]
+            elif kind == "areaDetector":
+                names += [name + pv for pv in DETECTOR_PVS]
+            else:
+                names.append(name)
+    return names
 
 
 class Client:
@@ -127,6 +152,18 @@ def fibsem(ca_port_pool, ca_context, tmp_path_factory):
     yield SimpleNamespace(client=Client(ca_context, running.prefix), running=running,
                           data=tmp_path_factory.mktemp("fibsem-data"))  # fmt: skip
     simctl.stop_ioc(process.pid)
+
+
+def test_every_documented_pv_is_served(fibsem):
+    names = documented_pvs()
+    assert len(names) > 80
+    missing = []
+    for name in names:
+        try:
+            fibsem.client.pv(name)
+        except Exception:  # noqa: BLE001 - any failure to connect is a missing PV
+            missing.append(name)
+    assert not missing
 
 
 def refused(client, name, value, expected_reason):
