@@ -231,6 +231,7 @@ class FibsemIOC(PVGroup):
         self._cut_stop = asyncio.Event()
         self._rendered: dict[str, tuple[list[np.ndarray], dict]] = {}
         self._heater_task: asyncio.Task | None = None
+        self._in_motion: set[str] = set()  # insertables moving in or out
         self.detectors = {}
         for name, shape, guard in (("SEM", geometry.sem_shape, self._guard_sem),
                                    ("EDS", geometry.eds_shape, self._guard_eds),
@@ -249,18 +250,23 @@ class FibsemIOC(PVGroup):
     # -- state ------------------------------------------------------------------------
 
     def inserted(self) -> frozenset[str]:
-        """What is inserted now (or on its way in)."""
-        pvs = {"cbs": (self.cbs_insert, self.cbs_insert_rbv),
-               "eds": (self.eds_insert, self.eds_insert_rbv),
-               "needle": (self.gis_needle, self.gis_needle_rbv)}  # fmt: skip
-        return frozenset(name for name, (cmd, rbv) in pvs.items()
-                         if "Inserted" in (cmd.value, rbv.value))  # fmt: skip
+        """What is inserted, or moving (in or out): a moving insertable counts as in."""
+        readbacks = {"cbs": self.cbs_insert_rbv, "eds": self.eds_insert_rbv,
+                     "needle": self.gis_needle_rbv}  # fmt: skip
+        return frozenset(name for name, rbv in readbacks.items()
+                         if rbv.value == "Inserted" or name in self._in_motion)  # fmt: skip
 
-    def stage_state(self) -> StageState:
-        """Stage positions (readbacks) and insertions, for the collision rules."""
-        return StageState(self.stage_tilt.position, self.stage_rot.position,
-                          self.stage_x.position, self.stage_y.position, self.stage_z.position,
-                          self.inserted())  # fmt: skip
+    def stage_states(self) -> tuple[StageState, StageState]:
+        """The stage for the collision rules: at its readbacks, and at its setpoints.
+
+        A request is checked from both: an axis on its way (e.g. tilting to 58 deg)
+        must not meet an insertion made while it moves.
+        """
+        axes = (self.stage_tilt, self.stage_rot, self.stage_x, self.stage_y, self.stage_z)
+        inserted = self.inserted()
+        at = StageState(*(axis.position for axis in axes), inserted)
+        going = StageState(*(float(axis.motor.value) for axis in axes), inserted)
+        return at, going
 
     def pose_name(self) -> str:
         """The named pose the stage is at (tilt and rotation within 0.05 deg), else none."""
@@ -292,40 +298,37 @@ class FibsemIOC(PVGroup):
         if self.message.value:
             await self.message.write("")
 
-    async def _check_move(self, target: StageState) -> None:
+    async def _check(self, what: str, change: dict) -> None:
+        """Refuse ``change`` (StageState fields) if a cut runs or ``violations()`` forbid it."""
         if int(self.mill_busy.value):
-            await self.refuse("a cut is running: the stage and the insertables stay put")
-        problems = violations(self.stage_state(), target)
+            await self.refuse(f"{what}: a cut is running: the stage and the insertables stay put")
+        problems: list[str] = []
+        for start in self.stage_states():
+            target = replace(self.stage_states()[1], **change)
+            problems += [p for p in violations(start, target) if p not in problems]
         if problems:
-            await self.refuse("; ".join(problems))
+            await self.refuse(f"{what}: " + "; ".join(problems))
         await self.accepted()
 
     async def _guard_stage(self, axis, value) -> None:
-        here = self.stage_state()
         names = {id(self.stage_x): "x_um", id(self.stage_y): "y_um", id(self.stage_z): "z_um",
                  id(self.stage_tilt): "tilt_deg", id(self.stage_rot): "rotation_deg"}  # fmt: skip
-        target = replace(here, **{names[id(axis)]: float(value)})
-        await self._check_move(target)
+        name = names[id(axis)]
+        await self._check(f"{axis.prefix.removeprefix(self.prefix)} {float(value):g}",
+                          {name: float(value)})  # fmt: skip
 
     async def _insert(self, key: str, value, readback) -> str:
         want = "Inserted" if value in (1, "Inserted") else "Retracted"
-        here = self.stage_state()
-        inserted = set(here.inserted) - {key}
-        if want == "Inserted":
-            inserted.add(key)
-        # From: what is in now, not counting a pending request for this one.
-        current = set(here.inserted) - ({key} if readback.value == "Retracted" else set())
-        start = replace(here, inserted=frozenset(current))
-        target = replace(here, inserted=frozenset(inserted))
-        if int(self.mill_busy.value):
-            await self.refuse("a cut is running: the stage and the insertables stay put")
-        problems = violations(start, target)
-        if problems:
-            await self.refuse(f"{key} {want.lower()}: " + "; ".join(problems))
-        await self.accepted()
+        others = set(self.inserted()) - {key}
+        inserted = others | {key} if want == "Inserted" else others
+        await self._check(f"{key} {want.lower()}", {"inserted": frozenset(inserted)})
         if readback.value != want:
-            await asyncio.sleep(ACTUATION_S)
-            await readback.write(want)
+            self._in_motion.add(key)
+            try:
+                await asyncio.sleep(ACTUATION_S)
+                await readback.write(want)
+            finally:
+                self._in_motion.discard(key)
         return want
 
     @cbs_insert.putter

@@ -261,6 +261,48 @@ def test_stopped_cut_counts_partial(fibsem):
     client.put("mill:thickness_um", 0.06)
 
 
+def test_deposition_needs_needle_heat_and_beam(fibsem):
+    client = fibsem.client
+    client.go("mill")
+    assert client.put("ion:beam", "On") == "ECA_NORMAL"
+    refused(client, "gis:deposit_um", 0.2, "the GIS needle is retracted")
+    assert client.put("gis:needle", "Inserted") == "ECA_NORMAL"
+    refused(client, "gis:deposit_um", 0.2, "gis:heat On")
+    assert client.put("gis:heat", "On") == "ECA_NORMAL"
+    wait_until(lambda: client.get("gis:temperature_RBV") >= 44.0, timeout=20, message="45 C")
+    assert client.put("ion:beam", "Blanked") == "ECA_NORMAL"
+    refused(client, "gis:deposit_um", 0.2, "the ion beam is blanked")
+    assert client.put("ion:beam", "On") == "ECA_NORMAL"
+    depth = client.get("mill:face_depth_RBV")
+    assert client.put("gis:deposit_um", 0.2) == "ECA_NORMAL", client.message
+    assert client.get("gis:cap_um_RBV") == pytest.approx(0.2)
+    assert client.get("gis:filled_to_RBV") == pytest.approx(depth + 3.0)
+    client.retract_all()
+    polishes = client.get("mill:polishes_RBV")
+    client.put("mill:polish_um", 0.3)
+    assert client.put("mill:polish", polishes + 1) == "ECA_NORMAL", client.message
+    assert client.get("gis:cap_um_RBV") == 0.0  # the polish removed the cap first
+    assert client.get("mill:face_depth_RBV") == pytest.approx(depth + 0.1)
+    client.put("gis:heat", "Off")
+
+
+def test_insertion_refused_while_the_tilt_moves_above_the_limit(fibsem):
+    client = fibsem.client
+    client.go("eucentric")
+    client.put("stage:tilt.VELO", 5.0)  # 58 deg in ~12 s: the insertion comes mid-move
+    try:
+        assert client.put("stage:tilt", 58.0) == "ECA_NORMAL"
+        wait_until(lambda: client.get("stage:tilt.MOVN") == 1, timeout=5, message="tilting")
+        refused_put = client.put("eds:insert", "Inserted")
+        assert refused_put == "ECA_PUTFAIL"
+        assert "above 56 deg" in client.message
+        assert client.get("eds:insert_RBV") == 0
+    finally:
+        client.put("stage:tilt.STOP", 1)
+        client.put("stage:tilt.VELO", 60.0)
+    client.go("eucentric")
+
+
 def acquire(client, detector, n, directory, exposure=1.0):
     """One acquisition of ``n`` frames to a new HDF5 file; (frames, attributes)."""
     cam, hdf = f"{detector}:cam1:", f"{detector}:HDF1:"

@@ -165,3 +165,21 @@ def test_truth_matches_the_rendered_face_below_the_cap(scene):
     truth = truth_labels("assb", 0, [state.true_depth_um], g.sem_shape, g.sem_pixel_um, origin)
     below = int(g.cap_into_um / g.sem_pixel_um) + 1
     np.testing.assert_array_equal(truth[0, below:], rendered[below:])
+
+
+def test_truth_command_line_writes_labels(tmp_path):
+    import h5py
+
+    from sim_devices.fibsem_truth import main
+
+    out = tmp_path / "truth.h5"
+    main(["--phantom", "nmc", "--seed", "2", "--depths", "0.5", "1.5", "--shape", "20", "30",
+          "--pixel-um", "0.1", "--origin-um", "10", "12", "--out", str(out)])  # fmt: skip
+    with h5py.File(out, "r") as f:
+        labels, depths = f["labels"][:], f["depths_um"][:]
+        assert f.attrs["phase_4"] == "nmc811"
+    assert labels.shape == (2, 20, 30)
+    np.testing.assert_array_equal(depths, [0.5, 1.5])
+    np.testing.assert_array_equal(
+        labels, truth_labels("nmc", 2, [0.5, 1.5], (20, 30), 0.1, (10, 12))
+    )
