@@ -110,7 +110,26 @@ def _axis(cls, prefix, *, velocity, limits, egu, doc):
 
 
 class FibsemIOC(PVGroup):
-    """Xe+ PFIB-SEM chamber with CBS/TLD, EDS and SIMS (see the module docstring)."""
+    """Xe+ PFIB-SEM chamber with CBS/TLD, EDS and SIMS (see the module docstring).
+
+    The PVs are listed in ``docs/fibsem.md`` ("PVs of the simulated PFIB-SEM IOC").
+
+    Parameters
+    ----------
+    phantom : {"assb", "nmc"}
+        The sample (:func:`~sim_devices.physics.serial_phantom.make_serial_phantom`).
+    seed : int
+        Phantom, cut errors, drift and detector noise.
+    time_scale : float
+        Wall seconds per instrument second (cuts, deposition, exposures, heating).
+    state_file : path, optional
+        The sample state file (default :func:`default_state_file`); read if it exists
+        (it must hold the same phantom, seed and size), written after every change.
+    sem_shape : (int, int)
+        SEM frame shape (ny, nx).
+    size_um : (float, float, float)
+        Phantom extent; the default holds every field.
+    """
 
     # -- stage and insertions ---------------------------------------------------------
     stage_x = _axis(MotorAxis, "stage:x", velocity=5000.0, limits=(-50_000.0, 50_000.0),
