@@ -243,7 +243,8 @@ def test_slice_advances_count_and_depth(fibsem):
     assert client.get("mill:last_complete_RBV") == 1
 
 
-def test_stopped_cut_counts_partial(fibsem):
+@pytest.mark.parametrize("stop", [("mill:stop", 1), ("ion:beam", "Blanked")])
+def test_stopped_cut_counts_partial(fibsem, stop):
     client = fibsem.client
     client.go("mill")
     assert client.put("ion:beam", "On") == "ECA_NORMAL"
@@ -252,7 +253,7 @@ def test_stopped_cut_counts_partial(fibsem):
     client.put_nowait("mill:slice", slices + 1)
     wait_until(lambda: client.get("mill:busy_RBV") == 1, timeout=10, message="cut started")
     assert client.get("mill:slices_RBV") == slices + 1  # counted as it starts
-    assert client.put("mill:stop", 1) == "ECA_NORMAL"
+    assert client.put(*stop) == "ECA_NORMAL"
     wait_until(lambda: client.get("mill:busy_RBV") == 0, timeout=10, message="cut stopped")
     assert client.get("mill:last_complete_RBV") == 0
     assert client.get("ion:beam") == 0  # Blanked
