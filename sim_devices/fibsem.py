@@ -424,6 +424,7 @@ class FibsemIOC(PVGroup):
         """Slice thickness: 0 < t <= mill:max_thickness_um."""
         if not 0.0 < float(value) <= MAX_THICKNESS_UM:
             await self.refuse(f"mill:thickness_um {value} outside (0, {MAX_THICKNESS_UM}] um")
+        await self.accepted()
         await self._update_mill_time(thickness=value)
         return value
 
@@ -432,6 +433,7 @@ class FibsemIOC(PVGroup):
         """Ion current: the cut duration follows."""
         if not float(value) > 0.0:
             await self.refuse(f"ion:current {value} nA must be > 0")
+        await self.accepted()
         await self._update_mill_time(current=value)
         return value
 
@@ -593,6 +595,7 @@ class FibsemIOC(PVGroup):
         if unknown or not lines:
             await self.refuse(f"eds:lines {value!r}: unknown line(s) {unknown}; known: "
                               f"{list(EDS_LINES)}")  # fmt: skip
+        await self.accepted()
         self._set_channel_clocks(lines=lines)
         return value
 
@@ -607,6 +610,7 @@ class FibsemIOC(PVGroup):
         """EDS binning: 1, 2 or 4."""
         if int(value) not in (1, 2, 4):
             await self.refuse(f"eds:binning {value}: 1, 2 or 4")
+        await self.accepted()
         return int(value)
 
     def _attributes(self) -> dict[str, float]:
