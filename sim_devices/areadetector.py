@@ -15,9 +15,8 @@ Files (Stream mode, the one the project uses)::
     /entry/instrument/NDAttributes/NDArrayTimeStamp  (n,) float64
     /entry/instrument/NDAttributes/<name>            (n,) float64, from the scene
 
-The file is opened in SWMR mode and flushed after every frame, so other
-processes can read frames while it is written. Attribute datasets are created
-with the first frame (SWMR forbids creating datasets later).
+The file is opened in SWMR mode and flushed after every frame, so other processes can
+read it while it is written. Attribute datasets come with the first frame (SWMR).
 """
 
 from __future__ import annotations
@@ -37,6 +36,8 @@ import numpy as np
 from caproto import ChannelType
 from caproto.server import PVGroup, PvpropertyChar, SubGroup, get_pv_pair_wrapper, pvproperty
 
+from sim_devices.refusal import RefusableEnum
+
 __all__ = [
     "DATA_PATH",
     "ATTRIBUTES_PATH",
@@ -53,11 +54,10 @@ DATA_PATH = "/entry/data/data"
 ATTRIBUTES_PATH = "/entry/instrument/NDAttributes"
 
 #: Frames a camera holds between exposure and file (a real camera's on-board buffer).
-#: A buffered frame is its exposure's context, not pixels (it is rendered when its turn
-#: comes), so the buffer is long: 10 s at the fly scans' 20 Hz. A host that renders
-#: slower than the frame rate for a while (a loaded machine) then delays the files, not
-#: the exposures; with 4 frames (200 ms) it made frames late and a fly scan's last
-#: frames miss the rotation (issue 8).
+#: A buffered frame is its exposure's context, not pixels (rendered when its turn comes),
+#: so the buffer is long: 10 s at the fly scans' 20 Hz. A host that renders slower than
+#: the frame rate for a while then delays the files, not the exposures (with 4 frames a
+#: fly scan's last frames missed the rotation, issue 8).
 MAX_BUFFERED_FRAMES = 200
 
 pvproperty_with_rbv = get_pv_pair_wrapper(setpoint_suffix="", readback_suffix="_RBV")
@@ -260,7 +260,7 @@ class CamGroup(PVGroup):
 
     acquire = pvproperty_with_rbv(
         name="Acquire",
-        dtype=ChannelType.ENUM,
+        dtype=RefusableEnum,  # an acquire_guard's RefusedError fails the put cleanly
         enum_strings=("Done", "Acquire"),
         value="Done",
         put=_put_acquire,
@@ -404,6 +404,8 @@ class CamGroup(PVGroup):
             self._stop.set()
             return "Done"
         if self._task is None or self._task.done():
+            if self.detector.acquire_guard is not None:
+                await self.detector.acquire_guard(self.detector)  # raises to refuse
             self._stop.clear()
             self._task = asyncio.get_running_loop().create_task(self._acquire())
         # Put-completion: the client's put finishes when the acquisition ends.
@@ -471,7 +473,8 @@ class CamGroup(PVGroup):
         else:
             total = math.inf
         exposure = max(0.0, float(self.acquire_time.readback.value))
-        period = max(exposure, float(self.acquire_period.readback.value))
+        scale = self.detector.time_scale  # wall s per instrument s (the clock runs on wall s)
+        period = max(exposure, float(self.acquire_period.readback.value)) * scale
         external = self.trigger_mode.readback.value == "External"
         await self.acquire.setpoint.write("Acquire", verify_value=False)
         await self.acquire.readback.write("Acquire")
@@ -490,7 +493,7 @@ class CamGroup(PVGroup):
             if start is None:  # stopped while armed
                 total = 0
             while index < total:
-                end = start + exposure
+                end = start + exposure * scale
                 if await self._sleep_until_or_stop(end):
                     break
                 while in_flight and in_flight[0].done():
@@ -521,7 +524,7 @@ class CamGroup(PVGroup):
                     asyncio.get_running_loop().create_task(self._deliver(ctx, total, period, after))
                 )
                 index += 1
-                start = end - exposure + period
+                start = end - exposure * scale + period
             # Every exposed frame is written before the acquisition completes.
             while in_flight:
                 await in_flight.popleft()
@@ -858,6 +861,10 @@ class SimAreaDetector(PVGroup):
     start_trigger : async callable, optional
         ``await start_trigger()`` returns the monotonic time of the instrument's next
         start pulse; with ``TriggerMode`` External the first exposure starts then.
+    time_scale : float
+        Wall s per instrument s of AcquireTime/Period (the scene gets AcquireTime).
+    acquire_guard : async callable, optional
+        Awaited with the detector before an acquisition; raises RefusedError to refuse.
     """
 
     cam = SubGroup(CamGroup, prefix="cam1:", doc="Detector driver")
@@ -871,9 +878,11 @@ class SimAreaDetector(PVGroup):
         ioc: Any = None,
         seed: int | None = None,
         start_trigger: Callable[[], Awaitable[float]] | None = None,
+        time_scale: float = 1.0,
+        acquire_guard: Callable[[Any], Awaitable[None]] | None = None,
         **kwargs,
     ):
-        self.scene = scene
+        self.scene, self.time_scale, self.acquire_guard = scene, float(time_scale), acquire_guard
         self.start_trigger = start_trigger
         self.shape = (int(shape[0]), int(shape[1]))
         self.ioc = ioc

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import math
 import time
 from collections import deque
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from caproto.server import PVGroup, pvproperty
 
 from multiscope.compat import cannot_exceed_limits
+from sim_devices.refusal import RefusableDouble
 
 __all__ = ["MotorAxis", "TrackedAxis", "Trajectory", "check_target"]
 
@@ -140,12 +142,16 @@ class MotorAxis(PVGroup):
         Display precision.
     tick_hz : float
         Readback update rate while moving.
+    guard : callable, optional
+        ``guard(axis, target)`` (may be async) is called before a VAL put moves the
+        axis; it raises :class:`sim_devices.refusal.RefusedError` to refuse the move.
     """
 
     motor = pvproperty(
         value=0.0,
         name="",
         record="motor",
+        dtype=RefusableDouble,  # a guard's RefusedError fails the put cleanly
         precision=4,
         doc="Motor record: VAL is the user setpoint; fields carry readback and status",
     )
@@ -160,9 +166,13 @@ class MotorAxis(PVGroup):
         egu: str = "mm",
         precision: int = 4,
         tick_hz: float = 200.0,
+        guard=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.guard = guard
+        # Set by an owning IOC to hear of a soft-limit refusal (sim_devices.refusal).
+        self.report_refusal = None
         self._defaults = {
             "velocity": float(velocity),
             "acceleration": float(acceleration),
@@ -226,6 +236,8 @@ class MotorAxis(PVGroup):
             await self._publish_readback(value)
             return value
         check_target(value, *self.limits)
+        if self.guard is not None and inspect.isawaitable(refusal := self.guard(self, value)):
+            await refusal
         await self._cancel_move()
         self._stop_requested.clear()
         await fields.direction_of_travel.write(1 if value >= self.position else 0)

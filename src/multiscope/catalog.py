@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -69,6 +70,7 @@ __all__ = [
     "RunSummary",
     "recover",
     "recover_journal",
+    "series_documents",
 ]
 
 logger = logging.getLogger(__name__)
@@ -795,3 +797,54 @@ def recover(data_dir: str | os.PathLike | None, catalog: Catalog) -> list[Recove
             logger.warning("recovery of %s failed: %s", path.name, report.error)
         reports.append(report)
     return reports
+
+
+def _first_line_start(path: Path) -> dict | None:
+    """The start document on a journal's first line (None if it has none)."""
+    try:
+        with open(path, "rb") as f:
+            item = json.loads(f.readline() or b"null")
+    except (OSError, ValueError):
+        return None
+    if isinstance(item, dict) and item.get("name") == "start":
+        return item.get("doc")
+    return None
+
+
+def series_documents(data_dir: str | os.PathLike, uid: str) -> list[tuple[str, dict]]:
+    """Documents of run ``uid`` and of the runs continuing it, from the journal, in order.
+
+    A serial-sectioning series is its first run and every run whose start names it
+    in ``resume_of``; all are read from ``<data_dir>/journal`` (also ``committed/``),
+    the durable record written before the catalog, so a run whose client was killed
+    is complete up to its last document. ``uid`` may be a unique prefix.
+
+    Raises
+    ------
+    KeyError
+        If no journal, or more than one, matches ``uid``.
+    """
+    journal_dir = Path(data_dir) / "journal"
+    paths = [*journal_dir.glob("*.jsonl"), *(journal_dir / COMMITTED_SUBDIR).glob("*.jsonl")]
+    matches = sorted({p for p in paths if p.stem.startswith(uid)}, key=lambda p: p.stem)
+    stems = sorted({p.stem for p in matches})
+    if len(stems) != 1:
+        found = "no run" if not stems else f"{len(stems)} runs ({', '.join(stems[:4])})"
+        raise KeyError(f"{found} in {journal_dir} match {uid!r}")
+    first = stems[0]
+    series = [(read_journal(matches[0]).start or {}).get("time", 0.0), matches[0]]
+    followers = []
+    for path in paths:
+        if path.stem == first:
+            continue
+        start = _first_line_start(path)
+        if start and (start.get("slice_and_view") or {}).get("resume_of") == first:
+            followers.append((start.get("time", 0.0), path))
+    documents: list[tuple[str, dict]] = []
+    seen: set[str] = set()
+    for _, path in [tuple(series), *sorted(followers, key=lambda item: item[0])]:
+        if path.stem in seen:  # a journal in both places (moved while we listed)
+            continue
+        seen.add(path.stem)
+        documents.extend(read_journal(path).documents)
+    return documents

@@ -212,12 +212,15 @@ class SliceViewBlock(_Block):
     """The ``slice_and_view`` block: a serial-sectioning run's slices, fields and channels.
 
     Streams of such a run (one event per slice and modality; frames in HDF5):
-    ``mill`` (one event per cut: ``slice_number``, ``face_depth_um``,
-    ``cut_complete``), ``sem`` (``sem_image``: CBS then TLD, ``[2, ny, nx]``), ``eds``
-    (``eds_image``: one frame per line of ``eds_lines``), ``sims`` (``sims_image``:
-    one frame per mass of ``sims_masses``). Every imaging event also holds
-    ``slice_number``, ``face_depth_um``, ``pose``, ``ion_beam`` and the beam shift
-    applied (``beam_shift_x_um``, ``beam_shift_y_um``).
+    ``mill`` (one event per cut), ``sem`` (``sem_image``: CBS then TLD,
+    ``[2, ny, nx]``), ``eds`` (``eds_image``: one frame per line of ``eds_lines``),
+    ``sims`` (``sims_image``: one frame per mass of ``sims_masses``), ``depth`` (one
+    event at the end), ``kintsugi`` (one per Pt infiltration). Every event holds
+    ``slice_number`` (the slice whose face it shows, or the cut), the instrument's
+    ``mill_face_depth_um`` and ``mill_slices_milled``, ``stage_pose``,
+    ``stage_tilt``, ``stage_rot``, ``ion_column_beam`` and the beam shift applied
+    (``electron_column_beam_shift_x_um``, ``electron_column_beam_shift_y_um``); the
+    frames' files hold per-frame ``channel`` and ``face_depth_um`` attributes.
 
     Attributes
     ----------
@@ -225,6 +228,9 @@ class SliceViewBlock(_Block):
         Slices of the whole series (a resume keeps the first run's).
     first_slice : int
         Number (1-based) of the first slice this run mills (a resume: the next unmilled).
+        Slices are numbered by the instrument's count of cuts since the sample was loaded.
+    series_first_slice : int
+        Number of the series' first slice (the first run's ``first_slice``).
     slice_thickness_um : float
         Nominal thickness of one slice.
     start_depth_um : float
@@ -250,6 +256,7 @@ class SliceViewBlock(_Block):
 
     n_slices: int | None = None
     first_slice: int = 1
+    series_first_slice: int = 1
     slice_thickness_um: float | None = None
     start_depth_um: float = 0.0
     sem_pixel_um: float | None = None

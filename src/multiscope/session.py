@@ -126,6 +126,12 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
         facility_beam_prefix="SR:",
         pipeline="multiscope.callbacks.pipelines:tomography_pipeline",
     ),
+    "fibsem": InstrumentSpec(
+        name="fibsem",
+        devices_module="multiscope.instruments.fibsem",
+        plan_modules=("multiscope.plans.slice_and_view",),
+        facility_prefix="PFIB:",
+    ),
 }
 
 
@@ -180,6 +186,22 @@ class Session:
             f"<multiscope session: {self.instrument} ({mode}, prefix {self.prefix!r}), "
             f"data in {self.data_dir}, {len(self.devices)} devices>"
         )
+
+
+def _register_series_command(RE, root: Path) -> None:
+    """Answer ``Msg(SERIES_COMMAND, None, uid)`` with the series' documents (the journal)."""
+    from .catalog import series_documents
+    from .plans.preflight import PlanArgumentError
+    from .plans.slice_and_view import SERIES_COMMAND
+
+    async def series(msg):
+        uid = msg.args[0]
+        try:
+            return series_documents(root, uid)
+        except KeyError as error:
+            raise PlanArgumentError(f"resume={uid!r}: {error.args[0]}") from None
+
+    RE.register_command(SERIES_COMMAND, series)
 
 
 class _BuiltOnFirstUse:
@@ -367,6 +389,8 @@ def configure_session(
     RE.md.setdefault("instrument", instrument)
     # A refusal is one clear exception, without bluesky's "Run aborted" traceback above it.
     QuietRefusals.install(RE)
+    # A resumed series reads its earlier runs from the journal (plans.slice_and_view).
+    _register_series_command(RE, root)
     # Every consumer sees each document once: a rewind re-emits saved events (replay.py).
     RE.subscribe(ReplayFilter(catalog.writer()))
     bec = None

@@ -41,6 +41,7 @@ __all__ = [
     "REQUIRES",
     "free_port",
     "link_args",
+    "data_args",
     "names",
     "pid_exists",
     "port_is_free",
@@ -58,14 +59,18 @@ SIM_MODULES: dict[str, str] = {
     "demo": "sim_devices.demo",
     "ring": "sim_devices.ring",
     "txm": "sim_devices.txm",
+    "fibsem": "sim_devices.fibsem",
 }
-DEFAULT_PORTS: dict[str, int] = {"demo": 5070, "txm": 5071, "ring": 5072}
-DEFAULT_PREFIXES: dict[str, str] = {"demo": "DEMO:", "txm": "TXM:", "ring": "SR:"}
+DEFAULT_PORTS: dict[str, int] = {"demo": 5070, "txm": 5071, "ring": 5072, "fibsem": 5073}
+DEFAULT_PREFIXES: dict[str, str] = {
+    "demo": "DEMO:", "txm": "TXM:", "ring": "SR:", "fibsem": "PFIB:",
+}  # fmt: skip
 # One PV per IOC (after the prefix) that answers once the server is up.
 READY_PVS: dict[str, str] = {
     "demo": "m1.RBV",
     "ring": "ring:current",
     "txm": "sample:theta.RBV",
+    "fibsem": "stage:tilt.RBV",
 }
 # IOCs an IOC reads from (started first); it is told where with link_args.
 REQUIRES: dict[str, tuple[str, ...]] = {"txm": ("ring",)}
@@ -116,6 +121,17 @@ def link_args(name: str, required: dict[str, IOCProcess]) -> list[str]:
         ioc = required[requirement]
         args += [f"--{requirement}-prefix", ioc.prefix, f"--{requirement}-port", str(ioc.port)]
     return args
+
+
+def data_args(name: str, data_dir: str | os.PathLike) -> list[str]:
+    """Options putting IOC ``name``'s own files in the data directory.
+
+    The PFIB-SEM keeps its sample state (slices milled, depth) in
+    ``<data_dir>/sim/fibsem-state.json``, beside the data, so a restarted IOC resumes.
+    """
+    if name == "fibsem":
+        return ["--state-file", str(Path(data_dir) / "sim" / "fibsem-state.json")]
+    return []
 
 
 def port_is_free(port: int) -> bool:
@@ -422,7 +438,7 @@ def start(
             prefix=prefixes[name],
             port=port,
             log_dir=Path(data_dir) / "sim" / "logs",
-            extra_args=link_args(name, result),
+            extra_args=[*link_args(name, result), *data_args(name, data_dir)],
         )
         recorded[name] = ioc
         result[name] = ioc

@@ -33,6 +33,9 @@ class RunningIOC:
     pid: int
     log_path: str
     ring: RunningIOC | None = None  # the ring IOC a TXM reads its beam current from
+    state_file: Path | None = None  # an IOC that keeps state across restarts (PFIB-SEM)
+    extra_args: list | None = None  # its options, for a restart
+    log_dir: Path | None = None
 
 
 def _distinct_free_ports(n: int) -> list[int]:
@@ -184,3 +187,46 @@ def acquire(cam, exposure: float, n: int = 1, period: float = 0.0):
         frames = f["/entry/data/data"][:].astype(np.float64)
         attrs = {k: v[:] for k, v in f["/entry/instrument/NDAttributes"].items()}
     return frames, attrs
+
+
+@contextlib.contextmanager
+def fibsem_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
+    """A PFIB-SEM session on its own simulated IOC; closed and stopped after.
+
+    Yields ``(session, running IOC)``; the IOC keeps its state in
+    ``<name>-logs/fibsem-state.json`` (``running.state_file``), so a restart on the same
+    port and prefix (:func:`restart_ioc`) finds its slice count and face depth again.
+    """
+    from multiscope.session import configure_session
+
+    logs = tmp_path_factory.mktemp(f"{name}-logs")
+    state_file = logs / "fibsem-state.json"
+    running, process = start_sim_ioc(
+        pool, logs, "fibsem", extra_args=["--state-file", str(state_file), *extra_args]
+    )
+    running.state_file = state_file
+    running.extra_args = ["--state-file", str(state_file), *extra_args]
+    running.log_dir = logs
+    session = None
+    try:
+        session = configure_session(
+            {}, "fibsem", data_dir=tmp_path_factory.mktemp(f"{name}-data"),
+            prefix=running.prefix, table=False, progress=False, **options,
+        )  # fmt: skip
+        yield session, running
+    finally:
+        if session is not None:
+            session.close(timeout=120)
+        simctl.stop_ioc(running.pid)
+
+
+def restart_ioc(running: RunningIOC, name: str, timeout: float = 60.0) -> None:
+    """Start IOC ``name`` again on ``running``'s port and prefix (after it was killed)."""
+    ioc = simctl.start_ioc(name, prefix=running.prefix, port=running.port,
+                           log_dir=running.log_dir, extra_args=running.extra_args)  # fmt: skip
+    try:
+        simctl.wait_until_ready(ioc, timeout=timeout)
+    except Exception:
+        simctl.stop_ioc(ioc.pid)
+        raise
+    running.pid = ioc.pid

@@ -11,6 +11,7 @@ IOC_CLASSES = {
     "demo": ("sim_devices.demo", "DemoIOC"),
     "ring": ("sim_devices.ring", "RingIOC"),
     "txm": ("sim_devices.txm", "TXMIOC"),
+    "fibsem": ("sim_devices.fibsem", "FibsemIOC"),
 }
 
 

@@ -33,13 +33,15 @@ class RunProgress(DocumentRouter):
         self._descriptors: set[str] = set()
 
     def start(self, doc):
+        # A run may name the stream that counts its points (slice_and_view: "sem").
+        self._active = doc.get("progress_stream", self._stream)
         total = doc.get("num_points")
         label = f"{doc.get('plan_name', 'run')} #{doc.get('scan_id', '?')}"
         self._descriptors.clear()
         self._bar = tqdm(total=total, desc=label, unit="pt", file=self._file, leave=True)
 
     def descriptor(self, doc):
-        if doc.get("name") == self._stream:
+        if doc.get("name") == getattr(self, "_active", self._stream):
             self._descriptors.add(doc["uid"])
 
     def event(self, doc):

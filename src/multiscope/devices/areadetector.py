@@ -288,6 +288,21 @@ class StreamingCamera(DetectorBase):
         """Frames per trigger."""
         return int(self.images_per_trigger.get())
 
+    def last_exposure(self) -> tuple[dict, dict] | None:
+        """Where the last exposure's frames are: ``(stream_resource, datum)`` or None.
+
+        The datum-like dict (``stream_resource`` uid, ``indices``) is what
+        :class:`multiscope.frame_files.FrameReader` reads, so a plan can look at the
+        frames it just took (a drift correction) without waiting for the documents.
+        """
+        with self._lock:
+            if self._resource is None or self._last_point is None:
+                return None
+            row = self._last_point[1]
+            resource = dict(self._resource)
+        datum = {"stream_resource": resource["uid"], "indices": {"start": row, "stop": row + 1}}
+        return resource, datum
+
     # -- staging ----------------------------------------------------------------
 
     def _directory(self) -> str:

@@ -25,8 +25,9 @@ The pieces (decision 0010):
 ==================  ==============================================================
 
 :func:`safe_state_wrapper` (and :data:`safe_state_decorator`) wraps a plan in one;
-:func:`txm_safe_state` builds the TXM's from the devices a plan uses. Another
-instrument composes its own from the same steps.
+:func:`txm_safe_state` builds the TXM's from the devices a plan uses,
+:func:`fibsem_safe_state` the PFIB-SEM's (ion beam blanked, cut stopped, needle and
+detectors retracted). Another instrument composes its own from the same steps.
 
 Examples
 --------
@@ -61,6 +62,7 @@ __all__ = [
     "SafeStep",
     "SetTo",
     "Stop",
+    "fibsem_safe_state",
     "go_safe",
     "safe_state_decorator",
     "safe_state_wrapper",
@@ -383,4 +385,53 @@ def txm_safe_state(
         if positioner is not None:
             steps.append(Restore(positioner, name=f"{_label(positioner)} back",
                                  tolerance=1e-3, timeout_s=timeout_s))  # fmt: skip
+    return SafeState(steps)
+
+
+def fibsem_safe_state(
+    ion_column,
+    *,
+    mill=None,
+    insertables: Sequence = (),
+    cameras: Sequence = (),
+    gis=None,
+    timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
+) -> SafeState:
+    """The PFIB-SEM's safe state for a plan using these devices.
+
+    In order: stop a cut in progress (after a failure or an interruption: the
+    instrument counts it part-milled), blank the ion beam, stop every camera's
+    acquisition, retract every insertable (the gas needle, the CBS and EDS
+    detectors; retracting is allowed in any pose), switch the Pt heater off.
+
+    Parameters
+    ----------
+    ion_column : IonColumn
+        ``beam`` set to ``"Blanked"``.
+    mill : Mill, optional
+        Its cut and polish are stopped.
+    insertables : sequence of Insertable
+        Each ``set("out")``.
+    cameras : sequence of StreamingCamera
+        Each ``cam.acquire`` 0.
+    gis : GasInjection, optional
+        Heater off (its needle belongs in ``insertables``).
+    timeout_s : float
+        Longest wait per step.
+    """
+    steps: list[SafeStep] = []
+    if mill is not None:
+        for process in ("cut", "polish"):
+            if getattr(mill, process, None) is not None:
+                steps.append(Stop(getattr(mill, process), name=f"stop the {process}"))
+    steps.append(SetTo(ion_column.beam, "Blanked", name="blank the ion beam", timeout_s=timeout_s))
+    for camera in cameras:
+        cam = getattr(camera, "cam", None)
+        if getattr(cam, "acquire", None) is not None:
+            steps.append(SetTo(cam.acquire, 0, name=f"stop {_label(camera)} acquisition",
+                               timeout_s=timeout_s))  # fmt: skip
+    for device in insertables:
+        steps.append(SetTo(device, "out", name=f"retract {_label(device)}", timeout_s=timeout_s))
+    if gis is not None and getattr(gis, "heat", None) is not None:
+        steps.append(SetTo(gis.heat, "Off", name="Pt heater off", timeout_s=timeout_s))
     return SafeState(steps)

@@ -1,0 +1,269 @@
+"""slice_and_view over Channel Access: every slice milled once, whatever ends the run.
+
+A real session drives the simulated PFIB-SEM IOC (``sim_devices.fibsem``). The IOC
+numbers its cuts and keeps its count and face depth in a state file, so what was
+milled is read from the instrument, not from the client; the runs' documents are read
+back from the catalog. Interruptions land inside a cut (the IOC reports
+``mill:busy_RBV``): a deferred pause, an immediate pause (the run ends; a resume
+continues), a SIGKILL of the client process, a restart of the IOC.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+from bluesky.utils import RunEngineInterrupted
+from conftest import fibsem_session, finished_run, restart_ioc
+from waiting import wait_until
+
+from multiscope import simctl
+from multiscope.analysis.fibsem_geometry import ChamberLimits
+from multiscope.devices.fibsem import InstrumentRefusedError
+from multiscope.plans.preflight import PlanArgumentError
+
+pytestmark = pytest.mark.integration
+
+# Short maps and a slow cut (about 1 s of wall time at the IOC's clock) so that an
+# interruption can land inside a cut; the physics still counts instrument seconds.
+FAST = {"eds_live_time_s": 20.0, "sims_frame_time_s": 20.0}
+SLOW_CUT = {**FAST, "mill_current_na": 0.3}
+
+
+def _milled(pfib) -> int:
+    return int(pfib.mill.slices_milled.get(use_monitor=False))
+
+
+def _assert_safe(pfib) -> None:
+    """The exit state every run must leave: beam blanked, nothing inserted, no cut."""
+    assert pfib.ion_column.beam.get(use_monitor=False) == "Blanked"
+    for name, device in pfib.insertables.items():
+        assert device.state.get(use_monitor=False) == "Retracted", name
+    assert int(pfib.mill.busy.get(use_monitor=False)) == 0
+
+
+def _stream_numbers(run, stream: str) -> list[int]:
+    if stream not in run:
+        return []
+    return [int(v) for v in run[stream].read()["slice_number"].values]
+
+
+def _interrupt_inside_cut(session, slice_number: int, action) -> threading.Thread:
+    """Call ``action()`` from a thread once the IOC is cutting ``slice_number``."""
+    pfib = session.devices["pfib"]
+
+    def watch():
+        wait_until(
+            lambda: int(pfib.mill.busy.get(use_monitor=False)) == 1
+            and _milled(pfib) == slice_number,
+            timeout=120,
+            interval=0.005,
+            message=f"the IOC never cut slice {slice_number}",
+        )
+        action()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_every_face_is_imaged_and_every_slice_milled_once(ca_port_pool, tmp_path_factory):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-basic") as (session, _):
+        pfib = session.devices["pfib"]
+        assert _milled(pfib) == 0
+        (uid,) = session.RE(session.plans["slice_and_view"](pfib, 3, 0.1, **FAST))
+        run = finished_run(session, uid)
+        assert _milled(pfib) == 3
+        _assert_safe(pfib)
+        assert _stream_numbers(run, "mill") == [1, 2, 3]
+        for stream in ("sem", "eds", "sims"):
+            assert _stream_numbers(run, stream) == [1, 2, 3], stream
+        data = {s: run[s].read() for s in ("mill", "sem", "eds", "sims")}
+        assert data["sem"]["sem_image"].shape[:2] == (3, 2)  # CBS and TLD of one scan
+        assert data["eds"]["eds_image"].shape[:2] == (3, len(pfib.eds.channels()))
+        assert data["sims"]["sims_image"].shape[:2] == (3, len(pfib.sims.channels()))
+        for stream, pose in (("mill", "mill"), ("sem", "sem"), ("eds", "sem"), ("sims", "sims")):
+            assert set(data[stream]["stage_pose"].values) == {pose}, stream
+        assert set(data["sims"]["ion_column_beam"].values) == {"On"}
+        assert set(data["sem"]["ion_column_beam"].values) == {"Blanked"}
+        depths = data["mill"]["mill_face_depth_um"].values
+        np.testing.assert_allclose(np.diff(depths), 0.1, atol=1e-9)
+        block = run.metadata["start"]["slice_and_view"]
+        assert block["n_slices"] == 3 and block["first_slice"] == 1
+        assert run["depth"].read()["stage_pose"].values[0] == "eucentric"
+
+
+def test_bad_requests_are_refused_before_anything_moves(ca_port_pool, tmp_path_factory):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-refuse") as (session, _):
+        pfib = session.devices["pfib"]
+        plan = session.plans["slice_and_view"]
+        before = (_milled(pfib), pfib.stage.tilt.position, pfib.stage.rot.position)
+        for kwargs, match in (
+            ({"slice_thickness_um": 0.0}, "slice_thickness_um must be > 0"),
+            ({"slice_thickness_um": 5.0}, "beyond the ion beam's reach"),
+            ({"eds_every": -1}, "eds_every must be >= 0"),
+            ({"fiducial": (0, 8, 0, 8)}, "fiducial window"),
+            ({"limits": ChamberLimits(tilt_range_deg=(-10.0, 50.0))}, "pose 'sem'"),
+        ):
+            args = {"slice_thickness_um": 0.1, **kwargs}
+            with pytest.raises(PlanArgumentError, match=match):
+                plan(pfib, 3, **args)
+        with pytest.raises(PlanArgumentError, match="no run"):
+            session.RE(plan(pfib, 3, 0.1, resume="ffffffff"))
+        after = (_milled(pfib), pfib.stage.tilt.position, pfib.stage.rot.position)
+        assert after == before
+
+        # The instrument refuses on its own, with its reason, whatever the client does.
+        status = pfib.mill.cut.set(1)
+        with pytest.raises(InstrumentRefusedError, match="mill"):
+            status.wait(30)
+        pfib.cbs.set("in").wait(30)
+        with pytest.raises(InstrumentRefusedError):
+            pfib.eds_detector.set("in").wait(30)
+        pfib.cbs.set("out").wait(30)
+        assert _milled(pfib) == 0
+
+
+def test_a_deferred_pause_in_a_cut_waits_for_it_and_resumes_without_remilling(
+    ca_port_pool, tmp_path_factory
+):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-defer") as (session, _):
+        pfib, RE = session.devices["pfib"], session.RE
+        watcher = _interrupt_inside_cut(session, 2, lambda: RE.request_pause(defer=True))
+        with pytest.raises(RunEngineInterrupted):
+            RE(session.plans["slice_and_view"](pfib, 3, 0.1, **SLOW_CUT))
+        watcher.join(5)
+        assert RE.state == "paused"
+        assert _milled(pfib) == 2  # the cut in progress ended; nothing more
+        assert int(pfib.mill.last_complete.get(use_monitor=False)) == 1
+        (uid,) = RE.resume()
+        run = finished_run(session, uid)
+        assert _milled(pfib) == 3
+        assert _stream_numbers(run, "mill") == [1, 2, 3]
+        assert _stream_numbers(run, "sem") == [1, 2, 3]
+        _assert_safe(pfib)
+
+
+def test_an_immediate_pause_in_a_cut_ends_the_run_and_a_resume_finishes_it(
+    ca_port_pool, tmp_path_factory
+):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-abort") as (session, _):
+        pfib, RE = session.devices["pfib"], session.RE
+        plan = session.plans["slice_and_view"]
+        uids = []
+        RE.subscribe(lambda name, doc: uids.append(doc["uid"]), "start")
+        watcher = _interrupt_inside_cut(session, 2, lambda: RE.request_pause(defer=False))
+        with pytest.raises(Exception):  # noqa: B017 - bluesky's FailedPause ends the run
+            RE(plan(pfib, 4, 0.1, **SLOW_CUT))
+        watcher.join(5)
+        assert RE.state == "idle"
+        _assert_safe(pfib)  # the safe state ran: the cut stopped, the beam blanked
+        assert _milled(pfib) == 2
+        assert int(pfib.mill.last_complete.get(use_monitor=False)) == 0  # stopped part-way
+        first = uids[0]
+        (second,) = RE(plan(pfib, 4, 0.1, resume=first, **FAST))
+        assert _milled(pfib) == 4
+        assert session.catalog.drain(120)
+        first_run, second_run = session.catalog.run(first), finished_run(session, second)
+        assert second_run.metadata["start"]["resume_of"] == first
+        milled = _stream_numbers(first_run, "mill") + _stream_numbers(second_run, "mill")
+        assert sorted(milled) == [1, 3, 4]  # slice 2's cut was stopped: it has no event
+        imaged = _stream_numbers(first_run, "sem") + _stream_numbers(second_run, "sem")
+        assert sorted(imaged) == [1, 2, 3, 4]  # the part-milled face is imaged by the resume
+        _assert_safe(pfib)
+
+
+KILLED_CLIENT = textwrap.dedent(
+    """
+    import sys
+    from multiscope.session import configure_session
+
+    data_dir, prefix = sys.argv[1], sys.argv[2]
+    session = configure_session({}, "fibsem", data_dir=data_dir, prefix=prefix,
+                                table=False, progress=False)
+    session.RE.subscribe(lambda name, doc: print("start", doc["uid"], flush=True), "start")
+    pfib = session.devices["pfib"]
+    session.RE(session.plans["slice_and_view"](pfib, 4, 0.1, eds_live_time_s=20.0,
+                                               sims_frame_time_s=20.0, mill_current_na=0.3))
+    """
+)
+
+
+def _start_client(data_dir, prefix) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", KILLED_CLIENT, str(data_dir), prefix],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+
+
+def _first_uid(client: subprocess.Popen) -> str:
+    for line in client.stdout:
+        if line.startswith("start "):
+            return line.split()[1]
+    raise AssertionError(f"the client ended without a run (exit {client.wait()})")
+
+
+def test_a_killed_client_is_resumed_without_milling_twice(ca_port_pool, tmp_path_factory):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-kill") as (session, running):
+        pfib = session.devices["pfib"]
+        client = _start_client(session.data_dir, running.prefix)
+        try:
+            first = _first_uid(client)
+            wait_until(lambda: int(pfib.mill.busy.get(use_monitor=False)) == 1
+                       and _milled(pfib) == 2, timeout=180, interval=0.005,
+                       message="the client never cut slice 2")  # fmt: skip
+            os.kill(client.pid, signal.SIGKILL)
+        finally:
+            client.kill()
+            client.wait(30)
+        # Nobody stops the cut: the instrument finishes it (the client is gone).
+        wait_until(lambda: int(pfib.mill.busy.get(use_monitor=False)) == 0, timeout=60)
+        assert _milled(pfib) == 2
+        (second,) = session.RE(session.plans["slice_and_view"](pfib, 4, 0.1, resume=first,
+                                                               **FAST))  # fmt: skip
+        assert _milled(pfib) == 4
+        second_run = finished_run(session, second)
+        assert second_run.metadata["start"]["slice_and_view"]["resume_of"] == first
+        assert _stream_numbers(second_run, "mill") == [3, 4]
+        assert _stream_numbers(second_run, "sem") == [2, 3, 4]  # slice 2 was never imaged
+        _assert_safe(pfib)
+
+
+def test_an_ioc_restart_keeps_the_count_and_the_series_resumes(ca_port_pool, tmp_path_factory):
+    options = {"disconnect_timeout_s": 3.0}
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-restart", **options) as (
+        session,
+        running,
+    ):
+        pfib, RE = session.devices["pfib"], session.RE
+        plan = session.plans["slice_and_view"]
+        uids = []
+        RE.subscribe(lambda name, doc: uids.append(doc["uid"]), "start")
+
+        def kill_ioc():
+            os.kill(running.pid, signal.SIGKILL)
+
+        # Killed between cuts: at the sem pose of slice 2 (its cut is done and counted).
+        watcher = threading.Thread(target=lambda: (wait_until(
+            lambda: _milled(pfib) == 2 and pfib.stage.pose.get() == "sem", timeout=180,
+            interval=0.005), kill_ioc()), daemon=True)  # fmt: skip
+        watcher.start()
+        with pytest.raises(Exception):  # noqa: B017 - the watchdog fails the run
+            RE(plan(pfib, 4, 0.1, **FAST))
+        watcher.join(5)
+        assert not simctl.pid_exists(running.pid)
+        restart_ioc(running, "fibsem")
+        pfib.wait_for_connection(timeout=30)
+        assert _milled(pfib) == 2  # from the IOC's state file
+        (second,) = RE(plan(pfib, 4, 0.1, resume=uids[0], **FAST))
+        assert _milled(pfib) == 4
+        second_run = finished_run(session, second)
+        assert _stream_numbers(second_run, "mill") == [3, 4]
+        _assert_safe(pfib)
