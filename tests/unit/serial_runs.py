@@ -99,22 +99,26 @@ def block_md(n_slices, first_slice=1, resume_of=None, eds_every=1, sims_every=1)
 
 
 def run_documents(directory, block, slices):
-    """``[(name, doc, slice_number or None)]`` of one run; one HDF5 file per acquisition.
+    """``[(name, doc, slice_number or None)]`` of one run, laid out as the plan's.
 
-    ``slices``: ``{number: render_slice(...)}`` in milling order.
+    One HDF5 file per acquisition (per-frame ``channel`` and ``face_depth_um``), its
+    resource with ``multiplier`` = frames per acquisition and one datum row per event,
+    as ``devices.areadetector.StreamingCamera`` writes them; the event keys of
+    ``contracts.SliceViewBlock``. ``slices``: ``{number: render_slice(...)}`` in
+    milling order.
     """
     directory.mkdir(parents=True, exist_ok=True)
     run = compose_run(metadata={"plan_name": "slice_and_view", "slice_and_view": block})
     docs = [("start", run.start_doc, None)]
-    scalar = {"dtype": "number", "shape": [], "source": "sim"}
-    text = {"dtype": "string", "shape": [], "source": "sim"}
-    common = {"slice_number": {**scalar, "dtype": "integer"}, "face_depth_um": scalar,
-              "pose": text, "ion_beam": text, "beam_shift_x_um": scalar,
-              "beam_shift_y_um": scalar}  # fmt: skip
+    number_key = {"dtype": "number", "shape": [], "source": "sim"}
+    integer, text = {**number_key, "dtype": "integer"}, {**number_key, "dtype": "string"}
+    common = {"slice_number": integer, "mill_face_depth_um": number_key,
+              "mill_slices_milled": integer, "stage_pose": text, "stage_tilt": number_key,
+              "stage_rot": number_key, "ion_column_beam": text,
+              "electron_column_beam_shift_x_um": number_key,
+              "electron_column_beam_shift_y_um": number_key}  # fmt: skip
     counts = {"sem": 2, "eds": len(LINES), "sims": len(MASSES)}
-    descriptors = {"mill": run.compose_descriptor(name="mill", data_keys={
-        "slice_number": common["slice_number"], "face_depth_um": scalar,
-        "cut_complete": {**scalar, "dtype": "integer"}})}  # fmt: skip
+    descriptors = {"mill": run.compose_descriptor(name="mill", data_keys=dict(common))}
     shapes = {"sem": SEM_SHAPE, "eds": EDS_SHAPE, "sims": SIMS_SHAPE}
     for stream, count in counts.items():
         image = {"dtype": "array", "dtype_numpy": "<u2", "shape": [count, *shapes[stream]],
@@ -123,17 +127,22 @@ def run_documents(directory, block, slices):
         descriptors[stream] = run.compose_descriptor(name=stream, data_keys=keys)
     docs += [("descriptor", d.descriptor_doc, None) for d in descriptors.values()]
     seq = defaultdict(lambda: 1)
+
+    def event(stream, values, number):
+        doc = descriptors[stream].compose_event(
+            data=values, timestamps={k: time.time() for k in values}, seq_num=seq[stream]
+        )
+        seq[stream] += 1
+        return ("event", doc, number)
+
     for number, frames in slices.items():
         values = {
-            "slice_number": number, "face_depth_um": frames["depth"], "pose": "sem",
-            "ion_beam": "Blanked", "beam_shift_x_um": 0.0, "beam_shift_y_um": 0.0,
+            "slice_number": number, "mill_face_depth_um": frames["depth"],
+            "mill_slices_milled": number, "stage_pose": "mill", "stage_tilt": 16.0,
+            "stage_rot": 0.0, "ion_column_beam": "Blanked",
+            "electron_column_beam_shift_x_um": 0.0, "electron_column_beam_shift_y_um": 0.0,
         }  # fmt: skip
-        mill = {"slice_number": number, "face_depth_um": frames["depth"], "cut_complete": 1}
-        cut = descriptors["mill"].compose_event(
-            data=mill, timestamps={k: time.time() for k in mill}, seq_num=seq["mill"]
-        )
-        docs.append(("event", cut, number))
-        seq["mill"] += 1
+        docs.append(event("mill", values, number))
         for stream in ("sem", "eds", "sims"):
             if stream not in frames:
                 continue
@@ -146,20 +155,18 @@ def run_documents(directory, block, slices):
             resource = run.compose_stream_resource(
                 mimetype="application/x-hdf5", uri=f"file://localhost{path.absolute()}",
                 data_key=f"{stream}_image",
-                parameters={"dataset": "/entry/data/data", "chunk_shape": [1, *shapes[stream]]},
+                parameters={"dataset": "/entry/data/data", "multiplier": counts[stream],
+                            "chunk_shape": [1, *shapes[stream]]},
             )  # fmt: skip
-            s = seq[stream]
             datum = resource.compose_stream_datum(
-                indices={"start": 0, "stop": counts[stream]}, seq_nums={"start": s, "stop": s + 1},
+                indices={"start": 0, "stop": 1},
+                seq_nums={"start": seq[stream], "stop": seq[stream] + 1},
                 descriptor=descriptors[stream].descriptor_doc,
-            )  # fmt: skip
-            event_values = {**values, "pose": "sims" if stream == "sims" else "sem"}
-            event = descriptors[stream].compose_event(
-                data=event_values, timestamps={k: time.time() for k in event_values}, seq_num=s
             )
+            pose = {"stage_pose": "sims" if stream == "sims" else "sem"}
             docs += [("stream_resource", resource.stream_resource_doc, number),
-                     ("stream_datum", datum, number), ("event", event, number)]  # fmt: skip
-            seq[stream] += 1
+                     ("stream_datum", datum, number),
+                     event(stream, {**values, **pose}, number)]  # fmt: skip
     docs.append(("stop", run.compose_stop(exit_status="success"), None))
     return docs
 

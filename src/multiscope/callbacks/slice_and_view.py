@@ -81,8 +81,11 @@ NO_EDS = "no EDS map of this slice"
 #: Data key of each stream's frames (the run contract).
 STREAM_KEYS = {"sem": "sem_image", "eds": "eds_image", "sims": "sims_image"}
 #: Event values a frame waits for (record name -> data key).
-EVENT_FIELDS = {name: name for name in ("slice_number", "face_depth_um", "beam_shift_x_um",
-                                        "beam_shift_y_um")}  # fmt: skip
+#: The contract's keys (``SliceViewBlock``), and the earlier short spellings, read alike.
+FACE_DEPTH_KEYS = ("mill_face_depth_um", "face_depth_um")
+BEAM_SHIFT_KEYS = (("electron_column_beam_shift_x_um", "electron_column_beam_shift_y_um"),
+                   ("beam_shift_x_um", "beam_shift_y_um"))  # fmt: skip
+EVENT_FIELDS = {key: key for key in ("slice_number", *FACE_DEPTH_KEYS, *sum(BEAM_SHIFT_KEYS, ()))}
 #: Pixel sizes (um) when a block lacks them: the instrument's defaults (pv_spec).
 DEFAULT_PIXEL_UM = {"sem": 0.05, "eds": 0.0814, "sims": 0.072}
 
@@ -323,12 +326,14 @@ class SliceAndViewAssembler(RunFrames):
         if state is None:
             state = SliceState(number, self.start_doc["uid"])
             self.series.slices[number] = state
-        depth = values.get("face_depth_um", record.attributes.get("face_depth_um"))
-        if depth is not None and np.isfinite(depth):  # the event's, else the file's
-            state.face_depth_um = float(depth)
-        if values.get("beam_shift_x_um") is not None:
-            state.beam_shift_um = (float(values["beam_shift_x_um"]),
-                                   float(values.get("beam_shift_y_um") or 0.0))  # fmt: skip
+        depths = [values.get(k) for k in FACE_DEPTH_KEYS] + [record.attributes.get("face_depth_um")]
+        depths = [float(d) for d in depths if d is not None and np.isfinite(d)]
+        if depths:  # the event's, else the frame file's
+            state.face_depth_um = depths[0]
+        for x_key, y_key in BEAM_SHIFT_KEYS:
+            if values.get(x_key) is not None:
+                state.beam_shift_um = (float(values[x_key]), float(values.get(y_key) or 0.0))
+                break
         return state
 
     def _pixel(self, modality: str) -> float:
