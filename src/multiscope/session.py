@@ -131,6 +131,7 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
         devices_module="multiscope.instruments.fibsem",
         plan_modules=("multiscope.plans.slice_and_view",),
         facility_prefix="PFIB:",
+        pipeline="multiscope.callbacks.slice_and_view:slice_and_view_pipeline",
     ),
 }
 

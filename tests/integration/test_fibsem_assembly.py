@@ -1,14 +1,16 @@
 """The live assembler on a real slice_and_view run over Channel Access (simulated IOC).
 
-The session drives ``sim_devices.fibsem``; the assembler is subscribed to the
-RunEngine as a session's pipeline would be, reads the IOC's HDF5 frames and
-publishes the series' derived run. Scored against the IOC's ground truth: a field's
+The session drives ``sim_devices.fibsem``; its live pipeline is the assembler
+(``session.INSTRUMENTS["fibsem"]``), which reads the IOC's HDF5 frames and stores the
+series' derived run in the catalog. Scored against the IOC's ground truth: a field's
 origin on the face is its nominal origin + the true drift (per-frame file attributes
 ``drift_x_um``, ``drift_y_um``) - the beam shift (events; the SEM and EDS fields only,
 the SIMS field is the ion beam's).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,14 +52,18 @@ def test_the_assembler_assembles_the_plans_run(ca_port_pool, tmp_path_factory):
     docs = []
     with fibsem_session(ca_port_pool, tmp_path_factory, "sv-assembly") as (session, _):
         pfib = session.devices["pfib"]
-        published = []
-        output_dir = tmp_path_factory.mktemp("assembly")
-        assembler = SliceAndViewAssembler(
-            lambda name, doc: published.append((name, doc)), output_dir=output_dir
-        )
-        session.RE.subscribe(assembler)
         session.RE.subscribe(lambda name, doc: docs.append((name, doc)))
         (uid,) = session.RE(session.plans["slice_and_view"](pfib, 3, 0.1, **FAST))
+        # The session's live pipeline: one assembler behind a background thread.
+        assert session.pipeline.drain(60)
+        assembler = session.pipeline.callback.build()
+        assert isinstance(assembler, SliceAndViewAssembler)
+        assert session.catalog.drain(60)
+        derived = [
+            session.catalog.run(r.uid).metadata["start"]
+            for r in session.catalog.runs(limit=100)
+            if r.plan_name == DERIVED_PLAN
+        ]
     block = assembler.series.block
     table = assembler.series_table()
     assert list(table["slice_numbers"]) == [1, 2, 3]
@@ -82,5 +88,6 @@ def test_the_assembler_assembles_the_plans_run(ca_port_pool, tmp_path_factory):
     assert numbers == [1, 2, 3] and voxel == pytest.approx((0.1, block.sem_pixel_um,
                                                             block.sem_pixel_um))  # fmt: skip
     assert volumes["sims_6Li+"][0].shape[1:] == g.eds_shape
-    start = published[0][1]
-    assert start["plan_name"] == DERIVED_PLAN and start["derived_from"] == uid
+    assert assembler.paths["volumes"].exists()
+    assert [start["derived_from"] for start in derived] == [uid]
+    assert all(Path(figure).exists() for figure in derived[0]["figures"])

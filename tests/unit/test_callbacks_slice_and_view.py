@@ -104,8 +104,18 @@ def test_a_series_is_aligned_registered_assembled_and_published(tmp_path, phanto
     assert "multiscope.analysis.serial.correlate_slice" in start["analysis_functions"]
     assert event["data"]["n_slices"] == n
     assert event["data"]["drift_max_px"] == pytest.approx(np.abs(table["drift_px"]).max())
-    assert event["data"]["covariance_slices"] == list(range(1, n + 1))
-    assert event["data"]["face_depth_um"] == pytest.approx(THICKNESS_UM * np.arange(1, n + 1))
+    assert set(event["data"]) == {
+        "n_slices",
+        "drift_max_px",
+        "residual_max_px",
+        "slice_seconds_max",
+        "registration_dy_um",
+        "registration_dx_um",
+        "covariance_li_zr",
+    }  # scalars only (the volume is referenced by the stream datum)
+    series = start["series_table"]
+    assert series["covariance_slices"] == list(range(1, n + 1))
+    assert series["face_depth_um"] == pytest.approx(THICKNESS_UM * np.arange(1, n + 1))
     assert event["data"]["registration_dy_um"] == pytest.approx(
         table["registration_shift_um"][-1, 0]
     )
@@ -117,6 +127,7 @@ def test_a_series_is_aligned_registered_assembled_and_published(tmp_path, phanto
         assert f["/entry/data/data"].shape == (1, n, *SEM_SHAPE)
         np.testing.assert_allclose(f["/entry/volumes/bse_cbs"].attrs["voxel_um"], voxel)
         assert "sims_6Li+" in f["/entry/volumes"] and "covariance_li_zr" in f["/entry/volumes"]
+        np.testing.assert_allclose(f["/entry/series/drift_px"][()], table["drift_px"])
 
 
 def _check_slice_order(phantom, cbs, drift):
@@ -215,8 +226,8 @@ def test_sims_without_eds_takes_the_last_registration(tmp_path, phantom):
     published = []
     assembler.publish = lambda name, doc: published.append((name, doc))
     assembler("stop", stop[1])
-    event = next(doc for name, doc in published if name == "event")
-    assert event["data"]["covariance_slices"] == [2, 4]  # slice 3: no Zr map, no NaN sent
+    start = next(doc for name, doc in published if name == "start")
+    assert start["series_table"]["covariance_slices"] == [2, 4]  # slice 3: no Zr map, no NaN
     table = assembler.series_table()
     # Slice 1: no EDS and nothing registered yet -> left out; slice 3 reuses slice 2's.
     assert list(table["registered_slices"]) == [2, 3, 4]

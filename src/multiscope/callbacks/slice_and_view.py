@@ -424,10 +424,11 @@ class SliceAndViewAssembler(RunFrames):
         folder = self.output_dir / f"slice_and_view_{self.start_doc['uid'][:8]}"
         folder.mkdir(parents=True, exist_ok=True)
         self.paths = {"volumes": folder / "volumes.h5"}
-        write_volumes(self.paths["volumes"], volumes)
+        table = self.published_table()
+        write_volumes(self.paths["volumes"], volumes, table)
         if self.figures:
             self.paths.update(self._write_figures(folder, volumes))
-        self.uid = self._publish(volumes, doc)
+        self.uid = self._publish(volumes, table, doc)
 
     def volumes(self) -> dict[str, tuple[np.ndarray, tuple[float, float, float], list[int]]]:
         """The series' volumes so far: name -> ``(volume (z, y, x), voxel_um, slice numbers)``.
@@ -532,15 +533,24 @@ class SliceAndViewAssembler(RunFrames):
                                 title=f"{sample} segmentation, slice {last.number}")  # fmt: skip
         return paths
 
-    def _publish(self, volumes, stop_doc: dict) -> str:
+    def published_table(self) -> dict[str, np.ndarray]:
+        """:meth:`series_table` as stored: no NaN (the covariance of the slices with a
+        Zr map, with their numbers in ``covariance_slices``), no empty entry."""
+        table = self.series_table()
+        measured = np.isfinite(table["covariance_li_zr"])
+        table["covariance_slices"] = table["registered_slices"][measured]
+        table["covariance_li_zr"] = table["covariance_li_zr"][measured]
+        return {k: v for k, v in table.items()
+                if v.size and (v.dtype.kind != "f" or np.isfinite(v).all())}  # fmt: skip
+
+    def _publish(self, volumes, table, stop_doc: dict) -> str:
         from multiscope.analysis import correlative, serial, stack
 
-        table = self.series_table()
         series, block = self.series, self.series.block
         cbs_name = _main_volume(volumes)
         cbs, voxel, _ = volumes[cbs_name]
-        regs = table["registration_shift_um"]
-        covs = table["covariance_li_zr"]
+        regs = table.get("registration_shift_um", np.zeros((0, 2)))
+        covs = table.get("covariance_li_zr", np.zeros(0))
         scalars = {
             "n_slices": int(len(table["slice_numbers"])),
             "drift_max_px": float(np.abs(table["drift_px"]).max(initial=0.0)),
@@ -576,23 +586,23 @@ class SliceAndViewAssembler(RunFrames):
                           correlative.register, correlative.resample,
                           correlative.covariance_map, correlative.line_profile)),
         }  # fmt: skip
-        # The covariance of the slices that had a Zr map, with their numbers (no NaN).
-        measured = np.isfinite(covs)
-        table["covariance_slices"] = table["registered_slices"][measured]
-        table["covariance_li_zr"] = covs[measured]
-        arrays = {k: v for k, v in table.items()
-                  if v.size and (v.dtype.kind != "f" or np.isfinite(v).all())}  # fmt: skip
+        # Per slice in the start document (tens of numbers) and the HDF5 file, not as
+        # event arrays: the catalog's tables take scalars only.
+        metadata["series_table"] = {k: v.tolist() for k, v in table.items()}
         return publish_derived_run(
-            self.publish, metadata, scalars=scalars, arrays=arrays,
+            self.publish, metadata, scalars=scalars,
             volume_path=self.paths["volumes"], volume_shape=cbs.shape,
         )  # fmt: skip
 
 
-def write_volumes(path, volumes) -> None:
+def write_volumes(path, volumes, table=None) -> None:
     """One HDF5 file: the first BSE volume at ``VOLUME_DATASET`` (``(1, z, y, x)``, what
-    the derived run references) and every volume under ``/entry/volumes/<name>`` with
-    its ``voxel_um`` and ``slice_numbers`` attributes."""
+    the derived run references), every volume under ``/entry/volumes/<name>`` with
+    its ``voxel_um`` and ``slice_numbers`` attributes, and the per-slice ``table``
+    (:meth:`SliceAndViewAssembler.published_table`) under ``/entry/series/<key>``."""
     with h5py.File(path, "w") as f:
+        for key, values in (table or {}).items():
+            f.create_dataset(f"/entry/series/{key}", data=values)
         first = _main_volume(volumes)
         f.create_dataset(VOLUME_DATASET, data=volumes[first][0][None].astype(np.float32))
         group = f.create_group("/entry/volumes")
