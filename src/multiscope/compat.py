@@ -141,8 +141,13 @@ def forget_staging(*devices) -> None:
     from ophyd.device import Staged
 
     for device in devices:
-        device._staged = Staged.no
-        device._original_vals.clear()
+        # Every instantiated sub-device was staged with it (ophyd stages them
+        # recursively); one left "staged" refuses the next stage (e.g. a camera's
+        # ``cam.array_size`` once a plan has read the frame size).
+        subdevices = [sub for _, sub in device.walk_subdevices(include_lazy=False)]
+        for part in (device, *subdevices):
+            part._staged = Staged.no
+            part._original_vals.clear()
 
 
 class SubsetConcurrentMove:
