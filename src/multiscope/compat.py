@@ -28,6 +28,7 @@ __all__ = [
     "cannot_exceed_limits",
     "forget_staging",
     "is_staged",
+    "limit_violation_type",
     "set_server_high_load_timeout",
     "suspender_justification",
     "throw_into_run",
@@ -96,7 +97,13 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
     PrivateAPI("bluesky", "bluesky.run_engine.RunEngine", "_task", True, "throw_into_run"),
     PrivateAPI("bluesky", "bluesky.run_engine.RunEngine", "_state_lock", True, "throw_into_run"),
     PrivateAPI("bluesky", "bluesky.run_engine.RunEngine", "_exception", True, "throw_into_run"),
-    PrivateAPI("caproto", "caproto._data", "CannotExceedLimits", False, "cannot_exceed_limits"),
+    PrivateAPI(
+        "caproto",
+        "caproto._data",
+        "CannotExceedLimits",
+        False,
+        "cannot_exceed_limits, limit_violation_type",
+    ),  # fmt: skip
     PrivateAPI(
         "caproto",
         "caproto.server.common.Context",
@@ -256,9 +263,17 @@ def cannot_exceed_limits(message: str) -> Exception:
     ``ChannelData`` does (the client sees a failed put). The class,
     ``CannotExceedLimits``, lives in ``caproto._data`` and is not exported.
     """
+    return limit_violation_type()(message)
+
+
+def limit_violation_type() -> type:
+    """The class of :func:`cannot_exceed_limits` (to catch a refused put in an IOC).
+
+    Stands for: ``caproto._data.CannotExceedLimits``, not exported by caproto.
+    """
     from caproto._data import CannotExceedLimits
 
-    return CannotExceedLimits(message)
+    return CannotExceedLimits
 
 
 class StrictPortBinding:
