@@ -274,3 +274,36 @@ def test_an_ioc_restart_keeps_the_count_and_the_series_resumes(ca_port_pool, tmp
         second_run = finished_run(session, second)
         assert _stream_numbers(second_run, "mill") == [3, 4]
         _assert_safe(pfib)
+
+
+def test_kintsugi_fills_the_pores_ahead_and_is_repeated_only_when_needed(
+    ca_port_pool, tmp_path_factory
+):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-kintsugi") as (session, _):
+        pfib, RE = session.devices["pfib"], session.RE
+        (first,) = RE(session.plans["kintsugi_face"](pfib, pt_thickness_um=2.0, polish_um=1.5))
+        run = finished_run(session, first)
+        kintsugi = run["kintsugi"].read()
+        depth = float(kintsugi["mill_face_depth_um"].values[0])
+        filled = float(kintsugi["gis_filled_to_um"].values[0])
+        assert float(kintsugi["gis_cap_um"].values[0]) == pytest.approx(0.0, abs=1e-6)
+        assert depth == pytest.approx(1.5, abs=1e-6)  # 1.5 um into the sample
+        assert filled == pytest.approx(3.0, abs=1e-6)  # Pt 3 um deep from the old face
+        assert int(pfib.mill.polishes_done.get(use_monitor=False)) == 1
+        assert _milled(pfib) == 0  # a polish is not a slice
+        _assert_safe(pfib)
+        assert pfib.gis.heat.get(use_monitor=False) == "Off"
+        # 0.5 um slices: the pores are filled 1.5 um ahead (to 3.0), the face goes to 2.5.
+        (second,) = RE(session.plans["slice_and_view"](pfib, 2, 0.5, kintsugi=True,
+                                                       eds_every=0, sims_every=0))  # fmt: skip
+        run = finished_run(session, second)
+        assert "kintsugi" not in run
+        assert int(pfib.mill.polishes_done.get(use_monitor=False)) == 1
+        # ... the next slice would reach the unfilled pores (within 0.1 um): one more first.
+        (third,) = RE(session.plans["slice_and_view"](pfib, 2, 0.5, kintsugi=True,
+                                                      eds_every=0, sims_every=0))  # fmt: skip
+        run = finished_run(session, third)
+        assert len(run["kintsugi"].read()["gis_cap_um"]) == 1
+        assert int(pfib.mill.polishes_done.get(use_monitor=False)) == 2
+        assert _milled(pfib) == 4
+        _assert_safe(pfib)
