@@ -620,10 +620,15 @@ class FibsemIOC(PVGroup):
                 "tilt_deg": self.stage_tilt.position,
                 "rotation_deg": self.stage_rot.position}  # fmt: skip
 
-    def _channel_frame(self, name: str, ctx: FrameContext, render):
+    def _field_attributes(self, shape, pixel_um: float, beam_shift_um) -> dict[str, float]:
+        """Ground truth of a field: its true origin on the face (um) and its pixel."""
+        y0, x0 = self.scene.field_origin_um(self.state, shape, pixel_um, beam_shift_um)
+        return {"origin_y_um": float(y0), "origin_x_um": float(x0), "pixel_um": pixel_um}
+
+    def _channel_frame(self, name: str, ctx: FrameContext, render, field: dict):
         """Render every channel at an acquisition's first frame; return this frame's."""
         if ctx.image_index == 0 or name not in self._rendered:
-            self._rendered[name] = (render(ctx), self._attributes())
+            self._rendered[name] = (render(ctx), {**self._attributes(), **field})
         frames, attrs = self._rendered[name]
         channel = ctx.image_index % len(frames)
         return frames[channel], {**attrs, "channel": channel}
@@ -640,7 +645,9 @@ class FibsemIOC(PVGroup):
                                     rng=ctx.rng)  # fmt: skip
             return [images["cbs"], images["tld"]]
 
-        return self._channel_frame("SEM", ctx, render)
+        field = self._field_attributes(ctx.shape, float(self.sem_pixel.value) / 1e3,
+                                       self._beam_shift())  # fmt: skip
+        return self._channel_frame("SEM", ctx, render, field)
 
     def _scene_eds(self, ctx: FrameContext):
         def render(ctx):
@@ -652,7 +659,11 @@ class FibsemIOC(PVGroup):
             return [m.repeat(b, 0).repeat(b, 1)[: ctx.shape[0], : ctx.shape[1]]
                     for m in maps.values()]  # fmt: skip
 
-        return self._channel_frame("EDS", ctx, render)
+        b = int(self.eds_binning.value)
+        field = self._field_attributes((-(-ctx.shape[0] // b), -(-ctx.shape[1] // b)),
+                                       float(self.eds_pixel.value) * b / 1e3,
+                                       self._beam_shift())  # fmt: skip
+        return self._channel_frame("EDS", ctx, render, field)
 
     def _scene_sims(self, ctx: FrameContext):
         def render(ctx):
@@ -661,7 +672,9 @@ class FibsemIOC(PVGroup):
                                    rng=ctx.rng)  # fmt: skip
             return list(maps.values())
 
-        return self._channel_frame("SIMS", ctx, render)
+        field = self._field_attributes(ctx.shape, float(self.sims_pixel.value) / 1e3,
+                                       (0.0, 0.0))  # fmt: skip
+        return self._channel_frame("SIMS", ctx, render, field)
 
 
 def _split(text) -> list[str]:

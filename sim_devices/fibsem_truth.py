@@ -16,6 +16,9 @@ Run::
     python -m sim_devices.fibsem_truth --phantom assb --seed 0 --depths 0.06 0.12 \\
         --shape 384 512 --pixel-um 0.05 --origin-um 12.4 9.2 --out truth.h5
 
+    python -m sim_devices.fibsem_truth --phantom nmc --seed 1 --frames SEM_FILE.h5 \
+        --state-file fibsem-state.json --out truth.h5   # every frame's own true grid
+
 The file holds ``/labels`` (n_depths, ny, nx) int8, ``/depths_um``, and as attributes
 the options and the phase names by label (``phase_<label>``).
 """
@@ -23,6 +26,7 @@ the options and the phase names by label (``phase_<label>``).
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 
 import h5py
@@ -32,7 +36,7 @@ from sim_devices.physics.fibsem_scene import DEFAULT_SIZE_UM
 from sim_devices.physics.serial_phantom import EMPTY_LABELS, LABEL, PHASES, make_serial_phantom
 from sim_devices.physics.serial_render import FaceState
 
-__all__ = ["main", "truth_labels", "write_truth"]
+__all__ = ["frames_truth", "main", "truth_labels", "write_truth"]
 
 
 def truth_labels(
@@ -81,6 +85,38 @@ def write_truth(path, labels: np.ndarray, depths_um, attrs: dict) -> None:
             f.attrs[f"phase_{phase.label}"] = phase.name
 
 
+def frames_truth(phantom: str, seed: int, frames_path, *, size_um=DEFAULT_SIZE_UM,
+                 pt_filled: Sequence[tuple[float, float]] = ()):  # fmt: skip
+    """Labels of every acquisition in an IOC frame file, on each one's true grid.
+
+    The IOC records with every frame its true depth and its field's true origin and
+    pixel (``true_depth_um``, ``origin_y_um``, ``origin_x_um``, ``pixel_um``); the
+    labels are painted there for the first frame (channel) of each acquisition.
+
+    Returns
+    -------
+    labels : ndarray (n, ny, nx) int8
+    depths_um : ndarray (n,)
+    """
+    with h5py.File(frames_path, "r", swmr=True) as f:
+        shape = f["/entry/data/data"].shape[-2:]
+        attrs = {name: np.asarray(f[f"/entry/instrument/NDAttributes/{name}"][()])
+                 for name in ("channel", "true_depth_um", "origin_y_um", "origin_x_um",
+                              "pixel_um")}  # fmt: skip
+    rows = np.flatnonzero(attrs["channel"] == 0)
+    block = make_serial_phantom(phantom, tuple(size_um), int(seed))
+    filled = FaceState([(float(a), float(b)) for a, b in pt_filled])
+    out = np.empty((len(rows), int(shape[0]), int(shape[1])), dtype=np.int8)
+    for i, row in enumerate(rows):
+        depth = float(attrs["true_depth_um"][row])
+        origin = (float(attrs["origin_y_um"][row]), float(attrs["origin_x_um"][row]))
+        labels = block.labels(depth, shape, float(attrs["pixel_um"][row]), origin)
+        if filled.pt_at(depth):
+            labels[np.isin(labels, EMPTY_LABELS)] = LABEL["pt"]
+        out[i] = labels
+    return out, attrs["true_depth_um"][rows]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the options, paint the labels, write the file."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -88,22 +124,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, required=True, help="the IOC's --seed")
     parser.add_argument("--size-um", type=float, nargs=3, default=DEFAULT_SIZE_UM,
                         metavar=("X", "Y", "Z"), help="phantom size (IOC default)")  # fmt: skip
-    parser.add_argument("--depths", type=float, nargs="+", required=True,
+    parser.add_argument("--frames", help="an IOC frame file: the truth of its frames' grids")
+    parser.add_argument("--depths", type=float, nargs="+",
                         help="true depths below the original face, um")  # fmt: skip
-    parser.add_argument("--shape", type=int, nargs=2, metavar=("NY", "NX"), required=True)
-    parser.add_argument("--pixel-um", type=float, required=True)
-    parser.add_argument("--origin-um", type=float, nargs=2, metavar=("Y", "X"), required=True,
+    parser.add_argument("--shape", type=int, nargs=2, metavar=("NY", "NX"))
+    parser.add_argument("--pixel-um", type=float)
+    parser.add_argument("--origin-um", type=float, nargs=2, metavar=("Y", "X"),
                         help="outer corner of the first pixel on the face")  # fmt: skip
     parser.add_argument("--pt-filled", type=float, nargs=2, action="append", default=[],
                         metavar=("FROM", "TO"), help="Pt-filled true depths")  # fmt: skip
+    parser.add_argument("--state-file", help="the IOC's state file: its Pt-filled depths")
     parser.add_argument("--out", required=True, help="output HDF5 file")
     args = parser.parse_args(argv)
+    pt_filled = list(args.pt_filled)
+    if args.state_file:
+        with open(args.state_file) as f:
+            pt_filled += [tuple(v) for v in json.load(f).get("pt_filled", [])]
+    attrs = {"phantom": args.phantom, "seed": args.seed, "size_um": args.size_um}
+    if args.frames:
+        labels, depths = frames_truth(args.phantom, args.seed, args.frames,
+                                      size_um=tuple(args.size_um), pt_filled=pt_filled)  # fmt: skip
+        write_truth(args.out, labels, depths, {**attrs, "frames": str(args.frames)})
+        return
+    if (
+        args.depths is None
+        or args.shape is None
+        or args.pixel_um is None
+        or (args.origin_um is None)
+    ):
+        parser.error("give --frames, or --depths, --shape, --pixel-um and --origin-um")
     labels = truth_labels(args.phantom, args.seed, args.depths, tuple(args.shape), args.pixel_um,
                           tuple(args.origin_um), size_um=tuple(args.size_um),
-                          pt_filled=args.pt_filled)  # fmt: skip
-    write_truth(args.out, labels, args.depths,
-                {"phantom": args.phantom, "seed": args.seed, "size_um": args.size_um,
-                 "pixel_um": args.pixel_um, "origin_um": args.origin_um})  # fmt: skip
+                          pt_filled=pt_filled)  # fmt: skip
+    write_truth(
+        args.out,
+        labels,
+        args.depths,
+        {**attrs, "pixel_um": args.pixel_um, "origin_um": args.origin_um},
+    )
 
 
 if __name__ == "__main__":

@@ -18,13 +18,15 @@ from __future__ import annotations
 import logging
 
 from caproto import CAStatus
-from caproto.server.server import (
+from caproto.server import (
     PvpropertyChar,
     PvpropertyDouble,
     PvpropertyEnum,
     PvpropertyInteger,
     PvpropertyString,
 )
+
+from multiscope.compat import limit_violation_type
 
 __all__ = [
     "RefusableChar",
@@ -46,13 +48,12 @@ class _Refusable:
     """Answer a put whose putter raised :class:`RefusedError` with ``ECA_PUTFAIL``."""
 
     async def auth_write(self, *args, **kwargs):
-        from caproto._data import CannotExceedLimits  # not exported (see multiscope.compat)
-
+        limit_violation = limit_violation_type()  # caproto does not export it
         try:
             return await super().auth_write(*args, **kwargs)
         except RefusedError as ex:
             logger.info("put to %s refused: %s", getattr(self, "pvname", "?"), ex)
-        except CannotExceedLimits as ex:
+        except limit_violation as ex:
             report = getattr(getattr(self, "group", None), "report_refusal", None)
             if report is None:
                 raise

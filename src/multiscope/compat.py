@@ -28,6 +28,7 @@ __all__ = [
     "cannot_exceed_limits",
     "forget_staging",
     "is_staged",
+    "limit_violation_type",
     "set_server_high_load_timeout",
     "suspender_justification",
     "throw_into_run",
@@ -96,7 +97,13 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
     PrivateAPI("bluesky", "bluesky.run_engine.RunEngine", "_task", True, "throw_into_run"),
     PrivateAPI("bluesky", "bluesky.run_engine.RunEngine", "_state_lock", True, "throw_into_run"),
     PrivateAPI("bluesky", "bluesky.run_engine.RunEngine", "_exception", True, "throw_into_run"),
-    PrivateAPI("caproto", "caproto._data", "CannotExceedLimits", False, "cannot_exceed_limits"),
+    PrivateAPI(
+        "caproto",
+        "caproto._data",
+        "CannotExceedLimits",
+        False,
+        "cannot_exceed_limits, limit_violation_type",
+    ),  # fmt: skip
     PrivateAPI(
         "caproto",
         "caproto.server.common.Context",
@@ -141,8 +148,13 @@ def forget_staging(*devices) -> None:
     from ophyd.device import Staged
 
     for device in devices:
-        device._staged = Staged.no
-        device._original_vals.clear()
+        # Every instantiated sub-device was staged with it (ophyd stages them
+        # recursively); one left "staged" refuses the next stage (e.g. a camera's
+        # ``cam.array_size`` once a plan has read the frame size).
+        subdevices = [sub for _, sub in device.walk_subdevices(include_lazy=False)]
+        for part in (device, *subdevices):
+            part._staged = Staged.no
+            part._original_vals.clear()
 
 
 class SubsetConcurrentMove:
@@ -251,9 +263,17 @@ def cannot_exceed_limits(message: str) -> Exception:
     ``ChannelData`` does (the client sees a failed put). The class,
     ``CannotExceedLimits``, lives in ``caproto._data`` and is not exported.
     """
+    return limit_violation_type()(message)
+
+
+def limit_violation_type() -> type:
+    """The class of :func:`cannot_exceed_limits` (to catch a refused put in an IOC).
+
+    Stands for: ``caproto._data.CannotExceedLimits``, not exported by caproto.
+    """
     from caproto._data import CannotExceedLimits
 
-    return CannotExceedLimits(message)
+    return CannotExceedLimits
 
 
 class StrictPortBinding:

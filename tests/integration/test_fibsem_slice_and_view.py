@@ -60,8 +60,9 @@ def _interrupt_inside_cut(session, slice_number: int, action) -> threading.Threa
 
     def watch():
         wait_until(
-            lambda: int(pfib.mill.busy.get(use_monitor=False)) == 1
-            and _milled(pfib) == slice_number,
+            lambda: (
+                int(pfib.mill.busy.get(use_monitor=False)) == 1 and _milled(pfib) == slice_number
+            ),
             timeout=120,
             interval=0.005,
             message=f"the IOC never cut slice {slice_number}",
@@ -130,18 +131,23 @@ def test_bad_requests_are_refused_before_anything_moves(ca_port_pool, tmp_path_f
         assert _milled(pfib) == 0
 
 
-def test_a_deferred_pause_in_a_cut_waits_for_it_and_resumes_without_remilling(
-    ca_port_pool, tmp_path_factory
+@pytest.mark.parametrize("defer", [True, False], ids=["one-ctrl-c", "two-ctrl-c"])
+def test_a_pause_in_a_cut_lets_it_finish_and_resumes_without_remilling(
+    ca_port_pool, tmp_path_factory, defer
 ):
-    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-defer") as (session, _):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-pause") as (session, _):
         pfib, RE = session.devices["pfib"], session.RE
-        watcher = _interrupt_inside_cut(session, 2, lambda: RE.request_pause(defer=True))
+        watcher = _interrupt_inside_cut(session, 2, lambda: RE.request_pause(defer=defer))
         with pytest.raises(RunEngineInterrupted):
             RE(session.plans["slice_and_view"](pfib, 3, 0.1, **SLOW_CUT))
         watcher.join(5)
         assert RE.state == "paused"
-        assert _milled(pfib) == 2  # the cut in progress ended; nothing more
+        # The cut in progress is finished by the instrument, and nothing more is milled.
+        wait_until(lambda: int(pfib.mill.busy.get(use_monitor=False)) == 0, timeout=60)
+        assert _milled(pfib) == 2
         assert int(pfib.mill.last_complete.get(use_monitor=False)) == 1
+        # Paused, the ion beam is blanked once the cut is done (not left on the face).
+        wait_until(lambda: pfib.ion_column.beam.get(use_monitor=False) == "Blanked", timeout=30)
         (uid,) = RE.resume()
         run = finished_run(session, uid)
         assert _milled(pfib) == 3
@@ -150,7 +156,7 @@ def test_a_deferred_pause_in_a_cut_waits_for_it_and_resumes_without_remilling(
         _assert_safe(pfib)
 
 
-def test_an_immediate_pause_in_a_cut_ends_the_run_and_a_resume_finishes_it(
+def test_a_pause_then_abort_in_a_cut_stops_it_and_a_resume_finishes_the_series(
     ca_port_pool, tmp_path_factory
 ):
     with fibsem_session(ca_port_pool, tmp_path_factory, "sv-abort") as (session, _):
@@ -159,11 +165,11 @@ def test_an_immediate_pause_in_a_cut_ends_the_run_and_a_resume_finishes_it(
         uids = []
         RE.subscribe(lambda name, doc: uids.append(doc["uid"]), "start")
         watcher = _interrupt_inside_cut(session, 2, lambda: RE.request_pause(defer=False))
-        with pytest.raises(Exception):  # noqa: B017 - bluesky's FailedPause ends the run
+        with pytest.raises(RunEngineInterrupted):
             RE(plan(pfib, 4, 0.1, **SLOW_CUT))
         watcher.join(5)
-        assert RE.state == "idle"
-        _assert_safe(pfib)  # the safe state ran: the cut stopped, the beam blanked
+        RE.abort()
+        _assert_safe(pfib)  # the safe state stopped the cut and blanked the beam
         assert _milled(pfib) == 2
         assert int(pfib.mill.last_complete.get(use_monitor=False)) == 0  # stopped part-way
         first = uids[0]
@@ -171,6 +177,7 @@ def test_an_immediate_pause_in_a_cut_ends_the_run_and_a_resume_finishes_it(
         assert _milled(pfib) == 4
         assert session.catalog.drain(120)
         first_run, second_run = session.catalog.run(first), finished_run(session, second)
+        assert first_run.metadata["stop"]["exit_status"] == "abort"
         assert second_run.metadata["start"]["resume_of"] == first
         milled = _stream_numbers(first_run, "mill") + _stream_numbers(second_run, "mill")
         assert sorted(milled) == [1, 3, 4]  # slice 2's cut was stopped: it has no event
@@ -266,4 +273,37 @@ def test_an_ioc_restart_keeps_the_count_and_the_series_resumes(ca_port_pool, tmp
         assert _milled(pfib) == 4
         second_run = finished_run(session, second)
         assert _stream_numbers(second_run, "mill") == [3, 4]
+        _assert_safe(pfib)
+
+
+def test_kintsugi_fills_the_pores_ahead_and_is_repeated_only_when_needed(
+    ca_port_pool, tmp_path_factory
+):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-kintsugi") as (session, _):
+        pfib, RE = session.devices["pfib"], session.RE
+        (first,) = RE(session.plans["kintsugi_face"](pfib, pt_thickness_um=2.0, polish_um=1.5))
+        run = finished_run(session, first)
+        kintsugi = run["kintsugi"].read()
+        depth = float(kintsugi["mill_face_depth_um"].values[0])
+        filled = float(kintsugi["gis_filled_to_um"].values[0])
+        assert float(kintsugi["gis_cap_um"].values[0]) == pytest.approx(0.0, abs=1e-6)
+        assert depth == pytest.approx(1.5, abs=1e-6)  # 1.5 um into the sample
+        assert filled == pytest.approx(3.0, abs=1e-6)  # Pt 3 um deep from the old face
+        assert int(pfib.mill.polishes_done.get(use_monitor=False)) == 1
+        assert _milled(pfib) == 0  # a polish is not a slice
+        _assert_safe(pfib)
+        assert pfib.gis.heat.get(use_monitor=False) == "Off"
+        # 0.5 um slices: the pores are filled 1.5 um ahead (to 3.0), the face goes to 2.5.
+        (second,) = RE(session.plans["slice_and_view"](pfib, 2, 0.5, kintsugi=True,
+                                                       eds_every=0, sims_every=0))  # fmt: skip
+        run = finished_run(session, second)
+        assert "kintsugi" not in run
+        assert int(pfib.mill.polishes_done.get(use_monitor=False)) == 1
+        # ... the next slice would reach the unfilled pores (within 0.1 um): one more first.
+        (third,) = RE(session.plans["slice_and_view"](pfib, 2, 0.5, kintsugi=True,
+                                                      eds_every=0, sims_every=0))  # fmt: skip
+        run = finished_run(session, third)
+        assert len(run["kintsugi"].read()["gis_cap_um"]) == 1
+        assert int(pfib.mill.polishes_done.get(use_monitor=False)) == 2
+        assert _milled(pfib) == 4
         _assert_safe(pfib)

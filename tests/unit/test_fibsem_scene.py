@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import time
 
+import h5py
 import numpy as np
 import pytest
 
-from sim_devices.fibsem_truth import truth_labels
+from sim_devices.fibsem_truth import frames_truth, truth_labels
 from sim_devices.physics.fibsem_scene import (
     DRIFT_STEP_UM,
     PT_INFILTRATION_UM,
@@ -183,3 +184,19 @@ def test_truth_command_line_writes_labels(tmp_path):
     np.testing.assert_array_equal(
         labels, truth_labels("nmc", 2, [0.5, 1.5], (20, 30), 0.1, (10, 12))
     )
+
+
+def test_the_truth_of_a_frame_file_is_painted_on_each_frames_true_grid(tmp_path):
+    path = tmp_path / "frames.h5"
+    rows = [(0, 0.10, 3.0, 5.0), (1, 0.10, 3.0, 5.0), (0, 0.25, 3.2, 4.9)]
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=np.zeros((3, 24, 32), np.uint16))
+        group = f.create_group("/entry/instrument/NDAttributes")
+        for i, name in enumerate(("channel", "true_depth_um", "origin_y_um", "origin_x_um")):
+            group.create_dataset(name, data=np.array([r[i] for r in rows], float))
+        group.create_dataset("pixel_um", data=np.full(3, 0.1))
+    labels, depths = frames_truth("nmc", 1, path)
+    np.testing.assert_allclose(depths, [0.10, 0.25])  # one per acquisition (channel 0)
+    for k, row in enumerate((rows[0], rows[2])):
+        expected = truth_labels("nmc", 1, [row[1]], (24, 32), 0.1, (row[2], row[3]))[0]
+        np.testing.assert_array_equal(labels[k], expected)

@@ -7,7 +7,7 @@ import threading
 import pytest
 from bluesky import RunEngine
 from bluesky import plan_stubs as bps
-from bluesky.utils import FailedPause, RunEngineInterrupted
+from bluesky.utils import RunEngineInterrupted
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.positioner import SoftPositioner
@@ -16,7 +16,7 @@ from waiting import wait_until
 
 from multiscope.analysis.fibsem_geometry import named_poses
 from multiscope.plan_stubs.fibsem import Chamber, PoseError, go_to_pose, mill_slice
-from multiscope.plan_stubs.safe_state import fibsem_safe_state, go_safe
+from multiscope.plan_stubs.safe_state import fibsem_safe_state, go_safe, safe_state_wrapper
 
 
 class Axis(SoftPositioner):
@@ -92,7 +92,8 @@ def test_an_unsafe_target_is_refused_before_anything_moves(chamber):
 
 
 class Cut(Device):
-    """A cut that takes until the test lets it finish; counts its starts."""
+    """A cut that lasts until the test ends it; counts its starts (as ProcessCommand:
+    a pause's stop is ignored, an abort's stop ends it)."""
 
     count = Cpt(Signal, value=0)
 
@@ -107,46 +108,79 @@ class Cut(Device):
         self.pending.append(status)
         return status
 
-    def stop(self, *, success=False):
-        self.stopped += 1
+    def finish(self):
         for status in self.pending:
             if not status.done:
                 status.set_finished()
+
+    def stop(self, *, success=False):
+        if not success:
+            self.stopped += 1
+            self.finish()
 
 
 class Mill(Device):
     cut = Cpt(Cut)
 
 
-def test_a_pause_inside_a_cut_cannot_rewind_into_it():
-    """An immediate pause during a cut ends the run (FailedPause); the cut ran once."""
-    mill = Mill(name="mill")
-    RE = RunEngine()
-
+def _cut_plan(mill, after):
     def plan():
         yield from bps.checkpoint()
         yield from mill_slice(mill, 1)
-        yield from bps.checkpoint()
+        after.append("imaging")  # what follows the cut, once per run of the generator
+        yield from bps.null()
 
+    return plan()
+
+
+def _pause_in_the_cut(RE, mill, defer):
     def interrupt():
         wait_until(lambda: mill.cut.pending, timeout=30, interval=0.001)
-        RE.request_pause(defer=False)
+        RE.request_pause(defer=defer)
+        if defer:  # a deferred pause waits for the cut: end it
+            mill.cut.finish()
 
     thread = threading.Thread(target=interrupt, daemon=True)
     thread.start()
-    # bluesky aborts the run (FailedPause, logged) and reports the interruption.
-    with pytest.raises((FailedPause, RunEngineInterrupted)):
-        RE(plan())
+    return thread
+
+
+@pytest.mark.parametrize("defer", [True, False], ids=["one-ctrl-c", "two-ctrl-c"])
+def test_a_pause_inside_a_cut_never_replays_it(defer):
+    mill, after, RE = Mill(name="mill"), [], RunEngine()
+    thread = _pause_in_the_cut(RE, mill, defer)
+    with pytest.raises(RunEngineInterrupted):
+        RE(_cut_plan(mill, after))
     thread.join(5)
+    assert RE.state == "paused"
+    mill.cut.finish()  # the instrument finishes the cut while the run is paused
+    RE.resume()
+    assert mill.cut.count.get() == 1  # never sent again
+    assert mill.cut.stopped == 0  # a pause does not stop a cut
+    assert after == ["imaging"]
+
+
+class Ion(Device):
+    beam = Cpt(Signal, value="On")
+
+
+def test_an_abort_after_a_pause_in_a_cut_stops_it():
+    """The RunEngine stops what a run moved with ``success=True`` on every exit, so the
+    cut is ended by the safe state's stop (``success=False``), which runs on an abort."""
+    mill, after, RE = Mill(name="mill"), [], RunEngine()
+    ion = Ion(name="ion")
+    thread = _pause_in_the_cut(RE, mill, defer=False)
+    with pytest.raises(RunEngineInterrupted):
+        RE(safe_state_wrapper(_cut_plan(mill, after), fibsem_safe_state(ion, mill=mill)))
+    thread.join(5)
+    RE.abort()
     assert mill.cut.count.get() == 1
-    assert mill.cut.stopped >= 1  # the RunEngine stopped the cut it could not rewind into
-    assert RE.state == "idle"
+    assert mill.cut.stopped >= 1
+    assert after == []
+    assert ion.beam.get() == "Blanked"
 
 
 def test_the_safe_state_blanks_retracts_and_stops():
-    class Ion(Device):
-        beam = Cpt(Signal, value="On")
-
     ion, mill = Ion(name="ion"), Mill(name="mill")
     inserts = [Insertable(name=n) for n in ("cbs", "needle")]
     for device in inserts:

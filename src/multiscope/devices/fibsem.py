@@ -18,7 +18,10 @@ instrument), and the plan stubs never let the RunEngine replay them
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
+import time
 
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO
@@ -45,6 +48,8 @@ __all__ = [
     "refusal_reason",
 ]
 
+logger = logging.getLogger(__name__)
+
 #: Seconds allowed for an insertion or a retraction, a beam blank, a heater switch.
 ACTUATION_TIMEOUT_S = 10.0
 #: Seconds added to a cut's or a deposition's computed duration before it fails.
@@ -68,14 +73,29 @@ def refusal_reason(
 
 
 def _explained(status, message_signal, what: str) -> Status:
-    """A status that finishes with ``status``; a failure carries the instrument's reason."""
+    """A status that finishes with ``status``; a refusal carries the instrument's reason.
+
+    A refused put completes with ``ECA_PUTFAIL``, which ophyd reports as a success
+    (its put-completion callback ignores the status), so a completed put is checked
+    against ``interlock:message_RBV``: the instrument sets it on a refusal and
+    clears it on every accepted request.
+    """
     outer = Status(obj=getattr(status, "obj", None))
 
     def finished(inner):
-        if inner.success:
-            outer.set_finished()
-        else:
+        if not inner.success:
             outer.set_exception(refusal_reason(message_signal, what, inner.exception()))
+            return
+        try:
+            reason = str(message_signal.get(use_monitor=False) or "").strip()
+        except Exception:  # noqa: BLE001 - an unreadable reason is no refusal
+            reason = ""
+        if reason:
+            outer.set_exception(
+                InstrumentRefusedError(f"{what} refused by the instrument: {reason}")
+            )
+        else:
+            outer.set_finished()
 
     status.add_callback(finished)
     return outer
@@ -133,17 +153,72 @@ class Insertable(Device):
 
 
 class IonColumn(Device):
-    """The Xe+ plasma column: ``voltage`` (kV), ``current`` (nA), ``beam`` (``On``/``Blanked``)."""
+    """The Xe+ plasma column: ``voltage`` (kV), ``current`` (nA), ``beam`` (``On``/``Blanked``).
+
+    A paused run must not leave the ion beam on the sample (for hours, if nobody comes
+    back): :meth:`pause` blanks it as soon as a cut in progress has ended (blanking
+    earlier would stop the cut part-way), and :meth:`resume` puts it back on if it was.
+    """
 
     voltage = Cpt(EpicsSignal, "ion:voltage", kind="config")
     current = Cpt(EpicsSignal, "ion:current", kind="config")
     beam = Cpt(EpicsSignal, "ion:beam", string=True, put_complete=True, kind="normal")
+    cutting = Cpt(EpicsSignalRO, "mill:busy_RBV", kind="omitted")
     refusal = Cpt(EpicsSignalRO, "interlock:message_RBV", string=True, kind="omitted")
+
+    #: Longest a pause waits for a cut to end before blanking anyway (s).
+    MAX_CUT_WAIT_S = 3600.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._was_on = False
+        self._blanking: threading.Thread | None = None
 
     @property
     def is_on(self) -> bool:
         """True when the beam is on the sample (not blanked)."""
         return str(self.beam.get()) == "On"
+
+    def set(self, value) -> Status:
+        """Put the beam ``"On"`` or ``"Blanked"``; a refusal carries the instrument's reason.
+
+        Plans set the column itself (not its ``beam`` signal), so that the RunEngine
+        knows the column and calls :meth:`pause` and :meth:`resume`.
+        """
+        if value not in ("On", "Blanked"):
+            raise ValueError(f"{self.name}: beam must be 'On' or 'Blanked', not {value!r}")
+        status = self.beam.set(value, timeout=ACTUATION_TIMEOUT_S)
+        return _explained(status, self.refusal, f"{self.name} beam {value}")
+
+    def _blank_after_cut(self) -> None:
+        deadline = time.monotonic() + self.MAX_CUT_WAIT_S
+        try:
+            while int(self.cutting.get(use_monitor=False) or 0) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.beam.set("Blanked", timeout=ACTUATION_TIMEOUT_S).wait(ACTUATION_TIMEOUT_S)
+        except Exception as error:  # noqa: BLE001 - the safe state blanks it on exit
+            logger.warning("%s: could not blank the beam on pause: %s", self.name, error)
+
+    def pause(self) -> None:
+        """Blank the beam once any cut in progress has ended (without waiting here)."""
+        try:
+            self._was_on = self.is_on
+        except Exception:  # noqa: BLE001 - an IOC that is gone has no beam to blank
+            self._was_on = False
+            return
+        if self._was_on:
+            self._blanking = threading.Thread(target=self._blank_after_cut, daemon=True,
+                                              name=f"{self.name}-blank-on-pause")  # fmt: skip
+            self._blanking.start()
+
+    def resume(self) -> None:
+        """Put the beam back on if the pause blanked it."""
+        if self._blanking is not None:
+            self._blanking.join(self.MAX_CUT_WAIT_S)
+            self._blanking = None
+        if self._was_on:
+            self.beam.set("On", timeout=ACTUATION_TIMEOUT_S).wait(ACTUATION_TIMEOUT_S)
+        self._was_on = False
 
 
 class ProcessCommand(Device):
@@ -153,7 +228,8 @@ class ProcessCommand(Device):
     instrument has finished the process, fails after the process's duration (scaled
     by the instrument's clock, ``sys:time_scale``) plus a margin, and a refusal
     carries the instrument's reason. ``stop()`` (the RunEngine calls it when a run
-    is aborted) ends the process at once through ``stop_pv`` when there is one.
+    is aborted) ends the process at once through ``stop_pv`` when there is one; a
+    pause lets the instrument finish it.
 
     Parameters
     ----------
@@ -163,16 +239,20 @@ class ProcessCommand(Device):
         ``duration(parent, value)``: the process's length in instrument seconds.
     stop_pv : str, optional
         PV that ends the process (1).
+    busy_pv : str, optional
+        PV that reads 1 while the process runs (a resume waits for it).
     """
 
     command = FCpt(EpicsSignal, "{prefix}{_pv}", put_complete=True, kind="omitted")
     time_scale = Cpt(EpicsSignalRO, "sys:time_scale", kind="omitted")
     refusal = Cpt(EpicsSignalRO, "interlock:message_RBV", string=True, kind="omitted")
 
-    def __init__(self, prefix="", *, pv: str, duration, stop_pv: str = "", name: str, **kwargs):
+    def __init__(self, prefix="", *, pv: str, duration, stop_pv: str = "", busy_pv: str = "",
+                 name: str, **kwargs):  # fmt: skip
         self._pv, self._duration, self._stop_pv = pv, duration, stop_pv
         super().__init__(prefix, name=name, **kwargs)
         self._stopper = EpicsSignal(f"{prefix}{stop_pv}", name=f"{name}_stop") if stop_pv else None
+        self._busy = EpicsSignalRO(f"{prefix}{busy_pv}", name=f"{name}_busy") if busy_pv else None
 
     def timeout_for(self, value) -> float:
         """Seconds a process of ``value`` may take here before its status fails."""
@@ -190,12 +270,33 @@ class ProcessCommand(Device):
         return _explained(status, self.refusal, f"{self.name} {value}")
 
     def stop(self, *, success: bool = False) -> None:
-        """End the process now (the instrument blanks the beam and counts what was done)."""
+        """End the process now, unless called with ``success=True``.
+
+        The RunEngine calls ``stop(success=True)`` on everything a run moved when it
+        pauses and again at every run's end: a cut paused in the middle would leave a
+        step in the face, so then the instrument finishes it (a resumed run waits for
+        it, :meth:`resume`). The safe state's stop (``stop()``, after a failure, an
+        abort or a stop) ends it at once; the instrument counts it, part-milled.
+        """
+        if success:
+            return
         if self._stopper is not None:
             self._stopper.put(1)
 
+    def pause(self) -> None:
+        """Nothing to do: a process in progress is finished by the instrument."""
+
+    def resume(self) -> None:
+        """Before a paused run goes on: wait for a process still running to end."""
+        if self._busy is None:
+            return
+        deadline = time.monotonic() + self.timeout_for(None)
+        while int(self._busy.get(use_monitor=False) or 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
 
 def _cut_s(mill, _number) -> float:
+    # Also the longest a resume waits for a cut in progress (``_number`` None).
     return float(mill.cut_time_s.get())
 
 
@@ -225,9 +326,10 @@ class Mill(Device):
     cut_time_s = Cpt(EpicsSignalRO, "mill:time_RBV", kind="config")
 
     cut = Cpt(ProcessCommand, "", pv="mill:slice", duration=_cut_s, stop_pv="mill:stop",
+              busy_pv="mill:busy_RBV",
               kind="omitted")  # fmt: skip
     polish = Cpt(ProcessCommand, "", pv="mill:polish", duration=_polish_s,
-                 stop_pv="mill:stop", kind="omitted")  # fmt: skip
+                 stop_pv="mill:stop", busy_pv="mill:busy_RBV", kind="omitted")  # fmt: skip
 
     busy = Cpt(EpicsSignalRO, "mill:busy_RBV", kind="omitted")
     slices_milled = Cpt(EpicsSignalRO, "mill:slices_RBV", kind="normal")
@@ -249,7 +351,8 @@ class ElectronColumn(Device):
 
 
 def _deposit_s(gis, thickness_um) -> float:
-    return float(thickness_um) / gis.MIN_RATE_UM_S
+    # ``None``: the longest a resume waits for a deposition in progress (10 um).
+    return float(10.0 if thickness_um is None else thickness_um) / gis.MIN_RATE_UM_S
 
 
 class GasInjection(Device):

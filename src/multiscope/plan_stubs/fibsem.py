@@ -10,11 +10,13 @@ Destructive steps (a milling cut, a polish cut, a Pt deposition) are never repla
 
 * the instrument numbers them: slice ``k`` is cut only when ``k - 1`` were, so a
   repeated command is refused there whatever sent it;
-* around the cut the plan clears its checkpoint (``clear_checkpoint``), so the
-  RunEngine cannot rewind into it: a pause requested during a cut (one Ctrl-C, a
-  deferred pause) takes effect at the checkpoint right after it; an immediate pause
-  (two Ctrl-C) ends the run instead (bluesky's ``FailedPause``), the cut is stopped
-  and counted, and ``slice_and_view(..., resume=uid)`` continues after it.
+* while a cut runs the RunEngine keeps no messages to replay (``rewindable`` off
+  between a checkpoint before the cut and one after it), so nothing rewinds into
+  it: a pause during a cut (one Ctrl-C, deferred, or two, immediate) lets the
+  instrument finish the cut (``ProcessCommand.stop`` ignores a pause's stop and its
+  ``resume`` waits for the cut to end) and the resumed run goes on after it;
+* an abort (or a stop, a failure) stops the cut: the instrument counts it,
+  part-milled, and ``slice_and_view(..., resume=uid)`` continues with the next one.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bluesky import plan_stubs as bps
+from bluesky import preprocessors as bpp
 from bluesky.utils import plan
 
 from multiscope.analysis.fibsem_geometry import (
@@ -172,19 +175,27 @@ def _verify_pose(chamber: Chamber, pose: Pose):
 
 @plan
 def set_ion_beam(ion_column, state: str):
-    """Put the ion beam ``"On"`` or ``"Blanked"`` (put-completion)."""
+    """Put the ion beam ``"On"`` or ``"Blanked"`` (put-completion).
+
+    The column itself is set, so the RunEngine blanks it during a pause
+    (:meth:`~multiscope.devices.fibsem.IonColumn.pause`).
+    """
     if state not in ("On", "Blanked"):
         raise ValueError(f"ion beam state must be 'On' or 'Blanked', not {state!r}")
-    yield from bps.mv(ion_column.beam, state)
+    yield from bps.mv(ion_column, state)
 
 
 @plan
 def _not_replayed(destructive):
-    """Run ``destructive`` (a plan) where the RunEngine cannot rewind into it."""
-    yield from bps.checkpoint()  # a pause before the cut rewinds to here
-    yield from bps.clear_checkpoint()  # no rewind into the cut: a deferred pause waits
-    yield from destructive
-    yield from bps.checkpoint()  # the cut is done: a deferred pause takes effect here
+    """Run ``destructive`` (a plan) so that the RunEngine never replays it.
+
+    A checkpoint before it; while it runs the RunEngine keeps no messages to replay
+    (``rewindable`` off), so a pause (one Ctrl-C or two) lets the instrument finish
+    the process and the resumed run goes on after it; a checkpoint after it.
+    """
+    yield from bps.checkpoint()
+    yield from bpp.rewindable_wrapper(destructive, False)
+    yield from bps.checkpoint()
 
 
 @plan

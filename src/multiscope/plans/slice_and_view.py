@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -82,6 +83,8 @@ SERIES_COMMAND = "series_documents"
 POSE_CHANGE_OVERHEAD_S = 120.0
 #: Default fiducial window (rows, columns of the SEM frame): the Pt cap with the "X".
 DEFAULT_FIDUCIAL = (0, 48, 0, 160)
+#: The Pt precursor's working temperature (C): deposition waits for it.
+PRECURSOR_C = 44.0
 #: A kintsugi is repeated before the face comes closer than this to the unfilled pores.
 KINTSUGI_MARGIN_UM = 0.1
 
@@ -401,16 +404,32 @@ class _DriftTracker:
         self.reader.close()
 
 
+def _wait_for_precursor(gis, minimum_c: float = PRECURSOR_C, timeout_s: float = 600.0):
+    """Wait (polling the reading) until the Pt precursor is at ``minimum_c``."""
+    deadline = time.monotonic() + timeout_s
+    while float((yield from bps.rd(gis.temperature))) < minimum_c:
+        if time.monotonic() > deadline:
+            raise KintsugiError(f"the Pt precursor did not reach {minimum_c} C in {timeout_s} s")
+        yield from bps.sleep(0.05)
+
+
 def _kintsugi(pfib, chamber: Chamber, pt_thickness_um: float, polish_um: float):
-    """Deposit Pt on the face, polish it back, check the face is flat with pores filled."""
+    """Deposit Pt on the face, polish it back, check the face is flat with pores filled.
+
+    The polish removes the Pt cap left on the face and goes ``polish_um`` into the
+    sample beyond it, inside the depth the Pt filled (seed 003: ~2 um of Pt, ~1.5 um
+    back).
+    """
     yield from go_to_pose(chamber, "sims", insert=("needle",))  # face to the ion beam
     yield from bps.mv(pfib.gis.heat, "On")
+    yield from _wait_for_precursor(pfib.gis)
     yield from set_ion_beam(pfib.ion_column, "On")
     yield from deposit_pt(pfib.gis, pt_thickness_um)
     yield from set_ion_beam(pfib.ion_column, "Blanked")
     yield from bps.mv(pfib.gis.heat, "Off")
     yield from go_to_pose(chamber, "mill")  # retracts the needle first
-    yield from bps.mv(pfib.mill.polish_um, polish_um)
+    cap = float((yield from bps.rd(pfib.gis.cap_um)))
+    yield from bps.mv(pfib.mill.polish_um, cap + polish_um)
     polish_number = int((yield from bps.rd(pfib.mill.polishes_done))) + 1
     yield from set_ion_beam(pfib.ion_column, "On")
     yield from polish_cut(pfib.mill, polish_number)
@@ -525,7 +544,8 @@ def slice_and_view(
     rock_deg : float
         Rocking polish: each cut is made at +rock and -rock (0: none).
     pt_thickness_um, polish_um : float
-        Kintsugi's Pt deposit and polish cut.
+        Kintsugi's Pt deposit, and how far its polish goes into the sample beyond the
+        Pt left on the face.
     resume : str, optional
         Start uid of the series' first run: continue it at the next unmilled slice.
     sample_id : str
