@@ -43,7 +43,7 @@ from typing import Any
 from . import simctl
 from .callbacks.progress import RunProgress
 from .callbacks.replay import ReplayFilter
-from .catalog import Catalog
+from .catalog import Catalog, series_documents
 from .config import apply_ca_client_environment, ca_client_environment
 from .config import data_dir as resolve_data_dir
 from .metadata import JSONMetadataStore
@@ -191,7 +191,6 @@ class Session:
 
 def _register_series_command(RE, root: Path) -> None:
     """Answer ``Msg(SERIES_COMMAND, None, uid)`` with the series' documents (the journal)."""
-    from .catalog import series_documents
     from .plans.preflight import PlanArgumentError
     from .plans.slice_and_view import SERIES_COMMAND
 
@@ -214,8 +213,10 @@ class _BuiltOnFirstUse:
     session's start-up, which warms it up on a thread once ready.
     """
 
-    def __init__(self, target: str, output_dir: Path, publish) -> None:
+    def __init__(self, target: str, output_dir: Path, publish, settings=None) -> None:
         self._target, self._output_dir, self._publish = target, output_dir, publish
+        # Attributes given to the callback once built, if it has them (``history``).
+        self._settings = dict(settings or {})
         self._callback = None
         self._lock = threading.Lock()
 
@@ -225,7 +226,11 @@ class _BuiltOnFirstUse:
             if self._callback is None:
                 module_name, function_name = self._target.split(":")
                 function = getattr(importlib.import_module(module_name), function_name)
-                self._callback = function(self._output_dir, self._publish)
+                callback = function(self._output_dir, self._publish)
+                for attribute, value in self._settings.items():
+                    if hasattr(callback, attribute):
+                        setattr(callback, attribute, value)
+                self._callback = callback
             return self._callback
 
     def warm_up(self) -> None:
@@ -410,7 +415,9 @@ def configure_session(
         from .callbacks.background import BackgroundCallback
 
         pipeline = BackgroundCallback(
-            _BuiltOnFirstUse(spec.pipeline, root / "derived" / instrument, catalog.writer()),
+            _BuiltOnFirstUse(spec.pipeline, root / "derived" / instrument, catalog.writer(),
+                             # a resumed series' earlier runs, from the journal
+                             settings={"history": partial(series_documents, root)}),
             name=f"background-{instrument}-pipeline",
         )
         RE.subscribe(ReplayFilter(pipeline))

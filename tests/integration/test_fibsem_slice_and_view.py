@@ -17,6 +17,7 @@ import sys
 import textwrap
 import threading
 
+import h5py
 import numpy as np
 import pytest
 from bluesky.utils import RunEngineInterrupted
@@ -25,7 +26,9 @@ from waiting import wait_until
 
 from multiscope import simctl
 from multiscope.analysis.fibsem_geometry import ChamberLimits
+from multiscope.catalog import series_documents
 from multiscope.devices.fibsem import InstrumentRefusedError
+from multiscope.frame_files import uri_to_path
 from multiscope.plans.preflight import PlanArgumentError
 
 pytestmark = pytest.mark.integration
@@ -52,6 +55,18 @@ def _stream_numbers(run, stream: str) -> list[int]:
     if stream not in run:
         return []
     return [int(v) for v in run[stream].read()["slice_number"].values]
+
+
+def _frame_attributes(session, uid: str, stream: str) -> dict:
+    """Per-acquisition HDF5 attributes of a run's ``stream`` frames (channel 0 rows)."""
+    docs = series_documents(session.data_dir, uid)
+    (resource,) = [d for n, d in docs if n == "stream_resource"
+                   and d["data_key"] == f"{stream}_image" and d["run_start"] == uid]  # fmt: skip
+    with h5py.File(uri_to_path(resource["uri"]), "r", swmr=True) as f:
+        group = f["/entry/instrument/NDAttributes"]
+        attrs = {name: np.asarray(group[name][()]) for name in group}
+    first = attrs["channel"] == 0
+    return {name: values[first] for name, values in attrs.items()}
 
 
 def _interrupt_inside_cut(session, slice_number: int, action) -> threading.Thread:
@@ -97,6 +112,20 @@ def test_every_face_is_imaged_and_every_slice_milled_once(ca_port_pool, tmp_path
         np.testing.assert_allclose(np.diff(depths), 0.1, atol=1e-9)
         block = run.metadata["start"]["slice_and_view"]
         assert block["n_slices"] == 3 and block["first_slice"] == 1
+        # Drift correction: after each SEM frame the beam shift is set to the sample's
+        # drift since the first frame (the truth: the frames' drift attributes).
+        truth = _frame_attributes(session, uid, "sem")
+        pixel_um = float(truth["pixel_um"][0])
+        walked = 0.0
+        for axis in ("x", "y"):
+            drift = truth[f"drift_{axis}_um"] - truth[f"drift_{axis}_um"][0]
+            shift = data["sem"][f"electron_column_beam_shift_{axis}_um"].values
+            np.testing.assert_allclose(shift[1:], drift[:-1], atol=0.5 * pixel_um)
+            walked = max(walked, float(np.abs(drift[:-1]).max()))
+        # The sample did drift before the corrections compared (the seeded walk): by more
+        # than half a pixel, so a correction of the wrong sign (off by twice the drift)
+        # fails the 0.5 px tolerance above.
+        assert walked > 0.5 * pixel_um
         assert run["depth"].read()["stage_pose"].values[0] == "eucentric"
 
 

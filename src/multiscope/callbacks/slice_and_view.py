@@ -224,11 +224,33 @@ class SliceAndViewAssembler(RunFrames):
         self.uid: str | None = None
         self.paths: dict[str, Path] = {}
         self._seeding = False
+        #: ``history(uid)``: the documents of the series begun by run ``uid`` (or None).
+        self.history = None
         self._groups: dict[tuple[str, int], list[FrameRecord]] = {}
         self._frames_per_event: dict[str, int] = {}
         super().__init__(reader_timeout=reader_timeout)
 
     # -- the run ---------------------------------------------------------------------
+    def start(self, doc):
+        """A run; a resume of a series this assembler has not seen is seeded first.
+
+        With :attr:`history` (``history(uid)``: the documents of the series begun by
+        run ``uid``, e.g. :func:`multiscope.catalog.series_documents` on the session's
+        journal; the session sets it) the earlier runs are replayed by
+        :meth:`seed_from`, so a session started after a crash assembles the whole
+        series.
+        """
+        resumes = (doc.get("slice_and_view") or {}).get("resume_of")
+        known = self.series is not None and self.series.uid == resumes
+        if resumes and not known and self.history is not None and not self._seeding:
+            try:
+                earlier = _other_runs(self.history(resumes), doc["uid"])
+            except Exception as error:  # noqa: BLE001 - assembled alone, as without history
+                logger.warning("series %s: earlier runs unreadable (%s)", resumes, error)
+            else:
+                self.seed_from(earlier)
+        return super().start(doc)
+
     def accepts(self, start_doc: dict) -> bool:
         return start_doc.get("plan_name") in self.plans and "slice_and_view" in start_doc
 
@@ -624,6 +646,17 @@ def slice_and_view_pipeline(output_dir, publish, *, classifier=None) -> SliceAnd
     return SliceAndViewAssembler(
         publish, output_dir=Path(output_dir) / "slice_and_view", classifier=classifier
     )
+
+
+def _other_runs(documents, uid: str) -> list[tuple[str, dict]]:
+    """``documents`` (runs one after another) without those of run ``uid``."""
+    kept, skipping = [], False
+    for name, doc in documents:
+        if name == "start":
+            skipping = doc.get("uid") == uid
+        if not skipping:
+            kept.append((name, doc))
+    return kept
 
 
 def _forget_results(state: SliceState, stream: str) -> None:

@@ -39,7 +39,7 @@ from multiscope.analysis.fibsem_geometry import (
     StageState,
     plan_pose_move,
 )
-from multiscope.analysis.stack import measure_drift
+from multiscope.analysis.serial import slice_drift
 from multiscope.checks import require_int, require_number
 from multiscope.contracts import SliceViewBlock
 from multiscope.devices.fibsem import PARTS
@@ -374,10 +374,6 @@ class _DriftTracker:
             return None
         return np.asarray(block.data).reshape(-1, *block.data.shape[-2:])[0]
 
-    def window(self, image: np.ndarray) -> np.ndarray:
-        row0, row1, col0, col1 = self.settings.fiducial
-        return image[row0:row1, col0:col1]
-
     def correct(self):
         """A plan: after an SEM frame, shift the beam to cancel the fiducial's drift."""
         if self.settings.fiducial is None or not self.settings.drift_correction:
@@ -391,11 +387,14 @@ class _DriftTracker:
         if self.reference is None:
             self.reference = image
             return
-        shift_px = measure_drift(np.stack([self.window(self.reference), self.window(image)]))[1]
+        row0, row1, col0, col1 = self.settings.fiducial
+        shift_px, _ = slice_drift(self.reference, image,
+                                  fiducial=(slice(row0, row1), slice(col0, col1)))  # fmt: skip
         column = self.pfib.electron_column
-        # measure_drift gives the shift that brings the frame back onto the reference:
-        # the sample moved by -shift in the frame, and the beam follows it.
-        dy_um, dx_um = (-float(v) * self.pixel_um for v in shift_px)
+        # ``shift_px`` brings this frame back onto the reference: the sample moved by
+        # ``shift_px`` pixels' worth on the face, and the beam shift follows it (the
+        # field's origin is the nominal one + drift - beam shift).
+        dy_um, dx_um = (float(v) * self.pixel_um for v in shift_px)
         x0 = float((yield from bps.rd(column.beam_shift_x_um)))
         y0 = float((yield from bps.rd(column.beam_shift_y_um)))
         yield from bps.mv(column.beam_shift_x_um, x0 + dx_um, column.beam_shift_y_um, y0 + dy_um)
