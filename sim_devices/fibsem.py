@@ -72,7 +72,7 @@ DEFAULT_PORT = 5073
 DEFAULT_TIME_SCALE = 0.01  # wall s per instrument s
 POSE_TOLERANCE_DEG = 0.05
 MAX_THICKNESS_UM = 1.0
-ACTUATION_S = 0.1  # wall s an insertable or the beam blanker takes
+ACTUATION_S = 0.05  # wall s an insertable or the beam blanker takes
 GIS_HOT_C, GIS_COLD_C, GIS_TAU_S = 45.0, 22.0, 30.0  # heater target, room, time constant (instr.)
 GIS_READY_C = 44.0
 DEPOSIT_UM_PER_S = 0.02  # Pt growth rate (instrument), 1 um in 50 s
@@ -138,9 +138,9 @@ class FibsemIOC(PVGroup):
                     egu="um", doc="Stage y (um)")  # fmt: skip
     stage_z = _axis(MotorAxis, "stage:z", velocity=5000.0, limits=(0.0, 10_000.0), egu="um",
                     doc="Stage z (um)")  # fmt: skip
-    stage_tilt = _axis(TrackedAxis, "stage:tilt", velocity=60.0, limits=(-10.0, 60.0),
+    stage_tilt = _axis(TrackedAxis, "stage:tilt", velocity=180.0, limits=(-10.0, 60.0),
                        egu="deg", doc="Stage tilt (deg)")  # fmt: skip
-    stage_rot = _axis(TrackedAxis, "stage:rot", velocity=180.0, limits=(-360.0, 360.0),
+    stage_rot = _axis(TrackedAxis, "stage:rot", velocity=540.0, limits=(-360.0, 360.0),
                       egu="deg", doc="Stage rotation (deg)")  # fmt: skip
     pose = pvproperty(name="stage:pose_RBV", value="eucentric", dtype=ChannelType.STRING,
                       read_only=True, doc="Named pose within 0.05 deg, else none")  # fmt: skip

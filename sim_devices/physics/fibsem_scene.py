@@ -255,7 +255,7 @@ class _CappedFace:
             np.abs(dy + dx) < g.fiducial_groove_um * math.sqrt(0.5)
         )
         band = out[rows]
-        band[inside & groove] = LABEL["pore"]
+        band[inside & groove] = LABEL["groove"]
         out[rows] = band
         return out
 

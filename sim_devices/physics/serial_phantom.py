@@ -57,6 +57,10 @@ PHASES: dict[str, Phase] = {
         Phase(6, "al2o3", "Al2O3", 3.95),  # the LCO coating
         Phase(7, "crack", "", 0.0),  # empty, inside a particle
         Phase(8, "pt", "Pt", 21.45),  # deposited in open pores (kintsugi)
+        # The fiducial "X" milled into the protective Pt cap on the top surface: empty,
+        # but not an open pore of the face (no back wall; kintsugi's Pt does not reach
+        # it), so the mark looks the same on every slice.
+        Phase(9, "groove", "", 0.0),
     )
 }
 LABEL = {name: p.label for name, p in PHASES.items()}

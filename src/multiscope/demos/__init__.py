@@ -24,6 +24,7 @@ DEMOS: dict[str, str] = {
     "demo": "multiscope.demos.harness",
     "tomo": "multiscope.demos.tomo",
     "xanes": "multiscope.demos.xanes",
+    "fibsem": "multiscope.demos.fibsem",
 }
 
 
