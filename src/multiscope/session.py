@@ -415,9 +415,13 @@ def configure_session(
         from .callbacks.background import BackgroundCallback
 
         pipeline = BackgroundCallback(
-            _BuiltOnFirstUse(spec.pipeline, root / "derived" / instrument, catalog.writer(),
-                             # a resumed series' earlier runs, from the journal
-                             settings={"history": partial(series_documents, root)}),
+            _BuiltOnFirstUse(
+                spec.pipeline,
+                root / "derived" / instrument,
+                catalog.writer(),
+                # a resumed series' earlier runs, from the journal
+                settings={"history": partial(series_documents, root)},
+            ),
             name=f"background-{instrument}-pipeline",
         )
         RE.subscribe(ReplayFilter(pipeline))

@@ -336,3 +336,30 @@ def test_kintsugi_fills_the_pores_ahead_and_is_repeated_only_when_needed(
         assert int(pfib.mill.polishes_done.get(use_monitor=False)) == 2
         assert _milled(pfib) == 4
         _assert_safe(pfib)
+
+
+def test_a_stop_during_a_sims_map_leaves_the_instrument_safe(ca_port_pool, tmp_path_factory):
+    """RE.stop() while the ion beam is on for SIMS: the run ends (success, as bluesky's
+    stop means), the beam is blanked and nothing is left inserted."""
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-stop") as (session, _):
+        pfib, RE = session.devices["pfib"], session.RE
+
+        def stop_in_sims():
+            wait_until(lambda: pfib.stage.pose.get(use_monitor=False) == "sims"
+                       and pfib.ion_column.beam.get(use_monitor=False) == "On",
+                       timeout=120, interval=0.005, message="never mapped SIMS")  # fmt: skip
+            RE.request_pause(defer=False)
+
+        watcher = threading.Thread(target=stop_in_sims, daemon=True)
+        watcher.start()
+        with pytest.raises(RunEngineInterrupted):
+            RE(session.plans["slice_and_view"](pfib, 2, 0.1, eds_every=0,
+                                               sims_frame_time_s=200.0))  # fmt: skip
+        watcher.join(5)
+        # Paused with the beam on for SIMS: the pause blanks it.
+        wait_until(lambda: pfib.ion_column.beam.get(use_monitor=False) == "Blanked", timeout=30)
+        (uid,) = RE.stop()
+        assert session.catalog.drain(120)
+        assert session.catalog.run(uid).metadata["stop"]["exit_status"] == "success"
+        _assert_safe(pfib)
+        assert _milled(pfib) == 1

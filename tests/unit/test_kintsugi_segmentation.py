@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multiscope.analysis.pixel_classifier import dice, train_pixel_classifier
+from multiscope.analysis.pixel_classifier import dice, paint_regions, train_pixel_classifier
 from sim_devices.physics.serial_phantom import LABEL, make_serial_phantom
 from sim_devices.physics.serial_render import FaceState, bse_images
 
@@ -29,16 +29,8 @@ def _classes(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _painted(truth: np.ndarray, rng, per_class=6, size=11) -> np.ndarray:
-    labels = np.zeros_like(truth)
-    half = size // 2
-    for k in (PORE, BINDER, ACTIVE):
-        rows, cols = np.nonzero(truth[half:-half, half:-half] == k)
-        for i in rng.choice(len(rows), per_class, replace=False):
-            r, c = rows[i] + half, cols[i] + half
-            window = (slice(r - half, r + half + 1), slice(c - half, c + half + 1))
-            labels[window] = np.where(truth[window] == k, k, labels[window])
-    return labels
+def _painted(truth: np.ndarray, rng) -> np.ndarray:
+    return paint_regions(truth, rng, per_class=6, size=11, classes=(PORE, BINDER, ACTIVE))
 
 
 def _scores(phantom, state, train_depth, test_depth):

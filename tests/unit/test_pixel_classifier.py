@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from multiscope.analysis.pixel_classifier import dice, features, train_pixel_classifier
+from multiscope.analysis.pixel_classifier import (
+    dice,
+    features,
+    paint_regions,
+    train_pixel_classifier,
+)
 
 PORE, BINDER, ACTIVE = 1, 2, 3
 
@@ -28,18 +33,9 @@ def _face(seed, shape=(192, 192), pore=0.15, active=0.45):
     return truth, np.stack([cbs, tld])
 
 
-def _few_regions(truth, rng, per_class=4, size=9):
-    """A few painted patches per class, as a user paints them: a square around a point of
-    the class, keeping only that class's pixels (so edges are taught too)."""
-    labels = np.zeros_like(truth)
-    half = size // 2
-    for k in (PORE, BINDER, ACTIVE):
-        rows, cols = np.nonzero(truth[half:-half, half:-half] == k)
-        for i in rng.choice(len(rows), per_class, replace=False):
-            r, c = rows[i] + half, cols[i] + half
-            window = (slice(r - half, r + half + 1), slice(c - half, c + half + 1))
-            labels[window] = np.where(truth[window] == k, k, labels[window])
-    return labels
+def _few_regions(truth, rng):
+    """A few painted patches per class, as a user paints them (4 squares of 9 px)."""
+    return paint_regions(truth, rng, per_class=4, size=9, classes=(PORE, BINDER, ACTIVE))
 
 
 def test_trained_on_one_face_segments_another_at_dice_0_9():

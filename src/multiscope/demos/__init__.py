@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DEMOS", "DemoResult", "run_demos"]
+__all__ = ["DEMOS", "DemoResult", "derived_run", "run_demos"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,17 @@ class DemoResult:
     elapsed_s: float
     scores: dict[str, str] = field(default_factory=dict)
     details: list[str] = field(default_factory=list)
+
+
+def derived_run(session, plan_name: str, uid: str):
+    """The catalog's derived run ``plan_name`` made from run ``uid`` (the latest 50 runs)."""
+    for summary in session.catalog.runs(limit=50):
+        if summary.plan_name != plan_name:
+            continue
+        run = session.catalog.run(summary.uid)
+        if run.metadata["start"].get("derived_from") == uid:
+            return run
+    raise RuntimeError(f"no {plan_name} derived run for raw run {uid}")
 
 
 def run_demos(names: list[str], data_dir: Path) -> list[DemoResult]:

@@ -34,7 +34,7 @@ from pathlib import Path
 from .. import simctl
 from ..catalog import series_documents
 from ..session import configure_session
-from . import DemoResult
+from . import DemoResult, derived_run
 from ._txm_ioc import _add_ca_port
 from .fibsem_scores import (
     score_assembly,
@@ -173,17 +173,6 @@ def _truth(args: list[str], out: Path) -> Path:
     return out
 
 
-def _derived_of(session, uid: str):
-    session.drain(300)
-    for summary in session.catalog.runs(limit=50):
-        if summary.plan_name != "slice_and_view_assembly":
-            continue
-        run = session.catalog.run(summary.uid)
-        if run.metadata["start"].get("derived_from") == uid:
-            return run
-    raise RuntimeError(f"no slice_and_view_assembly derived run for {uid}")
-
-
 def _correlative(data_dir: Path, config: FibsemDemoConfig, result: DemoResult) -> bool:
     ioc = _IOC(data_dir, "assb", config.assb_seed, config.time_scale)
     session = None
@@ -196,7 +185,8 @@ def _correlative(data_dir: Path, config: FibsemDemoConfig, result: DemoResult) -
         (second,) = session.RE(session.plans["slice_and_view"](
             pfib, config.n_slices, config.slice_thickness_um, resume=first,
             **config.plan_kwargs()))  # fmt: skip
-        derived = _derived_of(session, second)
+        session.drain(300)
+        derived = derived_run(session, "slice_and_view_assembly", second)
         docs = series_documents(data_dir, first)
         truth_dir = data_dir / "derived" / "fibsem" / "truth"
         sem = sem_file(docs, first)

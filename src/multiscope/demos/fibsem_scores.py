@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..analysis.pixel_classifier import dice, train_pixel_classifier
+from ..analysis.pixel_classifier import dice, paint_regions, train_pixel_classifier
 from ..frame_files import uri_to_path
 
 __all__ = ["score_assembly", "score_kintsugi", "score_milling", "sem_file"]
@@ -172,19 +172,6 @@ def _classes(labels: np.ndarray, names: dict[int, str]) -> np.ndarray:
     return out
 
 
-def _painted(truth: np.ndarray, seed: int = 0, per_class: int = PAINTED_PER_CLASS,
-             size: int = 11):  # fmt: skip
-    """A few painted regions per class, as a user paints them."""
-    rng, labels, half = np.random.default_rng(seed), np.zeros_like(truth), size // 2
-    for k in (1, 2, 3):
-        rows, cols = np.nonzero(truth[half:-half, half:-half] == k)
-        for i in rng.choice(len(rows), min(per_class, len(rows)), replace=False):
-            r, c = rows[i] + half, cols[i] + half
-            window = (slice(r - half, r + half + 1), slice(c - half, c + half + 1))
-            labels[window] = np.where(truth[window] == k, k, labels[window])
-    return labels
-
-
 def _mean_dice(frames: np.ndarray, classes: np.ndarray) -> dict[int, float]:
     """Dice per class of the faces after the first, by classifiers trained on the first.
 
@@ -194,7 +181,9 @@ def _mean_dice(frames: np.ndarray, classes: np.ndarray) -> dict[int, float]:
     train, truth = frames[0][:, CAP_ROWS:], classes[0, CAP_ROWS:]
     scores = {k: [] for k in (1, 2, 3)}
     for seed in range(PAINTINGS):
-        classifier = train_pixel_classifier(train, _painted(truth, seed))
+        rng = np.random.default_rng(seed)
+        painted = paint_regions(truth, rng, per_class=PAINTED_PER_CLASS, size=11, classes=(1, 2, 3))
+        classifier = train_pixel_classifier(train, painted)
         for face in range(1, len(frames)):
             predicted = classifier.predict(frames[face][:, CAP_ROWS:])
             for k in scores:

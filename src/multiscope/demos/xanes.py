@@ -52,7 +52,7 @@ from .. import simctl
 from ..frame_files import FrameReader
 from ..plans.xanes import energy_grid
 from ..session import configure_session
-from . import DemoResult
+from . import DemoResult, derived_run
 from ._txm_ioc import txm_ioc
 
 __all__ = ["TOLERANCES", "XanesDemoConfig", "run"]
@@ -291,7 +291,7 @@ def run(
         analysis_s = time.monotonic() - t0
         errors = list(session.pipeline.errors) if session.pipeline is not None else []
         applied_px, snr = raw_frames.per_energy(len(grid.energies_keV))
-        derived = _derived_map(session, uid)
+        derived = derived_run(session, "xanes_map", uid)
         reference = int(derived.metadata["start"]["parameters"]["reference_index"])
         truth_proc = subprocess.Popen(
             [sys.executable, "-m", "sim_devices.xanes_truth",
@@ -324,16 +324,6 @@ def run(
             session.close()
         for ioc in iocs:
             simctl.stop_ioc(ioc.pid)
-
-
-def _derived_map(session, uid: str):
-    for summary in session.catalog.runs(limit=50):
-        if summary.plan_name != "xanes_map":
-            continue
-        run = session.catalog.run(summary.uid)
-        if run.metadata["start"].get("derived_from") == uid:
-            return run
-    raise RuntimeError(f"no xanes_map derived run for raw run {uid}")
 
 
 def _score(
