@@ -28,6 +28,7 @@ Run::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -73,6 +74,7 @@ DEFAULT_TIME_SCALE = 0.01  # wall s per instrument s
 POSE_TOLERANCE_DEG = 0.05
 MAX_THICKNESS_UM = 1.0
 ACTUATION_S = 0.05  # wall s an insertable or the beam blanker takes
+DEPTH_MEASUREMENT_SIGMA_UM = 0.01  # the SEM's depth measurement on the trench wall
 GIS_HOT_C, GIS_COLD_C, GIS_TAU_S = 45.0, 22.0, 30.0  # heater target, room, time constant (instr.)
 GIS_READY_C = 44.0
 DEPOSIT_UM_PER_S = 0.02  # Pt growth rate (instrument), 1 um in 50 s
@@ -186,6 +188,8 @@ class FibsemIOC(PVGroup):
                              units="C", read_only=True)  # fmt: skip
     gis_deposit = _float("gis:deposit_um", 0.0, "Deposit this much Pt; put-completion",
                          units="um")  # fmt: skip
+    gis_busy = _long("gis:busy_RBV", 0, "1 while depositing", read_only=True)
+    gis_stop = _long("gis:stop", 0, "1 ends a deposition now")
     gis_infiltration = _float("gis:infiltration_um", PT_INFILTRATION_UM,
                               "Depth Pt fills open pores", units="um", read_only=True)  # fmt: skip
     gis_filled_to = _float("gis:filled_to_RBV", 0.0, "Deepest nominal depth with Pt in pores",
@@ -218,6 +222,9 @@ class FibsemIOC(PVGroup):
                             read_only=True, doc="Phantom x, y, z extent (um)")  # fmt: skip
     truth_depth = _float("truth:depth_um", 0.0, "True face depth", units="um", precision=4,
                          read_only=True)  # fmt: skip
+    measured_depth = _float("mill:measured_depth_RBV", math.nan,
+                            "Milled depth measured on the trench at eucentric (um)",
+                            units="um", precision=4, read_only=True)  # fmt: skip
     truth_drift_x = _float("truth:drift_x_um", 0.0, "True drift x", units="um", precision=4,
                            read_only=True)  # fmt: skip
     truth_drift_y = _float("truth:drift_y_um", 0.0, "True drift y", units="um", precision=4,
@@ -228,6 +235,7 @@ class FibsemIOC(PVGroup):
                  sem_shape=(384, 512), size_um=DEFAULT_SIZE_UM, **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.time_scale = float(time_scale)
+        self._depth_rng = np.random.default_rng([int(seed), 7])
         if not self.time_scale > 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
         self.state_file = Path(state_file) if state_file else default_state_file(self.prefix)
@@ -248,6 +256,7 @@ class FibsemIOC(PVGroup):
         self.sputter_yield = SPUTTER_YIELD_UM3_PER_NC[phantom]
         self._poses = named_poses()
         self._cut_stop = asyncio.Event()
+        self._deposit_stop = asyncio.Event()
         self._rendered: dict[str, tuple[list[np.ndarray], dict]] = {}
         self._heater_task: asyncio.Task | None = None
         self._in_motion: set[str] = set()  # insertables moving in or out
@@ -300,6 +309,17 @@ class FibsemIOC(PVGroup):
         name = self.pose_name()
         if self.pose.value != name:
             await self.pose.write(name)
+            await self._measure_depth(name)
+
+    async def _measure_depth(self, pose: str) -> None:
+        """At ``eucentric`` the SEM sees the trench's side wall: the milled depth, measured
+        (the true depth, foreshortening corrected, with the measurement's scatter)."""
+        if pose != "eucentric":
+            value = math.nan
+        else:
+            scatter = self._depth_rng.normal(0.0, DEPTH_MEASUREMENT_SIGMA_UM)
+            value = self.state.true_depth_um + float(scatter)
+        await self.measured_depth.write(value)
 
     async def refuse(self, reason: str) -> None:
         """Publish why a request is refused and fail its put."""
@@ -362,8 +382,18 @@ class FibsemIOC(PVGroup):
 
     @gis_needle.putter
     async def gis_needle(self, instance, value):
-        """Insert or retract the GIS needle (put-completion when in place)."""
+        """Insert or retract the GIS needle (put-completion when in place); retracting it
+        ends a deposition."""
+        if value in (0, "Retracted") and int(self.gis_busy.value):
+            self._deposit_stop.set()
         return await self._insert("needle", value, self.gis_needle_rbv)
+
+    @gis_stop.putter
+    async def gis_stop(self, instance, value):
+        """1 ends a deposition now (the Pt deposited so far stays)."""
+        if int(value) == 1 and int(self.gis_busy.value):
+            self._deposit_stop.set()
+        return 0
 
     # -- startup: publish the (reloaded) state ------------------------------------------
 
@@ -443,6 +473,8 @@ class FibsemIOC(PVGroup):
         want = "On" if value in (1, "On") else "Blanked"
         if want == "Blanked" and int(self.mill_busy.value):
             self._cut_stop.set()
+        if want == "Blanked" and int(self.gis_busy.value):
+            self._deposit_stop.set()
         if want != instance.value:
             await asyncio.sleep(ACTUATION_S / 2)
         return want
@@ -537,12 +569,25 @@ class FibsemIOC(PVGroup):
             reasons.append("the ion beam is blanked")
         if int(self.mill_busy.value):
             reasons.append("a cut is running")
+        if int(self.gis_busy.value):
+            reasons.append("a deposition is running")
         if reasons:
             await self.refuse(f"gis:deposit_um {value} refused: " + "; ".join(reasons))
         await self.accepted()
-        await asyncio.sleep(float(value) / DEPOSIT_UM_PER_S * self.time_scale)
-        self.state.deposit(float(value), float(self.gis_infiltration.value))
-        await self._save()
+        # Deposits at DEPOSIT_UM_PER_S until done; blanking the beam, retracting the
+        # needle or gis:stop end it early with what was deposited so far.
+        self._deposit_stop.clear()
+        await self.gis_busy.write(1)
+        wall = float(value) / DEPOSIT_UM_PER_S * self.time_scale
+        t0 = time.monotonic()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._deposit_stop.wait(), wall)
+            share = min(1.0, (time.monotonic() - t0) / wall) if wall > 0 else 1.0
+            self.state.deposit(float(value) * share, float(self.gis_infiltration.value))
+            await self._save()
+        finally:
+            await self.gis_busy.write(0)
         return value
 
     # -- detectors --------------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_the_assembler_assembles_the_plans_run(ca_port_pool, tmp_path_factory):
     block = assembler.series.block
     table = assembler.series_table()
     assert list(table["slice_numbers"]) == [1, 2, 3]
-    assert table["slice_seconds"].max() < 2.0
+    # Per-slice time is measured by bench/fibsem.py (docs/benchmarks.md), not asserted here.
     # SEM drift against the truth (what the beam shift left of the sample's drift).
     origins = _sem_origins(docs)
     for k, number in enumerate(table["slice_numbers"]):

@@ -26,7 +26,8 @@ from waiting import wait_until
 
 from multiscope import simctl
 from multiscope.analysis.fibsem_geometry import ChamberLimits
-from multiscope.catalog import series_documents
+from multiscope.catalog import recover, series_documents
+from multiscope.compat import throw_into_run
 from multiscope.devices.fibsem import InstrumentRefusedError
 from multiscope.frame_files import uri_to_path
 from multiscope.plans.preflight import PlanArgumentError
@@ -37,6 +38,8 @@ pytestmark = pytest.mark.integration
 # interruption can land inside a cut; the physics still counts instrument seconds.
 FAST = {"eds_live_time_s": 20.0, "sims_frame_time_s": 20.0}
 SLOW_CUT = {**FAST, "mill_current_na": 0.3}
+# About 5 s of wall time: a pause and then an abort both land inside the cut, loaded or not.
+VERY_SLOW_CUT = {**FAST, "mill_current_na": 0.06}
 
 
 def _milled(pfib) -> int:
@@ -70,7 +73,11 @@ def _frame_attributes(session, uid: str, stream: str) -> dict:
 
 
 def _interrupt_inside_cut(session, slice_number: int, action) -> threading.Thread:
-    """Call ``action()`` from a thread once the IOC is cutting ``slice_number``."""
+    """Call ``action()`` from a thread once the IOC is cutting ``slice_number``.
+
+    The thread's ``cutting_after`` says whether the cut was still running once the
+    action returned (a test whose interruption missed the cut must fail, not pass).
+    """
     pfib = session.devices["pfib"]
 
     def watch():
@@ -83,8 +90,10 @@ def _interrupt_inside_cut(session, slice_number: int, action) -> threading.Threa
             message=f"the IOC never cut slice {slice_number}",
         )
         action()
+        thread.cutting_after = int(pfib.mill.busy.get(use_monitor=False)) == 1
 
     thread = threading.Thread(target=watch, daemon=True)
+    thread.cutting_after = None
     thread.start()
     return thread
 
@@ -126,7 +135,12 @@ def test_every_face_is_imaged_and_every_slice_milled_once(ca_port_pool, tmp_path
         # than half a pixel, so a correction of the wrong sign (off by twice the drift)
         # fails the 0.5 px tolerance above.
         assert walked > 0.5 * pixel_um
-        assert run["depth"].read()["stage_pose"].values[0] == "eucentric"
+        depth = run["depth"].read()
+        assert depth["stage_pose"].values[0] == "eucentric"
+        # Tilted back, the measured depth is the true one (3 cuts with a 3 % error each).
+        measured = float(depth["mill_measured_depth_um"].values[0])
+        assert measured == pytest.approx(float(truth["true_depth_um"][-1]), abs=0.05)
+        assert measured == pytest.approx(float(depths[-1]), abs=0.05)
 
 
 def test_bad_requests_are_refused_before_anything_moves(ca_port_pool, tmp_path_factory):
@@ -170,6 +184,7 @@ def test_a_pause_in_a_cut_lets_it_finish_and_resumes_without_remilling(
         with pytest.raises(RunEngineInterrupted):
             RE(session.plans["slice_and_view"](pfib, 3, 0.1, **SLOW_CUT))
         watcher.join(5)
+        assert watcher.cutting_after  # the pause was requested inside the cut
         assert RE.state == "paused"
         # The cut in progress is finished by the instrument, and nothing more is milled.
         wait_until(lambda: int(pfib.mill.busy.get(use_monitor=False)) == 0, timeout=60)
@@ -195,8 +210,9 @@ def test_a_pause_then_abort_in_a_cut_stops_it_and_a_resume_finishes_the_series(
         RE.subscribe(lambda name, doc: uids.append(doc["uid"]), "start")
         watcher = _interrupt_inside_cut(session, 2, lambda: RE.request_pause(defer=False))
         with pytest.raises(RunEngineInterrupted):
-            RE(plan(pfib, 4, 0.1, **SLOW_CUT))
+            RE(plan(pfib, 4, 0.1, **VERY_SLOW_CUT))
         watcher.join(5)
+        assert watcher.cutting_after
         RE.abort()
         _assert_safe(pfib)  # the safe state stopped the cut and blanked the beam
         assert _milled(pfib) == 2
@@ -269,6 +285,15 @@ def test_a_killed_client_is_resumed_without_milling_twice(ca_port_pool, tmp_path
         assert second_run.metadata["start"]["slice_and_view"]["resume_of"] == first
         assert _stream_numbers(second_run, "mill") == [3, 4]
         assert _stream_numbers(second_run, "sem") == [2, 3, 4]  # slice 2 was never imaged
+        # The killed client left the beam on after the cut: the resume blanked it first.
+        assert set(second_run["sem"].read()["ion_column_beam"].values) == {"Blanked"}
+        # The killed run is readable too, once recovered from its journal.
+        recover(session.data_dir, session.catalog)
+        first_run = session.catalog.run(first)
+        assert first_run.metadata["stop"]["exit_status"] == "fail"
+        assert _stream_numbers(first_run, "mill") == [1]
+        assert _stream_numbers(first_run, "sem") == [1]
+        assert first_run["sem"].read()["sem_image"].shape[:2] == (1, 2)
         _assert_safe(pfib)
 
 
@@ -363,3 +388,31 @@ def test_a_stop_during_a_sims_map_leaves_the_instrument_safe(ca_port_pool, tmp_p
         assert session.catalog.run(uid).metadata["stop"]["exit_status"] == "success"
         _assert_safe(pfib)
         assert _milled(pfib) == 1
+
+
+def test_a_fault_during_an_eds_map_leaves_everything_retracted_and_blanked(
+    ca_port_pool, tmp_path_factory
+):
+    """A fault (thrown into the run, as a failed device would) while the EDS detector is
+    in: the run fails and the safe state retracts it and blanks the beam."""
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-fault") as (session, _):
+        pfib, RE = session.devices["pfib"], session.RE
+        uids = []
+        RE.subscribe(lambda name, doc: uids.append(doc["uid"]), "start")
+        thrown = []
+
+        def fault_in_eds():
+            wait_until(lambda: pfib.eds_detector.state.get(use_monitor=False) == "Inserted",
+                       timeout=120, interval=0.005, message="EDS never inserted")  # fmt: skip
+            thrown.append(throw_into_run(RE, RuntimeError("injected fault")))
+
+        watcher = threading.Thread(target=fault_in_eds, daemon=True)
+        watcher.start()
+        with pytest.raises(RuntimeError, match="injected fault"):
+            RE(session.plans["slice_and_view"](pfib, 2, 0.1, sims_every=0,
+                                               eds_live_time_s=200.0))  # fmt: skip
+        watcher.join(5)
+        assert thrown == [True]
+        _assert_safe(pfib)
+        assert session.catalog.drain(120)
+        assert session.catalog.run(uids[0]).metadata["stop"]["exit_status"] == "fail"

@@ -23,7 +23,7 @@ DRIFT_TOLERANCE_PX = 0.5
 REGISTRATION_TOLERANCE_PX = 0.5
 #: The aligned BSE volume must follow the phantom's phases at the right depths: the
 #: share of its variance the truth labels explain (per slice, median) at least this...
-VOLUME_R2_MIN = 0.6
+VOLUME_R2_MIN = 0.85
 #: ... and more than with the labels of faces this far deeper (um).
 WRONG_DEPTH_UM = 0.5
 #: Rows of the SEM field under the Pt cap band and its fiducial (3 um at 50 nm, plus

@@ -156,14 +156,16 @@ class IonColumn(Device):
     """The Xe+ plasma column: ``voltage`` (kV), ``current`` (nA), ``beam`` (``On``/``Blanked``).
 
     A paused run must not leave the ion beam on the sample (for hours, if nobody comes
-    back): :meth:`pause` blanks it as soon as a cut in progress has ended (blanking
-    earlier would stop the cut part-way), and :meth:`resume` puts it back on if it was.
+    back): :meth:`pause` blanks it as soon as a cut or a Pt deposition in progress has
+    ended (blanking earlier would stop it part-way), and :meth:`resume` puts it back
+    on if it was.
     """
 
     voltage = Cpt(EpicsSignal, "ion:voltage", kind="config")
     current = Cpt(EpicsSignal, "ion:current", kind="config")
     beam = Cpt(EpicsSignal, "ion:beam", string=True, put_complete=True, kind="normal")
     cutting = Cpt(EpicsSignalRO, "mill:busy_RBV", kind="omitted")
+    depositing = Cpt(EpicsSignalRO, "gis:busy_RBV", kind="omitted")
     refusal = Cpt(EpicsSignalRO, "interlock:message_RBV", string=True, kind="omitted")
 
     #: Longest a pause waits for a cut to end before blanking anyway (s).
@@ -190,10 +192,15 @@ class IonColumn(Device):
         status = self.beam.set(value, timeout=ACTUATION_TIMEOUT_S)
         return _explained(status, self.refusal, f"{self.name} beam {value}")
 
+    def _processing(self) -> bool:
+        """A cut or a Pt deposition is running (the beam must stay on until it ends)."""
+        return bool(int(self.cutting.get(use_monitor=False) or 0)
+                    or int(self.depositing.get(use_monitor=False) or 0))  # fmt: skip
+
     def _blank_after_cut(self) -> None:
         deadline = time.monotonic() + self.MAX_CUT_WAIT_S
         try:
-            while int(self.cutting.get(use_monitor=False) or 0) and time.monotonic() < deadline:
+            while self._processing() and time.monotonic() < deadline:
                 time.sleep(0.05)
             self.beam.set("Blanked", timeout=ACTUATION_TIMEOUT_S).wait(ACTUATION_TIMEOUT_S)
         except Exception as error:  # noqa: BLE001 - the safe state blanks it on exit
@@ -335,6 +342,8 @@ class Mill(Device):
     slices_milled = Cpt(EpicsSignalRO, "mill:slices_RBV", kind="normal")
     polishes_done = Cpt(EpicsSignalRO, "mill:polishes_RBV", kind="normal")
     face_depth_um = Cpt(EpicsSignalRO, "mill:face_depth_RBV", kind="hinted")
+    # The depth the SEM measures on the trench wall at the eucentric pose (NaN elsewhere).
+    measured_depth_um = Cpt(EpicsSignalRO, "mill:measured_depth_RBV", kind="normal")
     last_complete = Cpt(EpicsSignalRO, "mill:last_complete_RBV", kind="normal")
 
 
@@ -371,7 +380,7 @@ class GasInjection(Device):
     temperature = Cpt(EpicsSignalRO, "gis:temperature_RBV", kind="normal")
     infiltration_um = Cpt(EpicsSignalRO, "gis:infiltration_um", kind="config")
     deposition = Cpt(ProcessCommand, "", pv="gis:deposit_um", duration=_deposit_s,
-                     kind="omitted")  # fmt: skip
+                     stop_pv="gis:stop", busy_pv="gis:busy_RBV", kind="omitted")  # fmt: skip
     filled_to_um = Cpt(EpicsSignalRO, "gis:filled_to_RBV", kind="normal")
     cap_um = Cpt(EpicsSignalRO, "gis:cap_um_RBV", kind="normal")
 

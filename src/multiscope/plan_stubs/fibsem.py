@@ -8,13 +8,15 @@ The instrument checks the same collision rules again and refuses what breaks the
 
 Destructive steps (a milling cut, a polish cut, a Pt deposition) are never replayed:
 
-* the instrument numbers them: slice ``k`` is cut only when ``k - 1`` were, so a
-  repeated command is refused there whatever sent it;
+* the instrument numbers the cuts: slice ``k`` (polish ``k``) is cut only when
+  ``k - 1`` were, so a repeated command is refused there whatever sent it (a
+  deposition is not numbered: it is never sent twice by the plans, below);
 * while a cut runs the RunEngine keeps no messages to replay (``rewindable`` off
   between a checkpoint before the cut and one after it), so nothing rewinds into
   it: a pause during a cut (one Ctrl-C, deferred, or two, immediate) lets the
-  instrument finish the cut (``ProcessCommand.stop`` ignores a pause's stop and its
-  ``resume`` waits for the cut to end) and the resumed run goes on after it;
+  instrument finish the cut or the deposition (``ProcessCommand.stop`` ignores a
+  pause's stop and its ``resume`` waits for the process to end) and the resumed run
+  goes on after it;
 * an abort (or a stop, a failure) stops the cut: the instrument counts it,
   part-milled, and ``slice_and_view(..., resume=uid)`` continues with the next one.
 """

@@ -399,8 +399,8 @@ def fibsem_safe_state(
 ) -> SafeState:
     """The PFIB-SEM's safe state for a plan using these devices.
 
-    In order: stop a cut in progress (after a failure or an interruption: the
-    instrument counts it part-milled), blank the ion beam, stop every camera's
+    In order: stop a cut or a Pt deposition in progress (after a failure or an
+    interruption: the instrument counts a cut part-milled), blank the ion beam, stop every camera's
     acquisition, retract every insertable (the gas needle, the CBS and EDS
     detectors; retracting is allowed in any pose), switch the Pt heater off.
 
@@ -415,7 +415,7 @@ def fibsem_safe_state(
     cameras : sequence of StreamingCamera
         Each ``cam.acquire`` 0.
     gis : GasInjection, optional
-        Heater off (its needle belongs in ``insertables``).
+        Its deposition stopped, heater off (its needle belongs in ``insertables``).
     timeout_s : float
         Longest wait per step.
     """
@@ -424,6 +424,8 @@ def fibsem_safe_state(
         for process in ("cut", "polish"):
             if getattr(mill, process, None) is not None:
                 steps.append(Stop(getattr(mill, process), name=f"stop the {process}"))
+    if getattr(gis, "deposition", None) is not None:
+        steps.append(Stop(gis.deposition, name="stop the Pt deposition"))
     steps.append(SetTo(ion_column.beam, "Blanked", name="blank the ion beam", timeout_s=timeout_s))
     for camera in cameras:
         cam = getattr(camera, "cam", None)

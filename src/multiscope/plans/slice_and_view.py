@@ -451,14 +451,21 @@ def _needs_kintsugi(pfib, thickness_um: float):
     return depth + thickness_um > filled - KINTSUGI_MARGIN_UM
 
 
-def _image_slice(pfib, chamber, settings, number, tags, drift: _DriftTracker):
-    """SEM (CBS + TLD) of the face, drift correction, then EDS when due."""
-    yield from go_to_pose(chamber, "sem", insert=("cbs",))
-    yield from acquire_frame(pfib.sem, number, tags, "sem")
-    yield from drift.correct()
-    if _due(number, settings.eds_every):
+def _image_slice(pfib, chamber, settings, number, tags, drift: _DriftTracker,
+                 streams=("sem", "eds")):  # fmt: skip
+    """SEM (CBS + TLD) of the face and EDS when due, then the drift correction.
+
+    The beam shift changes only after both, so the SEM frame and the EDS map of one
+    slice share it (the assembler moves the EDS maps by the SEM frame's drift).
+    """
+    if "sem" in streams:
+        yield from go_to_pose(chamber, "sem", insert=("cbs",))
+        yield from acquire_frame(pfib.sem, number, tags, "sem")
+    if "eds" in streams and _due(number, settings.eds_every):
         yield from go_to_pose(chamber, "sem", insert=("eds",))
         yield from acquire_frame(pfib.eds, number, tags, "eds")
+    if "sem" in streams:
+        yield from drift.correct()
 
 
 def _sims_slice(pfib, chamber, settings, number, tags):
@@ -609,16 +616,22 @@ def slice_and_view(
         else:
             series_first = series.block.series_first_slice
             last = int(series_first) + settings.n_slices - 1
-        reimage = series is not None and series_first <= milled <= last and (
-            milled not in series.imaged.get("sem", set())
-        )  # fmt: skip
+        reimage = _missing_maps(series, settings, milled, series_first, last)
         to_mill = list(range(max(milled + 1, int(series_first)), last + 1))
         logger.info(
             "slice_and_view: slices %s to mill (estimated %s at the instrument)%s",
             f"{to_mill[0]}-{to_mill[-1]}" if to_mill else "none",
             format_duration(estimate(to_mill[0], len(to_mill))) if to_mill else "0 s",
-            f"; the face of slice {milled} is imaged first" if reimage else "",
+            f"; the face of slice {milled} is mapped first ({', '.join(reimage)})"
+            if reimage
+            else "",
         )
+        if series is not None:  # checked here: the slices left are known only now
+            require_duration_within(
+                "slice_and_view",
+                estimate(to_mill[0], len(to_mill)) if to_mill else 0.0,
+                max_duration_s,
+            )
         depth = float((yield from bps.rd(pfib.mill.face_depth_um)))
         block = SliceViewBlock(
             n_slices=settings.n_slices, first_slice=to_mill[0] if to_mill else last + 1,
@@ -635,7 +648,7 @@ def slice_and_view(
         run_md = {
             "plan_name": "slice_and_view",
             "detectors": [camera.name for camera in pfib.cameras],
-            "num_points": len(to_mill) + int(reimage),
+            "num_points": len(to_mill) + int("sem" in reimage),
             "progress_stream": "sem",
             "plan_args": {"n_slices": settings.n_slices,
                           "slice_thickness_um": settings.thickness_um,
@@ -659,11 +672,15 @@ def slice_and_view(
         @bpp.run_decorator(md=run_md)
         @safe_state_decorator(safe)
         def body():
+            # A client killed after a cut left the ion beam on: blank it before anything.
+            yield from set_ion_beam(pfib.ion_column, "Blanked")
             yield from _configure(pfib, settings)
             if reimage:
                 yield from bps.mv(slice_number, milled)
-                yield from _image_slice(pfib, chamber, settings, milled, tags, drift)
-                yield from _sims_slice(pfib, chamber, settings, milled, tags)
+                yield from _image_slice(pfib, chamber, settings, milled, tags, drift,
+                                        streams=reimage)  # fmt: skip
+                if "sims" in reimage:
+                    yield from _sims_slice(pfib, chamber, settings, milled, tags)
             for number in to_mill:
                 yield from bps.checkpoint()
                 yield from bps.mv(slice_number, number)
@@ -679,8 +696,10 @@ def slice_and_view(
                 yield from _image_slice(pfib, chamber, settings, number, tags, drift)
                 yield from _sims_slice(pfib, chamber, settings, number, tags)
             yield from go_to_pose(chamber, "eucentric")
-            yield from bps.trigger_and_read([pfib.mill.face_depth_um, pfib.mill.slices_milled,
-                                             pfib.stage.pose], name="depth")  # fmt: skip
+            # Tilted back, the SEM measures the milled depth on the trench wall.
+            yield from bps.trigger_and_read([pfib.mill.face_depth_um, pfib.mill.measured_depth_um,
+                                             pfib.mill.slices_milled, pfib.stage.pose],
+                                            name="depth")  # fmt: skip
 
         try:
             return (yield from body())
@@ -690,7 +709,28 @@ def slice_and_view(
     return (yield from run_plan())
 
 
+def _missing_maps(series, settings, milled: int, first: int, last: int) -> tuple[str, ...]:
+    """The maps of the last milled face that are due and that no run of the series took.
+
+    A client killed after a cut, or after the SEM frame but before the maps, leaves the
+    face unmapped; the next cut destroys it, so a resume takes them first.
+    """
+    if series is None or not first <= milled <= last:
+        return ()
+    due = ["sem"]
+    if _due(milled, settings.eds_every):
+        due.append("eds")
+    if _due(milled, settings.sims_every):
+        due.append("sims")
+    return tuple(s for s in due if milled not in series.imaged.get(s, set()))
+
+
 def _check_resume(series: SeriesProgress, settings: _Settings) -> None:
+    if series.block.resume_of:
+        raise PlanArgumentError(
+            f"resume: run {series.first_uid} itself resumes {series.block.resume_of}; pass "
+            f"the series' first run: resume={series.block.resume_of!r}"
+        )
     block = series.block
     if block.n_slices != settings.n_slices or not math.isclose(
         float(block.slice_thickness_um or 0.0), settings.thickness_um, rel_tol=1e-9
