@@ -102,7 +102,7 @@ class SliceState:
         The run that imaged it.
     face_depth_um : float or None
     beam_shift_um : (float, float) or None
-        ``(x, y)`` beam shift the plan applied.
+        ``(x, y)`` beam shift of the face's SEM frame and EDS map.
     sem, eds, sims : dict of str to ndarray
         Raw frames by channel, line and mass.
     drift_px, residual_px : ndarray (2,) or None
@@ -352,7 +352,9 @@ class SliceAndViewAssembler(RunFrames):
         depths = [float(d) for d in depths if d is not None and np.isfinite(d)]
         if depths:  # the event's, else the frame file's
             state.face_depth_um = depths[0]
-        for x_key, y_key in BEAM_SHIFT_KEYS:
+        # The beam shift moves the SEM and EDS fields (the plan changes it after both);
+        # the SIMS event is taken after the correction: its value is not this face's.
+        for x_key, y_key in BEAM_SHIFT_KEYS if record.stream != "sims" else ():
             if values.get(x_key) is not None:
                 state.beam_shift_um = (float(values[x_key]), float(values.get(y_key) or 0.0))
                 break
