@@ -21,7 +21,7 @@ import pytest
 from multiscope import config, simctl
 
 # Every IOC a test session starts takes one; a restart reuses its port.
-PORT_POOL_SIZE = 32
+PORT_POOL_SIZE = 64
 
 
 @dataclass
