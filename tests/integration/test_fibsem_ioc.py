@@ -7,13 +7,13 @@ Plain caproto client puts (no ophyd): a refused put completes with ``ECA_PUTFAIL
 from __future__ import annotations
 
 import os
-import re
 import signal
 from pathlib import Path
 from types import SimpleNamespace
 
 import h5py
 import numpy as np
+import pv_docs
 import pytest
 from conftest import start_sim_ioc
 from waiting import wait_until
@@ -33,21 +33,10 @@ DETECTOR_PVS = ("cam1:Acquire", "cam1:NumImages", "cam1:AcquireTime", "HDF1:Capt
 
 def documented_pvs() -> list[str]:
     """PV names (after the prefix) of the IOC's table in docs/fibsem.md, with motor fields."""
-    section = DOCS.read_text().split("## PVs of the simulated PFIB-SEM IOC")[1]
-    section = section.split("\n### ")[0]
-    names: list[str] = []
-    for line in section.splitlines():
-        if not line.startswith("| `"):
-            continue
-        first, kind = (cell.strip() for cell in line.strip().strip("|").split("|")[:2])
-        for name in re.findall(r"`([^`]+)`", first):
-            if kind == "motor record":
-                names += [name + suffix for suffix in MOTOR_FIELDS]
-            elif kind == "areaDetector":
-                names += [name + pv for pv in DETECTOR_PVS]
-            else:
-                names.append(name)
-    return names
+    return pv_docs.documented_pvs(
+        DOCS, "## PVs of the simulated PFIB-SEM IOC", end="\n### ",
+        by_kind={"motor record": MOTOR_FIELDS, "areaDetector": DETECTOR_PVS},
+    )  # fmt: skip
 
 
 class Client:

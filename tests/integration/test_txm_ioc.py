@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import h5py
 import numpy as np
+import pv_docs
 import pytest
 from conftest import acquire, start_sim_ioc
 from scipy import ndimage
@@ -37,21 +38,10 @@ MOTOR_FIELDS = ("", ".RBV", ".DMOV", ".VELO", ".HLM", ".LLM", ".STOP")
 
 def documented_pvs() -> list[str]:
     """PV names (after the prefix) of the table in docs/txm.md, motor fields included."""
-    text = DOCS.read_text()
-    section = text.split("## PVs of the simulated TXM IOC")[1].split("\n## ")[0]
-    names: list[str] = []
-    for line in section.splitlines():
-        if not line.startswith("| `"):
-            continue
-        first, kind = (cell.strip() for cell in line.strip().strip("|").split("|")[:2])
-        for name in re.findall(r"`([^`]+)`", first):
-            if name in SUBDEVICE_PVS:
-                names += SUBDEVICE_PVS[name]
-            elif kind == "motor record":
-                names += [name + suffix for suffix in MOTOR_FIELDS]
-            else:
-                names.append(name)
-    return names
+    return pv_docs.documented_pvs(
+        DOCS, "## PVs of the simulated TXM IOC", expand=SUBDEVICE_PVS,
+        by_kind={"motor record": MOTOR_FIELDS},
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
