@@ -52,6 +52,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from multiscope.locks import locked_elsewhere
 from multiscope.simctl import pid_exists
 
 __all__ = [
@@ -147,12 +148,7 @@ def _lease_is_free(catalog_dir: Path) -> bool:
     """True when no process holds the lease (a shared lock on ``server.lease``)."""
     fd = _open_lock_file(catalog_dir / LEASE_NAME)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return True
+        return not locked_elsewhere(fd)
     finally:
         os.close(fd)
 

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from multiscope.locks import locked_elsewhere
+
 __all__ = [
     "COMMITTED_SUBDIR",
     "RunTracker",
@@ -298,12 +300,7 @@ def journal_is_active(path: str | os.PathLike) -> bool:
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
+        return locked_elsewhere(fd)
     finally:
         os.close(fd)
 
