@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import threading
 import time
 import uuid
@@ -60,6 +59,7 @@ from multiscope.callbacks.storage import (
     read_journal,
 )
 from multiscope.config import data_dir as default_data_dir
+from multiscope.ports import free_port
 
 __all__ = [
     "API_KEY_ENV",
@@ -88,11 +88,6 @@ RECOVERY_BATCH_SIZE = 10_000
 
 
 # ---------------------------------------------------------------------------- embedded server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _wait_healthy(url: str, deadline: float, alive) -> None:
     import httpx
@@ -131,7 +126,7 @@ class _ThreadServer:
         self._thread: threading.Thread | None = None
         db = self.directory / "catalog.db"
         tables = f"sqlite:///{self.directory / 'tables.sqlite'}"
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self._start(db, tables, port, init=not db.exists())
 

@@ -44,7 +44,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -53,6 +52,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from multiscope.locks import locked_elsewhere
+from multiscope.ports import free_port
 from multiscope.simctl import pid_exists
 
 __all__ = [
@@ -176,11 +176,6 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
         connection.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _log_tail(path: Path, lines: int = 15) -> str:
     try:
@@ -242,7 +237,7 @@ class Lease:
 def _spawn(root: Path, lock_fd: int) -> subprocess.Popen:
     """Start a server that inherits ``lock_fd`` (and so the start lock) until it is healthy."""
     catalog_dir = root / "catalog"
-    cmd = [sys.executable, "-m", _MODULE, str(root), "--port", str(_free_port())]
+    cmd = [sys.executable, "-m", _MODULE, str(root), "--port", str(free_port())]
     cmd += ["--lock-fd", str(lock_fd)]
     # The key goes by environment, not argv, so `ps` does not show it.
     env = dict(os.environ, **{_CHILD_API_KEY_ENV: secrets.token_hex(32)})

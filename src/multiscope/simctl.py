@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from multiscope.config import ca_server_environment
+from multiscope.ports import free_port, port_is_free
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -132,35 +133,6 @@ def data_args(name: str, data_dir: str | os.PathLike) -> list[str]:
     if name == "fibsem":
         return ["--state-file", str(Path(data_dir) / "sim" / "fibsem-state.json")]
     return []
-
-
-def port_is_free(port: int) -> bool:
-    """True when both TCP and UDP ``port`` can be bound on 127.0.0.1 now."""
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            if kind == socket.SOCK_STREAM:
-                # As the IOC's server does; otherwise a just-stopped IOC's TIME_WAIT
-                # connections make its port look taken for a minute.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (also checked free for UDP)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
 
 
 def start_ioc(

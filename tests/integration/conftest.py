@@ -39,11 +39,11 @@ class RunningIOC:
 
 
 def _distinct_free_ports(n: int) -> list[int]:
+    # Below the ephemeral range (multiscope.ports): a pooled port may be bound
+    # twenty minutes after it was chosen, and no client connection takes it meanwhile.
     ports: list[int] = []
     while len(ports) < n:
-        port = simctl.free_port()
-        if port not in ports:
-            ports.append(port)
+        ports.append(simctl.free_port(exclude=set(ports)))
     return ports
 
 
