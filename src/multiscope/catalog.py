@@ -89,6 +89,7 @@ RECOVERY_BATCH_SIZE = 10_000
 
 # ---------------------------------------------------------------------------- embedded server
 
+
 def _wait_healthy(url: str, deadline: float, alive) -> None:
     import httpx
 

@@ -176,7 +176,6 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
         connection.close()
 
 
-
 def _log_tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
