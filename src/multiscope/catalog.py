@@ -60,6 +60,12 @@ from multiscope.callbacks.storage import (
 )
 from multiscope.config import data_dir as default_data_dir
 from multiscope.ports import free_port
+from multiscope.samples import (
+    SampleHistory,
+    SampleRecord,
+    history_from_metadata,
+    samples_from_metadata,
+)
 
 __all__ = [
     "API_KEY_ENV",
@@ -571,6 +577,26 @@ class Catalog:
             for name, node in ((name, run[name]) for name in run)
         }
         return describe_run(run.metadata, streams)
+
+    def sample_history(self, sample_id: str) -> SampleHistory:
+        """Everything done to one sample, oldest first: cut, surveyed, imaged, sectioned.
+
+        The runs whose start document names ``sample_id`` (every plan records it,
+        derived runs too) and the record of the run that registered the sample
+        (:mod:`multiscope.samples`). ``print()`` it for a table.
+        """
+        from tiled.queries import Eq
+
+        client = self._client  # metadata only: a plain stand-in serves as well
+        found = client.search(Eq("start.sample_id", sample_id))
+        return history_from_metadata(sample_id, ((uid, run.metadata) for uid, run in found.items()))
+
+    def samples(self) -> list[SampleRecord]:
+        """The registered samples, in order of registration (:mod:`multiscope.samples`)."""
+        from tiled.queries import KeyPresent
+
+        found = self._client.search(KeyPresent("start.sample"))
+        return samples_from_metadata((uid, run.metadata) for uid, run in found.items())
 
     # ------------------------------------------------------------------ lifecycle
     def close(self, timeout: float | None = 30.0) -> bool:

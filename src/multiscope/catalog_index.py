@@ -84,6 +84,24 @@ class RunIndex:
         _, items = self._search(max(0, total - limit), limit)
         return [(item["id"], item["attributes"]["metadata"]) for item in items]
 
+    def _all(self, **filters: Any) -> list[tuple[str, dict]]:
+        found: list[tuple[str, dict]] = []
+        while True:
+            total, items = self._search(len(found), 100, **filters)
+            found += [(item["id"], item["attributes"]["metadata"]) for item in items]
+            if not items or len(found) >= total:
+                return found
+
+    def where(self, key: str, value: Any) -> list[tuple[str, dict]]:
+        """(uid, metadata) of every run whose metadata ``key`` (dotted) equals ``value``."""
+        return self._all(**{"filter[eq][condition][key]": key,
+                            "filter[eq][condition][value]": json.dumps(value)})  # fmt: skip
+
+    def having(self, key: str) -> list[tuple[str, dict]]:
+        """(uid, metadata) of every run whose metadata has ``key`` (dotted)."""
+        return self._all(**{"filter[keypresent][condition][key]": key,
+                            "filter[keypresent][condition][exists]": "true"})  # fmt: skip
+
     def find(self, run: str | int) -> tuple[str, dict]:
         """(uid, metadata) of one run, named as :meth:`multiscope.catalog.Catalog.run` takes it.
 

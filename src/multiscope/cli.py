@@ -10,6 +10,7 @@ Examples
     multiscope catalog list --limit 5
     multiscope catalog show -1
     multiscope catalog recover         # load runs a crashed session left in the journal
+    multiscope catalog history tab-3   # one sample across instruments: cut, surveyed, imaged
     multiscope export -1 --out ./run   # CSV tables (+ HDF5 arrays) of one run
     multiscope sim stop
 """
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     catalog_commands.add_parser(
         "recover", help="load journals of runs that never reached the catalog"
     )
+    history = catalog_commands.add_parser(
+        "history", help="everything done to one sample, oldest first, across instruments"
+    )
+    history.add_argument("sample_id", help="the sample's id, e.g. tab-3")
+    catalog_commands.add_parser("samples", help="the registered samples")
 
     from .demos import DEMOS  # the chain order lives with the demos
 
@@ -192,7 +198,20 @@ def _run_catalog(args, root: Path) -> int:
             _print_runs(catalog.runs(limit=args.limit), RunSummary.HEADER)
         elif args.catalog_command == "show":
             print(catalog.describe(args.run))
+        elif args.catalog_command == "history":
+            print(catalog.sample_history(args.sample_id))
+        else:
+            _print_samples(catalog.samples())
     return 0
+
+
+def _print_samples(records) -> None:
+    if not records:
+        print("no sample registered (register_sample, or a laser cut, registers one)")
+        return
+    print(f"{'sample':<20} {'material':<12} {'cut from':<16} description")
+    for r in records:
+        print(f"{r.sample_id:<20} {r.material or '-':<12} {r.parent_id or '-':<16} {r.description}")
 
 
 def _print_runs(rows, header: str) -> None:
@@ -211,6 +230,7 @@ def _read_embedded_catalog(args, root: Path) -> int:
     """
     from .catalog import RunSummary, describe_run
     from .catalog_index import RunIndex
+    from .samples import history_from_metadata, samples_from_metadata
 
     lease = catalog_server.acquire(root)
     try:
@@ -218,6 +238,11 @@ def _read_embedded_catalog(args, root: Path) -> int:
             if args.catalog_command == "list":
                 runs = index.recent(args.limit)
                 _print_runs([RunSummary.from_metadata(u, md) for u, md in runs], RunSummary.HEADER)
+            elif args.catalog_command == "history":
+                runs = index.where("start.sample_id", args.sample_id)
+                print(history_from_metadata(args.sample_id, runs))
+            elif args.catalog_command == "samples":
+                _print_samples(samples_from_metadata(index.having("start.sample")))
             else:
                 uid, metadata = index.find(args.run)
                 print(describe_run(metadata, index.streams(uid)))

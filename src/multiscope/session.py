@@ -12,7 +12,8 @@ does. It creates, and puts into the namespace under explicit names:
 ``dry_run``      ``dry_run(plan)``: duration, frames, disk, moves, checks
 devices          one name per device of the instrument (e.g. ``m1``, ``cam``)
 plans            the instrument's plans (e.g. ``line_scan``), checking their
-                 arguments when called (:func:`~multiscope.plans.refusals.checked_at_call`)
+                 arguments when called (:func:`~multiscope.plans.refusals.checked_at_call`),
+                 and every session's ``register_sample`` (``catalog.sample_history``)
 ===============  ==============================================================
 
 Simulated hardware is found through the state file that ``multiscope sim start``
@@ -52,7 +53,7 @@ from .plans.dry_run import dry_run
 from .plans.refusals import QuietRefusals, checked_at_call
 from .suspenders import RunWatchdog, SuspendFloorOrDisconnect
 
-__all__ = ["InstrumentSpec", "INSTRUMENTS", "Session", "configure_session"]
+__all__ = ["COMMON_PLAN_MODULES", "InstrumentSpec", "INSTRUMENTS", "Session", "configure_session"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,10 @@ class InstrumentSpec:
     facility_beam_prefix: str | None = None
     pipeline: str | None = None
 
+
+#: Plans every instrument's session has: ``register_sample`` (one sample's history
+#: across instruments, :meth:`multiscope.catalog.Catalog.sample_history`).
+COMMON_PLAN_MODULES = ("multiscope.plans.samples",)
 
 INSTRUMENTS: dict[str, InstrumentSpec] = {
     "demo": InstrumentSpec(
@@ -440,7 +445,7 @@ def configure_session(
         if hasattr(device, "follow_emitted"):  # cameras re-send a resource a rewind dropped
             device.follow_emitted(RE.subscribe)
     plans: dict[str, Any] = {}
-    for module_name in spec.plan_modules:
+    for module_name in (*COMMON_PLAN_MODULES, *spec.plan_modules):
         module = importlib.import_module(module_name)
         for name in module.__all__:
             plan = getattr(module, name)

@@ -97,7 +97,8 @@ def txm_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
     """A TXM session on its own simulated TXM and ring IOCs; closed and stopped after.
 
     Yields ``(session, running TXM IOC)`` (``.ring``: the ring IOC); logs and data go to
-    ``<name>-logs`` / ``<name>-data``. ``options`` go to ``configure_session``.
+    ``<name>-logs`` / ``<name>-data`` (or ``data_dir=``, shared with another session).
+    ``options`` go to ``configure_session``.
     """
     from multiscope.session import configure_session
 
@@ -109,7 +110,7 @@ def txm_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
         session = configure_session(
             {},
             "txm",
-            data_dir=tmp_path_factory.mktemp(f"{name}-data"),
+            data_dir=options.pop("data_dir", None) or tmp_path_factory.mktemp(f"{name}-data"),
             prefix=running.prefix,
             beam_prefix=running.ring.prefix,
             table=False,
@@ -210,7 +211,8 @@ def fibsem_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
     session = None
     try:
         session = configure_session(
-            {}, "fibsem", data_dir=tmp_path_factory.mktemp(f"{name}-data"),
+            {}, "fibsem",
+            data_dir=options.pop("data_dir", None) or tmp_path_factory.mktemp(f"{name}-data"),
             prefix=running.prefix, table=False, progress=False, **options,
         )  # fmt: skip
         yield session, running

@@ -85,6 +85,7 @@ from .preflight import (
     require_positioner,
     require_positions_within_limits,
     require_shutter,
+    sample_md,
 )
 from .tomography import _FRAME_OVERHEAD_S
 
@@ -304,8 +305,7 @@ def focus_calibration(
     fit_window = require_int("fit_window", fit_window, minimum=1, maximum=half)
     if detector not in DETECTOR_MODES:
         raise PlanArgumentError(f"detector must be one of {DETECTOR_MODES}, got {detector!r}")
-    if not isinstance(sample_id, str):
-        raise PlanArgumentError(f"sample_id must be a string, got {sample_id!r}")
+    sample_md(sample_id)
     for key, flag in (("lateral", lateral), ("check_lateral", check_lateral)):
         if not isinstance(flag, bool):
             raise PlanArgumentError(f"{key} must be True or False, got {flag!r}")
@@ -374,7 +374,7 @@ def focus_calibration(
                       "detector": detector},
         "hints": {"dimensions": [([energy.zp_z.name], "primary")]},
         "estimated_duration_s": round(estimate, 3),
-        "sample_id": sample_id,
+        **sample_md(sample_id),
         "focus_calibration": block,
     }  # fmt: skip
     start.update(md or {})

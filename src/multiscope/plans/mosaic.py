@@ -34,6 +34,7 @@ from .preflight import (
     require_positioner,
     require_positions_within_limits,
     require_shutter,
+    sample_md,
 )
 from .tomography import tomo_scan
 
@@ -211,6 +212,7 @@ def mosaic_radiograph(
     exposure_s: float = 0.05,
     num_flats: int = 5,
     sample_out_offset_um: float = 300.0,
+    sample_id: str = "",
     max_duration_s: float = MAX_RUN_DURATION_S,
     md: dict | None = None,
 ):
@@ -221,7 +223,8 @@ def mosaic_radiograph(
     is one event in ``primary`` with the stage positions. Every argument is
     checked, and a run estimated beyond ``max_duration_s`` (s; default
     :data:`~multiscope.plans.preflight.MAX_RUN_DURATION_S`) refused, before the
-    first message and before the grid is built.
+    first message and before the grid is built. ``sample_id`` names the sample
+    (:func:`~multiscope.plans.preflight.sample_md`).
     """
     require_camera("camera", camera)
     require_parts("sample", sample, ("x", "z"), "a sample stage (x, z)")
@@ -233,6 +236,7 @@ def mosaic_radiograph(
     num_flats = require_int("num_flats", num_flats, minimum=1)
     offset = require_number("sample_out_offset_um", sample_out_offset_um)
     require_out_of_field("sample_out_offset_um", offset, field_of_view_um(camera, None))
+    sample_entry = sample_md(sample_id)
     estimate = (num_tiles + num_flats) * (exposure_s + 0.05)
     require_duration_within("mosaic_radiograph", estimate, max_duration_s)
     origin = (float(sample.x.position), float(sample.z.position))
@@ -247,6 +251,7 @@ def mosaic_radiograph(
         "detectors": [camera.name],
         "motors": [sample.x.name, sample.z.name],
         "estimated_duration_s": round(estimate, 3),
+        **sample_entry,
         "mosaic_radiograph": {
             "rows": rows, "columns": columns, "tile_width_um": tile_width_um,
             "tile_height_um": tile_height_um, "overlap_fraction": overlap_fraction,

@@ -16,6 +16,10 @@ The checks, in the order a plan makes them:
    any point list is built (:func:`require_duration_within`);
 4. the points against the soft limits, and a sample-out offset against the
    field of view (:func:`require_out_of_field`).
+
+Every plan takes ``sample_id`` and records it through :func:`sample_md`, so the
+catalog can give one sample's history across instruments
+(:meth:`multiscope.catalog.Catalog.sample_history`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ __all__ = [
     "require_positioner",
     "require_positions_within_limits",
     "require_shutter",
+    "sample_md",
 ]
 
 #: Longest run a plan starts without being asked (s): a day. A plan refuses a longer
@@ -221,3 +226,45 @@ def require_out_of_field(name: str, offset_um: float, field_um: float) -> float:
             f"({field_um:.4g} um wide): flats need |{name}| >= {field_um:.4g}"
         )
     return offset_um
+
+
+#: Longest sample id (characters): it is typed, printed in tables and used in file names.
+MAX_SAMPLE_ID_LENGTH = 64
+
+
+def sample_md(sample_id: str) -> dict[str, str]:
+    """The start-document entry naming the sample of a run, after checking the id.
+
+    An empty id adds nothing, so a sample set for the session (``RE.md["sample_id"]``)
+    stays the run's: a plan's own metadata would otherwise override it.
+
+    Parameters
+    ----------
+    sample_id : str
+        ``""`` or 1 to :data:`MAX_SAMPLE_ID_LENGTH` printable characters without
+        surrounding blanks (e.g. ``"tab-3"``).
+
+    Returns
+    -------
+    dict
+        ``{"sample_id": sample_id}``, or ``{}`` for ``""``.
+
+    Raises
+    ------
+    PlanArgumentError
+        For anything else.
+    """
+    if not isinstance(sample_id, str):
+        raise PlanArgumentError(f"sample_id must be a string, got {sample_id!r}")
+    if not sample_id:
+        return {}
+    if (
+        len(sample_id) > MAX_SAMPLE_ID_LENGTH
+        or sample_id != sample_id.strip()
+        or not sample_id.isprintable()
+    ):
+        raise PlanArgumentError(
+            f"sample_id {sample_id!r} must be 1 to {MAX_SAMPLE_ID_LENGTH} printable "
+            "characters without leading or trailing blanks (e.g. 'tab-3')"
+        )
+    return {"sample_id": sample_id}

@@ -27,6 +27,7 @@ from .preflight import (
     require_number,
     require_positioner,
     require_positions_within_limits,
+    sample_md,
 )
 
 __all__ = ["line_scan", "count_frames", "estimate_exposure"]
@@ -71,6 +72,7 @@ def line_scan(
     stop: float,
     num: int,
     *,
+    sample_id: str = "",
     max_duration_s: float = MAX_RUN_DURATION_S,
     md: dict | None = None,
 ):
@@ -87,6 +89,9 @@ def line_scan(
         First and last position, in the motor's units.
     num : int
         Number of points (>= 1).
+    sample_id : str
+        The sample (:func:`~multiscope.plans.preflight.sample_md`); ``""`` keeps the
+        session's (``RE.md["sample_id"]``), if any.
     max_duration_s : float
         Longest estimated run accepted (s); default
         :data:`~multiscope.plans.preflight.MAX_RUN_DURATION_S`.
@@ -111,6 +116,7 @@ def line_scan(
     start = require_number("start", start)
     stop = require_number("stop", stop)
     num = require_int("num", num, minimum=1)
+    sample = sample_md(sample_id)
     # From the sizes alone: bluesky builds the point list, which takes a minute for 10**7.
     estimate = estimate_moves_s(motor, [start, stop]) + num * (
         estimate_exposure(detectors) + _POINT_OVERHEAD_S
@@ -122,6 +128,7 @@ def line_scan(
     _md = {
         "plan_name": "line_scan",
         "estimated_duration_s": round(estimate, 3),
+        **sample,
     }
     _md.update(md or {})
     per_step = partial(bps.one_nd_step, take_reading=keyed_reading())
@@ -132,6 +139,7 @@ def count_frames(
     detectors: Sequence[Readable],
     num: int = 1,
     *,
+    sample_id: str = "",
     max_duration_s: float = MAX_RUN_DURATION_S,
     md: dict | None = None,
 ):
@@ -143,6 +151,9 @@ def count_frames(
         Devices to trigger and read.
     num : int
         Number of readings (>= 1).
+    sample_id : str
+        The sample (:func:`~multiscope.plans.preflight.sample_md`); ``""`` keeps the
+        session's (``RE.md["sample_id"]``), if any.
     max_duration_s : float
         Longest estimated run accepted (s), as :func:`line_scan`.
     md : dict, optional
@@ -150,9 +161,10 @@ def count_frames(
     """
     detectors = _check_detectors(detectors)
     num = require_int("num", num, minimum=1)
+    sample = sample_md(sample_id)
     estimate = num * (estimate_exposure(detectors) + _POINT_OVERHEAD_S)
     require_duration_within("count_frames", estimate, max_duration_s)
-    _md = {"plan_name": "count_frames", "estimated_duration_s": round(estimate, 3)}
+    _md = {"plan_name": "count_frames", "estimated_duration_s": round(estimate, 3), **sample}
     _md.update(md or {})
     per_shot = partial(bps.one_shot, take_reading=keyed_reading())
     return (yield from bp.count(detectors, num, per_shot=per_shot, md=_md))

@@ -59,6 +59,7 @@ from multiscope.plans.preflight import (
     PlanArgumentError,
     format_duration,
     require_duration_within,
+    sample_md,
 )
 
 __all__ = [
@@ -569,6 +570,7 @@ def slice_and_view(
         is not a slice-and-view series or asks for other settings.
     """
     _check_pfib(pfib)
+    sample_md(sample_id)
     settings = _check_settings(
         pfib, n_slices, slice_thickness_um, eds_every=eds_every, sims_every=sims_every,
         kintsugi=kintsugi, fiducial=fiducial, drift_correction=drift_correction,
@@ -655,7 +657,7 @@ def slice_and_view(
                           "eds_every": settings.eds_every, "sims_every": settings.sims_every,
                           "kintsugi": settings.kintsugi, "resume": resume},
             "estimated_duration_s": round(estimate(block.first_slice, len(to_mill)), 1),
-            "sample_id": sample_id,
+            **sample_md(sample_id),
             "slice_and_view": block.to_md(),
         }  # fmt: skip
         if series is not None:
@@ -767,6 +769,7 @@ def kintsugi_face(
         If the face is not flat and filled afterwards.
     """
     _check_pfib(pfib)
+    sample_md(sample_id)
     pt = require_number("pt_thickness_um", pt_thickness_um, minimum=0, exclusive_minimum=True,
                         maximum=10.0)  # fmt: skip
     polish = require_number("polish_um", polish_um, minimum=0, exclusive_minimum=True,
@@ -774,7 +777,7 @@ def kintsugi_face(
     chamber = Chamber(pfib.stage, pfib.insertables, geometry or ChamberGeometry(),
                       limits or ChamberLimits())  # fmt: skip
     _check_reachable(chamber, need_sims=True, need_eds=False)
-    run_md = {"plan_name": "kintsugi_face", "sample_id": sample_id, "num_points": 1,
+    run_md = {"plan_name": "kintsugi_face", **sample_md(sample_id), "num_points": 1,
               "plan_args": {"pt_thickness_um": pt, "polish_um": polish}}  # fmt: skip
     run_md.update(md or {})
     safe = fibsem_safe_state(pfib.ion_column, mill=pfib.mill,

@@ -52,6 +52,7 @@ from .preflight import (
     require_positioner,
     require_positions_within_limits,
     require_shutter,
+    sample_md,
 )
 
 __all__ = [
@@ -356,7 +357,7 @@ def tomo_scan(
                       "exposure_s": exposure_s, "flat_policy": flat_policy},
         "hints": {"dimensions": [([sample.theta.name], "primary")]},
         "estimated_duration_s": round(estimate, 3),
-        "sample_id": sample_id,
+        **sample_md(sample_id),
         "tomo": tomo_md,
     }  # fmt: skip
     _md.update(md or {})
@@ -417,8 +418,7 @@ def _check_geometry_md(pixel_size_um, energy_keV, center_guess_px, sample_id) ->
             require_number(name, value, minimum=0, exclusive_minimum=True)
     if center_guess_px is not None:
         require_number("center_guess_px", center_guess_px)
-    if not isinstance(sample_id, str):
-        raise PlanArgumentError(f"sample_id must be a string, got {sample_id!r}")
+    sample_md(sample_id)
 
 
 class _PassGate:
@@ -755,7 +755,7 @@ def fly_tomo_scan(
                       "flat_policy": flat_policy},
         "hints": {"dimensions": [([angle_key or theta.name], "primary")]},
         "estimated_duration_s": round(estimate, 3),
-        "sample_id": sample_id,
+        **sample_md(sample_id),
         "tomo": tomo_md,
     }  # fmt: skip
     _md.update(md or {})

@@ -72,6 +72,7 @@ from .preflight import (
     require_positioner,
     require_positions_within_limits,
     require_shutter,
+    sample_md,
 )
 from .tomography import (
     _FRAME_OVERHEAD_S,
@@ -201,8 +202,7 @@ def _check(camera, energy, sample, grid, exposure_s, num_flats, num_darks, flat_
     require_positions_within_limits("sample_out_offset_um", sample.x, [x_in + offset])
     if filter not in FILTERS:
         raise PlanArgumentError(f"filter must be one of {sorted(FILTERS)}, got {filter!r}")
-    if not isinstance(sample_id, str):
-        raise PlanArgumentError(f"sample_id must be a string, got {sample_id!r}")
+    sample_md(sample_id)
     return _Checked(
         grid, exposure_s, num_flats, num_darks, flats_at, x_in, x_in + offset, flat_policy,
         flat_every, filter, pixel_size_um, sample_id,
@@ -232,7 +232,7 @@ def _start_md(plan_name, camera, energy, c: _Checked, *, num_frames, num_points,
                       "flat_every": c.flat_every, "filter": c.filter, **plan_args},
         "hints": {"dimensions": [([energy.energy.name], "primary")]},
         "estimated_duration_s": round(estimate_s, 3),
-        "sample_id": c.sample_id,
+        **sample_md(c.sample_id),
         "filter": c.filter,
         "xanes": block,
     }  # fmt: skip
@@ -564,6 +564,7 @@ def xanes_campaign(
     *,
     dimensions: str = "2d",
     campaign_id: str | None = None,
+    sample_id: str = "",
     md: dict | None = None,
     **common,
 ):
@@ -584,10 +585,12 @@ def xanes_campaign(
         :func:`xanes_2d` or :func:`xanes_3d` runs.
     campaign_id : str, optional
         Shared identifier (default: a new uuid).
+    sample_id : str
+        The sample of every run (an edge's own ``"sample_id"`` overrides it).
     md : dict, optional
         Metadata merged into every run's start document.
     **common
-        Keywords for every run (``num_frames``, ``flat_policy``, ``sample_id``...).
+        Keywords for every run (``num_frames``, ``flat_policy``...).
 
     Returns
     -------
@@ -622,7 +625,8 @@ def xanes_campaign(
         campaign = {"index": k, "num_runs": len(edges), "edges": names}
         run_md = {**(md or {}), "campaign_id": campaign_id, "campaign": campaign}
         try:
-            generator = plan(camera, energy, sample, shutter, **{**common, **edge}, md=run_md)
+            keywords = {"sample_id": sample_id, **common, **edge}
+            generator = plan(camera, energy, sample, shutter, **keywords, md=run_md)
             first = next(generator)  # runs the plan's checks; nothing reaches the RunEngine
         except (TypeError, PlanArgumentError) as error:  # TypeError: an unknown keyword
             raise PlanArgumentError(f"edges[{k}] ({names[k]}): {error}") from None

@@ -1,0 +1,76 @@
+"""One sample across instruments: every run names it, the catalog gives its history in order.
+
+Sessions of different instruments, one after the other, on one data directory (as
+instruments of a facility share one catalog); the history is read from Python and
+from the command line.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import fibsem_session, finished_run, txm_session
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(data_dir, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "multiscope", "--data-dir", str(data_dir), "catalog", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_samples_history_spans_instruments_in_order(ca_port_pool, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("history-data")
+    with txm_session(ca_port_pool, tmp_path_factory, "history-txm", data_dir=data_dir) as (
+        session,
+        _,
+    ):
+        RE, plans, d = session.RE, session.plans, session.devices
+        (sheet,) = RE(plans["register_sample"]("sheet-1", material="NMC811"))
+        (tab,) = RE(plans["register_sample"]("tab-3", material="NMC811", parent_id="sheet-1",
+                                              description="laser-cut tab"))  # fmt: skip
+        (frames,) = RE(plans["count_frames"]([d["camera"]], 2, sample_id="tab-3"))
+        (other,) = RE(plans["count_frames"]([d["camera"]], 1, sample_id="coin-2"))
+        # A sample set for the session names every run that does not name its own.
+        RE.md["sample_id"] = "tab-3"
+        d["sample"].theta.velocity.set(180).wait(10)
+        (tomo,) = RE(plans["tomo_scan"](d["camera"], d["sample"], d["shutter"],
+                                        num_projections=21, exposure_s=0.02, num_darks=2,
+                                        num_flats=2, flat_policy="start"))  # fmt: skip
+        del RE.md["sample_id"]
+        assert session.drain(300)
+        finished_run(session, tomo)
+    with fibsem_session(ca_port_pool, tmp_path_factory, "history-fib", data_dir=data_dir) as (
+        session,
+        _,
+    ):
+        pfib = session.devices["pfib"]
+        (kintsugi,) = session.RE(session.plans["kintsugi_face"](pfib, sample_id="tab-3"))
+        finished_run(session, kintsugi)
+        history = session.catalog.sample_history("tab-3")
+        samples = session.catalog.samples()
+
+    steps = list(history)
+    raw = [s.uid for s in steps if s.derived_from is None]
+    assert raw == [tab, frames, tomo, kintsugi], history
+    assert sheet not in raw and other not in raw
+    # The live reconstruction of the tomogram is the sample's too, after its raw run.
+    derived = [s for s in steps if s.derived_from == tomo]
+    assert derived and all(s.time > steps[raw.index(tomo)].time for s in derived)
+    assert history.instruments == ["txm", "fibsem"]
+    assert all(s.exit_status == "success" for s in steps)
+    assert history.record.parent_id == "sheet-1" and history.record.registered_by == tab
+    assert [r.sample_id for r in samples] == ["sheet-1", "tab-3"]
+
+    printed = _cli(data_dir, "history", "tab-3")
+    assert printed.returncode == 0, printed.stderr
+    lines = printed.stdout.splitlines()
+    assert "NMC811, from sheet-1" in lines[0]
+    order = [next(i for i, line in enumerate(lines) if uid[:8] in line) for uid in raw]
+    assert order == sorted(order), printed.stdout
+    listed = _cli(data_dir, "samples")
+    assert listed.returncode == 0 and "tab-3" in listed.stdout and "sheet-1" in listed.stdout
