@@ -267,6 +267,9 @@ class LaserIOC(PVGroup):
     async def door(self, instance, value):
         """Open or close the enclosure; opening cuts the emission (and a cut) at once."""
         state = "Open" if value in (1, "Open") else "Closed"
+        if state == "Open" and int(self.cut_busy.value):
+            # The cut's put completes (stopped): its client reads why here.
+            await self.message.write(f"cut {self.count} stopped: the enclosure was opened")
         if state == "Open":
             self._stop.set()
             await self.emission.write("Off", verify_value=False)

@@ -24,11 +24,22 @@ from bluesky.utils import plan
 from multiscope.analysis.laser_path import ToolPath
 from multiscope.plan_stubs.destructive import not_replayed
 
-__all__ = ["PathLoadError", "cut_along_path", "load_path", "move_to_path_start", "set_emission"]
+__all__ = [
+    "CutIncompleteError",
+    "PathLoadError",
+    "cut_along_path",
+    "load_path",
+    "move_to_path_start",
+    "set_emission",
+]
 
 
 class PathLoadError(RuntimeError):
     """The instrument did not take the path as sent (vertices or length differ)."""
+
+
+class CutIncompleteError(RuntimeError):
+    """The cut ended part-way (stopped): it is counted and never made again."""
 
 
 @plan
@@ -73,5 +84,16 @@ def cut_along_path(cut, cut_number: int):
 
     Emission must be on, the enclosure closed and the table at the path's start; the
     instrument refuses otherwise, and refuses a number that is not its count + 1.
+
+    Raises
+    ------
+    CutIncompleteError
+        If the instrument reports the cut stopped part-way.
     """
     yield from not_replayed(bps.mv(cut.start, int(cut_number)))
+    if not int((yield from bps.rd(cut.last_complete))):
+        fraction = float((yield from bps.rd(cut.fraction)))
+        raise CutIncompleteError(
+            f"cut {cut_number} stopped at {fraction:.0%} of its path: it is counted and is "
+            "never made again; cut the sample elsewhere"
+        )
