@@ -213,6 +213,8 @@ class LaserIOC(PVGroup):
         for axis in (self.table_x, self.table_y):
             axis.guard, axis.report_refusal = self._guard_table, self.report_refusal
         self._stop = asyncio.Event()
+        self._idle = asyncio.Event()  # set while no cut runs
+        self._idle.set()
 
     # -- refusals ---------------------------------------------------------------------
 
@@ -291,8 +293,13 @@ class LaserIOC(PVGroup):
             if reasons:
                 await self.refuse("laser:emission On refused: " + "; ".join(reasons))
             await self.accepted()
-        elif int(self.cut_busy.value):
-            self._stop.set()  # no emission, no cut: it ends here, counted part-cut
+        else:
+            await self.accepted()
+        if want == "Off" and int(self.cut_busy.value):
+            # No emission, no cut: it ends here, counted part-cut; the put completes
+            # once the cut has ended (a safe state that switches emission off waits).
+            self._stop.set()
+            await asyncio.wait_for(self._idle.wait(), 30.0)
         if want != instance.value:
             await asyncio.sleep(ACTUATION_S)
         return want
@@ -415,6 +422,7 @@ class LaserIOC(PVGroup):
         length = float(arclength(x, y)[-1])
         duration = length / (float(self.speed.value) * 1000.0) * self.time_scale
         self._stop.clear()
+        self._idle.clear()
         self.count, self.last_complete = k, False
         await self._save()  # counted before the laser fires: never cut twice
         await self.cut_count.write(k)
@@ -447,6 +455,7 @@ class LaserIOC(PVGroup):
             await self._save_map()
             await self._publish_cut(x, y, radius, done / length if length else 1.0)
             await self.cut_busy.write(0)
+            self._idle.set()
         return k
 
     async def _publish_cut(self, x, y, radius: float, fraction: float) -> None:

@@ -48,20 +48,22 @@ def distance_to_path_um(x_um, y_um, shape: tuple[int, int], pixel_um: float) -> 
 
 
 def kerf_mismatch(
-    removed: np.ndarray, x_um, y_um, kerf_um: float, pixel_um: float, tolerance_um: float
+    removed: np.ndarray, paths, kerf_um: float, pixel_um: float, tolerance_um: float
 ) -> tuple[int, int]:
-    """Pixels removed beyond the kerf, and pixels left inside it, for one closed cut.
+    """Pixels removed beyond the kerfs, and pixels left inside them, for complete cuts.
 
     Parameters
     ----------
     removed : ndarray of bool
         True where the map lost its material.
-    x_um, y_um
-        The path's vertices.
+    paths : sequence of (x_um, y_um)
+        The paths' vertices (of the parts cut).
     kerf_um, pixel_um, tolerance_um : float
         ``tolerance_um`` is the band around the kerf's edge where either is allowed.
     """
-    distance = distance_to_path_um(x_um, y_um, removed.shape, pixel_um)
+    distance = np.full(removed.shape, np.inf)
+    for x_um, y_um in paths:
+        distance = np.minimum(distance, distance_to_path_um(x_um, y_um, removed.shape, pixel_um))
     radius = kerf_um / 2.0
     outside = int(np.count_nonzero(removed & (distance > radius + tolerance_um)))
     left = int(np.count_nonzero(~removed & (distance < radius - tolerance_um)))
@@ -78,7 +80,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     sheet = load_map(args.map)
     x, y = np.asarray(args.path[0::2]), np.asarray(args.path[1::2])
-    outside, left = kerf_mismatch(~sheet.material, x, y, args.kerf_um, sheet.pixel_um,
+    outside, left = kerf_mismatch(~sheet.material, [(x, y)], args.kerf_um, sheet.pixel_um,
                                   args.tolerance_um)  # fmt: skip
     print(f"removed beyond the kerf: {outside} px; left inside it: {left} px")
 

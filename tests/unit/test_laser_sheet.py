@@ -12,7 +12,7 @@ def test_material_is_removed_only_within_the_kerf():
     path = tab_path(100.0, 500.0, 600.0, 800.0).moved(1000.0, 500.0)
     sheet = SheetMap((3000.0, 3000.0), 2.0)
     sheet.sweep(path.x_um, path.y_um, 10.0, 0.0, path.length_um)
-    outside, left = kerf_mismatch(~sheet.material, path.x_um, path.y_um, 20.0, 2.0, 2.0)
+    outside, left = kerf_mismatch(~sheet.material, [(path.x_um, path.y_um)], 20.0, 2.0, 2.0)
     assert (outside, left) == (0, 0)
     # Removed: the kerf's area (length x kerf, corners aside) within the pixel's error.
     assert sheet.removed_um2 == pytest.approx(path.length_um * 20.0, rel=0.05)
