@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 from bluesky.utils import FailedStatus, RunEngineInterrupted
-from conftest import restart_ioc, start_sim_ioc
+from conftest import finished_run, laser_session, restart_ioc, start_sim_ioc
 from ophyd import EpicsSignal
 from waiting import wait_until
 
@@ -298,3 +298,24 @@ def test_an_ioc_restart_keeps_the_count_and_the_map(ca_port_pool, tmp_path_facto
         assert float(laser.piece.removed_um2.get(use_monitor=False)) == pytest.approx(removed)
         with pytest.raises(InstrumentRefusedError, match="not the next one"):
             laser.cut.start.set(1).wait(30)
+
+
+def test_a_session_records_the_sample_and_its_measured_geometry(ca_port_pool, tmp_path_factory):
+    with laser_session(ca_port_pool, tmp_path_factory, "laser-session") as (session, _):
+        laser, plan = session.devices["laser"], session.plans["cut_tab"]
+        # The session's plans refuse at the call, before anything moves.
+        with pytest.raises(PlanArgumentError, match="over the laser's 5 W limit"):
+            plan(laser, 100.0, power_W=6.0, **SMALL)
+        (uid,) = session.RE(plan(laser, 100.0, origin_um=(3000.0, 300.0), sample_id="nmc-07",
+                                 material="NMC811", energy_keV=8.333, **SMALL))  # fmt: skip
+        run = finished_run(session, uid)
+        start = run.metadata["start"]
+        assert start["sample_id"] == "nmc-07" and start["material"] == "NMC811"
+        block = start["laser_cut"]
+        assert block["cut_number"] == 1 and block["compensated"] is True
+        assert block["target_width_um"] == pytest.approx(106.5, abs=1.0)
+        cut = run["cut"].read()
+        assert float(cut["piece_row_width_um"].values[0]) == pytest.approx(100.0, abs=5.0)
+        assert float(cut["expected_tab_width_um"].values[0]) == pytest.approx(100.0)
+        assert int(cut["cut_count"].values[0]) == 1
+        assert session.devices["emission"].command.get(use_monitor=False) == "Off"
