@@ -197,14 +197,16 @@ def _when_cutting(mill: Mill, action) -> threading.Thread:
     return thread
 
 
-# 2 wall s per instrument s: a 2 mm/s cut of a small tab lasts ~12 s of wall time.
+# 2 wall s per instrument s: a 2 mm/s cut of a small tab (4.68 mm) lasts ~4.7 s of wall
+# time; 5 for an abort after a pause, so that both land inside the cut, loaded or not.
 SLOW = ["--time-scale", "2.0"]
+VERY_SLOW = ["--time-scale", "5.0"]
 
 
 def test_an_abort_inside_a_cut_stops_it_emission_off_and_it_is_never_cut_again(
     ca_port_pool, tmp_path_factory
 ):
-    with laser_mill(ca_port_pool, tmp_path_factory, "laser-abort", SLOW) as mill:
+    with laser_mill(ca_port_pool, tmp_path_factory, "laser-abort", VERY_SLOW) as mill:
         RE, laser = mill.RE, mill.laser
         watcher = _when_cutting(mill, lambda: RE.request_pause(defer=False))
         with pytest.raises(RunEngineInterrupted):

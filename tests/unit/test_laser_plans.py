@@ -140,3 +140,13 @@ def test_the_safe_state_stops_the_cut_then_switches_emission_off(mill):
     safe = laser_safe_state(mill.emission, cut=mill.cut, table=mill.table)
     assert safe.names == ["stop the laser cut", "laser emission off", "stop table_x",
                           "stop table_y"]  # fmt: skip
+
+
+def test_a_dry_run_reports_the_estimate_and_moves_nothing(mill):
+    from multiscope.plans.dry_run import dry_run
+
+    summary = dry_run(cut_tab(mill, 100.0, origin_um=(3000.0, 800.0)))
+    assert summary.plan_names == ["cut_tab"]
+    # 6.04 s of cut (12.08 mm at 2 mm/s), the table's move and the overhead.
+    assert 11.0 < summary.estimated_duration_s < 60.0
+    assert mill.table.x.position == 0.0 and mill.emission.command.get() == "Off"
