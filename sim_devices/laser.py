@@ -163,6 +163,9 @@ class LaserIOC(PVGroup):
     path_length = _float("path:length_um_RBV", 0.0, "Path length", units="um", read_only=True)
     path_time = _float("path:time_s_RBV", 0.0, "Cut duration at the speed (instrument s)",
                        units="s", read_only=True)  # fmt: skip
+    path_intact = _float("path:intact_fraction_RBV", math.nan,
+                         "Share of the path's kerf still holding material", precision=4,
+                         read_only=True)  # fmt: skip
     cut_start = _long("cut:start", 0, "Put k: make cut k along the path (k = count + 1)")
     cut_stop = _long("cut:stop", 0, "1 stops a cut now (emission off)")
     cut_busy = _long("cut:busy_RBV", 0, "1 while cutting", read_only=True)
@@ -356,7 +359,15 @@ class LaserIOC(PVGroup):
         length = float(arclength(x, y)[-1]) if agreed else 0.0
         await self.path_n.write(x.size if agreed else 0)
         await self.path_length.write(length)
+        if agreed:
+            await self._publish_intact(x, y)
+        else:
+            await self.path_intact.write(math.nan)
         await self.path_time.write(length / (float(self.speed.value) * 1000.0))
+
+    async def _publish_intact(self, x, y) -> None:
+        radius = float(self.kerf.value) / 2.0
+        await self.path_intact.write(self.sheet.intact_fraction(x, y, radius))
 
     @path_x.putter
     async def path_x(self, instance, value):
@@ -469,6 +480,7 @@ class LaserIOC(PVGroup):
                           (self.removed, self.sheet.removed_um2)):  # fmt: skip
             await pv.write(value)
         await self.row_width.write(piece.row_width_um(float(self.row_y.value), self.sheet.pixel_um))
+        await self._publish_intact(x, y)
 
     @row_y.putter
     async def row_y(self, instance, value):

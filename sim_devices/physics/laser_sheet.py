@@ -88,11 +88,11 @@ class SheetMap:
         i1 = min(int(np.ceil((max(y0, y1) + margin_um) / p)) + 1, ny)
         return i0, i1, j0, j1
 
-    def remove_segment(self, ax, ay, bx, by, radius_um: float) -> None:
-        """Remove the material within ``radius_um`` of the segment a-b."""
+    def _segment_kerf(self, ax, ay, bx, by, radius_um: float):
+        """``(rows, cols, mask)``: the pixels within ``radius_um`` of the segment a-b."""
         i0, i1, j0, j1 = self._window(ax, bx, ay, by, radius_um)
         if i1 <= i0 or j1 <= j0:
-            return
+            return None
         p = self.pixel_um
         cy = (np.arange(i0, i1) + 0.5)[:, None] * p
         cx = (np.arange(j0, j1) + 0.5)[None, :] * p
@@ -103,7 +103,26 @@ class SheetMap:
         else:
             t = np.zeros((cy.size, cx.size))
         dist2 = (cx - (ax + t * dx)) ** 2 + (cy - (ay + t * dy)) ** 2
-        self.material[i0:i1, j0:j1] &= dist2 > radius_um * radius_um
+        return slice(i0, i1), slice(j0, j1), dist2 <= radius_um * radius_um
+
+    def remove_segment(self, ax, ay, bx, by, radius_um: float) -> None:
+        """Remove the material within ``radius_um`` of the segment a-b."""
+        kerf = self._segment_kerf(ax, ay, bx, by, radius_um)
+        if kerf is not None:
+            rows, cols, mask = kerf
+            self.material[rows, cols] &= ~mask
+
+    def intact_fraction(self, x, y, radius_um: float) -> float:
+        """Share of the pixels within ``radius_um`` of the polyline that still hold material."""
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        kerf = np.zeros_like(self.material)
+        for k in range(len(x) - 1):
+            part = self._segment_kerf(x[k], y[k], x[k + 1], y[k + 1], radius_um)
+            if part is not None:
+                rows, cols, mask = part
+                kerf[rows, cols] |= mask
+        total = int(kerf.sum())
+        return float(self.material[kerf].sum()) / total if total else float("nan")
 
     def sweep(self, x, y, radius_um: float, s0: float, s1: float) -> None:
         """Remove the kerf along the polyline between arclengths ``s0`` and ``s1``."""

@@ -235,6 +235,13 @@ def test_an_abort_inside_a_cut_stops_it_emission_off_and_it_is_never_cut_again(
         swept = fraction * length * 20.0 + np.pi * 10.0**2
         assert removed.sum() * PIXEL_UM**2 == pytest.approx(swept, rel=0.1)
         _assert_safe(mill)
+        # The next cut may run the stopped path again to free the piece: cut 2, not 1.
+        RE(cut_tab(laser, 100.0, origin_um=(3000.0, 300.0), speed_mm_s=10.0, **SMALL))
+        assert mill.stops()[-1] == "success"
+        event = mill.events()[-1]
+        assert event["cut_number"] == 2 and event["piece_count"] == 1
+        assert event["piece_row_width_um"] == pytest.approx(100.0, abs=5.0)
+        _assert_safe(mill)
 
 
 def test_a_pause_in_a_cut_lets_it_finish_and_the_resume_does_not_cut_again(
@@ -300,6 +307,15 @@ def test_an_ioc_restart_keeps_the_count_and_the_map(ca_port_pool, tmp_path_facto
         assert float(laser.piece.removed_um2.get(use_monitor=False)) == pytest.approx(removed)
         with pytest.raises(InstrumentRefusedError, match="not the next one"):
             laser.cut.start.set(1).wait(30)
+        # The same tab again: its kerf is gone; refused before the table moves or the
+        # laser fires.
+        here = (laser.table.x.position, laser.table.y.position)
+        with pytest.raises(PlanArgumentError, match="was cut before"):
+            RE(cut_tab(laser, 100.0, origin_um=(3000.0, 300.0), **SMALL))
+        assert (laser.table.x.position, laser.table.y.position) == here
+        assert int(laser.cut.count.get(use_monitor=False)) == 1
+        assert mill.stops()[-1] == "fail"
+        _assert_safe(mill)
 
 
 def test_a_session_records_the_sample_and_its_measured_geometry(ca_port_pool, tmp_path_factory):

@@ -74,10 +74,10 @@ def test_a_pillar_wider_than_the_sheet_is_thick_is_refused(mill):
         next(lathe_pillar(mill, 120.0, 300.0, handle_width_um=600.0, handle_length_um=800.0))
 
 
-def _messages(plan, replies=None, until=None):
+def _messages(plan, replies=None, until=None, seen=None):
     """Follow ``plan`` answering reads from ``replies`` (else the device's value)."""
     replies = replies or {}
-    messages, reply = [], None
+    messages, reply = ([] if seen is None else seen), None
     while True:
         try:
             msg = plan.send(reply)
@@ -97,7 +97,7 @@ def _messages(plan, replies=None, until=None):
 
 def test_the_cut_comes_after_the_path_the_table_and_emission_and_is_not_rewound(mill):
     plan = cut_tab(mill, 100.0, sample_id="nmc-07", origin_um=(3000.0, 800.0))
-    replies = {"cut_path_vertices": 9, "cut_path_length_um": 12080.0}
+    replies = {"cut_path_vertices": 9, "cut_path_length_um": 12080.0, "cut_path_intact": 1.0}
     msgs = _messages(plan, replies)
     start = next(m for m in msgs if m.command == "open_run")
     assert start.kwargs["sample_id"] == "nmc-07" and start.kwargs["material"] == "NMC811"
@@ -150,3 +150,14 @@ def test_a_dry_run_reports_the_estimate_and_moves_nothing(mill):
     # 6.04 s of cut (12.08 mm at 2 mm/s), the table's move and the overhead.
     assert 11.0 < summary.estimated_duration_s < 60.0
     assert mill.table.x.position == 0.0 and mill.emission.command.get() == "Off"
+
+
+def test_a_path_already_cut_is_refused_before_the_table_moves(mill):
+    plan = cut_tab(mill, 100.0, origin_um=(3000.0, 800.0))
+    replies = {"cut_path_vertices": 9, "cut_path_length_um": 12080.0, "cut_path_intact": 0.02}
+    seen = []
+    with pytest.raises(PlanArgumentError, match="only 2% of the path's kerf"):
+        _messages(plan, replies, seen=seen)
+    moved = {m.obj.name for m in seen if m.command == "set"}
+    assert "table_x" not in moved and "cut_start" not in moved
+    assert ("emission", "On") not in [(m.obj.name, m.args[0]) for m in seen if m.command == "set"]

@@ -36,3 +36,13 @@ def test_the_map_survives_a_save_and_load(tmp_path):
     again = SheetMap.load(file)
     assert again.pixel_um == 2.0 and again.size_um == (1000.0, 800.0)
     np.testing.assert_array_equal(again.material, sheet.material)
+
+
+def test_the_intact_share_of_a_kerf_falls_as_it_is_cut():
+    path = tab_path(100.0, 500.0, 600.0, 800.0).moved(1000.0, 500.0)
+    sheet = SheetMap((3000.0, 3000.0), 2.0)
+    assert sheet.intact_fraction(path.x_um, path.y_um, 10.0) == 1.0
+    sheet.sweep(path.x_um, path.y_um, 10.0, 0.0, 0.3 * path.length_um)
+    assert sheet.intact_fraction(path.x_um, path.y_um, 10.0) == pytest.approx(0.7, abs=0.02)
+    sheet.sweep(path.x_um, path.y_um, 10.0, 0.3 * path.length_um, path.length_um)
+    assert sheet.intact_fraction(path.x_um, path.y_um, 10.0) == 0.0

@@ -166,6 +166,7 @@ class LaserCut(Device):
     path_vertices = Cpt(EpicsSignalRO, "path:n_RBV", kind="config")
     path_length_um = Cpt(EpicsSignalRO, "path:length_um_RBV", kind="normal")
     path_time_s = Cpt(EpicsSignalRO, "path:time_s_RBV", kind="config")
+    path_intact = Cpt(EpicsSignalRO, "path:intact_fraction_RBV", kind="normal")
     start = Cpt(ProcessCommand, "", pv="cut:start", duration=_cut_s, stop_pv="cut:stop",
                 busy_pv="cut:busy_RBV", kind="omitted")  # fmt: skip
     busy = Cpt(EpicsSignalRO, "cut:busy_RBV", kind="omitted")

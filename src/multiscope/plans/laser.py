@@ -60,6 +60,8 @@ OVERHEAD_S = 5.0
 SHEET_THICKNESS_UM = 100.0
 #: Measured and predicted tab widths further apart than this are logged (um).
 GEOMETRY_TOLERANCE_UM = 5.0
+#: A path whose kerf holds less material than this share was cut before: refused.
+MIN_INTACT_FRACTION = 0.5
 
 
 def estimate_cut_s(path: ToolPath, speed_mm_s: float, table=None) -> float:
@@ -234,6 +236,13 @@ def _run(laser, path: ToolPath, block: LaserCutBlock, power: float, speed: float
         yield from set_emission(laser.emission, "Off")
         yield from bps.mv(laser.source.speed_mm_s, speed, laser.source.power_W, power)
         yield from load_path(laser.cut, path)
+        intact = float((yield from bps.rd(laser.cut.path_intact)))
+        if not intact >= MIN_INTACT_FRACTION:  # NaN too: the instrument cannot tell
+            raise PlanArgumentError(
+                f"only {intact:.0%} of the path's kerf still holds material: it was cut "
+                "before (a cut is never repeated); give a new origin. Nothing moved, the "
+                "laser did not fire"
+            )
         yield from move_to_path_start(laser.table, path)
         made = int((yield from bps.rd(laser.cut.count)))
         if made + 1 != block.cut_number:
