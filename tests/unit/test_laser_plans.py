@@ -161,3 +161,15 @@ def test_a_path_already_cut_is_refused_before_the_table_moves(mill):
     moved = {m.obj.name for m in seen if m.command == "set"}
     assert "table_x" not in moved and "cut_start" not in moved
     assert ("emission", "On") not in [(m.obj.name, m.args[0]) for m in seen if m.command == "set"]
+
+
+def test_the_run_contract_reads_back_as_written(mill):
+    from multiscope.contracts import LaserCutBlock
+
+    msgs = _messages(cut_tab(mill, 100.0, origin_um=(3000.0, 800.0), sample_id="s"),
+                     until="open_run")  # fmt: skip
+    md = next(m for m in msgs if m.command == "open_run").kwargs["laser_cut"]
+    block = LaserCutBlock.from_md(md)
+    assert block.to_md() == md and block.extra == {}
+    assert len(block.path_x_um) == 9 and block.origin_um == (3000.0, 800.0)
+    assert block.tab_mid_y_um == pytest.approx(800.0 + 4250.0)
