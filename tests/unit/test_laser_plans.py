@@ -38,6 +38,7 @@ def mill(monkeypatch):
     laser.enclosure.interlock.sim_put("Closed")
     laser.enclosure.argon.sim_put("No")
     laser.emission.command.sim_put("Off")
+    laser.cut.busy.sim_put(0)
     return laser
 
 
@@ -61,6 +62,12 @@ def test_bad_requests_are_refused_before_the_first_message(mill, kwargs, match):
     plan = cut_tab(mill, args.pop("width_um"), **args)
     with pytest.raises(PlanArgumentError, match=match):
         next(plan)
+
+
+def test_a_cut_in_progress_is_refused_before_the_first_message(mill):
+    mill.cut.busy.sim_put(1)
+    with pytest.raises(PlanArgumentError, match="the mill is cutting"):
+        next(cut_tab(mill, 100.0))
 
 
 def test_an_open_interlock_is_refused_before_the_first_message(mill):

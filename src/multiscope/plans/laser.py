@@ -182,6 +182,8 @@ def _cut_plan(laser, path_of, *, kind, geometry, compensate, origin_um, power_W,
         raise PlanArgumentError(
             "the enclosure interlock is open: close it (nothing was moved, the laser did not fire)"
         )
+    if int(_instrument(laser, "cut in progress", laser.cut.busy)):
+        raise PlanArgumentError("the mill is cutting (another client's cut): wait for it to end")
     made = int(_instrument(laser, "cut count", laser.cut.count))
     number = made + 1
     if cut_number is not None:
@@ -237,7 +239,9 @@ def _run(laser, path: ToolPath, block: LaserCutBlock, power: float, speed: float
         yield from bps.mv(laser.source.speed_mm_s, speed, laser.source.power_W, power)
         yield from load_path(laser.cut, path)
         intact = float((yield from bps.rd(laser.cut.path_intact)))
-        if not intact >= MIN_INTACT_FRACTION:  # NaN too: the instrument cannot tell
+        if math.isnan(intact):
+            raise PlanArgumentError("the mill cannot tell whether the path's sheet is intact")
+        if intact < MIN_INTACT_FRACTION:
             raise PlanArgumentError(
                 f"only {intact:.0%} of the path's kerf still holds material: it was cut "
                 "before (a cut is never repeated); give a new origin. Nothing moved, the "
