@@ -64,6 +64,8 @@ KERF_FRACTION = 0.5  # kerf / spot at the lowest power that cuts through
 POWER_LIMIT_W = 5.0
 #: Lowest power that cuts through the ~100 um sheet, per mm/s of cutting speed (W s/mm).
 MIN_POWER_W_PER_MM_S = 0.25
+#: Share of the 532 nm beam a glass lid (argon box) passes: ~4 % reflected per surface.
+LID_TRANSMISSION = 0.92
 MAX_SPEED_MM_S = 20.0
 MAX_VERTICES = 4096
 START_TOLERANCE_UM = 1.0  # the table must be this close to the path's start
@@ -140,7 +142,7 @@ class LaserIOC(PVGroup):
         read_only=True,
     )
     argon = _enum("enclosure:argon", ("No", "Yes"), "No",
-                  "Sample sealed under argon with a glass lid (recorded)")  # fmt: skip
+                  "Sample sealed under argon with a glass lid (the lid takes 8 %)")  # fmt: skip
     emission = _enum("laser:emission", ("Off", "On"), "Off", "Emission; put-completion")
     firing = _long("laser:firing_RBV", 0, "1 while the beam is on the sheet", read_only=True)
     power = _float("laser:power_W", 1.0, "Average power", units="W")
@@ -328,9 +330,20 @@ class LaserIOC(PVGroup):
         await self.pulse_energy.write(float(self.power.value) / float(value) * 1e3)
         return float(value)
 
-    async def _update_speed_derived(self, speed: float) -> None:
-        await self.min_power.write(MIN_POWER_W_PER_MM_S * speed)
+    async def _update_speed_derived(self, speed: float, argon: str | None = None) -> None:
+        lid = LID_TRANSMISSION if (argon or self.argon.value) == "Yes" else 1.0
+        await self.min_power.write(MIN_POWER_W_PER_MM_S * speed / lid)
         await self.path_time.write(float(self.path_length.value) / (speed * 1000.0))
+
+    @argon.putter
+    async def argon(self, instance, value):
+        """The argon box's glass lid on (``Yes``) or off: the lowest cutting power follows."""
+        want = "Yes" if value in (1, "Yes") else "No"
+        if int(self.cut_busy.value):
+            await self.refuse("enclosure:argon: a cut is running")
+        await self.accepted()
+        await self._update_speed_derived(float(self.speed.value), argon=want)
+        return want
 
     @speed.putter
     async def speed(self, instance, value):

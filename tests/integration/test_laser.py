@@ -329,6 +329,10 @@ def test_a_session_records_the_sample_and_its_measured_geometry(ca_port_pool, tm
         # The session's plans refuse at the call, before anything moves.
         with pytest.raises(PlanArgumentError, match="over the laser's 5 W limit"):
             plan(laser, 100.0, power_W=6.0, **SMALL)
+        # Sealed under argon: the glass lid passes 92 %, the lowest cutting power rises.
+        laser.enclosure.argon.set("Yes").wait(10)
+        wait_until(lambda: float(laser.source.min_power_W.get(use_monitor=False)) > 0.54,
+                   timeout=10)  # fmt: skip
         (uid,) = session.RE(plan(laser, 100.0, origin_um=(3000.0, 300.0), sample_id="nmc-07",
                                  material="NMC811", energy_keV=8.333, **SMALL))  # fmt: skip
         run = finished_run(session, uid)
@@ -336,6 +340,8 @@ def test_a_session_records_the_sample_and_its_measured_geometry(ca_port_pool, tm
         assert start["sample_id"] == "nmc-07" and start["material"] == "NMC811"
         block = start["laser_cut"]
         assert block["cut_number"] == 1 and block["compensated"] is True
+        assert block["argon"] is True
+        assert block["power_W"] == pytest.approx(1.2 * 0.5 / 0.92, rel=1e-6)  # minimised
         assert block["target_width_um"] == pytest.approx(106.5, abs=1.0)
         cut = run["cut"].read()
         assert float(cut["piece_row_width_um"].values[0]) == pytest.approx(100.0, abs=5.0)
