@@ -281,6 +281,16 @@ class MotorAxis(PVGroup):
 
     # -- motion ---------------------------------------------------------------------
 
+    async def follow(self, position: float, *, settled: bool = False) -> None:
+        """Report ``position``: the controller moved the axis itself (a traced path).
+
+        The readback follows; ``settled`` also makes it the setpoint, as where a
+        coordinated move ended (no move is started, no limit is checked).
+        """
+        await self._publish_readback(float(position))
+        if settled:
+            await self.motor.write(float(position), verify_value=False)
+
     async def _apply_limits(self, low: float, high: float, *, write_fields: bool = True):
         if write_fields:
             await self.fields.user_low_limit.write(low, verify_value=False)

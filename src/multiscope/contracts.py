@@ -14,6 +14,8 @@ block              written by                             read by
 ``mosaic``         ``vertical_mosaic_tomo`` (per tile)    the mosaic stitcher
 ``slice_and_view`` ``slice_and_view`` (each run of a      the slice-and-view
                    sample, a resume too)                  assembler
+``laser_cut``      ``cut_tab``, ``lathe_pillar``          whoever follows a sample
+                                                          from the mill to the TXM
 =================  =====================================  ==========================
 
 ``to_md()`` gives the plain-JSON dict the start document holds (the layout of
@@ -40,7 +42,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-__all__ = ["MosaicBlock", "SliceViewBlock", "TomoBlock", "XanesBlock"]
+__all__ = ["LaserCutBlock", "MosaicBlock", "SliceViewBlock", "TomoBlock", "XanesBlock"]
 
 
 class _Block:
@@ -277,3 +279,70 @@ class SliceViewBlock(_Block):
     def series_uid(self) -> str | None:
         """The first run's uid when this run continues it (None: this run is the first)."""
         return self.resume_of
+
+
+@dataclass(frozen=True)
+class LaserCutBlock(_Block):
+    """The ``laser_cut`` block: one sample cut free by the laser mill (a tab or a pillar).
+
+    The run's stream ``cut`` has one event after the cut: the instrument's measured
+    piece (``piece_row_width_um``: the tab's width at its middle, ``piece_area_um2``,
+    ``piece_width_um``, ``piece_length_um``, ``piece_count``), the cut's
+    ``cut_count``, ``cut_last_complete`` and ``cut_fraction``, and the laser's
+    ``source_power_W`` and ``source_speed_mm_s``.
+
+    Attributes
+    ----------
+    kind : {"tab", "pillar"}
+    cut_number : int
+        The instrument's number of this cut (its count of cuts since the sheet was
+        loaded).
+    width_um, length_um, handle_width_um, handle_length_um : float
+        The geometry asked for (a pillar: its diameter and height).
+    compensated : bool
+        The path was offset by half a kerf (the piece is the geometry asked for).
+    expected_tab_width_um, expected_area_um2 : float
+        The piece the spot model predicts.
+    spot_um, kerf_um : float
+    origin_um : tuple of float
+        The table position of the path frame's origin (the handle's bottom centre).
+    tab_mid_y_um : float
+        Table y of the row where the tab's width is measured.
+    path_x_um, path_y_um : tuple of float
+        The tool path's vertices (table um).
+    power_W, speed_mm_s : float
+    estimated_cut_s : float
+    material : str or None
+    energy_keV, target_width_um : float or None
+        The imaging energy and the width of two attenuation lengths there, if given.
+    argon : bool or None
+        The sheet was sealed under argon (glass lid).
+    sample_id : str or None
+    extra : dict
+        Keys this version does not know.
+    """
+
+    kind: str = "tab"
+    cut_number: int | None = None
+    width_um: float | None = None
+    length_um: float | None = None
+    handle_width_um: float | None = None
+    handle_length_um: float | None = None
+    compensated: bool = True
+    expected_tab_width_um: float | None = None
+    expected_area_um2: float | None = None
+    spot_um: float | None = None
+    kerf_um: float | None = None
+    origin_um: tuple[float, float] | None = None
+    tab_mid_y_um: float | None = None
+    path_x_um: tuple[float, ...] = ()
+    path_y_um: tuple[float, ...] = ()
+    power_W: float | None = None  # noqa: N815 - unit spelling
+    speed_mm_s: float | None = None
+    estimated_cut_s: float | None = None
+    material: str | None = None
+    energy_keV: float | None = None  # noqa: N815
+    target_width_um: float | None = None
+    argon: bool | None = None
+    sample_id: str | None = None
+    extra: dict = field(default_factory=dict, compare=False)

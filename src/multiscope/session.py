@@ -138,6 +138,12 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
         facility_prefix="PFIB:",
         pipeline="multiscope.callbacks.slice_and_view:slice_and_view_pipeline",
     ),
+    "laser": InstrumentSpec(
+        name="laser",
+        devices_module="multiscope.instruments.laser",
+        plan_modules=("multiscope.plans.laser",),
+        facility_prefix="LASER:",
+    ),
 }
 
 

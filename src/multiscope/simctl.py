@@ -61,10 +61,13 @@ SIM_MODULES: dict[str, str] = {
     "ring": "sim_devices.ring",
     "txm": "sim_devices.txm",
     "fibsem": "sim_devices.fibsem",
+    "laser": "sim_devices.laser",
 }
-DEFAULT_PORTS: dict[str, int] = {"demo": 5070, "txm": 5071, "ring": 5072, "fibsem": 5073}
+DEFAULT_PORTS: dict[str, int] = {
+    "demo": 5070, "txm": 5071, "ring": 5072, "fibsem": 5073, "laser": 5074,
+}  # fmt: skip
 DEFAULT_PREFIXES: dict[str, str] = {
-    "demo": "DEMO:", "txm": "TXM:", "ring": "SR:", "fibsem": "PFIB:",
+    "demo": "DEMO:", "txm": "TXM:", "ring": "SR:", "fibsem": "PFIB:", "laser": "LASER:",
 }  # fmt: skip
 # One PV per IOC (after the prefix) that answers once the server is up.
 READY_PVS: dict[str, str] = {
@@ -72,6 +75,7 @@ READY_PVS: dict[str, str] = {
     "ring": "ring:current",
     "txm": "sample:theta.RBV",
     "fibsem": "stage:tilt.RBV",
+    "laser": "table:x.RBV",
 }
 # IOCs an IOC reads from (started first); it is told where with link_args.
 REQUIRES: dict[str, tuple[str, ...]] = {"txm": ("ring",)}
@@ -128,10 +132,12 @@ def data_args(name: str, data_dir: str | os.PathLike) -> list[str]:
     """Options putting IOC ``name``'s own files in the data directory.
 
     The PFIB-SEM keeps its sample state (slices milled, depth) in
-    ``<data_dir>/sim/fibsem-state.json``, beside the data, so a restarted IOC resumes.
+    ``<data_dir>/sim/fibsem-state.json``, the laser mill its cut count and material map
+    in ``<data_dir>/sim/laser-state.json`` (and ``.map.npz``), beside the data, so a
+    restarted IOC resumes.
     """
-    if name == "fibsem":
-        return ["--state-file", str(Path(data_dir) / "sim" / "fibsem-state.json")]
+    if name in ("fibsem", "laser"):
+        return ["--state-file", str(Path(data_dir) / "sim" / f"{name}-state.json")]
     return []
 
 

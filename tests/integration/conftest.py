@@ -222,6 +222,36 @@ def fibsem_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
         simctl.stop_ioc(running.pid)
 
 
+@contextlib.contextmanager
+def laser_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
+    """A laser mill session on its own simulated IOC; closed and stopped after.
+
+    Yields ``(session, running IOC)``; the IOC keeps its cut count and material map in
+    ``<name>-logs/laser-state.json`` (and ``.map.npz``), so :func:`restart_ioc` finds them.
+    """
+    from multiscope.session import configure_session
+
+    logs = tmp_path_factory.mktemp(f"{name}-logs")
+    state_file = logs / "laser-state.json"
+    running, _ = start_sim_ioc(
+        pool, logs, "laser", extra_args=["--state-file", str(state_file), *extra_args]
+    )
+    running.state_file = state_file
+    running.extra_args = ["--state-file", str(state_file), *extra_args]
+    running.log_dir = logs
+    session = None
+    try:
+        session = configure_session(
+            {}, "laser", data_dir=tmp_path_factory.mktemp(f"{name}-data"),
+            prefix=running.prefix, table=False, progress=False, **options,
+        )  # fmt: skip
+        yield session, running
+    finally:
+        if session is not None:
+            session.close(timeout=120)
+        simctl.stop_ioc(running.pid)
+
+
 def restart_ioc(running: RunningIOC, name: str, timeout: float = 60.0) -> None:
     """Start IOC ``name`` again on ``running``'s port and prefix (after it was killed)."""
     ioc = simctl.start_ioc(name, prefix=running.prefix, port=running.port,

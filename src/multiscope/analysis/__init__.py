@@ -26,4 +26,10 @@ xanes_mask
     ``edge_step_error``, ``material_mask``: which pixels hold the element.
 xanes_drift
     3D XANES: drift of tomograms across energies.
+attenuation
+    Attenuation lengths (xraydb) and the thickness rule: a tab two attenuation
+    lengths wide (``plan_tab``).
+laser_path
+    The laser mill's tool paths (a tab on a handle, a pillar), the spot and kerf
+    model, the cut's length and time.
 """

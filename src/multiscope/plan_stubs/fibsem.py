@@ -28,7 +28,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bluesky import plan_stubs as bps
-from bluesky import preprocessors as bpp
 from bluesky.utils import plan
 
 from multiscope.analysis.fibsem_geometry import (
@@ -39,6 +38,7 @@ from multiscope.analysis.fibsem_geometry import (
     named_poses,
     plan_pose_move,
 )
+from multiscope.plan_stubs.destructive import not_replayed as _not_replayed
 
 __all__ = [
     "Chamber",
@@ -185,19 +185,6 @@ def set_ion_beam(ion_column, state: str):
     if state not in ("On", "Blanked"):
         raise ValueError(f"ion beam state must be 'On' or 'Blanked', not {state!r}")
     yield from bps.mv(ion_column, state)
-
-
-@plan
-def _not_replayed(destructive):
-    """Run ``destructive`` (a plan) so that the RunEngine never replays it.
-
-    A checkpoint before it; while it runs the RunEngine keeps no messages to replay
-    (``rewindable`` off), so a pause (one Ctrl-C or two) lets the instrument finish
-    the process and the resumed run goes on after it; a checkpoint after it.
-    """
-    yield from bps.checkpoint()
-    yield from bpp.rewindable_wrapper(destructive, False)
-    yield from bps.checkpoint()
 
 
 @plan

@@ -27,7 +27,8 @@ The pieces (decision 0010):
 :func:`safe_state_wrapper` (and :data:`safe_state_decorator`) wraps a plan in one;
 :func:`txm_safe_state` builds the TXM's from the devices a plan uses,
 :func:`fibsem_safe_state` the PFIB-SEM's (ion beam blanked, cut stopped, needle and
-detectors retracted). Another instrument composes its own from the same steps.
+detectors retracted), :func:`laser_safe_state` the laser mill's (cut stopped,
+emission off, table stopped). Another instrument composes its own from the same steps.
 
 Examples
 --------
@@ -64,6 +65,7 @@ __all__ = [
     "Stop",
     "fibsem_safe_state",
     "go_safe",
+    "laser_safe_state",
     "safe_state_decorator",
     "safe_state_wrapper",
     "txm_safe_state",
@@ -436,4 +438,39 @@ def fibsem_safe_state(
         steps.append(SetTo(device, "out", name=f"retract {_label(device)}", timeout_s=timeout_s))
     if gis is not None and getattr(gis, "heat", None) is not None:
         steps.append(SetTo(gis.heat, "Off", name="Pt heater off", timeout_s=timeout_s))
+    return SafeState(steps)
+
+
+def laser_safe_state(
+    emission,
+    *,
+    cut=None,
+    table=None,
+    timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
+) -> SafeState:
+    """The laser mill's safe state for a plan using these devices.
+
+    In order: stop a cut in progress (after a failure or an interruption: the
+    instrument counts it part-cut and never makes it again), switch emission off
+    (on every exit), stop the table's axes (after a failure or an interruption).
+
+    Parameters
+    ----------
+    emission : Emission
+        ``set("Off")``.
+    cut : LaserCut, optional
+        Its ``start`` process is stopped.
+    table : Table, optional
+        Its ``x`` and ``y`` are stopped.
+    timeout_s : float
+        Longest wait per step.
+    """
+    steps: list[SafeStep] = []
+    if getattr(cut, "start", None) is not None:
+        steps.append(Stop(cut.start, name="stop the laser cut"))
+    steps.append(SetTo(emission, "Off", name="laser emission off", timeout_s=timeout_s))
+    for axis in ("x", "y"):
+        positioner = getattr(table, axis, None) if table is not None else None
+        if positioner is not None:
+            steps.append(Stop(positioner, name=f"stop {_label(positioner)}"))
     return SafeState(steps)

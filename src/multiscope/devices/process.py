@@ -1,0 +1,160 @@
+"""Requests an instrument may refuse, and processes it runs to their end (any instrument).
+
+A refused put completes over Channel Access with ``ECA_PUTFAIL``, which ophyd's
+put-completion reports as a success; the instruments publish their reason in
+``interlock:message_RBV`` (set on a refusal, cleared on every accepted request).
+:func:`explained` turns a put's status into one that fails with
+:class:`InstrumentRefusedError` carrying that reason. :class:`ProcessCommand` is a
+numbered or sized process (a milling cut, a deposition, a laser cut) started by one
+put with completion, stopped at once by the safe state, finished by the instrument
+when the RunEngine pauses (decision 0016).
+
+The PFIB-SEM (:mod:`multiscope.devices.fibsem`) and the laser mill
+(:mod:`multiscope.devices.laser`) share them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from ophyd import Component as Cpt
+from ophyd import Device, EpicsSignal, EpicsSignalRO
+from ophyd import FormattedComponent as FCpt
+from ophyd.status import Status
+
+__all__ = [
+    "ACTUATION_TIMEOUT_S",
+    "PROCESS_MARGIN_S",
+    "InstrumentRefusedError",
+    "ProcessCommand",
+    "explained",
+    "refusal_reason",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds allowed for an insertion or a retraction, a beam blank, a heater switch.
+ACTUATION_TIMEOUT_S = 10.0
+#: Seconds added to a cut's or a deposition's computed duration before it fails.
+PROCESS_MARGIN_S = 30.0
+
+
+class InstrumentRefusedError(RuntimeError):
+    """The instrument refused a request (the message is the instrument's reason)."""
+
+
+def refusal_reason(
+    message_signal, what: str, error: BaseException | None
+) -> InstrumentRefusedError:
+    """An :class:`InstrumentRefusedError` for ``what``, with the instrument's stated reason."""
+    try:
+        reason = str(message_signal.get(use_monitor=False) or "").strip()
+    except Exception as read_error:  # noqa: BLE001 - the reason is a courtesy
+        reason = f"(reason unreadable: {read_error})"
+    detail = reason or (str(error) if error is not None else "no reason given")
+    return InstrumentRefusedError(f"{what} refused by the instrument: {detail}")
+
+
+def explained(status, message_signal, what: str) -> Status:
+    """A status that finishes with ``status``; a refusal carries the instrument's reason.
+
+    A refused put completes with ``ECA_PUTFAIL``, which ophyd reports as a success
+    (its put-completion callback ignores the status), so a completed put is checked
+    against ``interlock:message_RBV``: the instrument sets it on a refusal and
+    clears it on every accepted request.
+    """
+    outer = Status(obj=getattr(status, "obj", None))
+
+    def finished(inner):
+        if not inner.success:
+            outer.set_exception(refusal_reason(message_signal, what, inner.exception()))
+            return
+        try:
+            reason = str(message_signal.get(use_monitor=False) or "").strip()
+        except Exception:  # noqa: BLE001 - an unreadable reason is no refusal
+            reason = ""
+        if reason:
+            outer.set_exception(
+                InstrumentRefusedError(f"{what} refused by the instrument: {reason}")
+            )
+        else:
+            outer.set_finished()
+
+    status.add_callback(finished)
+    return outer
+
+
+class ProcessCommand(Device):
+    """One numbered or sized process the instrument runs to its end: a cut, a deposition.
+
+    ``set(value)`` puts ``value`` with completion; the status finishes when the
+    instrument has finished the process, fails after the process's duration (scaled
+    by the instrument's clock, ``sys:time_scale``) plus a margin, and a refusal
+    carries the instrument's reason. ``stop()`` (the RunEngine calls it when a run
+    is aborted) ends the process at once through ``stop_pv`` when there is one; a
+    pause lets the instrument finish it.
+
+    Parameters
+    ----------
+    pv : str
+        The command PV (after the chamber prefix).
+    duration : callable
+        ``duration(parent, value)``: the process's length in instrument seconds.
+    stop_pv : str, optional
+        PV that ends the process (1).
+    busy_pv : str, optional
+        PV that reads 1 while the process runs (a resume waits for it).
+    """
+
+    command = FCpt(EpicsSignal, "{prefix}{_pv}", put_complete=True, kind="omitted")
+    time_scale = Cpt(EpicsSignalRO, "sys:time_scale", kind="omitted")
+    refusal = Cpt(EpicsSignalRO, "interlock:message_RBV", string=True, kind="omitted")
+
+    def __init__(self, prefix="", *, pv: str, duration, stop_pv: str = "", busy_pv: str = "",
+                 name: str, **kwargs):  # fmt: skip
+        self._pv, self._duration, self._stop_pv = pv, duration, stop_pv
+        super().__init__(prefix, name=name, **kwargs)
+        self._stopper = EpicsSignal(f"{prefix}{stop_pv}", name=f"{name}_stop") if stop_pv else None
+        self._busy = EpicsSignalRO(f"{prefix}{busy_pv}", name=f"{name}_busy") if busy_pv else None
+
+    def timeout_for(self, value) -> float:
+        """Seconds a process of ``value`` may take here before its status fails."""
+        try:
+            scale = float(self.time_scale.get())
+        except Exception:  # noqa: BLE001 - an instrument without a simulated clock
+            scale = 1.0
+        if not math.isfinite(scale) or scale <= 0:
+            scale = 1.0
+        return float(self._duration(self.parent, value)) * scale * 1.5 + PROCESS_MARGIN_S
+
+    def set(self, value) -> Status:
+        """Start the process; finished when the instrument has finished it."""
+        status = self.command.set(value, timeout=self.timeout_for(value))
+        return explained(status, self.refusal, f"{self.name} {value}")
+
+    def stop(self, *, success: bool = False) -> None:
+        """End the process now, unless called with ``success=True``.
+
+        The RunEngine calls ``stop(success=True)`` on everything a run moved when it
+        pauses and again at every run's end: a cut paused in the middle would leave a
+        step in the face, so then the instrument finishes it (a resumed run waits for
+        it, :meth:`resume`). The safe state's stop (``stop()``, after a failure, an
+        abort or a stop) ends it at once; the instrument counts it, part-milled.
+        """
+        if success:
+            return
+        if self._stopper is not None:
+            self._stopper.put(1)
+
+    def pause(self) -> None:
+        """Nothing to do: a process in progress is finished by the instrument."""
+
+    def resume(self) -> None:
+        """Before a paused run goes on: wait for a process still running to end."""
+        if self._busy is None:
+            return
+        deadline = time.monotonic() + self.timeout_for(None)
+        while int(self._busy.get(use_monitor=False) or 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
