@@ -51,8 +51,8 @@ def test_recipe_pixels_from_the_documented_geometry(recipe):
 
 
 def test_inverse_helpers_round_trip():
-    odd = xrm_odd_for_pixel_mm(5.0, DETECTOR_PIXEL_UM, 30.0, 4, 1)
-    assert xrm_pixel_size_um(DETECTOR_PIXEL_UM, 30.0, odd, 4, 1) == pytest.approx(5.0)
+    odd = xrm_odd_for_pixel_mm(2.0, DETECTOR_PIXEL_UM, 30.0, 4, 1)
+    assert xrm_pixel_size_um(DETECTOR_PIXEL_UM, 30.0, odd, 4, 1) == pytest.approx(2.0)
     sod = xrm_sod_for_pixel_mm(0.5, DETECTOR_PIXEL_UM, 250.0, "20x", 1)
     assert xrm_pixel_size_um(DETECTOR_PIXEL_UM, sod, 250.0, 20, 1) == pytest.approx(0.5)
 
