@@ -83,7 +83,7 @@ def test_geometry_keeps_the_odd_when_it_can_and_moves_it_when_the_sod_would_be_t
         (lambda: xrm_sod_for_pixel_mm(80.0, 13.5, 100, 0.4, 2), "at most 67.5 um"),
         (
             lambda: xrm_geometry_for_pixel(
-                0.1, 13.5, 4, 1, odd_mm=100, sod_limits_mm=(12, 600), odd_limits_mm=(10, 400)
+                0.05, 13.5, 4, 1, odd_mm=100, sod_limits_mm=(12, 600), odd_limits_mm=(10, 400)
             ),
             "out of reach",
         ),  # fmt: skip
