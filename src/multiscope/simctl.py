@@ -61,10 +61,13 @@ SIM_MODULES: dict[str, str] = {
     "ring": "sim_devices.ring",
     "txm": "sim_devices.txm",
     "fibsem": "sim_devices.fibsem",
+    "xrm": "sim_devices.xrm",
 }
-DEFAULT_PORTS: dict[str, int] = {"demo": 5070, "txm": 5071, "ring": 5072, "fibsem": 5073}
+DEFAULT_PORTS: dict[str, int] = {
+    "demo": 5070, "txm": 5071, "ring": 5072, "fibsem": 5073, "xrm": 5075,
+}  # fmt: skip
 DEFAULT_PREFIXES: dict[str, str] = {
-    "demo": "DEMO:", "txm": "TXM:", "ring": "SR:", "fibsem": "PFIB:",
+    "demo": "DEMO:", "txm": "TXM:", "ring": "SR:", "fibsem": "PFIB:", "xrm": "XRM:",
 }  # fmt: skip
 # One PV per IOC (after the prefix) that answers once the server is up.
 READY_PVS: dict[str, str] = {
@@ -72,6 +75,7 @@ READY_PVS: dict[str, str] = {
     "ring": "ring:current",
     "txm": "sample:theta.RBV",
     "fibsem": "stage:tilt.RBV",
+    "xrm": "sample:theta.RBV",
 }
 # IOCs an IOC reads from (started first); it is told where with link_args.
 REQUIRES: dict[str, tuple[str, ...]] = {"txm": ("ring",)}
