@@ -45,6 +45,7 @@ __all__ = [
     "ProcessCommand",
     "SEMDetector",
     "SIMSDetector",
+    "explained_status",
     "refusal_reason",
 ]
 
@@ -61,19 +62,24 @@ class InstrumentRefusedError(RuntimeError):
 
 
 def refusal_reason(
-    message_signal, what: str, error: BaseException | None
+    message_signal, what: str, error: BaseException | None, error_class=InstrumentRefusedError
 ) -> InstrumentRefusedError:
-    """An :class:`InstrumentRefusedError` for ``what``, with the instrument's stated reason."""
+    """An :class:`InstrumentRefusedError` (or ``error_class``) for ``what``, with the reason."""
     try:
         reason = str(message_signal.get(use_monitor=False) or "").strip()
     except Exception as read_error:  # noqa: BLE001 - the reason is a courtesy
         reason = f"(reason unreadable: {read_error})"
     detail = reason or (str(error) if error is not None else "no reason given")
-    return InstrumentRefusedError(f"{what} refused by the instrument: {detail}")
+    return error_class(f"{what} refused by the instrument: {detail}")
 
 
-def _explained(status, message_signal, what: str) -> Status:
+def explained_status(
+    status, message_signal, what: str, error_class=InstrumentRefusedError
+) -> Status:
     """A status that finishes with ``status``; a refusal carries the instrument's reason.
+
+    Shared by every instrument whose IOC publishes its reason in a message PV (the
+    PFIB-SEM, the XRM); ``error_class`` is the instrument's refusal error.
 
     A refused put completes with ``ECA_PUTFAIL``, which ophyd reports as a success
     (its put-completion callback ignores the status), so a completed put is checked
@@ -84,21 +90,24 @@ def _explained(status, message_signal, what: str) -> Status:
 
     def finished(inner):
         if not inner.success:
-            outer.set_exception(refusal_reason(message_signal, what, inner.exception()))
+            outer.set_exception(
+                refusal_reason(message_signal, what, inner.exception(), error_class)
+            )
             return
         try:
             reason = str(message_signal.get(use_monitor=False) or "").strip()
         except Exception:  # noqa: BLE001 - an unreadable reason is no refusal
             reason = ""
         if reason:
-            outer.set_exception(
-                InstrumentRefusedError(f"{what} refused by the instrument: {reason}")
-            )
+            outer.set_exception(error_class(f"{what} refused by the instrument: {reason}"))
         else:
             outer.set_finished()
 
     status.add_callback(finished)
     return outer
+
+
+_explained = explained_status  # the name this module's devices use
 
 
 class ChamberStage(Device):

@@ -27,7 +27,8 @@ The pieces (decision 0010):
 :func:`safe_state_wrapper` (and :data:`safe_state_decorator`) wraps a plan in one;
 :func:`txm_safe_state` builds the TXM's from the devices a plan uses,
 :func:`fibsem_safe_state` the PFIB-SEM's (ion beam blanked, cut stopped, needle and
-detectors retracted). Another instrument composes its own from the same steps.
+detectors retracted), :func:`xrm_safe_state` the lab XRM's (source shutter closed).
+Another instrument composes its own from the same steps.
 
 Examples
 --------
@@ -67,6 +68,7 @@ __all__ = [
     "safe_state_decorator",
     "safe_state_wrapper",
     "txm_safe_state",
+    "xrm_safe_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -437,3 +439,19 @@ def fibsem_safe_state(
     if gis is not None and getattr(gis, "heat", None) is not None:
         steps.append(SetTo(gis.heat, "Off", name="Pt heater off", timeout_s=timeout_s))
     return SafeState(steps)
+
+
+def xrm_safe_state(
+    shutter, *, camera=None, sample=None, timeout_s: float = DEFAULT_STEP_TIMEOUT_S
+) -> SafeState:
+    """The lab XRM's safe state: the TXM's steps on the XRM's devices, no position restored.
+
+    In order: close the source ``shutter`` (no X-rays reach the sample or the room
+    behind it; the tube itself stays on, as a lab source does between scans), stop
+    the camera's acquisition, stop the rotation ``sample.theta`` and restore its speed,
+    restore the camera's exposure, period and trigger mode. The sample stays where
+    the plan put it (its volume of interest; flats lift it along z, which needs no
+    undoing to be safe).
+    """
+    return txm_safe_state(shutter, camera=camera, sample=sample, positions=(),
+                          timeout_s=timeout_s)  # fmt: skip
