@@ -11,7 +11,7 @@ Phantoms (:func:`make_phantom`) are analytic solids with ground-truth labels:
     steel shell of half density, the mean of its waves), the rest air.
 ``coin_short``
     The same cell with an internal short circuit: a contact zone of cathode material
-    (0.5 mm radius, 0.3 mm tall) pressed through the separator into the anode, at
+    (0.75 mm radius, 0.3 mm tall) pressed through the separator into the anode, at
     :data:`SHORT_CENTER_MM`; ``phantom.defect_center_mm`` is the truth.
 ``pouch``
     A LFP/graphite pouch cell 390 um thick (40 x 50 mm): pouch foil, Cu and Al
@@ -260,7 +260,7 @@ def _coin(short: bool) -> Phantom:
     if short:
         cx, cy, cz = SHORT_CENTER_MM
         # cathode material pressed through the separator into the anode
-        solids.append(Cylinder(cx, cy, 0.5, cz - 0.15, cz + 0.15, "nmc", "short",
+        solids.append(Cylinder(cx, cy, 0.75, cz - 0.15, cz + 0.15, "nmc", "short",
                                replaces="graphite"))  # fmt: skip
         phantom.defect_center_mm = SHORT_CENTER_MM
     return phantom

@@ -133,6 +133,13 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
         facility_prefix="PFIB:",
         pipeline="multiscope.callbacks.slice_and_view:slice_and_view_pipeline",
     ),
+    "xrm": InstrumentSpec(
+        name="xrm",
+        devices_module="multiscope.instruments.xrm",
+        plan_modules=("multiscope.plans.xrm", "multiscope.plans.xrm_scout"),
+        facility_prefix="XRM:",
+        pipeline="multiscope.callbacks.pipelines:tomography_pipeline",
+    ),
 }
 
 
