@@ -1,0 +1,109 @@
+"""The lab XRM over Channel Access: geometry, recipes, reconstruction, refusals, safe exits,
+scout and zoom, against the simulated IOC's ground truth.
+
+The IOC runs the coin cell with the internal short circuit; scans use binning 8 (256 x 256
+frames: the recipes' geometry with 4x their pixel) and 61-121 projections to stay quick.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from conftest import finished_run, xrm_session
+from ophyd import EpicsSignal, EpicsSignalRO
+from waiting import wait_until
+
+from multiscope.analysis.optics import xrm_pixel_size_um
+from multiscope.analysis.xrm_scout import sample_mm_to_voxel
+from multiscope.plans.preflight import PlanArgumentError
+
+pytestmark = pytest.mark.integration
+
+FAST = {"binning": 8, "num_darks": 3, "num_flats": 3}
+
+
+@pytest.fixture(scope="module")
+def xrm(ca_port_pool, tmp_path_factory):
+    args = ["--phantom", "coin_short", "--time-scale", "0.002"]
+    with xrm_session(ca_port_pool, tmp_path_factory, "xrm", args) as (session, running):
+        session.devices["sample"].theta.velocity.set(360).wait(5)
+        yield session, running
+
+
+def _pv(running, suffix, cls=EpicsSignalRO, **kwargs):
+    signal = cls(running.prefix + suffix, name=suffix.replace(":", "_"), **kwargs)
+    signal.wait_for_connection(timeout=10)
+    return signal
+
+
+def test_pixel_size_of_the_pseudo_positioner_is_the_geometry_formula(xrm):
+    session, running = xrm
+    geometry = session.devices["geometry"]
+    geometry.wait_for_connection(timeout=10)
+    for sod, odd in ((67.91, 100.0), (30.0, 250.0)):
+        geometry.sod.set(sod).wait(30)
+        geometry.odd.set(odd).wait(30)
+        binning = int(session.devices["camera"].cam.bin_x.get())
+        expected = xrm_pixel_size_um(13.5, sod, odd, 0.4, binning)
+        wait_until(lambda e=expected: abs(geometry.pixel_size.position - e) < 1e-6, timeout=10)
+        assert geometry.pixel_size_rbv.get() == pytest.approx(expected, rel=1e-6)
+    # and the pseudo axis moves the SOD for a pixel at the current ODD
+    geometry.pixel_size.set(20.0).wait(30)
+    assert geometry.odd.position == pytest.approx(250.0, abs=1e-3)
+    assert xrm_pixel_size_um(13.5, geometry.sod.position, 250.0, 0.4, binning) == pytest.approx(
+        20.0, rel=1e-4
+    )
+
+
+def _volume(session, uid):
+    """The reconstruction (attenuation per voxel) the session's pipeline stored for run ``uid``."""
+    import h5py
+
+    assert session.drain(600)
+    assert not session.pipeline.errors
+    derived = [r for r in session.catalog.runs(limit=100) if r.plan_name == "tomo_reconstruction"]
+    starts = [session.catalog.run(r.uid).metadata["start"] for r in derived]
+    (start,) = [s for s in starts if s["derived_from"] == uid]
+    with h5py.File(start["files"]["volume"], "r") as f:
+        return f["/entry/data/data"][0]
+
+
+def test_a_small_coin_survey_reconstructs_the_cell_against_the_truth(xrm):
+    from sim_devices.physics.xrm_scene import mu_per_mm
+
+    session, running = xrm
+    d = session.devices
+    (uid,) = session.RE(session.plans["xrm_tomo_scan"](
+        d["xrm"], "coin_survey", n_projections=121, voi_mm=(0.0, 0.0, 0.0),
+        sample_id="CR2032 short", **FAST))  # fmt: skip
+    run = finished_run(session, uid)
+    start = run.metadata["start"]
+    assert start["sample_id"] == "CR2032 short" and start["tomo"]["sample_id"] == "CR2032 short"
+    pixel_um = start["tomo"]["pixel_size_um"]
+    assert pixel_um == pytest.approx(4 * 27.3, rel=1e-3)  # the recipe's geometry at binning 8
+    assert d["geometry"].pixel_size_rbv.get() == pytest.approx(pixel_um, rel=1e-4)
+    volume = _volume(session, uid)
+    pixel_mm = pixel_um * 1e-3
+    mu_steel = mu_per_mm("steel", _pv(running, "source:energy_RBV").get())
+    nz, ny, nx = volume.shape
+    # the spring's slices (z 0 to 1 mm: air, the spring and the casing wall), averaged
+    rows = [i for i in range(nz) if 0.0 <= ((nz - 1) / 2 - i) * pixel_mm <= 1.0]
+    image = volume[rows].mean(axis=0) / pixel_mm  # 1/mm
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    radius = np.hypot(yy - ny // 2, xx - nx // 2) * pixel_mm
+    ring = np.rint(radius / pixel_mm).astype(int)
+    profile = np.bincount(ring.ravel(), image.ravel()) / np.bincount(ring.ravel())
+    r = np.arange(profile.size) * pixel_mm
+    print("steel mu", mu_steel, "profile", np.round(profile[:100], 3).tolist())
+    for name, (low, high), r_true, area_true in (
+        ("casing wall", (9.2, 10.6), 9.875, mu_steel * 0.25),
+        ("spring", (5.5, 6.9), 6.15, 0.5 * mu_steel * 0.3),
+    ):
+        band = (r >= low) & (r <= high)
+        peak = r[band][np.argmax(profile[band])]
+        area = profile[band].sum() * pixel_mm  # integral of mu across the shell
+        print(name, "peak", peak, "area", area, "truth", area_true)
+        assert peak == pytest.approx(r_true, abs=1.5 * pixel_mm), name
+        assert area == pytest.approx(area_true, rel=0.1), name
+    air = profile[r < 5.0]
+    assert abs(air.mean()) < 0.05 * mu_steel
