@@ -5,7 +5,7 @@ The IOC runs the coin cell with the internal short circuit; scans use binning 8 
 frames: the recipes' geometry with 4x their pixel) and 61-121 projections to stay quick.
 """
 
-import math
+import threading
 
 import numpy as np
 import pytest
@@ -107,3 +107,118 @@ def test_a_small_coin_survey_reconstructs_the_cell_against_the_truth(xrm):
         assert area == pytest.approx(area_true, rel=0.1), name
     air = profile[r < 5.0]
     assert abs(air.mean()) < 0.05 * mu_steel
+
+
+def _positions(d) -> dict[str, float]:
+    axes = {"sod": d["geometry"].sod, "odd": d["geometry"].odd, "x": d["sample"].x,
+            "y": d["sample"].y, "z": d["sample"].z, "theta": d["sample"].theta}  # fmt: skip
+    return {name: axis.user_readback.get(use_monitor=False) for name, axis in axes.items()}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [({"sod_mm": 5.0}, "below the instrument's minimum SOD"),
+     ({"objective": "10x"}, "not in the turret")],
+)  # fmt: skip
+def test_refusals_before_any_motion_and_without_x_rays(xrm, overrides, reason):
+    session, running = xrm
+    d = session.devices
+    shutter_open = _pv(running, "source:shutter:Open-Sts")
+    opened = []
+    token = shutter_open.subscribe(lambda value, **kw: opened.append(value) if value else None)
+    before = _positions(d)
+    objective = d["turret"].objective.get(use_monitor=False)
+    try:
+        with pytest.raises(PlanArgumentError, match=reason):
+            session.RE(session.plans["xrm_tomo_scan"](d["xrm"], "coin_survey", **overrides, **FAST))
+    finally:
+        shutter_open.unsubscribe(token)
+    assert _positions(d) == before  # nothing moved
+    assert d["turret"].objective.get(use_monitor=False) == objective
+    assert shutter_open.get(use_monitor=False) == 0 and not opened  # no X-rays
+
+
+def test_the_instrument_itself_refuses_an_sod_below_its_minimum_and_a_foreign_objective(xrm):
+    from multiscope.devices.xrm import XRMRefusedError
+
+    session, running = xrm
+    d = session.devices
+    sod = d["geometry"].sod.user_readback.get(use_monitor=False)
+    # a client that skips its own limit check: the IOC refuses and says why
+    raw = _pv(running, "geometry:sod", EpicsSignal)
+    raw.put(5.0, force=True, wait=True, timeout=10)
+    message = _pv(running, "interlock:message_RBV", string=True)
+    wait_until(lambda: "minimum" in message.get(use_monitor=False), timeout=10)
+    assert d["geometry"].sod.user_readback.get(use_monitor=False) == sod
+    with pytest.raises(XRMRefusedError, match="not in the turret"):
+        d["turret"].set("10x")
+
+
+class _Documents:
+    """The documents the RunEngine emits (a subscriber)."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, dict]] = []
+
+    def __call__(self, name, doc):
+        self.seen.append((name, doc))
+
+
+def _assert_safe(running):
+    assert _pv(running, "source:shutter:Open-Sts").get(use_monitor=False) == 0
+    assert _pv(running, "cam1:Acquire").get(use_monitor=False) == 0
+    assert _pv(running, "sample:theta.DMOV").get(use_monitor=False) == 1
+
+
+@pytest.mark.parametrize("action", ["fault", "abort", "stop"])
+def test_every_exit_leaves_the_source_shutter_closed(xrm, action):
+    """Mid-scan, shutter open: a refused rotation (fault), an abort or a stop."""
+    from bluesky.utils import RunEngineInterrupted
+
+    session, running = xrm
+    d, RE = session.devices, session.RE
+    documents = _Documents()
+    token = RE.subscribe(documents)
+    shutter_open = _pv(running, "source:shutter:Open-Sts")
+    acquiring = _pv(running, "cam1:Acquire")
+    theta = _pv(running, "sample:theta.RBV")
+    high_limit = _pv(running, "sample:theta.HLM", EpicsSignal)
+    original_limit = high_limit.get()
+    landed = threading.Event()
+
+    def land():
+        # wait until projections are under way with the shutter open
+        def exposing():
+            return (theta.get(use_monitor=False) > 20 and acquiring.get(use_monitor=False) == 1
+                    and shutter_open.get(use_monitor=False) == 1)  # fmt: skip
+
+        wait_until(exposing, timeout=120)
+        if action == "fault":
+            high_limit.put(theta.get(use_monitor=False) + 5, wait=True)  # later moves refused
+        else:
+            RE.request_pause(defer=False)
+        landed.set()
+
+    watcher = threading.Thread(target=land, daemon=True)
+    watcher.start()
+    plan = session.plans["xrm_tomo_scan"](d["xrm"], "coin_survey", n_projections=61,
+                                          voi_mm=(0.0, 0.0, 0.0), **FAST)  # fmt: skip
+    try:
+        if action == "fault":
+            with pytest.raises(Exception, match="limit"):
+                RE(plan)
+        else:
+            with pytest.raises(RunEngineInterrupted):
+                RE(plan)
+            assert RE.state == "paused"
+            assert shutter_open.get(use_monitor=False) == 1, "paused with the shutter closed"
+            getattr(RE, action)()
+    finally:
+        watcher.join(130)
+        high_limit.put(original_limit, wait=True)
+        RE.unsubscribe(token)
+    assert landed.is_set()
+    assert RE.state == "idle"
+    _assert_safe(running)
+    stop = [doc for name, doc in documents.seen if name == "stop"][-1]
+    assert stop["exit_status"] == {"fault": "fail", "abort": "abort", "stop": "success"}[action]
