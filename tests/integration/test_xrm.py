@@ -5,6 +5,7 @@ The IOC runs the coin cell with the internal short circuit; scans use binning 8 
 frames: the recipes' geometry with 4x their pixel) and 61-121 projections to stay quick.
 """
 
+import math
 import threading
 
 import numpy as np
@@ -222,3 +223,42 @@ def test_every_exit_leaves_the_source_shutter_closed(xrm, action):
     _assert_safe(running)
     stop = [doc for name, doc in documents.seen if name == "stop"][-1]
     assert stop["exit_status"] == {"fault": "fail", "abort": "abort", "stop": "success"}[action]
+
+
+def test_scout_and_zoom_finds_the_short_circuit_and_images_it(xrm):
+    """The survey's symmetry anomaly is the IOC's defect (within 0.3 mm, ~3 survey voxels);
+    the zoom, centred there, shows the defect's contact zone against the anode around it."""
+    from sim_devices.physics.xrm_scene import mu_per_mm
+
+    session, running = xrm
+    d = session.devices
+    truth = tuple(_pv(running, "truth:defect_mm").get(use_monitor=False))
+    assert all(math.isfinite(v) for v in truth)
+    fast = {"n_projections": 121, **FAST}
+    survey_uid, zoom_uid = session.RE(session.plans["scout_and_zoom"](
+        d["xrm"], "coin_survey", "coin_zoom", "auto", sample_id="CR2032 short",
+        survey_overrides={**fast, "voi_mm": (0.0, 0.0, 0.0)}, zoom_overrides=fast))  # fmt: skip
+    survey, zoom = finished_run(session, survey_uid), finished_run(session, zoom_uid)
+    scout = zoom.metadata["start"]["scout"]
+    assert scout["survey_uid"] == survey_uid and scout["selection"] == "auto"
+    assert zoom.metadata["start"]["xrm"]["voi_mm"] == scout["voi_mm"]
+    assert survey.metadata["start"]["sample_id"] == zoom.metadata["start"]["sample_id"]
+    error_mm = np.subtract(scout["voi_mm"], truth)
+    print("scout: VOI", scout["voi_mm"], "truth", truth, "score", scout["score"])
+    assert np.linalg.norm(error_mm) < 0.3
+    # the zoom: interior tomography (the 20 mm cell is wider than the field)
+    start = zoom.metadata["start"]
+    pixel_mm = start["tomo"]["pixel_size_um"] * 1e-3
+    volume = _volume(session, zoom_uid) / pixel_mm  # 1/mm
+    assert volume.shape[-1] * pixel_mm < 20.0
+    iz, iy, ix = sample_mm_to_voxel((truth[0], truth[1], -1.2), volume.shape,
+                                    start["tomo"]["pixel_size_um"], scout["voi_mm"])  # fmt: skip
+    image = volume[int(round(iz))]  # the anode's middle, through the contact zone
+    yy, xx = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
+    distance = np.hypot(yy - iy, xx - ix) * pixel_mm
+    contact = image[distance < 0.5].mean()
+    around = image[(distance > 1.0) & (distance < 1.5)].mean()
+    energy = _pv(running, "source:energy_RBV").get()
+    expected = mu_per_mm("nmc", energy) - mu_per_mm("graphite", energy)
+    print("zoom: contact", contact, "around", around, "expected difference", expected)
+    assert contact - around == pytest.approx(expected, rel=0.35)

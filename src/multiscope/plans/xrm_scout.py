@@ -32,6 +32,7 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
+from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 
 from ..analysis.tomo import find_center, minus_log, normalize, reconstruct
@@ -130,7 +131,16 @@ def scout_and_zoom(
     if how == "coordinates":
         voi = tuple(float(v) for v in select)
     else:
-        volume, center = frames.reconstruct()
+        volume = center = None
+        for _attempt in range(_STALE_READ_ATTEMPTS):
+            try:
+                volume, center = frames.reconstruct()
+                break
+            except _StaleFramesError as error:
+                logger.info("scout_and_zoom: %s; reading again", error)
+                yield from bps.sleep(_STALE_READ_WAIT_S)
+        if volume is None:
+            raise RuntimeError(f"the survey {survey_uid}'s frames read stale: no VOI")
         survey_settings = xrm_settings(xrm, survey, **_rename(
             {k: v for k, v in survey_overrides.items() if k in _SETTING_KEYS}))  # fmt: skip
         if how == "auto":
@@ -161,6 +171,17 @@ def _rename(overrides: dict) -> dict:
     if "source_filter" in renamed:
         renamed["filter"] = renamed.pop("source_filter")
     return renamed
+
+
+#: Reading a survey file that the live preview still holds open (one file to HDF5 in one
+#: process, opened while it was written) can return stale chunks: frames repeated. A
+#: repeated frame (or NDArrayUniqueId) shows it; the frames are read again until unique.
+_STALE_READ_ATTEMPTS = 50
+_STALE_READ_WAIT_S = 0.2
+
+
+class _StaleFramesError(RuntimeError):
+    """The frames read repeat (stale chunks of a file held open elsewhere)."""
 
 
 class _SurveyFrames:
@@ -199,11 +220,18 @@ class _SurveyFrames:
     def reconstruct(self) -> tuple[np.ndarray, float]:
         """The survey volume (attenuation per voxel) and its rotation-axis column."""
         try:
-            projections, attrs = self._stack("primary", ("theta",))
+            projections, attrs = self._stack("primary", ("theta", "NDArrayUniqueId"))
             flats, _ = self._stack("flat")
             darks, _ = self._stack("dark")
         finally:
             self._reader.close_files()
+        # Noise makes every real frame unique: a repeated one (or id) is a stale read.
+        repeats = len(projections) - len({frame.tobytes() for frame in projections})
+        ids = attrs.get("NDArrayUniqueId")
+        if ids is not None:
+            repeats = max(repeats, ids.size - np.unique(ids).size)
+        if repeats:
+            raise _StaleFramesError(f"{repeats} projections repeat")
         if "theta" in attrs:
             theta = attrs["theta"]
         else:  # one angle per event, in order
