@@ -889,31 +889,6 @@ class SimAreaDetector(PVGroup):
         self.rng = np.random.default_rng(seed)
         super().__init__(*args, **kwargs)
 
-    @property
-    def busy(self) -> bool:
-        """True while acquiring or capturing (a frame shape change would break the file)."""
-        return self.cam.acquiring or self.hdf.capturing
-
-    async def resize(self, shape: tuple[int, int]) -> None:
-        """Change the frame shape (binning) and publish it in the driver's and plugin's PVs."""
-        ny, nx = (int(shape[0]), int(shape[1]))
-        self.shape = (ny, nx)
-        cam, hdf = self.cam, self.hdf
-        for prop, value in (
-            (cam.array_size_x, nx),
-            (cam.array_size_y, ny),
-            (cam.array_size0, nx),
-            (cam.array_size1, ny),
-            (cam.array_size_bytes, 2 * nx * ny),
-            (cam.size_x.setpoint, nx),
-            (cam.size_x.readback, nx),
-            (cam.size_y.setpoint, ny),
-            (cam.size_y.readback, ny),
-            (hdf.array_size0, nx),
-            (hdf.array_size1, ny),
-        ):
-            await prop.write(value, verify_value=False)
-
     def render(self, ctx: FrameContext) -> tuple[np.ndarray, dict]:
         """Call the scene and normalise its output."""
         return normalize_scene_output(self.scene(ctx), self.shape)

@@ -46,6 +46,7 @@ from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, pvproperty
 
 from sim_devices.areadetector import FrameContext, SimAreaDetector, pvproperty_with_rbv
+from sim_devices.detector_shape import camera_busy, resize_camera
 from sim_devices.motor import TrackedAxis
 from sim_devices.physics import DriftModel, ElectrodeTab, make_tab
 from sim_devices.physics.txm_scene import (
@@ -651,10 +652,12 @@ class TXMIOC(PVGroup):
         binning = int(value)
         if binning not in BINNINGS:
             raise ValueError(f"binning must be one of {BINNINGS}, not {value}")
-        if binning != self.binning and self.camera.busy:
+        if binning != self.binning and camera_busy(self.camera):
             raise RuntimeError("cannot change binning while acquiring or capturing")
         self.binning = binning
-        await self.camera.resize((self.sensor_shape[0] // binning, self.sensor_shape[1] // binning))
+        await resize_camera(
+            self.camera, (self.sensor_shape[0] // binning, self.sensor_shape[1] // binning)
+        )
         for pair in (self.bin_x, self.bin_y):
             await pair.setpoint.write(binning, verify_value=False)
             await pair.readback.write(binning)

@@ -35,6 +35,7 @@ from caproto import ChannelType
 from caproto.server import PVGroup, PvpropertyChar, SubGroup, pvproperty
 
 from sim_devices.areadetector import FrameContext, SimAreaDetector, pvproperty_with_rbv
+from sim_devices.detector_shape import camera_busy, resize_camera
 from sim_devices.motor import TrackedAxis
 from sim_devices.physics.xrm_scene import (
     DETECTOR_PIXEL_UM,
@@ -240,7 +241,7 @@ class XRMIOC(PVGroup):
         await self.accepted()
 
     async def _refuse_while_acquiring(self, what: str) -> None:
-        if self.camera.busy:
+        if camera_busy(self.camera):
             await self.refuse(f"{what}: the camera is acquiring")
 
     # -- derived PVs ----------------------------------------------------------------
@@ -338,7 +339,7 @@ class XRMIOC(PVGroup):
         if binning != self.binning:
             await self._refuse_while_acquiring(f"binning {binning}")
         self.binning = binning
-        await self.camera.resize(self._frame_shape(binning))
+        await resize_camera(self.camera, self._frame_shape(binning))
         for pair in (self.bin_x, self.bin_y):
             await pair.setpoint.write(binning, verify_value=False)
             await pair.readback.write(binning)

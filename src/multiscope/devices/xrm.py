@@ -127,9 +127,12 @@ class XRMGeometry(PseudoPositioner):
 
     def optics(self) -> tuple[float, float, int]:
         """``(camera pixel um, objective magnification, binning)`` now."""
+        objective = self.objective.get()
+        if str(objective) not in OBJECTIVE_NAMES:  # an enum index (no string conversion)
+            objective = tuple(OBJECTIVE_NAMES)[int(objective)]
         return (
             float(self.detector_pixel_um.get()),
-            OBJECTIVE_NAMES[str(self.objective.get())],
+            OBJECTIVE_NAMES[str(objective)],
             int(self.binning.get()),
         )
 
@@ -159,8 +162,11 @@ class XRMGeometry(PseudoPositioner):
 
     @real_position_argument
     def inverse(self, real_pos):
-        detector, objective, binning = self.optics()
-        pixel = xrm_pixel_size_um(detector, real_pos.sod, real_pos.odd, objective, binning)
+        try:
+            detector, objective, binning = self.optics()
+            pixel = xrm_pixel_size_um(detector, real_pos.sod, real_pos.odd, objective, binning)
+        except (ValueError, IndexError):  # optics not known (yet): no pixel size
+            pixel = float("nan")
         return self.PseudoPosition(pixel_size=pixel)
 
     def pixel_um(self) -> float:
