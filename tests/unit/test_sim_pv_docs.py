@@ -12,6 +12,7 @@ IOC_CLASSES = {
     "ring": ("sim_devices.ring", "RingIOC"),
     "txm": ("sim_devices.txm", "TXMIOC"),
     "fibsem": ("sim_devices.fibsem", "FibsemIOC"),
+    "xrm": ("sim_devices.xrm", "XRMIOC"),
 }
 
 
