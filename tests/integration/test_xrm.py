@@ -7,6 +7,7 @@ frames: the recipes' geometry with 4x their pixel) and 61-121 projections to sta
 
 import math
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +263,24 @@ def test_scout_and_zoom_finds_the_short_circuit_and_images_it(xrm):
     expected = mu_per_mm("nmc", energy) - mu_per_mm("graphite", energy)
     print("zoom: contact", contact, "around", around, "expected difference", expected)
     assert contact - around == pytest.approx(expected, rel=0.35)
+
+
+def test_every_documented_pv_is_served(xrm):
+    import pv_docs
+
+    _, running = xrm
+    docs = Path(__file__).resolve().parents[2] / "docs" / "xrm.md"
+    names = pv_docs.documented_pvs(
+        docs, "## PVs of the simulated XRM IOC", end="\n## ",
+        by_kind={"motor record": ("", ".RBV", ".DMOV", ".VELO", ".HLM", ".LLM", ".STOP")},
+        expand={"cam1:": ("cam1:Acquire", "cam1:AcquireTime"),
+                "HDF1:": ("HDF1:Capture", "HDF1:FullFileName_RBV")},
+    )  # fmt: skip
+    assert len(names) > 40
+    missing = []
+    for name in names:
+        try:
+            _pv(running, name)
+        except Exception:  # noqa: BLE001 - any failure to connect is a missing PV
+            missing.append(name)
+    assert not missing
