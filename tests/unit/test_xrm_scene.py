@@ -141,3 +141,27 @@ def test_the_scout_finds_the_short_circuit(survey_volume):
     # within 0.3 mm (~3 survey voxels) of the truth
     assert np.linalg.norm(np.subtract(found, SHORT_CENTER_MM)) < 0.3
     assert anomaly.score > 10
+
+
+def test_pouch_cell_voids_show_in_a_zoom_projection():
+    from dataclasses import replace
+
+    from scipy import ndimage
+
+    pouch = make_phantom("pouch")
+    assert LABELS["void"] in {int(v) for v in pouch.labels(*pouch.solids[-1].centers[:5].T)}
+    no_voids = replace(pouch, solids=pouch.solids[:-1])
+    # the pouch recipe at binning 2: 3.74 um pixels, edge-on (the beam along the layers)
+    state = XRMState(theta_deg=90.0, objective="4x", kv=60.0, filter_name="LE2",
+                     sod_mm=124.25, binning=2)  # fmt: skip
+    assert state.pixel_mm * 1e3 == pytest.approx(3.74, rel=1e-3)
+    shape = (256, 256)
+    voids = XRMScene(pouch).line_integrals(state, shape) - XRMScene(no_voids).line_integrals(
+        state, shape
+    )
+    mu_lfp = mu_per_mm("lfp", state.energy_keV)
+    assert voids.max() <= 1e-12  # voids only remove cathode
+    # the deepest rays miss tens of um of LFP (several voids along the 2 mm void patch)
+    assert 0.005 < -voids.min() / mu_lfp < 0.2
+    blobs, count = ndimage.label(voids < -0.001 * mu_lfp)
+    assert count > 10  # the voids in the 0.96 mm field, seen through the 390 um cell
