@@ -46,6 +46,7 @@ from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, pvproperty
 
 from sim_devices.areadetector import FrameContext, SimAreaDetector, pvproperty_with_rbv
+from sim_devices.detector_shape import camera_busy, resize_camera
 from sim_devices.motor import TrackedAxis
 from sim_devices.physics import DriftModel, ElectrodeTab, make_tab
 from sim_devices.physics.txm_scene import (
@@ -646,34 +647,17 @@ class TXMIOC(PVGroup):
         await self.update_derived()
         return value
 
-    def _camera_busy(self) -> bool:
-        return self.camera.cam.acquiring or self.camera.hdf.capturing
-
     async def set_binning(self, value) -> int:
         """Change BinX and BinY together; the frame shape follows the sensor size."""
         binning = int(value)
         if binning not in BINNINGS:
             raise ValueError(f"binning must be one of {BINNINGS}, not {value}")
-        if binning != self.binning and self._camera_busy():
+        if binning != self.binning and camera_busy(self.camera):
             raise RuntimeError("cannot change binning while acquiring or capturing")
-        ny, nx = (self.sensor_shape[0] // binning, self.sensor_shape[1] // binning)
         self.binning = binning
-        self.camera.shape = (ny, nx)
-        cam, hdf = self.camera.cam, self.camera.hdf
-        for prop, v in (
-            (cam.array_size_x, nx),
-            (cam.array_size_y, ny),
-            (cam.array_size0, nx),
-            (cam.array_size1, ny),
-            (cam.array_size_bytes, 2 * nx * ny),
-            (cam.size_x.setpoint, nx),
-            (cam.size_x.readback, nx),
-            (cam.size_y.setpoint, ny),
-            (cam.size_y.readback, ny),
-            (hdf.array_size0, nx),
-            (hdf.array_size1, ny),
-        ):
-            await prop.write(v, verify_value=False)
+        await resize_camera(
+            self.camera, (self.sensor_shape[0] // binning, self.sensor_shape[1] // binning)
+        )
         for pair in (self.bin_x, self.bin_y):
             await pair.setpoint.write(binning, verify_value=False)
             await pair.readback.write(binning)

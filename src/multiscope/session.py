@@ -144,6 +144,13 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
         plan_modules=("multiscope.plans.laser",),
         facility_prefix="LASER:",
     ),
+    "xrm": InstrumentSpec(
+        name="xrm",
+        devices_module="multiscope.instruments.xrm",
+        plan_modules=("multiscope.plans.xrm", "multiscope.plans.xrm_scout"),
+        facility_prefix="XRM:",
+        pipeline="multiscope.callbacks.pipelines:tomography_pipeline",
+    ),
 }
 
 

@@ -62,12 +62,14 @@ SIM_MODULES: dict[str, str] = {
     "txm": "sim_devices.txm",
     "fibsem": "sim_devices.fibsem",
     "laser": "sim_devices.laser",
+    "xrm": "sim_devices.xrm",
 }
 DEFAULT_PORTS: dict[str, int] = {
-    "demo": 5070, "txm": 5071, "ring": 5072, "fibsem": 5073, "laser": 5074,
+    "demo": 5070, "txm": 5071, "ring": 5072, "fibsem": 5073, "laser": 5074, "xrm": 5075,
 }  # fmt: skip
 DEFAULT_PREFIXES: dict[str, str] = {
     "demo": "DEMO:", "txm": "TXM:", "ring": "SR:", "fibsem": "PFIB:", "laser": "LASER:",
+    "xrm": "XRM:",
 }  # fmt: skip
 # One PV per IOC (after the prefix) that answers once the server is up.
 READY_PVS: dict[str, str] = {
@@ -76,6 +78,7 @@ READY_PVS: dict[str, str] = {
     "txm": "sample:theta.RBV",
     "fibsem": "stage:tilt.RBV",
     "laser": "table:x.RBV",
+    "xrm": "sample:theta.RBV",
 }
 # IOCs an IOC reads from (started first); it is told where with link_args.
 REQUIRES: dict[str, tuple[str, ...]] = {"txm": ("ring",)}

@@ -262,3 +262,26 @@ def restart_ioc(running: RunningIOC, name: str, timeout: float = 60.0) -> None:
         simctl.stop_ioc(ioc.pid)
         raise
     running.pid = ioc.pid
+
+
+@contextlib.contextmanager
+def xrm_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
+    """A lab XRM session on its own simulated IOC; closed and stopped after.
+
+    Yields ``(session, running IOC)``; logs and data go to ``<name>-logs`` / ``<name>-data``.
+    """
+    from multiscope.session import configure_session
+
+    running, process = start_sim_ioc(pool, tmp_path_factory.mktemp(f"{name}-logs"), "xrm",
+                                     extra_args=list(extra_args))  # fmt: skip
+    session = None
+    try:
+        session = configure_session(
+            {}, "xrm", data_dir=tmp_path_factory.mktemp(f"{name}-data"),
+            prefix=running.prefix, table=False, progress=False, **options,
+        )  # fmt: skip
+        yield session, running
+    finally:
+        if session is not None:
+            session.close(timeout=120)
+        simctl.stop_ioc(process.pid)

@@ -13,6 +13,7 @@ IOC_CLASSES = {
     "txm": ("sim_devices.txm", "TXMIOC"),
     "fibsem": ("sim_devices.fibsem", "FibsemIOC"),
     "laser": ("sim_devices.laser", "LaserIOC"),
+    "xrm": ("sim_devices.xrm", "XRMIOC"),
 }
 
 

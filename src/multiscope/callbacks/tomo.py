@@ -1,11 +1,12 @@
 """Tomography callbacks: a live preview during the scan, a full reconstruction at its end.
 
-Both consume the documents of a tomography run (``plan_name`` ``tomo_scan`` or
-``fly_tomo_scan``): streams ``dark``, ``flat`` and ``primary`` whose camera frames
-are file-referenced (the data key with ``external == "STREAM:"`` and 3 dims,
-``[frames, ny, nx]``; :mod:`multiscope.frame_files`). The rotation angle of
-each frame is the per-frame attribute ``theta`` in the HDF5 file when the IOC
-records it (fly scans), else the ``sample_theta`` reading of the primary event.
+Both consume the documents of a tomography run (``plan_name`` ``tomo_scan``,
+``fly_tomo_scan`` or the lab XRM's ``xrm_tomo_scan``): streams ``dark``, ``flat`` and
+``primary`` whose camera frames are file-referenced (the data key with
+``external == "STREAM:"`` and 3 dims, ``[frames, ny, nx]``;
+:mod:`multiscope.frame_files`). The rotation angle of each frame is the per-frame
+attribute ``theta`` in the HDF5 file when the IOC records it (fly scans), else the
+``sample_theta`` reading of the primary event.
 
 :class:`LiveTomoPreview`
     Updates a few slices (default rows at 25/50/75 % of the height) by filtered
@@ -97,7 +98,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TOMO_PLANS = ("tomo_scan", "fly_tomo_scan")
+TOMO_PLANS = ("tomo_scan", "fly_tomo_scan", "xrm_tomo_scan")
 ANGLE_KEY = "sample_theta"
 THETA_ATTRIBUTE = "theta"
 

@@ -9,8 +9,9 @@ numbered or sized process (a milling cut, a deposition, a laser cut) started by 
 put with completion, stopped at once by the safe state, finished by the instrument
 when the RunEngine pauses (decision 0016).
 
-The PFIB-SEM (:mod:`multiscope.devices.fibsem`) and the laser mill
-(:mod:`multiscope.devices.laser`) share them.
+The PFIB-SEM (:mod:`multiscope.devices.fibsem`), the laser mill
+(:mod:`multiscope.devices.laser`) and the lab XRM (:mod:`multiscope.devices.xrm`)
+share them.
 """
 
 from __future__ import annotations
@@ -46,19 +47,22 @@ class InstrumentRefusedError(RuntimeError):
 
 
 def refusal_reason(
-    message_signal, what: str, error: BaseException | None
+    message_signal, what: str, error: BaseException | None, error_class=InstrumentRefusedError
 ) -> InstrumentRefusedError:
-    """An :class:`InstrumentRefusedError` for ``what``, with the instrument's stated reason."""
+    """An :class:`InstrumentRefusedError` (or ``error_class``) for ``what``, with the reason."""
     try:
         reason = str(message_signal.get(use_monitor=False) or "").strip()
     except Exception as read_error:  # noqa: BLE001 - the reason is a courtesy
         reason = f"(reason unreadable: {read_error})"
     detail = reason or (str(error) if error is not None else "no reason given")
-    return InstrumentRefusedError(f"{what} refused by the instrument: {detail}")
+    return error_class(f"{what} refused by the instrument: {detail}")
 
 
-def explained(status, message_signal, what: str) -> Status:
+def explained(status, message_signal, what: str, error_class=InstrumentRefusedError) -> Status:
     """A status that finishes with ``status``; a refusal carries the instrument's reason.
+
+    ``error_class`` is the instrument's refusal error (a subclass of
+    :class:`InstrumentRefusedError`, e.g. the XRM's).
 
     A refused put completes with ``ECA_PUTFAIL``, which ophyd reports as a success
     (its put-completion callback ignores the status), so a completed put is checked
@@ -69,16 +73,16 @@ def explained(status, message_signal, what: str) -> Status:
 
     def finished(inner):
         if not inner.success:
-            outer.set_exception(refusal_reason(message_signal, what, inner.exception()))
+            outer.set_exception(
+                refusal_reason(message_signal, what, inner.exception(), error_class)
+            )
             return
         try:
             reason = str(message_signal.get(use_monitor=False) or "").strip()
         except Exception:  # noqa: BLE001 - an unreadable reason is no refusal
             reason = ""
         if reason:
-            outer.set_exception(
-                InstrumentRefusedError(f"{what} refused by the instrument: {reason}")
-            )
+            outer.set_exception(error_class(f"{what} refused by the instrument: {reason}"))
         else:
             outer.set_finished()
 

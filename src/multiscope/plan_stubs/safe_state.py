@@ -28,7 +28,8 @@ The pieces (decision 0010):
 :func:`txm_safe_state` builds the TXM's from the devices a plan uses,
 :func:`fibsem_safe_state` the PFIB-SEM's (ion beam blanked, cut stopped, needle and
 detectors retracted), :func:`laser_safe_state` the laser mill's (cut stopped,
-emission off, table stopped). Another instrument composes its own from the same steps.
+emission off, table stopped), :func:`xrm_safe_state` the lab XRM's (source shutter
+closed). Another instrument composes its own from the same steps.
 
 Examples
 --------
@@ -69,6 +70,7 @@ __all__ = [
     "safe_state_decorator",
     "safe_state_wrapper",
     "txm_safe_state",
+    "xrm_safe_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -474,3 +476,19 @@ def laser_safe_state(
         if positioner is not None:
             steps.append(Stop(positioner, name=f"stop {_label(positioner)}"))
     return SafeState(steps)
+
+
+def xrm_safe_state(
+    shutter, *, camera=None, sample=None, timeout_s: float = DEFAULT_STEP_TIMEOUT_S
+) -> SafeState:
+    """The lab XRM's safe state: the TXM's steps on the XRM's devices, no position restored.
+
+    In order: close the source ``shutter`` (no X-rays reach the sample or the room
+    behind it; the tube itself stays on, as a lab source does between scans), stop
+    the camera's acquisition, stop the rotation ``sample.theta`` and restore its speed,
+    restore the camera's exposure, period and trigger mode. The sample stays where
+    the plan put it (its volume of interest; flats lift it along z, which needs no
+    undoing to be safe).
+    """
+    return txm_safe_state(shutter, camera=camera, sample=sample, positions=(),
+                          timeout_s=timeout_s)  # fmt: skip

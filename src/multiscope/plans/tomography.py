@@ -195,8 +195,9 @@ def _exposure_signal(camera):
 
 
 def step_tomogram(
-    camera, sample, shutter, schedule, *, num_darks, num_flats, x_in, x_out, also_read=()
-):
+    camera, sample, shutter, schedule, *, num_darks, num_flats, x_in, x_out, also_read=(),
+    flat_axis=None,
+):  # fmt: skip
     """The frames of one step tomogram inside an open run, shutter open (a plan fragment).
 
     Darks and flats where ``schedule`` puts them, one ``primary`` event per angle
@@ -213,10 +214,14 @@ def step_tomogram(
     num_darks, num_flats : int
         Frames per dark / flat set.
     x_in, x_out : float
-        ``sample.x`` in the beam and out of it (flats).
+        ``flat_axis`` in the beam and out of it (flats).
     also_read : sequence of Readable
         Read with every projection and flat (e.g. the energy and its index).
+    flat_axis : Movable, optional
+        The axis that takes the sample out for flats; default ``sample.x`` (the XRM
+        lifts its whole cells out with ``sample.z``).
     """
+    flat_axis = sample.x if flat_axis is None else flat_axis
     num_projections = len(schedule.angles_deg)
     staged = False  # projections go to one file per block between dark/flat sets
     for index in range(num_projections + 1):
@@ -227,7 +232,9 @@ def step_tomogram(
             if index in schedule.darks_before:
                 yield from take_darks(camera, shutter, num_darks)
             if index in schedule.flats_before:
-                yield from take_flats(camera, sample.x, x_out, x_in, num_flats, also_read=also_read)
+                yield from take_flats(
+                    camera, flat_axis, x_out, x_in, num_flats, also_read=also_read
+                )
         if index == num_projections:
             break
         if not staged:
