@@ -180,3 +180,26 @@ def test_the_run_contract_reads_back_as_written(mill):
     assert block.to_md() == md and block.extra == {}
     assert len(block.path_x_um) == 9 and block.origin_um == (3000.0, 800.0)
     assert block.tab_mid_y_um == pytest.approx(800.0 + 4250.0)
+
+
+def test_a_named_piece_is_registered_with_the_sheet_it_is_cut_from(mill):
+    plan = cut_tab(mill, 100.0, sample_id="tab-3", parent_id="sheet-1", origin_um=(3000.0, 800.0))
+    replies = {"cut_path_vertices": 9, "cut_path_length_um": 12080.0, "cut_path_intact": 1.0}
+    start = next(m for m in _messages(plan, replies) if m.command == "open_run")
+    assert start.kwargs["sample_id"] == "tab-3"
+    assert start.kwargs["sample"] == {
+        "id": "tab-3",
+        "material": "NMC811",
+        "parent_id": "sheet-1",
+        "description": "laser-cut tab",
+    }
+
+
+@pytest.mark.parametrize("keywords, message", [
+    ({"parent_id": "sheet-1"}, "needs a sample_id"),
+    ({"sample_id": "tab-3", "parent_id": "tab-3"}, "from itself"),
+    ({"sample_id": " tab-3"}, "sample_id"),
+])  # fmt: skip
+def test_a_bad_sample_or_parent_is_refused_before_anything(mill, keywords, message):
+    with pytest.raises(PlanArgumentError, match=message):
+        next(cut_tab(mill, 100.0, origin_um=(3000.0, 800.0), **keywords))

@@ -46,7 +46,9 @@ from multiscope.plans.preflight import (
     PlanArgumentError,
     require_duration_within,
     require_parts,
+    sample_md,
 )
+from multiscope.plans.samples import sample_record_md
 
 __all__ = ["cut_tab", "estimate_cut_s", "lathe_pillar"]
 
@@ -155,10 +157,22 @@ def _place(laser, path: ToolPath, origin_um) -> ToolPath:
     return placed
 
 
+def _sample_entries(kind: str, sample_id: str, parent_id: str, material) -> dict:
+    """The start-document entries of the piece the cut makes (registered if named)."""
+    if not sample_id:
+        if parent_id:
+            raise PlanArgumentError(f"parent_id {parent_id!r} needs a sample_id for the piece")
+        return sample_md(sample_id)
+    return sample_record_md(sample_id, material=material or "", parent_id=parent_id,
+                            description=f"laser-cut {kind}")  # fmt: skip
+
+
 def _cut_plan(laser, path_of, *, kind, geometry, compensate, origin_um, power_W, speed_mm_s,
-              sample_id, material, energy_keV, cut_number, max_duration_s, md):  # fmt: skip
+              sample_id, parent_id, material, energy_keV, cut_number, max_duration_s,
+              md):  # fmt: skip
     """Check, then one run cutting the path ``path_of(spot, kerf_fraction, width)`` makes."""
     require_parts("laser", laser, PARTS, "the laser mill (instruments.laser.laser)")
+    sample_entries = _sample_entries(kind, sample_id, parent_id, material)
     speed = require_number("speed_mm_s", speed_mm_s, minimum=0, exclusive_minimum=True,
                            maximum=20.0)  # fmt: skip
     tab = _check_material(material, energy_keV)
@@ -217,7 +231,7 @@ def _cut_plan(laser, path_of, *, kind, geometry, compensate, origin_um, power_W,
         "plan_args": {**geometry, "width_um": float(width), "compensate": path.compensated,
                       "power_W": power, "speed_mm_s": speed, "origin_um": list(path.origin_um)},
         "num_points": 1, "estimated_duration_s": round(estimate, 1),
-        "sample_id": sample_id, "material": material, "laser_cut": block.to_md(),
+        **sample_entries, "material": material, "laser_cut": block.to_md(),
     }  # fmt: skip
     run_md.update(md or {})
     return (yield from _run(laser, path, block, power, speed, run_md))
@@ -286,6 +300,7 @@ def cut_tab(
     speed_mm_s: float = 2.0,
     compensate: bool = True,
     sample_id: str = "",
+    parent_id: str = "",
     material: str | None = "NMC811",
     energy_keV: float | None = None,
     cut_number: int | None = None,
@@ -312,8 +327,13 @@ def cut_tab(
     compensate : bool
         Offset the path by half a kerf so that the tab is ``width_um`` wide; False
         cuts along the nominal outline (a 100 um tab comes out ~80 um).
-    sample_id, material : str
-        Recorded in the start document (``sample_id``, ``material``).
+    sample_id : str
+        The piece cut out: the run registers it (decision 0019), with ``material``
+        and ``parent_id``, so ``catalog.sample_history(sample_id)`` starts here.
+    parent_id : str
+        The sheet it is cut from (needs ``sample_id``).
+    material : str or None
+        The electrode's material (recorded; the thickness rule's with ``energy_keV``).
     energy_keV : float, optional
         The imaging energy of the thickness rule (recorded).
     cut_number : int, optional
@@ -340,7 +360,7 @@ def cut_tab(
     return (yield from _cut_plan(
         laser, path_of, kind="tab", geometry=geometry, compensate=compensate,
         origin_um=origin_um, power_W=power_W, speed_mm_s=speed_mm_s, sample_id=sample_id,
-        material=material, energy_keV=energy_keV, cut_number=cut_number,
+        parent_id=parent_id, material=material, energy_keV=energy_keV, cut_number=cut_number,
         max_duration_s=max_duration_s, md=md))  # fmt: skip
 
 
@@ -357,6 +377,7 @@ def lathe_pillar(
     speed_mm_s: float = 2.0,
     compensate: bool = True,
     sample_id: str = "",
+    parent_id: str = "",
     material: str | None = "NMC811",
     energy_keV: float | None = None,
     cut_number: int | None = None,
@@ -381,5 +402,5 @@ def lathe_pillar(
     return (yield from _cut_plan(
         laser, path_of, kind="pillar", geometry=geometry, compensate=compensate,
         origin_um=origin_um, power_W=power_W, speed_mm_s=speed_mm_s, sample_id=sample_id,
-        material=material, energy_keV=energy_keV, cut_number=cut_number,
+        parent_id=parent_id, material=material, energy_keV=energy_keV, cut_number=cut_number,
         max_duration_s=max_duration_s, md=md))  # fmt: skip
