@@ -44,6 +44,7 @@ from .preflight import (
     require_number,
     require_parts,
     require_positions_within_limits,
+    sample_md,
 )
 from .tomography import step_tomogram, tomo_schedule
 
@@ -301,8 +302,7 @@ def xrm_tomo_scan(
                              dark_policy=dark_policy)  # fmt: skip
     num_darks = require_int("num_darks", num_darks, minimum=1 if schedule.num_dark_sets else 0)
     num_flats = require_int("num_flats", num_flats, minimum=1 if schedule.num_flat_sets else 0)
-    if not isinstance(sample_id, str):
-        raise PlanArgumentError(f"sample_id must be a string, got {sample_id!r}")
+    sample_entry = sample_md(sample_id)
     sample, camera, shutter = xrm.sample, xrm.camera, xrm.shutter
     require_positions_within_limits("angles", sample.theta, schedule.angles_deg)
     frames = (settings.n_projections + num_darks * schedule.num_dark_sets
@@ -328,7 +328,7 @@ def xrm_tomo_scan(
         "plan_args": {"recipe": recipe, "n_projections": settings.n_projections},
         "hints": {"dimensions": [([sample.theta.name], "primary")]},
         "estimated_duration_s": round(estimate, 3),
-        "sample_id": sample_id,
+        **sample_entry,
         "tomo": tomo_md,
         "xrm": settings.to_md(),
     }
