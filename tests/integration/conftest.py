@@ -242,7 +242,8 @@ def laser_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
     session = None
     try:
         session = configure_session(
-            {}, "laser", data_dir=tmp_path_factory.mktemp(f"{name}-data"),
+            {}, "laser",
+            data_dir=options.pop("data_dir", None) or tmp_path_factory.mktemp(f"{name}-data"),
             prefix=running.prefix, table=False, progress=False, **options,
         )  # fmt: skip
         yield session, running
@@ -277,7 +278,8 @@ def xrm_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
     session = None
     try:
         session = configure_session(
-            {}, "xrm", data_dir=tmp_path_factory.mktemp(f"{name}-data"),
+            {}, "xrm",
+            data_dir=options.pop("data_dir", None) or tmp_path_factory.mktemp(f"{name}-data"),
             prefix=running.prefix, table=False, progress=False, **options,
         )  # fmt: skip
         yield session, running

@@ -1,8 +1,9 @@
 """One sample across instruments: every run names it, the catalog gives its history in order.
 
-Sessions of different instruments, one after the other, on one data directory (as
-instruments of a facility share one catalog); the history is read from Python and
-from the command line.
+Sessions of the laser mill, the lab XRM, the TXM and the PFIB-SEM, one after the
+other, on one data directory (as a facility's instruments share one catalog): the
+tab is cut (the cut registers it, from its sheet), surveyed, imaged and sectioned;
+the history is read from Python and from the command line.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import fibsem_session, finished_run, txm_session
+from conftest import fibsem_session, finished_run, laser_session, txm_session, xrm_session
 
 pytestmark = pytest.mark.integration
 
@@ -25,14 +26,30 @@ def _cli(data_dir, *args):
 
 def test_a_samples_history_spans_instruments_in_order(ca_port_pool, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("history-data")
+    with laser_session(ca_port_pool, tmp_path_factory, "history-laser", data_dir=data_dir) as (
+        session,
+        _,
+    ):
+        RE, plans = session.RE, session.plans
+        (sheet,) = RE(plans["register_sample"]("sheet-1", material="NMC811"))
+        (tab,) = RE(plans["cut_tab"](session.devices["laser"], 100.0, 500.0, 600.0, 800.0,
+                                     origin_um=(1000.0, 300.0), sample_id="tab-3",
+                                     parent_id="sheet-1"))  # fmt: skip
+        finished_run(session, tab)
+    with xrm_session(ca_port_pool, tmp_path_factory, "history-xrm", data_dir=data_dir) as (
+        session,
+        _,
+    ):
+        (survey,) = session.RE(session.plans["xrm_tomo_scan"](
+            session.devices["xrm"], "coin_survey", n_projections=21, voi_mm=(0.0, 0.0, 0.0),
+            binning=8, num_darks=2, num_flats=2, sample_id="tab-3"))  # fmt: skip
+        assert session.drain(300)
+        finished_run(session, survey)
     with txm_session(ca_port_pool, tmp_path_factory, "history-txm", data_dir=data_dir) as (
         session,
         _,
     ):
         RE, plans, d = session.RE, session.plans, session.devices
-        (sheet,) = RE(plans["register_sample"]("sheet-1", material="NMC811"))
-        (tab,) = RE(plans["register_sample"]("tab-3", material="NMC811", parent_id="sheet-1",
-                                              description="laser-cut tab"))  # fmt: skip
         (frames,) = RE(plans["count_frames"]([d["camera"]], 2, sample_id="tab-3"))
         (other,) = RE(plans["count_frames"]([d["camera"]], 1, sample_id="coin-2"))
         # A sample set for the session names every run that does not name its own.
@@ -56,12 +73,13 @@ def test_a_samples_history_spans_instruments_in_order(ca_port_pool, tmp_path_fac
 
     steps = list(history)
     raw = [s.uid for s in steps if s.derived_from is None]
-    assert raw == [tab, frames, tomo, kintsugi], history
+    assert raw == [tab, survey, frames, tomo, kintsugi], history
     assert sheet not in raw and other not in raw
     # The live reconstruction of the tomogram is the sample's too, after its raw run.
     derived = [s for s in steps if s.derived_from == tomo]
     assert derived and all(s.time > steps[raw.index(tomo)].time for s in derived)
-    assert history.instruments == ["txm", "fibsem"]
+    assert history.plan_names[0] == "cut_tab" and "cut (tab)" in history[0].what
+    assert history.instruments == ["laser", "xrm", "txm", "fibsem"]
     assert all(s.exit_status == "success" for s in steps)
     assert history.record.parent_id == "sheet-1" and history.record.registered_by == tab
     assert [r.sample_id for r in samples] == ["sheet-1", "tab-3"]
