@@ -196,7 +196,10 @@ def test_every_exit_leaves_the_source_shutter_closed(xrm, action):
 
         wait_until(exposing, timeout=120)
         if action == "fault":
-            high_limit.put(theta.get(use_monitor=False) + 5, wait=True)  # later moves refused
+            # Later moves refused: by the plan's axis (a LimitError naming it) once its
+            # monitored copy of the limits has the new one, milliseconds after the put;
+            # five steps (3 deg each) ahead, so that copy is current before they come.
+            high_limit.put(theta.get(use_monitor=False) + 15, wait=True)
         else:
             RE.request_pause(defer=False)
         landed.set()
