@@ -3,8 +3,8 @@
 Every plan of every instrument takes ``sample_id`` and records it in its start
 document (:func:`multiscope.plans.preflight.sample_md`); derived runs (a
 reconstruction, a stitched volume) carry their raw run's. A sample is *registered*
-by the run that makes it known: :func:`multiscope.plans.samples.register_sample`
-for a sample brought in (a coin cell, an electrode sheet), or the laser mill's cut
+by the run that makes it known, once that run has succeeded:
+:func:`multiscope.plans.samples.register_sample` for a sample brought in (a coin cell, an electrode sheet), or the laser mill's cut
 that makes a tab or pillar out of a sheet. Such a run's start document holds a
 ``sample`` block: its id, material, the sample it was cut from and a description.
 
@@ -133,8 +133,16 @@ class SampleHistory:
         return "\n".join([head, self.HEADER, *map(str, self.steps)])
 
 
-def record_from_start(uid: str, start: dict[str, Any]) -> SampleRecord | None:
-    """The :class:`SampleRecord` a start document registers, if it registers one."""
+def record_from_start(
+    uid: str, start: dict[str, Any], stop: dict[str, Any] | None = None
+) -> SampleRecord | None:
+    """The :class:`SampleRecord` a run registers, if it registers one.
+
+    Only a run that succeeded registers its sample: a cut refused, stopped or failed
+    made no piece. Without ``stop`` (a run still open) nothing is registered yet.
+    """
+    if (stop or {}).get("exit_status") != "success":
+        return None
     block = start.get("sample")
     if not isinstance(block, dict) or not block.get("id"):
         return None
@@ -178,7 +186,7 @@ def history_from_metadata(
     steps, record = [], None
     for uid, metadata in runs:
         start, stop = metadata.get("start") or {}, metadata.get("stop") or {}
-        found = record_from_start(uid, start)
+        found = record_from_start(uid, start, stop)
         earliest = record is None or (found is not None and (found.time or 0) < (record.time or 0))
         if found is not None and found.sample_id == sample_id and earliest:
             record = found
@@ -200,9 +208,10 @@ def history_from_metadata(
 def samples_from_metadata(runs: Iterable[tuple[str, dict[str, Any]]]) -> list[SampleRecord]:
     """The samples registered by ``(uid, metadata)`` runs, in order of registration.
 
-    A sample registered twice keeps its first record.
+    A sample registered twice keeps its first record; a run that did not succeed
+    registers nothing.
     """
-    records = [record_from_start(uid, metadata.get("start") or {}) for uid, metadata in runs]
+    records = [record_from_start(uid, md.get("start") or {}, md.get("stop")) for uid, md in runs]
     first: dict[str, SampleRecord] = {}
     for record in sorted(filter(None, records), key=lambda r: r.time or 0.0):
         first.setdefault(record.sample_id, record)
