@@ -4,8 +4,9 @@ Every plan of every instrument takes ``sample_id`` and records it in its start
 document (:func:`multiscope.plans.preflight.sample_md`); derived runs (a
 reconstruction, a stitched volume) carry their raw run's. A sample is *registered*
 by the run that makes it known, once that run has succeeded:
-:func:`multiscope.plans.samples.register_sample` for a sample brought in (a coin cell, an electrode sheet), or the laser mill's cut
-that makes a tab or pillar out of a sheet. Such a run's start document holds a
+:func:`multiscope.plans.samples.register_sample` for a sample brought in (a coin
+cell, an electrode sheet), or the laser mill's cut that makes a tab or pillar out
+of a sheet. Such a run's start document holds a
 ``sample`` block: its id, material, the sample it was cut from and a description.
 
 The registry is therefore the catalog itself: nothing is kept beside it, so a

@@ -122,10 +122,26 @@ def test_only_a_run_that_succeeded_registers_its_sample():
     uid, failed = _run("a" * 32, 10.0, "cut_tab", "tab-9", instrument="laser",
                        sample={"id": "tab-9", "material": "NMC811"})  # fmt: skip
     failed["stop"]["exit_status"] = "fail"  # the enclosure tripped: no piece was made
-    retry = _run("b" * 32, 20.0, "cut_tab", "tab-9", instrument="laser",
-                 sample={"id": "tab-9", "material": "NMC811", "parent_id": "sheet-2"})
-    open_run = ("c" * 32, {"start": {"uid": "c" * 32, "time": 30.0, "plan_name": "cut_tab",
-                                     "sample_id": "tab-8", "sample": {"id": "tab-8"}}})
+    retry = _run(
+        "b" * 32,
+        20.0,
+        "cut_tab",
+        "tab-9",
+        instrument="laser",
+        sample={"id": "tab-9", "material": "NMC811", "parent_id": "sheet-2"},
+    )
+    open_run = (
+        "c" * 32,
+        {
+            "start": {
+                "uid": "c" * 32,
+                "time": 30.0,
+                "plan_name": "cut_tab",
+                "sample_id": "tab-8",
+                "sample": {"id": "tab-8"},
+            }
+        },
+    )
     history = history_from_metadata("tab-9", [(uid, failed), retry])
     assert history.record.registered_by == "b" * 32 and history.record.parent_id == "sheet-2"
     assert len(history) == 2  # the failed cut stays in the history
