@@ -238,6 +238,12 @@ class XRMIOC(PVGroup):
             await self.message.write("")
 
     async def _guard_geometry(self, axis, value) -> None:
+        # The minimum is the instrument's own, not the axis's soft limit (a client may
+        # lower LLM): the source window would be hit.
+        if axis is self.sod and float(value) < MIN_SOD_MM:
+            await self.refuse(
+                f"SOD {float(value):g} mm below the minimum {MIN_SOD_MM:g} mm (source window)"
+            )
         await self.accepted()
 
     async def _refuse_while_acquiring(self, what: str) -> None:

@@ -152,6 +152,16 @@ def test_the_instrument_itself_refuses_an_sod_below_its_minimum_and_a_foreign_ob
     message = _pv(running, "interlock:message_RBV", string=True)
     wait_until(lambda: "minimum" in message.get(use_monitor=False), timeout=10)
     assert d["geometry"].sod.user_readback.get(use_monitor=False) == sod
+    # nor does lowering the axis's soft limit first let it past the source window
+    low_limit = _pv(running, "geometry:sod.LLM", EpicsSignal)
+    original = low_limit.get()
+    low_limit.put(0.0, wait=True)
+    try:
+        raw.put(5.0, force=True, wait=True, timeout=10)
+        wait_until(lambda: "source window" in message.get(use_monitor=False), timeout=10)
+        assert d["geometry"].sod.user_readback.get(use_monitor=False) == sod
+    finally:
+        low_limit.put(original, wait=True)
     with pytest.raises(XRMRefusedError, match="not in the turret"):
         d["turret"].set("10x")
 

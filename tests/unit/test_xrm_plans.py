@@ -7,7 +7,7 @@ from ophyd import Signal, SoftPositioner
 
 from multiscope.analysis.optics import xrm_pixel_size_um
 from multiscope.plans.preflight import PlanArgumentError
-from multiscope.plans.xrm import XRM_RECIPES, xrm_settings, xrm_tomo_scan
+from multiscope.plans.xrm import SOURCE_CLEARANCE_MM, XRM_RECIPES, xrm_settings, xrm_tomo_scan
 from multiscope.plans.xrm_scout import scout_and_zoom
 
 
@@ -71,6 +71,9 @@ def test_binning_alone_keeps_the_geometry():
         ({"voi_mm": (0.0, 0.0, 100.0)}, "voi_mm z"),
         ({"n_projections": 1}, "n_projections"),
         ({"colour": "blue"}, "unknown recipe overrides"),
+        ({"binning": "2"}, "binning"),
+        ({"voi_mm": 3.0}, "voi_mm must be"),
+        ({"sample_radius_mm": -1.0}, "sample_radius_mm"),
     ],
 )
 def test_bad_settings_are_refused(overrides, message):
@@ -108,3 +111,14 @@ def test_scout_and_zoom_refuses_before_its_first_message(kwargs, message):
     plan = scout_and_zoom(fake_xrm(), **kwargs)
     with pytest.raises(PlanArgumentError, match=message):
         next(plan)
+
+
+def test_the_rotating_sample_keeps_its_clearance_from_the_source():
+    """The coin zoom (SOD ~22 mm) of a 10 mm coin: centred or 2 mm off, fine; 5 mm off
+    its centre the rim would sweep within ~7 mm of the source: refused before anything."""
+    zoom = xrm_settings(fake_xrm(), "coin_zoom", voi_mm=(1.6, -1.2, 0.0))
+    assert zoom.sod_mm - 10.0 - 2.0 > SOURCE_CLEARANCE_MM
+    with pytest.raises(PlanArgumentError, match="sweeps within"):
+        xrm_settings(fake_xrm(), "coin_zoom", voi_mm=(4.0, -3.0, 0.0))
+    # a smaller sample may come that close
+    xrm_settings(fake_xrm(), "coin_zoom", voi_mm=(4.0, -3.0, 0.0), sample_radius_mm=5.0)

@@ -58,6 +58,10 @@ class XRMRefusedError(InstrumentRefusedError):
     """The XRM refused a request (the message says why)."""
 
 
+#: Seconds a source setting may take to read back (a refused one fails after this).
+SETTING_TIMEOUT_S = 10.0
+
+
 class XRaySource(Device):
     """The X-ray tube: ``kv``, ``power`` (W), ``filter`` (LE1..HE6), ``on``; its effective energy.
 
@@ -65,10 +69,13 @@ class XRaySource(Device):
     at ``source:shutter:``), so the safe state closes it without touching the tube.
     """
 
-    kv = Cpt(EpicsSignal, "source:kv", kind="config")
-    power = Cpt(EpicsSignal, "source:power", kind="config")
-    filter = Cpt(EpicsSignal, "source:filter", string=True, kind="config")
-    on = Cpt(EpicsSignal, "source:on", string=True, kind="config")
+    # A refused setting never reaches its readback: the wait for it is bounded.
+    kv = Cpt(EpicsSignal, "source:kv", kind="config", write_timeout=SETTING_TIMEOUT_S)
+    power = Cpt(EpicsSignal, "source:power", kind="config", write_timeout=SETTING_TIMEOUT_S)
+    filter = Cpt(EpicsSignal, "source:filter", string=True, kind="config",
+                 write_timeout=SETTING_TIMEOUT_S)  # fmt: skip
+    on = Cpt(EpicsSignal, "source:on", string=True, kind="config",
+             write_timeout=SETTING_TIMEOUT_S)  # fmt: skip
     energy = Cpt(EpicsSignalRO, "source:energy_RBV", kind="normal")
     refusal = Cpt(EpicsSignalRO, "interlock:message_RBV", string=True, kind="omitted")
 

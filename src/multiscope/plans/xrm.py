@@ -26,6 +26,7 @@ Examples
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, replace
 
 from bluesky import plan_stubs as bps
@@ -61,6 +62,10 @@ POWER_RANGE_W = (0.5, 25.0)
 #: below a pouch cell's half height plus the widest field (28 mm at 27.3 um, bin 2).
 DEFAULT_SAMPLE_OUT_MM = 40.0
 _FRAME_OVERHEAD_S = 0.05  # readout and file write per frame beyond the exposure
+#: The sample's outermost point, swept by the rotation, stays this far (mm) from the
+#: source spot: the source's window and housing. Checked against the sample's radius
+#: and the VOI's offset from its centre (the instrument's minimum SOD knows neither).
+SOURCE_CLEARANCE_MM = 8.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,8 @@ class XRMRecipe:
         Pixel at the sample, reached by the geometry at ``binning``.
     odd_mm : float
         Object-detector distance kept while the SOD sets the pixel.
+    sample_radius_mm : float
+        The sample's radius about its centre (the source clearance check).
     description : str
     """
 
@@ -95,6 +102,7 @@ class XRMRecipe:
     n_projections: int
     pixel_um: float
     odd_mm: float = 100.0
+    sample_radius_mm: float = 10.0  # a CR2032 coin cell
     description: str = ""
 
 
@@ -103,11 +111,14 @@ XRM_RECIPES: dict[str, XRMRecipe] = {
                              "whole coin cell, low resolution (the scout)"),
     "coin_zoom": XRMRecipe("0.4x", 2, 1.0, "LE6", 100.0, 14.0, 1601, 12.16, description=
                            "coin cell interior, high resolution"),
-    "pouch": XRMRecipe("4x", 2, 15.0, "LE2", 60.0, 6.5, 3201, 3.74, description=
+    "pouch": XRMRecipe("4x", 2, 15.0, "LE2", 60.0, 6.5, 3201, 3.74, sample_radius_mm=20.5,
+                       description=
                        "LFP pouch cell interior: cathode voids, graphite particles"),
-    "nimh_survey": XRMRecipe("0.4x", 2, 2.0, "HE4", 160.0, 25.0, 1601, 52.53, description=
+    "nimh_survey": XRMRecipe("0.4x", 2, 2.0, "HE4", 160.0, 25.0, 1601, 52.53,
+                             sample_radius_mm=7.25, description=
                              "whole NiMH cell, low resolution"),
-    "nimh_zoom": XRMRecipe("4x", 2, 8.0, "HE6", 160.0, 25.0, 3201, 3.62, description=
+    "nimh_zoom": XRMRecipe("4x", 2, 8.0, "HE6", 160.0, 25.0, 3201, 3.62,
+                           sample_radius_mm=7.25, description=
                            "NiMH cell interior, high resolution"),
 }  # fmt: skip
 
@@ -129,6 +140,7 @@ class XRMSettings:
     odd_mm: float
     voi_mm: tuple[float, float, float]
     sample_out_mm: float
+    sample_radius_mm: float = 10.0
 
     @property
     def magnification(self) -> float:
@@ -176,7 +188,8 @@ def xrm_settings(xrm, recipe: str = "coin_survey", **overrides) -> XRMSettings:
     if unknown:
         raise PlanArgumentError(f"unknown recipe overrides {unknown}")
     if "binning" in overrides and "pixel_um" not in overrides:
-        overrides["pixel_um"] = base.pixel_um * overrides["binning"] / base.binning
+        binned = _choice("binning", require_int("binning", overrides["binning"]), BINNINGS)
+        overrides["pixel_um"] = base.pixel_um * binned / base.binning
     chosen = replace(base, **overrides)
     objective = chosen.objective
     if objective not in OBJECTIVES:
@@ -221,7 +234,7 @@ def xrm_settings(xrm, recipe: str = "coin_survey", **overrides) -> XRMSettings:
     sample = xrm.sample
     here = tuple(float(getattr(sample, axis).position) for axis in ("x", "y", "z"))
     voi = extra.get("voi_mm", here)
-    if len(voi) != 3:
+    if isinstance(voi, str) or not hasattr(voi, "__len__") or len(voi) != 3:
         raise PlanArgumentError(f"voi_mm must be (x, y, z) mm, got {voi!r}")
     voi = tuple(require_number(f"voi_mm[{i}]", v) for i, v in enumerate(voi))
     for axis, value in zip(("x", "y", "z"), voi, strict=True):
@@ -230,8 +243,18 @@ def xrm_settings(xrm, recipe: str = "coin_survey", **overrides) -> XRMSettings:
     if out == 0:
         raise PlanArgumentError("sample_out_mm must be non-zero (flats)")
     require_positions_within_limits("sample_out_mm", sample.z, [voi[2] + out])
+    radius = require_number("sample_radius_mm", chosen.sample_radius_mm, minimum=0,
+                            exclusive_minimum=True)  # fmt: skip
+    off_centre = math.hypot(voi[0], voi[1])
+    if sod - radius - off_centre < SOURCE_CLEARANCE_MM:
+        raise PlanArgumentError(
+            f"recipe {recipe!r}: at SOD {sod:.2f} mm a sample of radius {radius:g} mm with its "
+            f"VOI {off_centre:.2f} mm off its centre sweeps within {sod - radius - off_centre:.2f}"
+            f" mm of the source ({SOURCE_CLEARANCE_MM:g} mm needed): choose a VOI nearer the "
+            "centre or a larger pixel; nothing was moved"
+        )
     return XRMSettings(recipe, objective, binning, exposure, chosen.filter, kv, power,
-                       n_projections, pixel, sod, odd, voi, out)  # fmt: skip
+                       n_projections, pixel, sod, odd, voi, out, radius)  # fmt: skip
 
 
 def xrm_tomo_scan(
@@ -250,6 +273,7 @@ def xrm_tomo_scan(
     sod_mm: float | None = None,
     voi_mm: tuple[float, float, float] | None = None,
     sample_out_mm: float | None = None,
+    sample_radius_mm: float | None = None,
     angle_range_deg: float = 180.0,
     num_darks: int = 10,
     num_flats: int = 10,
@@ -275,6 +299,9 @@ def xrm_tomo_scan(
         where the sample is.
     sample_out_mm : float, optional
         Lift of ``sample.z`` for the flats (default :data:`DEFAULT_SAMPLE_OUT_MM`).
+    sample_radius_mm : float, optional
+        The sample's radius (default: the recipe's): the rotating sample must stay
+        :data:`SOURCE_CLEARANCE_MM` from the source.
     angle_range_deg, flat_policy, dark_policy
         As :func:`multiscope.plans.tomography.tomo_schedule` (``"every"`` flats are
         not offered: a lab source is stable).
@@ -294,7 +321,7 @@ def xrm_tomo_scan(
         xrm, recipe, n_projections=n_projections, objective=objective, binning=binning,
         exposure_s=exposure_s, filter=source_filter, kv=kv, power_w=power_w,
         pixel_um=pixel_um, odd_mm=odd_mm, sod_mm=sod_mm, voi_mm=voi_mm,
-        sample_out_mm=sample_out_mm,
+        sample_out_mm=sample_out_mm, sample_radius_mm=sample_radius_mm,
     )  # fmt: skip
     if flat_policy == "every":
         raise PlanArgumentError('flat_policy "every" is not offered for the XRM')

@@ -163,7 +163,8 @@ def scout_and_zoom(
 
 #: xrm_tomo_scan keywords that xrm_settings checks (``source_filter`` is its ``filter``).
 _SETTING_KEYS = ("n_projections", "objective", "binning", "exposure_s", "source_filter", "kv",
-                 "power_w", "pixel_um", "odd_mm", "sod_mm", "voi_mm", "sample_out_mm")  # fmt: skip
+                 "power_w", "pixel_um", "odd_mm", "sod_mm", "voi_mm", "sample_out_mm",
+                 "sample_radius_mm")  # fmt: skip
 
 
 def _rename(overrides: dict) -> dict:
