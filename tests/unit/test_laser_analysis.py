@@ -38,10 +38,26 @@ def test_attenuation_length_is_one_over_mu_of_xraydb(formula, density, energy_ke
 def test_known_numbers_within_the_seeds_range():
     # Cu at 8 keV: mu/rho ~ 52.6 cm2/g -> 1 / (52.6 * 8.96) cm = 21.2 um.
     assert attenuation_length_um("Cu", 8.96, 8.0) == pytest.approx(21.2, abs=0.3)
-    # NMC811 at 30 % porosity, just below the Ni edge: a tab of ~100 um (seed 000's ~80-100).
-    plan = plan_tab("NMC811", 8.333)
-    assert 90.0 < plan.target_width_um < 120.0
+    # NMC811 at 30 % porosity at 8 keV: a tab of ~100 um (seed 000's ~80-100).
+    plan = plan_tab("NMC811", 8.0)
+    assert 90.0 < plan.target_width_um < 120.0 and plan.sized_at_keV == 8.0
     assert plan.transmission == pytest.approx(math.exp(-2))
+
+
+@pytest.mark.parametrize("energy_keV", [8.30, 8.333, 8.36])
+def test_a_tab_planned_near_an_edge_transmits_above_it(energy_keV):
+    """At 8.333 keV (the Ni K edge in xraydb, below it) a tab sized there would pass
+    ~0.1 % just above the edge; it is sized for just above the edge instead."""
+    plan = plan_tab("NMC811", energy_keV)
+    above = attenuation_length_um("LiNi0.8Mn0.1Co0.1O2", 4.75, 8.334, 0.30)
+    assert plan.sized_at_keV == pytest.approx(8.334)
+    assert plan.target_width_um == pytest.approx(2.0 * above)
+    for energy in (energy_keV - 0.05, energy_keV, energy_keV + 0.05):
+        length = attenuation_length_um("LiNi0.8Mn0.1Co0.1O2", 4.75, energy, 0.30)
+        assert math.exp(-plan.target_width_um / length) >= math.exp(-2) - 1e-9
+    # far from any edge, the energy itself
+    assert plan_tab("NMC811", 8.25).sized_at_keV == 8.25
+    assert plan_tab("NMC811", 8.333, edge_margin_keV=0.0).target_width_um > 100.0
 
 
 def test_tab_thickness_is_minus_ln_transmission_attenuation_lengths():

@@ -126,7 +126,7 @@ def test_the_cut_comes_after_the_path_the_table_and_emission_and_is_not_rewound(
 
 
 def test_the_thickness_rule_gives_the_width(mill):
-    msgs = _messages(cut_tab(mill, None, material="NMC811", energy_keV=8.333,
+    msgs = _messages(cut_tab(mill, None, material="NMC811", energy_keV=8.0,
                              origin_um=(3000.0, 800.0)),
                      until="open_run")  # fmt: skip
     block = next(m for m in msgs if m.command == "open_run").kwargs["laser_cut"]
