@@ -97,12 +97,15 @@ class _IOC:
         try:
             simctl.wait_until_ready(self.process)
         except Exception:
-            self.stop()
+            simctl.stop_ioc(self.process.pid)
             raise
         _add_ca_port(self.process.port)
 
-    def stop(self) -> None:
+    def stop(self, result: DemoResult) -> None:
         simctl.stop_ioc(self.process.pid)
+        process = self.process
+        result.details.append(f"{process.name} IOC {self.prefix} (pid {process.pid}, port "
+                              f"{process.port}) stopped")  # fmt: skip
 
 
 def _session(data_dir: Path, instrument: str, ioc: _IOC):
@@ -158,7 +161,7 @@ def _laser(data_dir: Path, config: PrepDemoConfig, result: DemoResult) -> dict:
     finally:
         if session is not None:
             session.close()
-        ioc.stop()
+        ioc.stop(result)
 
 
 def _xrm(data_dir: Path, config: PrepDemoConfig, result: DemoResult, cut: dict) -> None:
@@ -222,7 +225,7 @@ def _xrm(data_dir: Path, config: PrepDemoConfig, result: DemoResult, cut: dict) 
     finally:
         if session is not None:
             session.close()
-        ioc.stop()
+        ioc.stop(result)
 
 
 def run(data_dir: Path, *, config: PrepDemoConfig | None = None) -> DemoResult:

@@ -288,25 +288,19 @@ def prep_figure(path, cut: dict, runs: dict, volumes: dict, scout: dict, zoom: d
     FigureCanvasAgg(fig)
     ax_cut, ax_survey, ax_zoom = fig.subplots(1, 3)
     material, pixel_um = _sheet(cut["map_file"])
-    margin = 300.0
-    x0, x1 = cut["path_x"].min() - margin, cut["path_x"].max() + margin
-    y0, y1 = cut["path_y"].min() - margin, cut["path_y"].max() + margin
+    # The tab and the top of its handle: the kerf (20 um) shows at the map's 2 um pixels.
+    x_mid, y_top = float(np.median(cut["path_x"])), float(cut["path_y"].max())
+    x0, x1 = x_mid - 350.0, x_mid + 350.0
+    y0, y1 = y_top - 900.0, y_top + 150.0
     rows = slice(max(int(y0 / pixel_um), 0), int(y1 / pixel_um))
     cols = slice(max(int(x0 / pixel_um), 0), int(x1 / pixel_um))
-    ax_cut.imshow(
-        material[rows, cols],
-        cmap="gray",
-        origin="lower",
-        vmin=0,
-        vmax=1,
-        extent=(
-            cols.start * pixel_um,
-            cols.stop * pixel_um,
-            rows.start * pixel_um,
-            rows.stop * pixel_um,
-        ),
-    )
-    ax_cut.plot(cut["path_x"], cut["path_y"], color="tab:red", lw=0.8, label="programmed path")
+    extent = tuple(v * pixel_um for v in (cols.start, cols.stop, rows.start, rows.stop))
+    ax_cut.imshow(material[rows, cols], cmap="gray", origin="lower", vmin=0, vmax=1,
+                  extent=extent)  # fmt: skip
+    ax_cut.plot(cut["path_x"], cut["path_y"], color="tab:red", lw=0.6, ls=":",
+                label="programmed path (kerf: black)")  # fmt: skip
+    ax_cut.set_xlim(extent[0], extent[1])
+    ax_cut.set_ylim(extent[2], extent[3])
     ax_cut.axhline(cut["row_y"], color="tab:blue", lw=0.6, ls="--", label="width measured here")
     ax_cut.set_title(
         f"tab cut from the sheet: {cut['width']:.0f} um wide (target {cut['target']:.0f} um)",
