@@ -23,8 +23,8 @@ def test_demo_is_in_the_chain():
     names = list(DEMOS)
     assert names[0] == "demo"  # the harness first, then the imaging chain
     assert DEMOS["tomo"] == "multiscope.demos.tomo"
-    # Chain order: laser mill, XRM, TXM tomography, XANES, FIB-SEM (those that exist).
-    chain = [n for n in ("laser", "xrm", "tomo", "xanes", "fibsem") if n in names]
+    # Chain order: laser mill and XRM (prep), TXM tomography, XANES, FIB-SEM.
+    chain = [n for n in ("prep", "tomo", "xanes", "fibsem") if n in names]
     assert [n for n in names if n in chain] == chain
 
 

@@ -35,4 +35,4 @@ def test_all_demos_run_in_chain_order_with_one_summary(monkeypatch, tmp_path, ca
 
 
 def test_the_chain_holds_the_instrument_demos_in_order():
-    assert list(demos.DEMOS)[:3] == ["demo", "tomo", "xanes"]
+    assert list(demos.DEMOS)[:4] == ["demo", "prep", "tomo", "xanes"]

@@ -18,10 +18,11 @@ __all__ = ["DEMOS", "DemoResult", "derived_run", "run_demos"]
 
 logger = logging.getLogger(__name__)
 
-# Chain order: laser mill, XRM, TXM tomography, XANES, FIB-SEM. Instrument issues
+# Chain order: laser mill and XRM (prep), TXM tomography, XANES, FIB-SEM. Instrument issues
 # insert their demos here at their place in the chain.
 DEMOS: dict[str, str] = {
     "demo": "multiscope.demos.harness",
+    "prep": "multiscope.demos.prep",
     "tomo": "multiscope.demos.tomo",
     "xanes": "multiscope.demos.xanes",
     "fibsem": "multiscope.demos.fibsem",
