@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 __all__ = [
@@ -160,6 +160,10 @@ def record_from_start(
 def _what(start: dict[str, Any], stop: dict[str, Any]) -> str:
     plan = start.get("plan_name") or "?"
     verb = _VERBS.get(plan, plan)
+    if plan == "xrm_tomo_scan" and start.get("scout"):  # the zoom of a scout and zoom
+        verb = f"zoomed (XRM tomogram of the VOI from {str(start['scout'].get('survey_uid'))[:8]})"
+    elif isinstance(start.get("xrm"), dict) and start["xrm"].get("recipe"):
+        verb = f"{verb}, recipe {start['xrm']['recipe']}"
     if start.get("derived_from"):
         verb = f"derived from {str(start['derived_from'])[:8]}: {verb}"
     events = stop.get("num_events") or {}
@@ -202,6 +206,15 @@ def history_from_metadata(
                 derived_from=start.get("derived_from"),
             )
         )
+    # A derived run (made by a live callback, outside the session's RunEngine) is on
+    # the instrument of the run it was derived from.
+    instrument_of = {step.uid: step.instrument for step in steps}
+    steps = [
+        replace(step, instrument=instrument_of.get(step.derived_from or "", ""))
+        if not step.instrument and step.derived_from
+        else step
+        for step in steps
+    ]
     steps.sort(key=lambda step: (step.time is None, step.time or 0.0))
     return SampleHistory(sample_id, record, tuple(steps))
 

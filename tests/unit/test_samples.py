@@ -72,12 +72,13 @@ def test_a_history_is_ordered_by_start_time_and_names_the_registering_run():
             instrument="laser",
             sample={"id": "tab-3", "material": "NMC811", "parent_id": "sheet-1"},
         ),
-        _run("d" * 32, 40.0, "tomo_reconstruction", derived_from="c" * 32),
+        _run("d" * 32, 40.0, "tomo_reconstruction", instrument="", derived_from="c" * 32),
         _run("b" * 32, 20.0, "xrm_tomo_scan", instrument="xrm"),
     ]
     history = history_from_metadata("tab-3", runs)
     assert history.plan_names == ["cut_tab", "xrm_tomo_scan", "tomo_scan", "tomo_reconstruction"]
     assert history.instruments == ["laser", "xrm", "txm"]
+    assert history[3].instrument == "txm"  # the derived run is on its raw run's instrument
     assert history.record.registered_by == "a" * 32 and history.record.parent_id == "sheet-1"
     text = str(history)
     assert "NMC811, from sheet-1" in text and "cut (tab)" in text
@@ -148,3 +149,19 @@ def test_only_a_run_that_succeeded_registers_its_sample():
     assert [r.sample_id for r in samples_from_metadata([(uid, failed), retry, open_run])] == [
         "tab-9"
     ]
+
+
+def test_a_zoom_says_which_survey_it_zoomed_from():
+    survey = _run("a" * 32, 1.0, "xrm_tomo_scan", "coin-2", "xrm", xrm={"recipe": "coin_survey"})
+    zoom = _run(
+        "b" * 32,
+        2.0,
+        "xrm_tomo_scan",
+        "coin-2",
+        "xrm",
+        xrm={"recipe": "coin_zoom"},
+        scout={"survey_uid": "a" * 32},
+    )
+    steps = list(history_from_metadata("coin-2", [survey, zoom]))
+    assert "recipe coin_survey" in steps[0].what
+    assert "zoomed" in steps[1].what and "aaaaaaaa" in steps[1].what
