@@ -1,6 +1,10 @@
 """Complete simulated experiments, one per instrument, in the order of the imaging chain.
 
-``multiscope demo`` runs them all and prints one summary. Each demo module has
+``multiscope demo`` runs them all and prints one summary. The chain follows one
+sample, :data:`CHAIN_SAMPLE_ID`: the tab the laser mill cuts (``prep``) is the one the
+TXM images (``tomo``, ``xanes``) and the PFIB-SEM sections (``fibsem``); after two or
+more of them, its history is read back from the catalog and checked (``chain``). Each
+demo module has
 ``run(data_dir) -> DemoResult``: it starts the simulated IOCs it needs (reusing
 running ones), runs real plans through a configured session, reads the results
 back from the catalog and scores them against the simulated ground truth.
@@ -14,7 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DEMOS", "DemoResult", "derived_run", "run_demos"]
+__all__ = ["CHAIN_INSTRUMENTS", "CHAIN_SAMPLE_ID", "DEMOS", "DemoResult", "derived_run",
+           "run_demos"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +32,12 @@ DEMOS: dict[str, str] = {
     "xanes": "multiscope.demos.xanes",
     "fibsem": "multiscope.demos.fibsem",
 }
+
+
+#: The sample the chain follows: cut by the laser mill, imaged by the TXM, sectioned.
+CHAIN_SAMPLE_ID = "tab-1"
+#: The instrument each demo handles the chain's sample on.
+CHAIN_INSTRUMENTS = {"prep": "laser", "tomo": "txm", "xanes": "txm", "fibsem": "fibsem"}
 
 
 @dataclass
@@ -64,6 +75,9 @@ def run_demos(names: list[str], data_dir: Path) -> list[DemoResult]:
             result = DemoResult(name=name, passed=False, elapsed_s=0.0, details=[repr(exc)])
         result.elapsed_s = time.monotonic() - t0
         results.append(result)
+    chain = _chain_history(names, data_dir)
+    if chain is not None:
+        results.append(chain)
     print()
     print("=" * 72)
     print(f"multiscope demo summary (data in {data_dir})")
@@ -76,3 +90,32 @@ def run_demos(names: list[str], data_dir: Path) -> list[DemoResult]:
         for line in result.details:
             print(f"         {line}")
     return results
+
+
+def _chain_history(names: list[str], data_dir: Path) -> DemoResult | None:
+    """Read the chain sample's history back; pass if its instruments came in chain order."""
+    expected = list(dict.fromkeys(CHAIN_INSTRUMENTS[n] for n in DEMOS
+                                  if n in names and n in CHAIN_INSTRUMENTS))  # fmt: skip
+    if len(expected) < 2:
+        return None
+    from ..catalog import Catalog
+
+    t0 = time.monotonic()
+    print(f"=== the chain's sample {CHAIN_SAMPLE_ID!r}, read back from the catalog ===")
+    try:
+        with Catalog.embedded(data_dir, bluesky_clients=False) as catalog:
+            history = catalog.sample_history(CHAIN_SAMPLE_ID)
+    except Exception as exc:  # the demos' own results stand; this one fails
+        logger.exception("reading the chain's history failed")
+        return DemoResult(name="chain", passed=False, elapsed_s=0.0, details=[repr(exc)])
+    print(history, flush=True)
+    seen = [instrument for instrument in history.instruments if instrument in expected]
+    registered = history.record is not None or "prep" not in names
+    failed = [s.uid[:8] for s in history if s.exit_status != "success"]
+    passed = seen == expected and registered and not failed
+    scores = {
+        "instruments, in order": f"{' -> '.join(seen) or '-'} (expected {' -> '.join(expected)})",
+        "runs on the sample": f"{len(history)} ({len(failed)} not successful)",
+        "registered by": history.record.registered_by[:8] if history.record else "nobody",
+    }
+    return DemoResult(name="chain", passed=passed, elapsed_s=time.monotonic() - t0, scores=scores)

@@ -34,7 +34,7 @@ from pathlib import Path
 from .. import simctl
 from ..catalog import series_documents
 from ..session import configure_session
-from . import DemoResult, derived_run
+from . import CHAIN_SAMPLE_ID, DemoResult, derived_run
 from ._txm_ioc import _add_ca_port
 from .fibsem_scores import (
     score_assembly,
@@ -216,8 +216,10 @@ def _kintsugi(data_dir: Path, config: FibsemDemoConfig, result: DemoResult) -> b
               "with (seed 003's NMC cathode)", flush=True)  # fmt: skip
         truths = {}
         for label, kintsugi in (("without", False), ("with", True)):
+            # The NMC811 tab of the chain (cut at the laser mill, imaged at the TXM).
             (uid,) = session.RE(plan(pfib, config.nmc_slices, config.slice_thickness_um,
-                                     kintsugi=kintsugi, eds_every=0, sims_every=0))  # fmt: skip
+                                     kintsugi=kintsugi, eds_every=0, sims_every=0,
+                                     sample_id=CHAIN_SAMPLE_ID))  # fmt: skip
             docs = series_documents(data_dir, uid)
             out = data_dir / "derived" / "fibsem" / "truth" / f"nmc-{label}-{uid[:8]}.h5"
             args = ["--phantom", "nmc", "--seed", str(config.nmc_seed), "--frames",

@@ -37,7 +37,7 @@ from pathlib import Path
 from .. import simctl
 from ..analysis.attenuation import plan_tab
 from ..session import configure_session
-from . import DemoResult, derived_run
+from . import CHAIN_SAMPLE_ID, DemoResult, derived_run
 from ._txm_ioc import _add_ca_port
 from .prep_scores import (
     prep_figure,
@@ -49,8 +49,6 @@ from .prep_scores import (
 
 __all__ = ["CHAIN_SAMPLE_ID", "COIN_ID", "SHEET_ID", "PrepDemoConfig", "run"]
 
-#: The tab cut here, imaged by the TXM and sectioned by the PFIB-SEM down the chain.
-CHAIN_SAMPLE_ID = "tab-1"
 SHEET_ID = "sheet-1"
 COIN_ID = "coin-2"
 

@@ -48,7 +48,7 @@ from .. import simctl
 from ..analysis.tomo import minus_log, normalize
 from ..plans.mosaic import mosaic_heights
 from ..session import configure_session
-from . import DemoResult
+from . import CHAIN_SAMPLE_ID, DemoResult
 from ._txm_ioc import txm_ioc
 
 __all__ = ["TOLERANCES", "TomoDemoConfig", "run"]
@@ -297,7 +297,7 @@ def run(
                     mosaic_id=mosaic_id, num_projections=config.num_projections,
                     exposure_s=config.exposure_s, num_darks=config.num_darks,
                     num_flats=config.num_flats, pixel_size_um=pixel_um,
-                    energy_keV=config.energy_keV, sample_id=f"NMC811 tab, seed {config.seed}",
+                    energy_keV=config.energy_keV, sample_id=CHAIN_SAMPLE_ID,
                     md={"purpose": "multiscope demo tomo"},
                 )
             )  # fmt: skip

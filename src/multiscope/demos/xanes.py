@@ -52,7 +52,7 @@ from .. import simctl
 from ..frame_files import FrameReader
 from ..plans.xanes import energy_grid
 from ..session import configure_session
-from . import DemoResult, derived_run
+from . import CHAIN_SAMPLE_ID, DemoResult, derived_run
 from ._txm_ioc import txm_ioc
 
 __all__ = ["TOLERANCES", "XanesDemoConfig", "run"]
@@ -278,7 +278,7 @@ def run(
                     exposure_s=config.exposure_s, num_frames=config.num_frames,
                     flat_policy=config.flat_policy, flat_every=config.flat_every,
                     num_flats=config.num_flats, num_darks=config.num_darks,
-                    pixel_size_um=pixel_um, sample_id=f"NMC811 tab, seed {config.seed}",
+                    pixel_size_um=pixel_um, sample_id=CHAIN_SAMPLE_ID,
                     md={"purpose": "multiscope demo xanes"},
                 )
             )  # fmt: skip
