@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -41,7 +40,6 @@ import numpy as np
 from caproto import ChannelType
 from caproto.server import PVGroup, PvpropertyChar, SubGroup, pvproperty
 
-from multiscope import config
 from multiscope.analysis.fibsem_geometry import StageState, named_poses, violations
 from sim_devices.areadetector import FrameContext, SimAreaDetector
 from sim_devices.motor import MotorAxis, TrackedAxis
@@ -56,13 +54,13 @@ from sim_devices.physics.fibsem_scene import (
 )
 from sim_devices.physics.serial_render import EDS_LINES
 from sim_devices.refusal import (
+    MessageRefusals,
     RefusableChar,
     RefusableDouble,
     RefusableEnum,
     RefusableInteger,
-    RefusedError,
 )
-from sim_devices.server import ioc_argument_parser, run_from_args
+from sim_devices.server import default_state_file, ioc_argument_parser, run_from_args
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "FibsemIOC", "main"]
 
@@ -111,7 +109,7 @@ def _axis(cls, prefix, *, velocity, limits, egu, doc):
                     position=0.0, egu=egu, precision=4, doc=doc)  # fmt: skip
 
 
-class FibsemIOC(PVGroup):
+class FibsemIOC(MessageRefusals, PVGroup):
     """Xe+ PFIB-SEM chamber with CBS/TLD, EDS and SIMS (see the module docstring).
 
     The PVs are listed in ``docs/fibsem.md`` ("PVs of the simulated PFIB-SEM IOC").
@@ -238,7 +236,9 @@ class FibsemIOC(PVGroup):
         self._depth_rng = np.random.default_rng([int(seed), 7])
         if not self.time_scale > 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
-        self.state_file = Path(state_file) if state_file else default_state_file(self.prefix)
+        self.state_file = (
+            Path(state_file) if state_file else default_state_file("fibsem", self.prefix)
+        )
         self.state = SampleState(kind=phantom, seed=int(seed), size_um=tuple(size_um))
         if self.state_file.exists():
             saved = SampleState.load(self.state_file)
@@ -320,22 +320,6 @@ class FibsemIOC(PVGroup):
             scatter = self._depth_rng.normal(0.0, DEPTH_MEASUREMENT_SIGMA_UM)
             value = self.state.true_depth_um + float(scatter)
         await self.measured_depth.write(value)
-
-    async def refuse(self, reason: str) -> None:
-        """Publish why a request is refused and fail its put."""
-        logger.warning("refused: %s", reason)
-        await self.message.write(reason[:255])
-        raise RefusedError(reason)
-
-    async def report_refusal(self, reason: str) -> None:
-        """A put refused before its putter (a soft limit): publish why."""
-        logger.warning("refused: %s", reason)
-        await self.message.write(reason[:255])
-
-    async def accepted(self) -> None:
-        """A request passed the interlocks: clear the message."""
-        if self.message.value:
-            await self.message.write("")
 
     async def _check(self, what: str, change: dict) -> None:
         """Refuse ``change`` (StageState fields) if a cut runs or ``violations()`` forbid it."""
@@ -724,12 +708,6 @@ class FibsemIOC(PVGroup):
 
 def _split(text) -> list[str]:
     return [item.strip() for item in str(text).split(",") if item.strip()]
-
-
-def default_state_file(prefix: str) -> Path:
-    """``<data dir>/sim/fibsem-<prefix>.json``: the state file beside the IOC's data."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", prefix.rstrip(":")) or "fibsem"
-    return config.data_dir() / "sim" / f"fibsem-{safe}.json"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from pathlib import Path
 from textwrap import dedent
@@ -41,18 +40,17 @@ import numpy as np
 from caproto import ChannelType
 from caproto.server import PVGroup, PvpropertyChar, SubGroup, pvproperty
 
-from multiscope import config
 from sim_devices.motor import MotorAxis
 from sim_devices.physics.laser_sheet import NO_PIECE, SheetMap, arclength, point_at
 from sim_devices.refusal import (
+    MessageRefusals,
     RefusableDouble,
     RefusableEnum,
     RefusableInteger,
-    RefusedError,
 )
-from sim_devices.server import ioc_argument_parser, run_from_args
+from sim_devices.server import default_state_file, ioc_argument_parser, run_from_args
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "LaserIOC", "default_state_file", "main"]
+__all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "LaserIOC", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +105,7 @@ def _save_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-class LaserIOC(PVGroup):
+class LaserIOC(MessageRefusals, PVGroup):
     """The laser mill (see the module docstring; PVs in ``docs/laser.md``).
 
     Parameters
@@ -205,7 +203,9 @@ class LaserIOC(PVGroup):
         if not self.time_scale > 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
         self.power_limit_W = float(power_limit_W)
-        self.state_file = Path(state_file) if state_file else default_state_file(self.prefix)
+        self.state_file = (
+            Path(state_file) if state_file else default_state_file("laser", self.prefix)
+        )
         self.map_path = self.state_file.with_name(self.state_file.name + ".map.npz")
         self.count, self.last_complete = 0, True
         self.sheet = SheetMap(SHEET_UM, pixel_um)
@@ -222,21 +222,6 @@ class LaserIOC(PVGroup):
         self._idle.set()
 
     # -- refusals ---------------------------------------------------------------------
-
-    async def refuse(self, reason: str) -> None:
-        """Publish why a request is refused and fail its put."""
-        logger.warning("refused: %s", reason)
-        await self.message.write(reason[:255])
-        raise RefusedError(reason)
-
-    async def report_refusal(self, reason: str) -> None:
-        """A put refused before its putter (a soft limit): publish why."""
-        await self.message.write(reason[:255])
-
-    async def accepted(self) -> None:
-        """A request passed the interlocks: clear the message."""
-        if self.message.value:
-            await self.message.write("")
 
     async def _guard_table(self, axis, value) -> None:
         if int(self.cut_busy.value):
@@ -508,12 +493,6 @@ class LaserIOC(PVGroup):
             self._stop.set()
             await self.emission.write("Off", verify_value=False)
         return 0
-
-
-def default_state_file(prefix: str) -> Path:
-    """``<data dir>/sim/laser-<prefix>.json``."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", prefix.rstrip(":")) or "laser"
-    return config.data_dir() / "sim" / f"laser-{safe}.json"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,6 +29,7 @@ from caproto.server import (
 from multiscope.compat import limit_violation_type
 
 __all__ = [
+    "MessageRefusals",
     "RefusableChar",
     "RefusableDouble",
     "RefusableEnum",
@@ -79,3 +80,29 @@ class RefusableInteger(_Refusable, PvpropertyInteger):
 
 class RefusableString(_Refusable, PvpropertyString):
     """A string PV whose putter may refuse."""
+
+
+class MessageRefusals:
+    """An IOC's refusals published in its reason PV, ``self.message`` (a mixin).
+
+    ``refuse`` publishes the reason and fails the put (:class:`RefusedError`),
+    ``report_refusal`` publishes a reason a put met before its putter (a soft limit;
+    the ``Refusable*`` PVs call it), ``accepted`` clears the reason once a request
+    passes the checks. Shared by the simulated PFIB-SEM, laser mill and lab XRM.
+    """
+
+    async def refuse(self, reason: str) -> None:
+        """Publish why a request is refused and fail its put."""
+        logger.warning("refused: %s", reason)
+        await self.message.write(reason[:255])
+        raise RefusedError(reason)
+
+    async def report_refusal(self, reason: str) -> None:
+        """A put refused before its putter (a soft limit): publish why."""
+        logger.warning("refused: %s", reason)
+        await self.message.write(reason[:255])
+
+    async def accepted(self) -> None:
+        """A request passed the checks: clear the message."""
+        if self.message.value:
+            await self.message.write("")

@@ -30,9 +30,11 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 
 from multiscope.compat import StrictPortBinding, set_server_high_load_timeout
 from multiscope.config import ca_server_environment
@@ -42,6 +44,7 @@ __all__ = [
     "PORT_ENV",
     "BeaconFailureFilter",
     "apply_server_environment",
+    "default_state_file",
     "ioc_argument_parser",
     "run_from_args",
     "run_ioc",
@@ -171,3 +174,11 @@ def ioc_argument_parser(
 def run_from_args(pvdb: Mapping, args: argparse.Namespace) -> None:
     """Call :func:`run_ioc` with the options parsed by :func:`ioc_argument_parser`."""
     run_ioc(pvdb, port=args.port, log_level=args.log_level, log_pv_names=args.list_pvs)
+
+
+def default_state_file(kind: str, prefix: str) -> Path:
+    """``<data dir>/sim/<kind>-<prefix>.json``: an IOC's state file beside its data."""
+    from multiscope import config
+
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", prefix.rstrip(":")) or kind
+    return config.data_dir() / "sim" / f"{kind}-{safe}.json"

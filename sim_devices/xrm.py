@@ -48,7 +48,11 @@ from sim_devices.physics.xrm_scene import (
     effective_energy_keV,
     make_phantom,
 )
-from sim_devices.refusal import RefusableDouble, RefusableEnum, RefusedError
+from sim_devices.refusal import (
+    MessageRefusals,
+    RefusableDouble,
+    RefusableEnum,
+)
 from sim_devices.server import ioc_argument_parser, run_from_args
 from sim_devices.shutter import Shutter
 
@@ -87,7 +91,7 @@ async def _put_binning(obj, instance, value):
     return await obj.parent.set_binning(value)
 
 
-class XRMIOC(PVGroup):
+class XRMIOC(MessageRefusals, PVGroup):
     """Lab X-ray microscope with a whole-cell phantom (see the module docstring).
 
     The PVs are listed in ``docs/xrm.md`` ("PVs of the simulated XRM IOC").
@@ -219,23 +223,12 @@ class XRMIOC(PVGroup):
 
     # -- refusals -------------------------------------------------------------------
 
-    async def refuse(self, reason: str) -> None:
-        """Publish why a request is refused and fail its put."""
-        logger.warning("refused: %s", reason)
-        await self.message.write(reason[:255])
-        raise RefusedError(reason)
-
     async def report_refusal(self, reason: str) -> None:
         """A put refused before its putter (a soft limit): publish why."""
         logger.warning("refused: %s", reason)
         if "geometry:sod" in reason:
             reason = f"SOD below the minimum {MIN_SOD_MM:g} mm or beyond its travel: {reason}"
         await self.message.write(reason[:255])
-
-    async def accepted(self) -> None:
-        """A request passed the checks: clear the message."""
-        if self.message.value:
-            await self.message.write("")
 
     async def _guard_geometry(self, axis, value) -> None:
         # The minimum is the instrument's own, not the axis's soft limit (a client may
