@@ -15,6 +15,7 @@ import threading
 import h5py
 import numpy as np
 import pytest
+from waiting import wait_until
 
 from multiscope.frame_files import DatasetOpenElsewhereError, FrameReader
 from sim_devices.areadetector import DATA_PATH, HDF5FrameWriter
@@ -91,6 +92,7 @@ def test_two_readers_in_two_threads_read_every_frame_right(frames_file):
 
 def test_a_dataset_held_open_elsewhere_is_refused_not_read_as_frame_0(frames_file):
     reader = _reader(frames_file)
+    reader.timeout = 0.05  # the other handle stays open: waiting for it ends there
     with h5py.File(frames_file, "r", swmr=True) as other:
         held = other[DATA_PATH]
         with pytest.raises(DatasetOpenElsewhereError, match="open 1 more time"):
@@ -100,6 +102,30 @@ def test_a_dataset_held_open_elsewhere_is_refused_not_read_as_frame_0(frames_fil
         assert [int(reader.read(_datum(k)).data[0, 0, 0]) for k in range(N_FRAMES)] == list(
             range(N_FRAMES)
         )
+    reader.close()
+
+
+def test_a_reader_waits_for_a_brief_handle_elsewhere_to_close(frames_file):
+    reader = _reader(frames_file)
+    reader.timeout = 30.0  # a limit: the handle closes as soon as the reader has met it
+    attempts = []
+    read_once = reader._read_once
+
+    def counted(*args):
+        attempts.append(1)
+        return read_once(*args)
+
+    reader._read_once = counted
+    other = h5py.File(frames_file, "r", swmr=True)
+    held = other[DATA_PATH]
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(block=reader.read(_datum(7))))
+    thread.start()
+    wait_until(lambda: len(attempts) >= 2, timeout=30, message="the reader never met the handle")
+    held.id.close()
+    thread.join(timeout=30)
+    other.close()
+    assert not thread.is_alive() and int(result["block"].data[0, 0, 0]) == 7
     reader.close()
 
 
