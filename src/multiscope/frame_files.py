@@ -15,6 +15,20 @@ The files are still being written (SWMR) while live callbacks read them, so
 :class:`FrameReader` opens them with ``swmr=True``, refreshes the datasets
 before every read and waits briefly when a row is not visible yet.
 
+Refreshing is only safe while no other identifier of the same dataset is open in
+the process. HDF5 shares one in-memory dataset (its chunk index and chunk cache)
+among all identifiers of it, whichever ``h5py.File`` on the path opened them, and
+``H5Drefresh`` with more than one identifier open re-reads the dataspace and layout
+message but does not rebuild the chunk index: afterwards every chunk reads as the
+first one (one frame per chunk: every frame comes back as frame 0), or with the
+version-1 B-tree index the read fails. Two readers in two threads (the live
+reconstruction and a plan reading its survey) met exactly so. Hence every reader
+of the process opens, refreshes, reads and closes a dataset under one lock
+(:attr:`FrameReader.hdf5_lock`), keeps no dataset open between reads, and does not
+refresh a dataset that other code holds open: it waits (up to its ``timeout``) for
+that handle to close, then raises :class:`DatasetOpenElsewhereError` rather than
+return wrong frames.
+
 Usage inside a :class:`event_model.DocumentRouter`::
 
     def stream_resource(self, doc):
@@ -33,7 +47,9 @@ Usage inside a :class:`event_model.DocumentRouter`::
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlparse
@@ -41,7 +57,14 @@ from urllib.parse import unquote, urlparse
 import h5py
 import numpy as np
 
-__all__ = ["ATTRIBUTES_PATH", "FrameBlock", "FrameReader", "stream_data_key", "uri_to_path"]
+__all__ = [
+    "ATTRIBUTES_PATH",
+    "DatasetOpenElsewhereError",
+    "FrameBlock",
+    "FrameReader",
+    "stream_data_key",
+    "uri_to_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +155,16 @@ class FrameReader:
         file it has not created yet) before :meth:`read` raises ``TimeoutError``.
     poll : float, optional
         Seconds between two attempts while waiting.
+
+    Attributes
+    ----------
+    hdf5_lock : threading.Lock
+        Held by every reader of the process while it has a dataset open (see the
+        module's docstring): one per process because HDF5 shares an open dataset
+        among all the process's identifiers of it.
     """
+
+    hdf5_lock = threading.Lock()
 
     def __init__(self, *, timeout: float = 2.0, poll: float = 0.002) -> None:
         self.timeout = timeout
@@ -197,6 +229,8 @@ class FrameReader:
         ------
         TimeoutError
             If the rows did not become visible within ``timeout``.
+        DatasetOpenElsewhereError
+            If other code of this process held the dataset open for ``timeout``.
         """
         res = self.resource_of(datum)
         m = res.multiplier
@@ -208,6 +242,11 @@ class FrameReader:
             try:
                 data, attrs = self._read_once(res, start, stop, rows, attributes)
                 break
+            except DatasetOpenElsewhereError:
+                # Another reader's brief look (an h5py read in a test) ends by itself.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(self.poll)
             except (_NotYetError, OSError, KeyError) as exc:
                 # OSError/KeyError: file or dataset not there yet (writer still creating it);
                 # _NotYetError: the rows are not flushed yet. Both clear up within milliseconds.
@@ -237,37 +276,37 @@ class FrameReader:
         return f
 
     def _read_once(self, res, start, stop, rows, attributes):
-        f = self._file(res.path)
-        ds = f[res.dataset]
-        ds.refresh()
-        if ds.shape[0] < stop:
-            raise _NotYetError(f"{ds.shape[0]} rows written")
-        if rows is None:
-            data = ds[start:stop]
-        elif isinstance(rows, slice):
-            data = ds[start:stop, rows]
-        else:
-            data = ds[start:stop, list(rows)]
-        attrs = {}
-        group = f.get(ATTRIBUTES_PATH)
-        for name in attributes:
-            if group is None or name not in group:
-                continue
-            a = group[name]
-            a.refresh()
-            # Attributes are flushed just after the frame: wait for them too.
-            if a.shape[0] < stop:
-                raise _NotYetError(f"attribute {name}: {a.shape[0]} rows written")
-            attrs[name] = np.asarray(a[start:stop])
+        with self.hdf5_lock:
+            f = self._file(res.path)
+            with _open_dataset(f, res.dataset) as ds:
+                if ds.shape[0] < stop:
+                    raise _NotYetError(f"{ds.shape[0]} rows written")
+                if rows is None:
+                    data = ds[start:stop]
+                elif isinstance(rows, slice):
+                    data = ds[start:stop, rows]
+                else:
+                    data = ds[start:stop, list(rows)]
+            attrs = {}
+            group = f.get(ATTRIBUTES_PATH)
+            for name in attributes:
+                if group is None or name not in group:
+                    continue
+                with _open_dataset(group, name) as a:
+                    # Attributes are flushed just after the frame: wait for them too.
+                    if a.shape[0] < stop:
+                        raise _NotYetError(f"attribute {name}: {a.shape[0]} rows written")
+                    attrs[name] = np.asarray(a[start:stop])
         return data, attrs
 
     def _drop(self, path: str) -> None:
         f = self._files.pop(path, None)
         if f is not None:
-            try:
-                f.close()
-            except Exception:  # noqa: BLE001 - a half-open handle; nothing to save
-                logger.debug("closing %s failed", path, exc_info=True)
+            with self.hdf5_lock:
+                try:
+                    f.close()
+                except Exception:  # noqa: BLE001 - a half-open handle; nothing to save
+                    logger.debug("closing %s failed", path, exc_info=True)
 
     def close_files(self) -> None:
         """Close every open file; the resources stay known (a later read reopens)."""
@@ -283,3 +322,34 @@ class FrameReader:
 
 class _NotYetError(Exception):
     """The writer has not flushed the requested rows yet."""
+
+
+class DatasetOpenElsewhereError(RuntimeError):
+    """A dataset to refresh is held open by other code of this process.
+
+    Refreshing it then would make every identifier of it read the first chunk for
+    every chunk (see the module's docstring); the other handle must be closed first.
+    """
+
+
+@contextlib.contextmanager
+def _open_dataset(group, name: str):
+    """Open dataset ``name`` of ``group``, refreshed; closed on exit (lock held)."""
+    ds = group[name]
+    try:
+        # HDF5 refreshes nothing in a file this process also has open for writing.
+        read_only = not ds.file.id.get_intent() & h5py.h5f.ACC_RDWR
+        opens = h5py.h5f.get_obj_ids(ds.file.id, types=h5py.h5f.OBJ_DATASET) if read_only else []
+        others = sum(1 for other in opens if other.id != ds.id.id and other == ds.id)
+        del opens  # the listed identifiers hold references until dropped
+        if others:
+            raise DatasetOpenElsewhereError(
+                f"{ds.file.filename}{ds.name} is open {others} more time(s) in this process "
+                f"outside FrameReader: refreshing it would make every frame read as the "
+                f"first (HDF5 shares the open dataset); close the other handle"
+            )
+        ds.refresh()
+        yield ds
+    finally:
+        # Closed now, not when the last reference (a traceback's frame) goes.
+        ds.id.close()

@@ -32,7 +32,6 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
-from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 
 from ..analysis.tomo import find_center, minus_log, normalize, reconstruct
@@ -131,16 +130,7 @@ def scout_and_zoom(
     if how == "coordinates":
         voi = tuple(float(v) for v in select)
     else:
-        volume = center = None
-        for _attempt in range(_STALE_READ_ATTEMPTS):
-            try:
-                volume, center = frames.reconstruct()
-                break
-            except _StaleFramesError as error:
-                logger.info("scout_and_zoom: %s; reading again", error)
-                yield from bps.sleep(_STALE_READ_WAIT_S)
-        if volume is None:
-            raise RuntimeError(f"the survey {survey_uid}'s frames read stale: no VOI")
+        volume, center = frames.reconstruct()
         survey_settings = xrm_settings(xrm, survey, **_rename(
             {k: v for k, v in survey_overrides.items() if k in _SETTING_KEYS}))  # fmt: skip
         if how == "auto":
@@ -174,15 +164,8 @@ def _rename(overrides: dict) -> dict:
     return renamed
 
 
-#: Reading a survey file that the live preview still holds open (one file to HDF5 in one
-#: process, opened while it was written) can return stale chunks: frames repeated. A
-#: repeated frame (or NDArrayUniqueId) shows it; the frames are read again until unique.
-_STALE_READ_ATTEMPTS = 50
-_STALE_READ_WAIT_S = 0.2
-
-
-class _StaleFramesError(RuntimeError):
-    """The frames read repeat (stale chunks of a file held open elsewhere)."""
+class RepeatedFramesError(RuntimeError):
+    """The survey's projections read back repeated: they are not the frames the camera wrote."""
 
 
 class _SurveyFrames:
@@ -219,20 +202,29 @@ class _SurveyFrames:
         return data, attrs
 
     def reconstruct(self) -> tuple[np.ndarray, float]:
-        """The survey volume (attenuation per voxel) and its rotation-axis column."""
+        """The survey volume (attenuation per voxel) and its rotation-axis column.
+
+        Raises
+        ------
+        RepeatedFramesError
+            If projections (or their NDArrayUniqueId) repeat: they were read wrong.
+        """
         try:
             projections, attrs = self._stack("primary", ("theta", "NDArrayUniqueId"))
             flats, _ = self._stack("flat")
             darks, _ = self._stack("dark")
         finally:
             self._reader.close_files()
-        # Noise makes every real frame unique: a repeated one (or id) is a stale read.
+        # Noise makes every real frame unique: a repeated one (or id) is a wrong read, which
+        # would pick a wrong VOI silently (frame_files' docstring: a dataset refreshed while
+        # open twice read every frame as the first). Cheap, and it fails loudly.
         repeats = len(projections) - len({frame.tobytes() for frame in projections})
         ids = attrs.get("NDArrayUniqueId")
         if ids is not None:
             repeats = max(repeats, ids.size - np.unique(ids).size)
         if repeats:
-            raise _StaleFramesError(f"{repeats} projections repeat")
+            raise RepeatedFramesError(f"{repeats} of the survey's {len(projections)} projections "
+                                      f"repeat another: no VOI from them")  # fmt: skip
         if "theta" in attrs:
             theta = attrs["theta"]
         else:  # one angle per event, in order
