@@ -81,7 +81,7 @@ class SampleStep:
     def __str__(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time)) if self.time else "?"
         return (
-            f"{when}  {self.uid[:8]}  {self.instrument or '?':<8} {self.plan_name:<22} "
+            f"{when}  {self.uid[:8]}  {self.instrument or '?':<8} {self.plan_name:<24} "
             f"{self.exit_status or 'running?':<8} {self.what}"
         )
 
@@ -94,7 +94,7 @@ class SampleHistory:
     """
 
     HEADER: ClassVar[str] = (
-        f"{'started':<19}  {'uid':<8}  {'instr.':<8} {'plan':<22} {'status':<8} what"
+        f"{'started':<19}  {'uid':<8}  {'instr.':<8} {'plan':<24} {'status':<8} what"
     )
 
     sample_id: str
