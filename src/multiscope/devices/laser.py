@@ -60,7 +60,9 @@ class Emission(Device):
     limit; the status then fails with :class:`InstrumentRefusedError`. The beam
     reaches the sheet only while a cut runs (``firing``). A paused run must not leave
     emission on: :meth:`pause` switches it off once a cut in progress has ended (the
-    instrument finishes the cut) and :meth:`resume` puts it back if it was on.
+    instrument finishes the cut). :meth:`resume` puts it back on only if no cut has
+    been made since it was switched on (the pause came between emission on and the
+    cut's start): never for a cut that has ended, which is not made again.
     """
 
     command = Cpt(EpicsSignal, "laser:emission", string=True, put_complete=True,
@@ -68,6 +70,7 @@ class Emission(Device):
     firing = Cpt(EpicsSignalRO, "laser:firing_RBV", kind="normal")
     cutting = Cpt(EpicsSignalRO, "cut:busy_RBV", kind="omitted")
     refusal = Cpt(EpicsSignalRO, "interlock:message_RBV", string=True, kind="omitted")
+    cut_count = Cpt(EpicsSignalRO, "cut:count_RBV", kind="omitted")
 
     #: Longest a pause waits for a cut to end before switching emission off anyway (s).
     MAX_CUT_WAIT_S = 600.0
@@ -75,6 +78,9 @@ class Emission(Device):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._was_on = False
+        # The instrument's cut count when emission was last asked on: a larger count
+        # on resume means the cut it was switched on for has been made.
+        self._count_at_on: int | None = None
         self._switching: threading.Thread | None = None
 
     @property
@@ -86,6 +92,8 @@ class Emission(Device):
         """Emission ``"On"`` or ``"Off"``; a refusal carries the instrument's reason."""
         if value not in ("On", "Off"):
             raise ValueError(f"{self.name}: emission must be 'On' or 'Off', not {value!r}")
+        if value == "On":
+            self._count_at_on = int(self.cut_count.get(use_monitor=False))
         status = self.command.set(value, timeout=ACTUATION_TIMEOUT_S)
         return explained(status, self.refusal, f"{self.name} {value}")
 
@@ -110,12 +118,18 @@ class Emission(Device):
                                                name=f"{self.name}-off-on-pause")  # fmt: skip
             self._switching.start()
 
+    def _cut_pending(self) -> bool:
+        """No cut has been made since emission was asked on (so its cut is still to come)."""
+        if self._count_at_on is None:
+            return False
+        return int(self.cut_count.get(use_monitor=False)) == self._count_at_on
+
     def resume(self) -> None:
-        """Switch emission back on if the pause switched it off."""
+        """Switch emission back on only if its cut has not been made yet."""
         if self._switching is not None:
             self._switching.join(self.MAX_CUT_WAIT_S)
             self._switching = None
-        if self._was_on:
+        if self._was_on and self._cut_pending():
             self.set("On").wait(ACTUATION_TIMEOUT_S)
         self._was_on = False
 

@@ -4,11 +4,12 @@ A laser cut is destructive (decision 0016):
 
 * the instrument numbers the cuts: cut ``k`` is made only when ``k - 1`` were, so a
   repeated command is refused there whatever sent it;
-* while a cut runs the RunEngine keeps no messages to replay
-  (:func:`~multiscope.plan_stubs.destructive.not_replayed`), so a pause during a
-  cut lets the instrument finish it (emission is switched off once it has ended,
+* emission on, the cut and emission off are one step the RunEngine never replays
+  (:func:`~multiscope.plan_stubs.destructive.not_replayed`, the checkpoint before
+  emission goes on), so a pause during a cut lets the instrument finish it
+  (emission is switched off once it has ended,
   :meth:`~multiscope.devices.laser.Emission.pause`) and the resumed run goes on
-  after it;
+  after it, emission off;
 * an abort, a stop or a failure stops the cut (the safe state): the instrument
   counts it, part-cut, and never makes it again.
 """
@@ -79,10 +80,15 @@ def set_emission(emission, state: str):
 
 
 @plan
-def cut_along_path(cut, cut_number: int):
-    """Make cut ``cut_number`` along the loaded path, once: never replayed by a rewind.
+def cut_along_path(emission, cut, cut_number: int):
+    """Switch emission on, make cut ``cut_number`` along the loaded path, switch it off.
 
-    Emission must be on, the enclosure closed and the table at the path's start; the
+    The three are one step the RunEngine never replays (a checkpoint before emission
+    goes on, none until it is off again): a pause inside it, one Ctrl-C or two, lets
+    the instrument finish the cut, switches emission off once the cut has ended
+    (:meth:`~multiscope.devices.laser.Emission.pause`) and the resumed run goes on
+    after the cut, with emission off; it is never switched on again for a cut that
+    has ended. The enclosure must be closed and the table at the path's start; the
     instrument refuses otherwise, and refuses a number that is not its count + 1.
 
     Raises
@@ -90,7 +96,13 @@ def cut_along_path(cut, cut_number: int):
     CutIncompleteError
         If the instrument reports the cut stopped part-way.
     """
-    yield from not_replayed(bps.mv(cut.start, int(cut_number)))
+
+    def emit_and_cut():
+        yield from set_emission(emission, "On")
+        yield from bps.mv(cut.start, int(cut_number))
+        yield from set_emission(emission, "Off")
+
+    yield from not_replayed(emit_and_cut())
     if not int((yield from bps.rd(cut.last_complete))):
         fraction = float((yield from bps.rd(cut.fraction)))
         raise CutIncompleteError(

@@ -267,9 +267,7 @@ def _run(laser, path: ToolPath, block: LaserCutBlock, power: float, speed: float
             raise PlanArgumentError(
                 f"the mill made cut {made} since the checks: cut {block.cut_number} is not next"
             )
-        yield from set_emission(laser.emission, "On")
-        yield from cut_along_path(laser.cut, block.cut_number)
-        yield from set_emission(laser.emission, "Off")
+        yield from cut_along_path(laser.emission, laser.cut, block.cut_number)
         yield from bps.mv(laser.piece.row_y_um, block.tab_mid_y_um)
         reading = yield from bps.trigger_and_read(readings, name="cut")
         measured = _reading(reading, "piece_row_width_um")
