@@ -118,9 +118,17 @@ def test_the_cut_comes_after_the_path_the_table_and_emission_and_is_not_rewound(
     assert names.index("cut_path_x_um") < on and names.index("table_x") < on
     assert sets[on + 1] == ("cut_start", 4)
     assert sets[on + 2] == ("emission", "Off")
-    # Rewinding is off around the cut (decision 0016).
-    rewindable = [m.args[0] for m in msgs if m.command == "rewindable"]
-    assert False in rewindable
+    # Emission on, the cut and emission off are one step that is never rewound
+    # (decision 0016): a checkpoint, rewinding off, the three, a checkpoint.
+    steps = [(m.command, m.obj.name if m.obj is not None else None,
+              m.args[0] if m.args else None) for m in msgs
+             if m.command in ("checkpoint", "set")
+             or (m.command == "rewindable" and m.args[0] is not None)]  # fmt: skip
+    first = steps.index(("set", "emission", "On"))
+    assert steps[first - 2 : first + 4] == [
+        ("checkpoint", None, None), ("rewindable", None, False), ("set", "emission", "On"),
+        ("set", "cut_start", 4), ("set", "emission", "Off"), ("checkpoint", None, None),
+    ]  # fmt: skip
     # On exit: emission off, whatever happened.
     assert sets[-1] == ("emission", "Off")
 
