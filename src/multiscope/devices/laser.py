@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO
@@ -28,6 +27,8 @@ from multiscope.devices.process import (
     InstrumentRefusedError,
     ProcessCommand,
     explained,
+    process_limit_s,
+    wait_until_idle,
 )
 
 __all__ = [
@@ -71,9 +72,8 @@ class Emission(Device):
     cutting = Cpt(EpicsSignalRO, "cut:busy_RBV", kind="omitted")
     refusal = Cpt(EpicsSignalRO, "interlock:message_RBV", string=True, kind="omitted")
     cut_count = Cpt(EpicsSignalRO, "cut:count_RBV", kind="omitted")
-
-    #: Longest a pause waits for a cut to end before switching emission off anyway (s).
-    MAX_CUT_WAIT_S = 600.0
+    cut_time_s = Cpt(EpicsSignalRO, "path:time_s_RBV", kind="omitted")
+    time_scale = Cpt(EpicsSignalRO, "sys:time_scale", kind="omitted")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -82,6 +82,7 @@ class Emission(Device):
         # on resume means the cut it was switched on for has been made.
         self._count_at_on: int | None = None
         self._switching: threading.Thread | None = None
+        self._limit_s = 0.0
 
     @property
     def is_on(self) -> bool:
@@ -97,11 +98,22 @@ class Emission(Device):
         status = self.command.set(value, timeout=ACTUATION_TIMEOUT_S)
         return explained(status, self.refusal, f"{self.name} {value}")
 
-    def _off_after_cut(self) -> None:
-        deadline = time.monotonic() + self.MAX_CUT_WAIT_S
+    def cut_limit_s(self) -> float:
+        """Longest a pause waits for a cut to end before switching emission off anyway (s).
+
+        The loaded path's duration on the instrument's clock, as the cut's own status.
+        """
         try:
-            while int(self.cutting.get(use_monitor=False) or 0) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            duration = float(self.cut_time_s.get(use_monitor=False))
+        except Exception:  # noqa: BLE001 - no duration: the margin alone
+            duration = 0.0
+        return process_limit_s(duration, self.time_scale)
+
+    def _off_after_cut(self, limit_s: float) -> None:
+        try:
+            if not wait_until_idle([self.cutting], limit_s):
+                logger.warning("%s: the cut still runs after %.0f s: emission off now",
+                               self.name, limit_s)  # fmt: skip
             self.command.set("Off", timeout=ACTUATION_TIMEOUT_S).wait(ACTUATION_TIMEOUT_S)
         except Exception as error:  # noqa: BLE001 - the safe state switches it off on exit
             logger.warning("%s: could not switch emission off on pause: %s", self.name, error)
@@ -114,7 +126,9 @@ class Emission(Device):
             self._was_on = False
             return
         if self._was_on:
-            self._switching = threading.Thread(target=self._off_after_cut, daemon=True,
+            self._limit_s = self.cut_limit_s()
+            self._switching = threading.Thread(target=self._off_after_cut, args=(self._limit_s,),
+                                               daemon=True,
                                                name=f"{self.name}-off-on-pause")  # fmt: skip
             self._switching.start()
 
@@ -127,7 +141,7 @@ class Emission(Device):
     def resume(self) -> None:
         """Switch emission back on only if its cut has not been made yet."""
         if self._switching is not None:
-            self._switching.join(self.MAX_CUT_WAIT_S)
+            self._switching.join(self._limit_s + 2 * ACTUATION_TIMEOUT_S)
             self._switching = None
         if self._was_on and self._cut_pending():
             self.set("On").wait(ACTUATION_TIMEOUT_S)

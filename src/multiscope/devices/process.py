@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
+import threading
 
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO
@@ -30,8 +30,11 @@ __all__ = [
     "PROCESS_MARGIN_S",
     "InstrumentRefusedError",
     "ProcessCommand",
+    "ProcessStillRunningError",
     "explained",
+    "process_limit_s",
     "refusal_reason",
+    "wait_until_idle",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,57 @@ PROCESS_MARGIN_S = 30.0
 
 class InstrumentRefusedError(RuntimeError):
     """The instrument refused a request (the message is the instrument's reason)."""
+
+
+class ProcessStillRunningError(RuntimeError):
+    """A process ran past the time its duration allows when a paused run was resumed."""
+
+
+def process_limit_s(duration_s: float, time_scale_signal) -> float:
+    """Wall seconds a process of ``duration_s`` instrument seconds may take here.
+
+    The duration scaled by the instrument's clock (``sys:time_scale``; 1 when the
+    instrument has none), with room: 1.5 times, plus :data:`PROCESS_MARGIN_S`.
+    """
+    try:
+        scale = float(time_scale_signal.get())
+    except Exception:  # noqa: BLE001 - an instrument without a simulated clock
+        scale = 1.0
+    if not math.isfinite(scale) or scale <= 0:
+        scale = 1.0
+    duration = float(duration_s)
+    if not math.isfinite(duration) or duration < 0:
+        duration = 0.0
+    return duration * scale * 1.5 + PROCESS_MARGIN_S
+
+
+def wait_until_idle(busy_signals, timeout_s: float) -> bool:
+    """Wait until every one of ``busy_signals`` reads 0; False if ``timeout_s`` ran out.
+
+    Woken by the signals' monitors (no polling): each is subscribed first, then read
+    from the instrument, so no change between the two is missed.
+    """
+    latest: dict[str, int] = {}
+    idle = threading.Event()
+    lock = threading.Lock()
+
+    def update(signal, value) -> None:
+        with lock:
+            latest[signal.name] = int(value or 0)
+            if len(latest) == len(busy_signals) and not any(latest.values()):
+                idle.set()
+
+    def changed(value=None, obj=None, **_) -> None:
+        update(obj, value)
+
+    tokens = [(signal, signal.subscribe(changed, run=False)) for signal in busy_signals]
+    try:
+        for signal in busy_signals:
+            update(signal, signal.get(use_monitor=False))
+        return idle.wait(max(float(timeout_s), 0.0))
+    finally:
+        for signal, token in tokens:
+            signal.unsubscribe(token)
 
 
 def refusal_reason(
@@ -125,13 +179,7 @@ class ProcessCommand(Device):
 
     def timeout_for(self, value) -> float:
         """Seconds a process of ``value`` may take here before its status fails."""
-        try:
-            scale = float(self.time_scale.get())
-        except Exception:  # noqa: BLE001 - an instrument without a simulated clock
-            scale = 1.0
-        if not math.isfinite(scale) or scale <= 0:
-            scale = 1.0
-        return float(self._duration(self.parent, value)) * scale * 1.5 + PROCESS_MARGIN_S
+        return process_limit_s(self._duration(self.parent, value), self.time_scale)
 
     def set(self, value) -> Status:
         """Start the process; finished when the instrument has finished it."""
@@ -156,9 +204,22 @@ class ProcessCommand(Device):
         """Nothing to do: a process in progress is finished by the instrument."""
 
     def resume(self) -> None:
-        """Before a paused run goes on: wait for a process still running to end."""
+        """Before a paused run goes on: wait for a process still running to end.
+
+        Raises
+        ------
+        ProcessStillRunningError
+            If it still runs after the time its duration allows (:meth:`timeout_for`):
+            the run is not resumed (the plan would read a process that has not
+            ended). ``RE.abort()`` then stops it (the safe state); ``RE.resume()``
+            waits again.
+        """
         if self._busy is None:
             return
-        deadline = time.monotonic() + self.timeout_for(None)
-        while int(self._busy.get(use_monitor=False) or 0) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        limit = self.timeout_for(None)
+        if not wait_until_idle([self._busy], limit):
+            raise ProcessStillRunningError(
+                f"{self.name}: the instrument still runs the process {limit:.0f} s after "
+                "the resume, longer than its duration allows; the run was not resumed: "
+                "RE.abort() stops it (safe state), RE.resume() waits again"
+            )
