@@ -64,3 +64,44 @@ def test_a_pause_waits_for_the_cut_as_long_as_its_duration_allows(path_s, scale)
     emission.time_scale.sim_put(scale)
     assert emission.cut_limit_s() == pytest.approx(path_s * scale * 1.5
                                                    + process.PROCESS_MARGIN_S)  # fmt: skip
+
+
+@pytest.fixture
+def emission():
+    device = make_fake_device(Emission)("FAKE:", name="emission")
+    device.cut_time_s.sim_put(10.0)
+    device.time_scale.sim_put(1.0)
+    device.cut_count.sim_put(3)
+    device.cutting.sim_put(0)
+    device.refusal.sim_put("")
+    device.command.sim_put("Off")
+    device.set("On").wait(5)
+    return device
+
+
+def _switched_off(device) -> threading.Event:
+    off = threading.Event()
+    device.command.subscribe(lambda value=None, **_: off.set() if value == "Off" else None,
+                             run=False)  # fmt: skip
+    return off
+
+
+def test_a_pause_in_a_cut_switches_emission_off_only_once_the_cut_has_ended(emission):
+    emission.cutting.sim_put(1)
+    emission.cut_count.sim_put(4)  # the instrument counts cut 4 as it starts
+    off = _switched_off(emission)
+    emission.pause()
+    assert not off.wait(0.3)  # still cutting: the beam stays on
+    assert emission.command.get() == "On"
+    emission.cutting.sim_put(0)
+    assert off.wait(10)
+    emission.resume()
+    assert emission.command.get() == "Off"  # cut 4 was made: never on again for it
+
+
+def test_a_pause_before_the_cut_starts_puts_emission_back_on_for_it(emission):
+    off = _switched_off(emission)
+    emission.pause()
+    assert off.wait(10)
+    emission.resume()
+    assert emission.command.get() == "On"  # no cut since emission went on: it is to come

@@ -15,7 +15,6 @@ the instrument's reason (``interlock:message_RBV``). A cut is destructive:
 from __future__ import annotations
 
 import logging
-import threading
 
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO
@@ -25,10 +24,10 @@ from multiscope.devices.motor import Motor
 from multiscope.devices.process import (
     ACTUATION_TIMEOUT_S,
     InstrumentRefusedError,
+    OffWhilePaused,
     ProcessCommand,
     explained,
     process_limit_s,
-    wait_until_idle,
 )
 
 __all__ = [
@@ -54,16 +53,17 @@ class Table(Device):
     z = Cpt(Motor, "focus:z", kind="normal")
 
 
-class Emission(Device):
+class Emission(OffWhilePaused, Device):
     """The laser's emission: ``set("On")`` / ``set("Off")`` with put-completion.
 
     The instrument refuses ``On`` with the enclosure open or the power over its
     limit; the status then fails with :class:`InstrumentRefusedError`. The beam
     reaches the sheet only while a cut runs (``firing``). A paused run must not leave
     emission on: :meth:`pause` switches it off once a cut in progress has ended (the
-    instrument finishes the cut). :meth:`resume` puts it back on only if no cut has
-    been made since it was switched on (the pause came between emission on and the
-    cut's start): never for a cut that has ended, which is not made again.
+    instrument finishes the cut; :class:`~multiscope.devices.process.OffWhilePaused`).
+    :meth:`resume` puts it back on only if no cut has been made since it was
+    switched on (the pause came between emission on and the cut's start): never for
+    a cut that has ended, which is not made again.
     """
 
     command = Cpt(EpicsSignal, "laser:emission", string=True, put_complete=True,
@@ -77,17 +77,9 @@ class Emission(Device):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._was_on = False
         # The instrument's cut count when emission was last asked on: a larger count
         # on resume means the cut it was switched on for has been made.
         self._count_at_on: int | None = None
-        self._switching: threading.Thread | None = None
-        self._limit_s = 0.0
-
-    @property
-    def is_on(self) -> bool:
-        """True when emission is on."""
-        return str(self.command.get()) == "On"
 
     def set(self, value) -> Status:
         """Emission ``"On"`` or ``"Off"``; a refusal carries the instrument's reason."""
@@ -109,43 +101,20 @@ class Emission(Device):
             duration = 0.0
         return process_limit_s(duration, self.time_scale)
 
-    def _off_after_cut(self, limit_s: float) -> None:
-        try:
-            if not wait_until_idle([self.cutting], limit_s):
-                logger.warning("%s: the cut still runs after %.0f s: emission off now",
-                               self.name, limit_s)  # fmt: skip
-            self.command.set("Off", timeout=ACTUATION_TIMEOUT_S).wait(ACTUATION_TIMEOUT_S)
-        except Exception as error:  # noqa: BLE001 - the safe state switches it off on exit
-            logger.warning("%s: could not switch emission off on pause: %s", self.name, error)
+    def _switch(self):
+        return self.command
 
-    def pause(self) -> None:
-        """Switch emission off once any cut in progress has ended (without waiting here)."""
-        try:
-            self._was_on = self.is_on
-        except Exception:  # noqa: BLE001 - an IOC that is gone emits nothing
-            self._was_on = False
-            return
-        if self._was_on:
-            self._limit_s = self.cut_limit_s()
-            self._switching = threading.Thread(target=self._off_after_cut, args=(self._limit_s,),
-                                               daemon=True,
-                                               name=f"{self.name}-off-on-pause")  # fmt: skip
-            self._switching.start()
+    def _busy_signals(self) -> list:
+        return [self.cutting]
 
-    def _cut_pending(self) -> bool:
+    def _process_limit_s(self) -> float:
+        return self.cut_limit_s()
+
+    def _on_again_after_pause(self) -> bool:
         """No cut has been made since emission was asked on (so its cut is still to come)."""
         if self._count_at_on is None:
             return False
         return int(self.cut_count.get(use_monitor=False)) == self._count_at_on
-
-    def resume(self) -> None:
-        """Switch emission back on only if its cut has not been made yet."""
-        if self._switching is not None:
-            self._switching.join(self._limit_s + 2 * ACTUATION_TIMEOUT_S)
-            self._switching = None
-        if self._was_on and self._cut_pending():
-            self.set("On").wait(ACTUATION_TIMEOUT_S)
-        self._was_on = False
 
 
 class LaserSource(Device):

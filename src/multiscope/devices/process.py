@@ -9,6 +9,9 @@ numbered or sized process (a milling cut, a deposition, a laser cut) started by 
 put with completion, stopped at once by the safe state, finished by the instrument
 when the RunEngine pauses (decision 0016).
 
+:class:`OffWhilePaused` is a source (an ion beam, laser emission) that a paused run
+switches off once the process it serves has ended.
+
 The PFIB-SEM (:mod:`multiscope.devices.fibsem`), the laser mill
 (:mod:`multiscope.devices.laser`) and the lab XRM (:mod:`multiscope.devices.xrm`)
 share them.
@@ -29,6 +32,7 @@ __all__ = [
     "ACTUATION_TIMEOUT_S",
     "PROCESS_MARGIN_S",
     "InstrumentRefusedError",
+    "OffWhilePaused",
     "ProcessCommand",
     "ProcessStillRunningError",
     "explained",
@@ -223,3 +227,88 @@ class ProcessCommand(Device):
                 "the resume, longer than its duration allows; the run was not resumed: "
                 "RE.abort() stops it (safe state), RE.resume() waits again"
             )
+
+
+class OffWhilePaused:
+    """Mixin for a device (before :class:`ophyd.Device`) whose source a pause switches off.
+
+    A paused run must not leave a source on (an ion beam on the face, laser
+    emission), for hours if nobody comes back. :meth:`pause` switches it off as soon
+    as every process it serves has ended (earlier would stop one part-way: the
+    instrument finishes it), from a thread, so the RunEngine is not held.
+    :meth:`resume` waits for that, then puts the source back on only if it was on
+    and :meth:`_on_again_after_pause` says so.
+
+    A subclass gives ``set`` (switching with put-completion, refusals explained),
+    :meth:`_switch` (the put-completion signal it sets), ``ON_VALUE`` and
+    ``OFF_VALUE``, :meth:`_busy_signals` (1 while a process runs) and
+    :meth:`_process_limit_s` (the longest a process may still run).
+    """
+
+    #: The switch's value when the source is on, and when it is off.
+    ON_VALUE = "On"
+    OFF_VALUE = "Off"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._on_before_pause = False
+        self._switching_off: threading.Thread | None = None
+        self._pause_limit_s = 0.0
+
+    def _switch(self):
+        """The signal that switches the source (put-completion)."""
+        raise NotImplementedError
+
+    def _busy_signals(self) -> list:
+        """Signals reading 1 while a process the source serves runs."""
+        raise NotImplementedError
+
+    def _process_limit_s(self) -> float:
+        """The longest a pause waits for a process to end before switching off anyway."""
+        raise NotImplementedError
+
+    def _on_again_after_pause(self) -> bool:
+        """Whether a resume puts the source back on (it was on at the pause)."""
+        return True
+
+    @property
+    def is_on(self) -> bool:
+        """True when the source is on."""
+        return str(self._switch().get()) == self.ON_VALUE
+
+    def _off_once_idle(self, limit_s: float) -> None:
+        try:
+            if not wait_until_idle(self._busy_signals(), limit_s):
+                logger.warning("%s: a process still runs after %.0f s: switching off now",
+                               self.name, limit_s)  # fmt: skip
+            self._switch().set(self.OFF_VALUE, timeout=ACTUATION_TIMEOUT_S).wait(
+                ACTUATION_TIMEOUT_S
+            )
+        except Exception as error:  # noqa: BLE001 - the safe state switches it off on exit
+            logger.warning("%s: could not switch %s on pause: %s", self.name,
+                           self.OFF_VALUE, error)  # fmt: skip
+
+    def pause(self) -> None:
+        """Switch off once any process in progress has ended (without waiting here)."""
+        try:
+            self._on_before_pause = self.is_on
+        except Exception:  # noqa: BLE001 - an IOC that is gone has nothing on
+            self._on_before_pause = False
+            return
+        if self._on_before_pause:
+            self._pause_limit_s = self._process_limit_s()
+            self._switching_off = threading.Thread(
+                target=self._off_once_idle, args=(self._pause_limit_s,), daemon=True,
+                name=f"{self.name}-off-on-pause",
+            )  # fmt: skip
+            self._switching_off.start()
+
+    def resume(self) -> None:
+        """Once switched off, put the source back on if it was and should be."""
+        if self._switching_off is not None:
+            self._switching_off.join(self._pause_limit_s + 2 * ACTUATION_TIMEOUT_S)
+            self._switching_off = None
+        if self._on_before_pause and self._on_again_after_pause():
+            # The device's own set: a refusal fails the resume with the instrument's reason.
+            self.set(self.ON_VALUE).wait(ACTUATION_TIMEOUT_S)
+        self._on_before_pause = False
