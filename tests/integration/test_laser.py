@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,9 +178,16 @@ def test_refusals_move_nothing_and_never_fire(ca_port_pool, tmp_path_factory):
                 RE(cut_tab(laser, args.pop("width_um"), **args))
         # The instrument's own checks: a power over its limit, a cut it has not been
         # asked for properly (emission off, not at the path's start).
-        laser.source.power_W.put(8.0, wait=True)
+        # A refused setting fails at once with the instrument's reason (put-completion).
+        for setting, value, reason in ((laser.source.power_W, 8.0, "the power limit"),
+                                       (laser.source.speed_mm_s, 50.0, "outside")):  # fmt: skip
+            began = time.monotonic()
+            with pytest.raises(InstrumentRefusedError, match=reason):
+                setting.set(value).wait(60)
+            assert time.monotonic() - began < 10.0
         assert float(mill.read(laser.source.power_W)) == pytest.approx(1.0)
-        assert "limit" in laser.enclosure.message.get(use_monitor=False)
+        assert float(mill.read(laser.source.speed_mm_s)) == pytest.approx(2.0)
+        assert "outside" in laser.enclosure.message.get(use_monitor=False)
         with pytest.raises(InstrumentRefusedError, match="emission is off"):
             laser.cut.start.set(1).wait(30)
         assert state() == before

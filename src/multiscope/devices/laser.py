@@ -28,6 +28,7 @@ from multiscope.devices.process import (
     ProcessCommand,
     explained,
     process_limit_s,
+    refusable,
 )
 
 __all__ = [
@@ -120,13 +121,13 @@ class Emission(OffWhilePaused, Device):
 class LaserSource(Device):
     """Power, pulses, cutting speed, spot and kerf, and the limits the instrument enforces."""
 
-    power_W = Cpt(EpicsSignal, "laser:power_W", kind="normal")
+    power_W = refusable("laser:power_W", kind="normal")
     power_limit_W = Cpt(EpicsSignalRO, "laser:power_limit_W_RBV", kind="config")
     min_power_W = Cpt(EpicsSignalRO, "laser:min_power_W_RBV", kind="config")
-    rep_rate_kHz = Cpt(EpicsSignal, "laser:rep_rate_kHz", kind="config")
+    rep_rate_kHz = refusable("laser:rep_rate_kHz", kind="config")
     pulse_width_ns = Cpt(EpicsSignal, "laser:pulse_width_ns", kind="config")
     pulse_energy_uJ = Cpt(EpicsSignalRO, "laser:pulse_energy_uJ_RBV", kind="config")
-    speed_mm_s = Cpt(EpicsSignal, "laser:speed_mm_s", kind="normal")
+    speed_mm_s = refusable("laser:speed_mm_s", kind="normal")
     spot_um = Cpt(EpicsSignalRO, "laser:spot_um_RBV", kind="config")
     kerf_um = Cpt(EpicsSignalRO, "laser:kerf_um_RBV", kind="config")
 
@@ -135,7 +136,7 @@ class Enclosure(Device):
     """The enclosure's interlock (``Closed``: the laser may emit) and the argon-box flag."""
 
     interlock = Cpt(EpicsSignalRO, "enclosure:interlock_RBV", string=True, kind="normal")
-    argon = Cpt(EpicsSignal, "enclosure:argon", string=True, kind="config")
+    argon = refusable("enclosure:argon", string=True, kind="config")
     message = Cpt(EpicsSignalRO, "interlock:message_RBV", string=True, kind="omitted")
 
     @property
@@ -158,8 +159,8 @@ class LaserCut(Device):
     part-cut). The count survives a restart of the client or the instrument.
     """
 
-    path_x_um = Cpt(EpicsSignal, "path:x_um", kind="omitted")
-    path_y_um = Cpt(EpicsSignal, "path:y_um", kind="omitted")
+    path_x_um = refusable("path:x_um", kind="omitted")
+    path_y_um = refusable("path:y_um", kind="omitted")
     path_vertices = Cpt(EpicsSignalRO, "path:n_RBV", kind="config")
     path_length_um = Cpt(EpicsSignalRO, "path:length_um_RBV", kind="normal")
     path_time_s = Cpt(EpicsSignalRO, "path:time_s_RBV", kind="config")
@@ -185,7 +186,7 @@ class Piece(Device):
     length_um = Cpt(EpicsSignalRO, "piece:length_um_RBV", kind="normal")
     x_um = Cpt(EpicsSignalRO, "piece:x_um_RBV", kind="normal")
     y_um = Cpt(EpicsSignalRO, "piece:y_um_RBV", kind="normal")
-    row_y_um = Cpt(EpicsSignal, "piece:row_y_um", kind="normal")
+    row_y_um = refusable("piece:row_y_um", kind="normal")
     row_width_um = Cpt(EpicsSignalRO, "piece:row_width_um_RBV", kind="hinted")
     removed_um2 = Cpt(EpicsSignalRO, "map:removed_um2_RBV", kind="normal")
 

@@ -9,6 +9,8 @@ numbered or sized process (a milling cut, a deposition, a laser cut) started by 
 put with completion, stopped at once by the safe state, finished by the instrument
 when the RunEngine pauses (decision 0016).
 
+:class:`RefusableSignal` (made by :func:`refusable`) is a setting the instrument may
+refuse (a power, a speed, a path): put with completion, its refusal explained.
 :class:`OffWhilePaused` is a source (an ion beam, laser emission) that a paused run
 switches off once the process it serves has ended.
 
@@ -35,8 +37,10 @@ __all__ = [
     "OffWhilePaused",
     "ProcessCommand",
     "ProcessStillRunningError",
+    "RefusableSignal",
     "explained",
     "process_limit_s",
+    "refusable",
     "refusal_reason",
     "wait_until_idle",
 ]
@@ -146,6 +150,39 @@ def explained(status, message_signal, what: str, error_class=InstrumentRefusedEr
 
     status.add_callback(finished)
     return outer
+
+
+class RefusableSignal(EpicsSignal):
+    """A setting the instrument may refuse (a power, a speed, a path's vertices).
+
+    ``set`` puts with completion: it finishes when the instrument has taken the value
+    or refused it, within ``write_timeout`` (:data:`ACTUATION_TIMEOUT_S` by default),
+    and a refusal fails with :class:`InstrumentRefusedError` carrying the
+    instrument's reason (``message_pv``). Without completion a refused value never
+    reaches the readback and the set would wait for it without end.
+    """
+
+    def __init__(self, read_pv, *, message_pv: str, put_complete: bool = True,
+                 write_timeout: float = ACTUATION_TIMEOUT_S, **kwargs):  # fmt: skip
+        super().__init__(read_pv, put_complete=put_complete, write_timeout=write_timeout,
+                         **kwargs)  # fmt: skip
+        self._refusal = EpicsSignalRO(message_pv, name=f"{self.name}_refusal", string=True)
+
+    def set(self, value, **kwargs) -> Status:
+        """Put ``value`` with completion; a refusal carries the instrument's reason."""
+        try:
+            shown = f"{float(value):g}"
+        except (TypeError, ValueError):
+            shown = f"({len(value)} values)" if hasattr(value, "__len__") else repr(value)
+        return explained(super().set(value, **kwargs), self._refusal, f"{self.name} {shown}")
+
+
+def refusable(suffix: str, *, kind="normal", **kwargs) -> Cpt:
+    """A component: a :class:`RefusableSignal` at ``suffix``, the instrument's reason
+    in its ``interlock:message_RBV`` (both after the device's prefix)."""
+    return Cpt(RefusableSignal, suffix, message_pv="interlock:message_RBV",
+               add_prefix=("suffix", "write_pv", "message_pv"), kind=kind,
+               **kwargs)  # fmt: skip
 
 
 class ProcessCommand(Device):

@@ -250,7 +250,9 @@ def _run(laser, path: ToolPath, block: LaserCutBlock, power: float, speed: float
     @safe_state_decorator(safe)
     def body():
         yield from set_emission(laser.emission, "Off")
-        yield from bps.mv(laser.source.speed_mm_s, speed, laser.source.power_W, power)
+        # One after the other: each put's refusal is read from the one message PV.
+        yield from bps.mv(laser.source.speed_mm_s, speed)
+        yield from bps.mv(laser.source.power_W, power)
         yield from load_path(laser.cut, path)
         intact = float((yield from bps.rd(laser.cut.path_intact)))
         if math.isnan(intact):
