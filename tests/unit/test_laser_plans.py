@@ -133,6 +133,19 @@ def test_the_cut_comes_after_the_path_the_table_and_emission_and_is_not_rewound(
     assert sets[-1] == ("emission", "Off")
 
 
+def test_the_path_is_loaded_x_then_y_each_put_completed_before_the_next(mill):
+    plan = cut_tab(mill, 100.0, origin_um=(3000.0, 800.0))
+    replies = {"cut_path_vertices": 9, "cut_path_length_um": 12080.0, "cut_path_intact": 1.0}
+    msgs = _messages(plan, replies)
+    names = [(m.command, getattr(m.obj, "name", None)) for m in msgs]
+    x, y = names.index(("set", "cut_path_x_um")), names.index(("set", "cut_path_y_um"))
+    assert x < y
+    wait = [i for i, (command, _) in enumerate(names) if command == "wait" and x < i < y]
+    assert wait and msgs[wait[0]].kwargs["group"] == msgs[x].kwargs["group"]
+    # Read back once both are in.
+    assert names.index(("read", "cut_path_vertices")) > y
+
+
 def test_the_thickness_rule_gives_the_width(mill):
     msgs = _messages(cut_tab(mill, None, material="NMC811", energy_keV=8.333,
                              origin_um=(3000.0, 800.0)),

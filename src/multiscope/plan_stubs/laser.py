@@ -47,13 +47,18 @@ class CutIncompleteError(RuntimeError):
 def load_path(cut, path: ToolPath):
     """Load ``path``'s vertices (table um) and check the instrument's reading of it.
 
+    The x vertices, then the y vertices, each put with completion (the instrument
+    reads the path once both are in); then its vertex count and length are checked.
+
     Raises
     ------
     PathLoadError
         If the instrument reads another number of vertices or another length.
     """
-    yield from bps.mv(cut.path_x_um, np.asarray(path.x_um, dtype=float),
-                      cut.path_y_um, np.asarray(path.y_um, dtype=float))  # fmt: skip
+    # x, then y, each put completed before the next: the instrument recomputes the
+    # path from both at each put, so y must arrive once x has been taken.
+    yield from bps.mv(cut.path_x_um, np.asarray(path.x_um, dtype=float))
+    yield from bps.mv(cut.path_y_um, np.asarray(path.y_um, dtype=float))
     vertices = int((yield from bps.rd(cut.path_vertices)))
     length = float((yield from bps.rd(cut.path_length_um)))
     if vertices != len(path.x_um) or not math.isclose(length, path.length_um, rel_tol=1e-6):
