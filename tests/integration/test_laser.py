@@ -262,7 +262,25 @@ def test_a_pause_in_a_cut_lets_it_finish_and_the_resume_does_not_cut_again(
 ):
     with laser_mill(ca_port_pool, tmp_path_factory, "laser-pause", SLOW) as mill:
         RE, laser = mill.RE, mill.laser
-        watcher = _when_cutting(mill, lambda: RE.request_pause(defer=True))
+        table = laser.table
+
+        def moving():
+            return [(int(mill.read(axis.motor_done_move)), int(mill.read(axis.motor_is_moving)))
+                    for axis in (table.x, table.y)]  # fmt: skip
+
+        during = []
+
+        def in_the_cut():
+            # The cut drives the table along the path: its records report moving.
+            wait_until(
+                lambda: moving() == [(0, 1), (0, 1)],
+                timeout=30,
+                message=lambda: f"the table does not report moving: {moving()}",
+            )
+            during.append(moving())
+            RE.request_pause(defer=True)
+
+        watcher = _when_cutting(mill, in_the_cut)
         with pytest.raises(RunEngineInterrupted):
             RE(cut_tab(laser, 100.0, origin_um=(3000.0, 300.0), **SMALL))
         watcher.join(10)
@@ -279,6 +297,8 @@ def test_a_pause_in_a_cut_lets_it_finish_and_the_resume_does_not_cut_again(
         assert event["cut_number"] == 1 and event["piece_count"] == 1
         assert event["piece_row_width_um"] == pytest.approx(100.0, abs=5.0)
         _assert_safe(mill)
+        assert during == [[(0, 1), (0, 1)]]
+        assert moving() == [(1, 0), (1, 0)]  # settled where the cut ended
 
 
 class _Changes:
