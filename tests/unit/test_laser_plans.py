@@ -9,6 +9,7 @@ its start before emission goes on, the cut numbered and never rewound.
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from fakes import instant_motor
@@ -62,6 +63,25 @@ def test_bad_requests_are_refused_before_the_first_message(mill, kwargs, match):
     plan = cut_tab(mill, args.pop("width_um"), **args)
     with pytest.raises(PlanArgumentError, match=match):
         next(plan)
+
+
+@pytest.mark.parametrize(
+    ("plan", "kwargs", "match"),
+    [(cut_tab, {"length_um": "500"}, "length_um must be a number, got '500'"),
+     (cut_tab, {"handle_width_um": None}, "handle_width_um must be a number"),
+     (cut_tab, {"handle_length_um": -4000.0}, "handle_length_um must be > 0"),
+     (cut_tab, {"width_um": "wide"}, "width_um must be a number"),
+     (cut_tab, {"length_um": math.nan}, "length_um must be finite"),
+     (lathe_pillar, {"height_um": "tall"}, "height_um must be a number"),
+     (lathe_pillar, {"diameter_um": [90.0]}, "diameter_um must be a number"),
+     (lathe_pillar, {"handle_width_um": "x"}, "handle_width_um must be a number"),
+     (lathe_pillar, {"sheet_thickness_um": 0.0}, "sheet_thickness_um must be > 0")],
+)  # fmt: skip
+def test_bad_lengths_are_refused_naming_the_parameter(mill, plan, kwargs, match):
+    first = "width_um" if plan is cut_tab else "diameter_um"
+    args = {first: 90.0, **kwargs}
+    with pytest.raises(PlanArgumentError, match=re.escape(match)):
+        next(plan(mill, args.pop(first), **args))
 
 
 def test_a_cut_in_progress_is_refused_before_the_first_message(mill):

@@ -157,6 +157,19 @@ def _place(laser, path: ToolPath, origin_um) -> ToolPath:
     return placed
 
 
+def _lengths(**lengths) -> dict:
+    """Each length (um) as a finite float > 0; None stays None (a width from the rule).
+
+    Raises
+    ------
+    PlanArgumentError
+        Naming the parameter: not a number, not finite, not > 0.
+    """
+    return {name: None if value is None and name in ("width_um", "diameter_um")
+            else require_number(name, value, minimum=0, exclusive_minimum=True)
+            for name, value in lengths.items()}  # fmt: skip
+
+
 def _sample_entries(kind: str, sample_id: str, parent_id: str, material) -> dict:
     """The start-document entries of the piece the cut makes (registered if named)."""
     if not sample_id:
@@ -349,12 +362,16 @@ def cut_tab(
         allows, a path off the table, a power over the limit or too low to cut, the
         enclosure open, a cut number already made.
     """
-    geometry = {"width_um": width_um, "length_um": float(length_um),
-                "handle_width_um": float(handle_width_um),
-                "handle_length_um": float(handle_length_um)}  # fmt: skip
+    geometry = _lengths(
+        width_um=width_um,
+        length_um=length_um,
+        handle_width_um=handle_width_um,
+        handle_length_um=handle_length_um,
+    )
 
     def path_of(spot, kerf_fraction, width):
-        return tab_path(width, length_um, handle_width_um, handle_length_um, spot, compensate,
+        return tab_path(width, geometry["length_um"], geometry["handle_width_um"],
+                        geometry["handle_length_um"], spot, compensate,
                         kerf_fraction=kerf_fraction)  # fmt: skip
 
     return (yield from _cut_plan(
@@ -389,14 +406,18 @@ def lathe_pillar(
     The top view is cut as a tab (:func:`~multiscope.analysis.laser_path.pillar_path`);
     the diameter cannot exceed ``sheet_thickness_um``. Otherwise as :func:`cut_tab`.
     """
-    geometry = {"width_um": diameter_um, "length_um": float(height_um),
-                "handle_width_um": float(handle_width_um),
-                "handle_length_um": float(handle_length_um)}  # fmt: skip
+    given = _lengths(diameter_um=diameter_um, height_um=height_um,
+                     handle_width_um=handle_width_um, handle_length_um=handle_length_um,
+                     sheet_thickness_um=sheet_thickness_um)  # fmt: skip
+    geometry = {"width_um": given["diameter_um"], "length_um": given["height_um"],
+                "handle_width_um": given["handle_width_um"],
+                "handle_length_um": given["handle_length_um"]}  # fmt: skip
 
     def path_of(spot, kerf_fraction, width):
-        return pillar_path(width, height_um, spot, compensate, handle_width_um=handle_width_um,
-                           handle_length_um=handle_length_um,
-                           sheet_thickness_um=sheet_thickness_um,
+        return pillar_path(width, given["height_um"], spot, compensate,
+                           handle_width_um=given["handle_width_um"],
+                           handle_length_um=given["handle_length_um"],
+                           sheet_thickness_um=given["sheet_thickness_um"],
                            kerf_fraction=kerf_fraction)  # fmt: skip
 
     return (yield from _cut_plan(
