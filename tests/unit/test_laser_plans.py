@@ -8,8 +8,10 @@ its start before emission goes on, the cut numbered and never rewound.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
+from pathlib import Path
 
 import pytest
 from fakes import instant_motor
@@ -244,3 +246,32 @@ def test_a_named_piece_is_registered_with_the_sheet_it_is_cut_from(mill):
 def test_a_bad_sample_or_parent_is_refused_before_anything(mill, keywords, message):
     with pytest.raises(PlanArgumentError, match=message):
         next(cut_tab(mill, 100.0, origin_um=(3000.0, 800.0), **keywords))
+
+
+def _described_parameters(function) -> dict[str, str]:
+    """Each numpydoc parameter of ``function``'s docstring and its description."""
+    text = inspect.getdoc(function)
+    section = text.split("Parameters\n----------\n", 1)[1].split("\n\n", 1)[0]
+    described, names = {}, []
+    for line in section.splitlines():
+        if line and not line.startswith(" "):
+            names = [name.strip() for name in line.split(" : ")[0].split(",")]
+            described.update(dict.fromkeys(names, ""))
+        else:
+            for name in names:
+                described[name] += line.strip() + " "
+    return described
+
+
+def test_every_parameter_of_cut_tab_is_described():
+    described = _described_parameters(cut_tab)
+    for name in inspect.signature(cut_tab).parameters:
+        assert described.get(name, "").strip(), f"cut_tab's {name} is not described"
+    assert "instrument seconds" in described["max_duration_s"]
+    assert "merged" in described["md"]
+
+
+def test_lathe_pillar_says_its_cut_is_a_rectangle_in_top_view():
+    assert "rectangular outline in top view" in " ".join(inspect.getdoc(lathe_pillar).split())
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "laser.md").read_text()
+    assert "`lathe_pillar` cuts a rectangular outline in top view" in " ".join(docs.split())

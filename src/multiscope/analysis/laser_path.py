@@ -289,10 +289,10 @@ def pillar_path(
 ) -> ToolPath:
     """The top-view path of a pillar ``diameter_um`` wide and ``height_um`` long on a handle.
 
-    The pillar lies in the sheet's plane, its axis along ``y``: the mill cuts its
-    outline (a tab ``diameter_um`` wide) and then lathes it round, turning it about
-    its axis (the top view, which is what the simulated material map records, is
-    the same). It cannot be rounder than the sheet is thick.
+    The pillar lies in the sheet's plane, its axis along ``y``: the path is its
+    outline in top view, a rectangle (a tab ``diameter_um`` wide, what the simulated
+    material map records); its section is ``diameter_um`` by the sheet's thickness,
+    so the diameter cannot exceed that thickness. Nothing here turns it round.
 
     Raises
     ------

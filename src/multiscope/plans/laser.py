@@ -353,7 +353,12 @@ def cut_tab(
         The cut's number, to make sure a re-run makes no cut twice (refused if the
         mill has made it); default: the next.
     max_duration_s : float
+        Longest estimated run accepted (instrument seconds: the table's move to the
+        path's start, the cut, switching emission); a longer estimate is refused
+        before anything moves. Default a day; ``math.inf``: no limit.
     md : dict, optional
+        Metadata merged over the plan's own start-document entries (a key given
+        here wins, ``laser_cut`` included).
 
     Raises
     ------
@@ -403,8 +408,34 @@ def lathe_pillar(
 ):
     """Cut a pillar ``diameter_um`` wide and ``height_um`` long on a handle (seed 000: 80-100 um).
 
-    The top view is cut as a tab (:func:`~multiscope.analysis.laser_path.pillar_path`);
-    the diameter cannot exceed ``sheet_thickness_um``. Otherwise as :func:`cut_tab`.
+    The cut is a rectangular outline in top view: seed 000's "pillar" as a laser-cut
+    tab of the pillar's diameter (:func:`~multiscope.analysis.laser_path.pillar_path`),
+    ``diameter_um`` across and ``height_um`` along, standing on the handle. The mill
+    has no rotation axis: nothing here turns it round. Its section is ``diameter_um``
+    by the sheet's thickness, so the diameter cannot exceed ``sheet_thickness_um``.
+
+    Parameters
+    ----------
+    laser : LaserMill
+        The mill (``instruments.laser.laser``).
+    diameter_um : float or None
+        The pillar's width in top view; None: the thickness rule's, as ``width_um``
+        of :func:`cut_tab`.
+    height_um : float
+        Its length along the handle's axis.
+    handle_width_um, handle_length_um : float
+        The handle it stands on.
+    sheet_thickness_um : float
+        The sheet's thickness (coating and foil): the largest diameter.
+    **keywords
+        ``origin_um``, ``power_W``, ``speed_mm_s``, ``compensate``, ``sample_id``,
+        ``parent_id``, ``material``, ``energy_keV``, ``cut_number``,
+        ``max_duration_s``, ``md``: as :func:`cut_tab`.
+
+    Raises
+    ------
+    PlanArgumentError
+        As :func:`cut_tab`, and a diameter beyond ``sheet_thickness_um``.
     """
     given = _lengths(diameter_um=diameter_um, height_um=height_um,
                      handle_width_um=handle_width_um, handle_length_um=handle_length_um,
