@@ -7,8 +7,9 @@ lowest power that cuts through, the enclosure's interlock, a repeated cut number
 then, in one run: switches emission off (a killed client may have left it on),
 sets the power and the speed, loads the tool path
 (:func:`multiscope.analysis.laser_path.tab_path`), brings the table to its start,
-switches emission on, cuts once (numbered, never replayed: decision 0016), switches
-emission off and reads the piece the instrument measured (stream ``cut``). The safe
+switches emission on, cuts once (numbered) and switches emission off, the three one
+step that is never replayed (decision 0016), and reads the piece the instrument
+measured (stream ``cut``). The safe
 state (cut stopped, emission off, table stopped) runs on every exit.
 
 The tab's width can come from the thickness rule: ``width_um=None`` with an
