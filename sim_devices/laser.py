@@ -372,6 +372,7 @@ class LaserIOC(MessageRefusals, PVGroup):
         """Vertices' x; refused while cutting."""
         if int(self.cut_busy.value):
             await self.refuse("path:x_um: a cut is running")
+        await self.accepted()
         await self._path_changed(x=value)
         return value
 
@@ -380,6 +381,7 @@ class LaserIOC(MessageRefusals, PVGroup):
         """Vertices' y; refused while cutting."""
         if int(self.cut_busy.value):
             await self.refuse("path:y_um: a cut is running")
+        await self.accepted()
         await self._path_changed(y=value)
         return value
 
@@ -483,6 +485,7 @@ class LaserIOC(MessageRefusals, PVGroup):
     @row_y.putter
     async def row_y(self, instance, value):
         """The row (table y, um) whose width ``piece:row_width_um_RBV`` reports."""
+        await self.accepted()
         await self.row_width.write(self._piece.row_width_um(float(value), self.sheet.pixel_um))
         return float(value)
 

@@ -284,12 +284,20 @@ class MotorAxis(PVGroup):
     async def follow(self, position: float, *, settled: bool = False) -> None:
         """Report ``position``: the controller moved the axis itself (a traced path).
 
-        The readback follows; ``settled`` also makes it the setpoint, as where a
-        coordinated move ended (no move is started, no limit is checked).
+        The readback follows and the record reports moving (DMOV 0, MOVN 1), as a
+        real one does during a coordinated move; ``settled`` ends it: the position
+        becomes the setpoint, as where the move ended, then DMOV 1, MOVN 0 (no move
+        is started, no limit is checked).
         """
+        fields = self.fields
+        if not settled and int(fields.done_moving_to_value.value) == 1:
+            await fields.done_moving_to_value.write(0)
+            await fields.motor_is_moving.write(1)
         await self._publish_readback(float(position))
         if settled:
             await self.motor.write(float(position), verify_value=False)
+            await fields.motor_is_moving.write(0)
+            await fields.done_moving_to_value.write(1)
 
     async def _apply_limits(self, low: float, high: float, *, write_fields: bool = True):
         if write_fields:

@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,9 +178,16 @@ def test_refusals_move_nothing_and_never_fire(ca_port_pool, tmp_path_factory):
                 RE(cut_tab(laser, args.pop("width_um"), **args))
         # The instrument's own checks: a power over its limit, a cut it has not been
         # asked for properly (emission off, not at the path's start).
-        laser.source.power_W.put(8.0, wait=True)
+        # A refused setting fails at once with the instrument's reason (put-completion).
+        for setting, value, reason in ((laser.source.power_W, 8.0, "the power limit"),
+                                       (laser.source.speed_mm_s, 50.0, "outside")):  # fmt: skip
+            began = time.monotonic()
+            with pytest.raises(InstrumentRefusedError, match=reason):
+                setting.set(value).wait(60)
+            assert time.monotonic() - began < 10.0
         assert float(mill.read(laser.source.power_W)) == pytest.approx(1.0)
-        assert "limit" in laser.enclosure.message.get(use_monitor=False)
+        assert float(mill.read(laser.source.speed_mm_s)) == pytest.approx(2.0)
+        assert "outside" in laser.enclosure.message.get(use_monitor=False)
         with pytest.raises(InstrumentRefusedError, match="emission is off"):
             laser.cut.start.set(1).wait(30)
         assert state() == before
@@ -254,7 +262,25 @@ def test_a_pause_in_a_cut_lets_it_finish_and_the_resume_does_not_cut_again(
 ):
     with laser_mill(ca_port_pool, tmp_path_factory, "laser-pause", SLOW) as mill:
         RE, laser = mill.RE, mill.laser
-        watcher = _when_cutting(mill, lambda: RE.request_pause(defer=True))
+        table = laser.table
+
+        def moving():
+            return [(int(mill.read(axis.motor_done_move)), int(mill.read(axis.motor_is_moving)))
+                    for axis in (table.x, table.y)]  # fmt: skip
+
+        during = []
+
+        def in_the_cut():
+            # The cut drives the table along the path: its records report moving.
+            wait_until(
+                lambda: moving() == [(0, 1), (0, 1)],
+                timeout=30,
+                message=lambda: f"the table does not report moving: {moving()}",
+            )
+            during.append(moving())
+            RE.request_pause(defer=True)
+
+        watcher = _when_cutting(mill, in_the_cut)
         with pytest.raises(RunEngineInterrupted):
             RE(cut_tab(laser, 100.0, origin_um=(3000.0, 300.0), **SMALL))
         watcher.join(10)
@@ -271,6 +297,61 @@ def test_a_pause_in_a_cut_lets_it_finish_and_the_resume_does_not_cut_again(
         assert event["cut_number"] == 1 and event["piece_count"] == 1
         assert event["piece_row_width_um"] == pytest.approx(100.0, abs=5.0)
         _assert_safe(mill)
+        assert during == [[(0, 1), (0, 1)]]
+        assert moving() == [(1, 0), (1, 0)]  # settled where the cut ended
+
+
+class _Changes:
+    """Every value change of a PV with the IOC's timestamp (a monitor of its own)."""
+
+    def __init__(self, pv: str, string: bool):
+        self.values: list[tuple[object, float]] = []
+        self.signal = EpicsSignal(pv, name=pv.replace(":", "_"), string=string)
+        self.signal.wait_for_connection(timeout=30)
+        self.signal.subscribe(self._record, run=True)
+
+    def _record(self, value=None, timestamp=None, **_):
+        self.values.append((value, float(timestamp)))
+
+    def close(self):
+        self.signal.unsubscribe_all()
+        self.signal.destroy()
+
+
+def test_an_immediate_pause_in_a_cut_resumes_after_it_and_never_switches_emission_on_again(
+    ca_port_pool, tmp_path_factory
+):
+    with laser_mill(ca_port_pool, tmp_path_factory, "laser-pause-now", SLOW) as mill:
+        RE, laser = mill.RE, mill.laser
+        prefix = mill.running.prefix
+        emission = _Changes(f"{prefix}laser:emission", string=True)
+        busy = _Changes(f"{prefix}cut:busy_RBV", string=False)
+        try:
+            count_before = int(mill.read(laser.cut.count))
+            watcher = _when_cutting(mill, lambda: RE.request_pause(defer=False))
+            with pytest.raises(RunEngineInterrupted):
+                RE(cut_tab(laser, 100.0, origin_um=(3000.0, 300.0), **SMALL))
+            watcher.join(10)
+            assert watcher.cutting_after  # the pause landed inside the cut
+            assert RE.state == "paused"
+            RE.resume()  # at once: the resume waits for the instrument to end the cut
+            assert mill.stops() == ["success"]
+            assert int(mill.read(laser.cut.count)) == count_before + 1  # one cut, not two
+            assert int(mill.read(laser.cut.last_complete)) == 1
+            (event,) = mill.events()
+            assert event["cut_last_complete"] == 1 and event["piece_count"] == 1
+            _assert_safe(mill)
+            wait_until(lambda: busy.values and int(busy.values[-1][0]) == 0
+                       and emission.values[-1][0] == "Off", timeout=30,
+                       message=lambda: f"{busy.values} {emission.values}")  # fmt: skip
+            cut_end = max(t for value, t in busy.values if int(value) == 0)
+            after = [(value, round(t - cut_end, 3)) for value, t in emission.values]
+            print("emission changes (s after the cut's end):", after)
+            assert [v for v, t in after if t > 0 and v == "On"] == []
+            assert any(v == "On" and t <= 0 for v, t in after)  # it was on for the cut
+        finally:
+            emission.close()
+            busy.close()
 
 
 def test_the_enclosure_opened_mid_cut_stops_it_and_the_run_fails_safe(

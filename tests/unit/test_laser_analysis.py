@@ -124,6 +124,26 @@ def test_an_uncompensated_nominal_100_um_tab_comes_out_80_um():
     np.testing.assert_allclose(path.x_um, path.outline_um[0])
 
 
+def test_an_uncompensated_tab_keeps_its_length_above_the_shoulders_the_handle_loses_a_kerf():
+    path = tab_path(100.0, 500.0, 1500.0, 4000.0, spot_um=40.0, compensate=False)
+    expected = path.piece
+    assert (expected.tab_length_um, expected.handle_length_um) == pytest.approx((500.0, 3980.0))
+    assert expected.tab_length_um + expected.handle_length_um == pytest.approx(expected.length_um)
+    piece, _, sheet = _cut(path)
+    # The freed piece's rows, from the simulated sheet: the tab's narrow, the handle's wide.
+    widths = piece.mask.sum(axis=1) * sheet.pixel_um
+    tab_rows = np.flatnonzero((widths > 0) & (widths < 750.0))
+    handle_rows = np.flatnonzero(widths >= 750.0)
+    tolerance = 2 * sheet.pixel_um  # a pixel at each end
+    assert tab_rows.size * sheet.pixel_um == pytest.approx(expected.tab_length_um, abs=tolerance)
+    assert handle_rows.size * sheet.pixel_um == pytest.approx(expected.handle_length_um,
+                                                              abs=tolerance)  # fmt: skip
+    # The row measured is the tab's middle.
+    middle = (piece.origin_px[0] + tab_rows.mean() + 0.5) * sheet.pixel_um - 700.0
+    assert middle == pytest.approx(expected.tab_mid_y_um, abs=sheet.pixel_um)
+    assert piece.area_um2 == pytest.approx(expected.area_um2, rel=0.005)
+
+
 def test_the_compensated_path_runs_half_a_kerf_outside_the_outline():
     path = tab_path(100.0, 500.0, 1500.0, 4000.0, spot_um=40.0)
     assert path.kerf_um == pytest.approx(20.0)

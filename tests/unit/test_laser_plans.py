@@ -8,7 +8,10 @@ its start before emission goes on, the cut numbered and never rewound.
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
+from pathlib import Path
 
 import pytest
 from fakes import instant_motor
@@ -62,6 +65,25 @@ def test_bad_requests_are_refused_before_the_first_message(mill, kwargs, match):
     plan = cut_tab(mill, args.pop("width_um"), **args)
     with pytest.raises(PlanArgumentError, match=match):
         next(plan)
+
+
+@pytest.mark.parametrize(
+    ("plan", "kwargs", "match"),
+    [(cut_tab, {"length_um": "500"}, "length_um must be a number, got '500'"),
+     (cut_tab, {"handle_width_um": None}, "handle_width_um must be a number"),
+     (cut_tab, {"handle_length_um": -4000.0}, "handle_length_um must be > 0"),
+     (cut_tab, {"width_um": "wide"}, "width_um must be a number"),
+     (cut_tab, {"length_um": math.nan}, "length_um must be finite"),
+     (lathe_pillar, {"height_um": "tall"}, "height_um must be a number"),
+     (lathe_pillar, {"diameter_um": [90.0]}, "diameter_um must be a number"),
+     (lathe_pillar, {"handle_width_um": "x"}, "handle_width_um must be a number"),
+     (lathe_pillar, {"sheet_thickness_um": 0.0}, "sheet_thickness_um must be > 0")],
+)  # fmt: skip
+def test_bad_lengths_are_refused_naming_the_parameter(mill, plan, kwargs, match):
+    first = "width_um" if plan is cut_tab else "diameter_um"
+    args = {first: 90.0, **kwargs}
+    with pytest.raises(PlanArgumentError, match=re.escape(match)):
+        next(plan(mill, args.pop(first), **args))
 
 
 def test_a_cut_in_progress_is_refused_before_the_first_message(mill):
@@ -118,11 +140,32 @@ def test_the_cut_comes_after_the_path_the_table_and_emission_and_is_not_rewound(
     assert names.index("cut_path_x_um") < on and names.index("table_x") < on
     assert sets[on + 1] == ("cut_start", 4)
     assert sets[on + 2] == ("emission", "Off")
-    # Rewinding is off around the cut (decision 0016).
-    rewindable = [m.args[0] for m in msgs if m.command == "rewindable"]
-    assert False in rewindable
+    # Emission on, the cut and emission off are one step that is never rewound
+    # (decision 0016): a checkpoint, rewinding off, the three, a checkpoint.
+    steps = [(m.command, m.obj.name if m.obj is not None else None,
+              m.args[0] if m.args else None) for m in msgs
+             if m.command in ("checkpoint", "set")
+             or (m.command == "rewindable" and m.args[0] is not None)]  # fmt: skip
+    first = steps.index(("set", "emission", "On"))
+    assert steps[first - 2 : first + 4] == [
+        ("checkpoint", None, None), ("rewindable", None, False), ("set", "emission", "On"),
+        ("set", "cut_start", 4), ("set", "emission", "Off"), ("checkpoint", None, None),
+    ]  # fmt: skip
     # On exit: emission off, whatever happened.
     assert sets[-1] == ("emission", "Off")
+
+
+def test_the_path_is_loaded_x_then_y_each_put_completed_before_the_next(mill):
+    plan = cut_tab(mill, 100.0, origin_um=(3000.0, 800.0))
+    replies = {"cut_path_vertices": 9, "cut_path_length_um": 12080.0, "cut_path_intact": 1.0}
+    msgs = _messages(plan, replies)
+    names = [(m.command, getattr(m.obj, "name", None)) for m in msgs]
+    x, y = names.index(("set", "cut_path_x_um")), names.index(("set", "cut_path_y_um"))
+    assert x < y
+    wait = [i for i, (command, _) in enumerate(names) if command == "wait" and x < i < y]
+    assert wait and msgs[wait[0]].kwargs["group"] == msgs[x].kwargs["group"]
+    # Read back once both are in.
+    assert names.index(("read", "cut_path_vertices")) > y
 
 
 def test_the_thickness_rule_gives_the_width(mill):
@@ -203,3 +246,32 @@ def test_a_named_piece_is_registered_with_the_sheet_it_is_cut_from(mill):
 def test_a_bad_sample_or_parent_is_refused_before_anything(mill, keywords, message):
     with pytest.raises(PlanArgumentError, match=message):
         next(cut_tab(mill, 100.0, origin_um=(3000.0, 800.0), **keywords))
+
+
+def _described_parameters(function) -> dict[str, str]:
+    """Each numpydoc parameter of ``function``'s docstring and its description."""
+    text = inspect.getdoc(function)
+    section = text.split("Parameters\n----------\n", 1)[1].split("\n\n", 1)[0]
+    described, names = {}, []
+    for line in section.splitlines():
+        if line and not line.startswith(" "):
+            names = [name.strip() for name in line.split(" : ")[0].split(",")]
+            described.update(dict.fromkeys(names, ""))
+        else:
+            for name in names:
+                described[name] += line.strip() + " "
+    return described
+
+
+def test_every_parameter_of_cut_tab_is_described():
+    described = _described_parameters(cut_tab)
+    for name in inspect.signature(cut_tab).parameters:
+        assert described.get(name, "").strip(), f"cut_tab's {name} is not described"
+    assert "instrument seconds" in described["max_duration_s"]
+    assert "merged" in described["md"]
+
+
+def test_lathe_pillar_says_its_cut_is_a_rectangle_in_top_view():
+    assert "rectangular outline in top view" in " ".join(inspect.getdoc(lathe_pillar).split())
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "laser.md").read_text()
+    assert "`lathe_pillar` cuts a rectangular outline in top view" in " ".join(docs.split())

@@ -262,11 +262,16 @@ def tab_path(
         x, y = _offset_polygon(outline_x, outline_y, kerf / 2.0)
     else:
         x, y = outline_x.copy(), outline_y.copy()
-    # Uncompensated, every edge of the piece moves in by half a kerf.
-    pw, pl, phw, phl = w - lost, tab_l - lost, hw - lost, hl - lost
+    # Uncompensated, every edge of the piece moves in by half a kerf: the handle's
+    # bottom up, its shoulders and the tab's end down, so the tab still stands tab_l
+    # above the shoulders and the handle loses a kerf. The kerf rounds the piece's
+    # two inner corners (tab meets shoulder) with its radius, keeping (1 - pi/4) r^2
+    # each beyond the rectangles.
+    pw, pl, phw, phl = w - lost, tab_l, hw - lost, hl - lost
+    corners = 2.0 * (1.0 - math.pi / 4.0) * (lost / 2.0) ** 2
     piece = Piece(tab_width_um=pw, tab_length_um=pl, handle_width_um=phw, handle_length_um=phl,
-                  length_um=hl + tab_l - lost, area_um2=pw * pl + phw * phl,
-                  tab_mid_y_um=hl + tab_l / 2.0)  # fmt: skip
+                  length_um=phl + pl, area_um2=pw * pl + phw * phl + corners,
+                  tab_mid_y_um=hl - lost / 2.0 + pl / 2.0)  # fmt: skip
     return ToolPath(x, y, spot, kerf, bool(compensate), piece, kind=kind,
                     outline_um=(tuple(outline_x), tuple(outline_y)))  # fmt: skip
 
@@ -284,10 +289,10 @@ def pillar_path(
 ) -> ToolPath:
     """The top-view path of a pillar ``diameter_um`` wide and ``height_um`` long on a handle.
 
-    The pillar lies in the sheet's plane, its axis along ``y``: the mill cuts its
-    outline (a tab ``diameter_um`` wide) and then lathes it round, turning it about
-    its axis (the top view, which is what the simulated material map records, is
-    the same). It cannot be rounder than the sheet is thick.
+    The pillar lies in the sheet's plane, its axis along ``y``: the path is its
+    outline in top view, a rectangle (a tab ``diameter_um`` wide, what the simulated
+    material map records); its section is ``diameter_um`` by the sheet's thickness,
+    so the diameter cannot exceed that thickness. Nothing here turns it round.
 
     Raises
     ------

@@ -19,8 +19,6 @@ instrument), and the plan stubs never let the RunEngine replay them
 from __future__ import annotations
 
 import logging
-import threading
-import time
 
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO
@@ -32,6 +30,7 @@ from multiscope.devices.motor import Motor
 from multiscope.devices.process import (
     ACTUATION_TIMEOUT_S,
     InstrumentRefusedError,
+    OffWhilePaused,
     ProcessCommand,
     explained,
     refusal_reason,
@@ -108,13 +107,13 @@ class Insertable(Device):
         return explained(status, self.refusal, f"{self.name} -> {target}")
 
 
-class IonColumn(Device):
+class IonColumn(OffWhilePaused, Device):
     """The Xe+ plasma column: ``voltage`` (kV), ``current`` (nA), ``beam`` (``On``/``Blanked``).
 
     A paused run must not leave the ion beam on the sample (for hours, if nobody comes
     back): :meth:`pause` blanks it as soon as a cut or a Pt deposition in progress has
     ended (blanking earlier would stop it part-way), and :meth:`resume` puts it back
-    on if it was.
+    on if it was (:class:`~multiscope.devices.process.OffWhilePaused`).
     """
 
     voltage = Cpt(EpicsSignal, "ion:voltage", kind="config")
@@ -126,16 +125,7 @@ class IonColumn(Device):
 
     #: Longest a pause waits for a cut to end before blanking anyway (s).
     MAX_CUT_WAIT_S = 3600.0
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._was_on = False
-        self._blanking: threading.Thread | None = None
-
-    @property
-    def is_on(self) -> bool:
-        """True when the beam is on the sample (not blanked)."""
-        return str(self.beam.get()) == "On"
+    OFF_VALUE = "Blanked"
 
     def set(self, value) -> Status:
         """Put the beam ``"On"`` or ``"Blanked"``; a refusal carries the instrument's reason.
@@ -148,40 +138,15 @@ class IonColumn(Device):
         status = self.beam.set(value, timeout=ACTUATION_TIMEOUT_S)
         return explained(status, self.refusal, f"{self.name} beam {value}")
 
-    def _processing(self) -> bool:
-        """A cut or a Pt deposition is running (the beam must stay on until it ends)."""
-        return bool(int(self.cutting.get(use_monitor=False) or 0)
-                    or int(self.depositing.get(use_monitor=False) or 0))  # fmt: skip
+    def _switch(self):
+        return self.beam
 
-    def _blank_after_cut(self) -> None:
-        deadline = time.monotonic() + self.MAX_CUT_WAIT_S
-        try:
-            while self._processing() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            self.beam.set("Blanked", timeout=ACTUATION_TIMEOUT_S).wait(ACTUATION_TIMEOUT_S)
-        except Exception as error:  # noqa: BLE001 - the safe state blanks it on exit
-            logger.warning("%s: could not blank the beam on pause: %s", self.name, error)
+    def _busy_signals(self) -> list:
+        """A cut or a Pt deposition (the beam must stay on until it ends)."""
+        return [self.cutting, self.depositing]
 
-    def pause(self) -> None:
-        """Blank the beam once any cut in progress has ended (without waiting here)."""
-        try:
-            self._was_on = self.is_on
-        except Exception:  # noqa: BLE001 - an IOC that is gone has no beam to blank
-            self._was_on = False
-            return
-        if self._was_on:
-            self._blanking = threading.Thread(target=self._blank_after_cut, daemon=True,
-                                              name=f"{self.name}-blank-on-pause")  # fmt: skip
-            self._blanking.start()
-
-    def resume(self) -> None:
-        """Put the beam back on if the pause blanked it."""
-        if self._blanking is not None:
-            self._blanking.join(self.MAX_CUT_WAIT_S)
-            self._blanking = None
-        if self._was_on:
-            self.beam.set("On", timeout=ACTUATION_TIMEOUT_S).wait(ACTUATION_TIMEOUT_S)
-        self._was_on = False
+    def _process_limit_s(self) -> float:
+        return self.MAX_CUT_WAIT_S
 
 
 def _cut_s(mill, _number) -> float:

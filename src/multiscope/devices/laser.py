@@ -15,8 +15,6 @@ the instrument's reason (``interlock:message_RBV``). A cut is destructive:
 from __future__ import annotations
 
 import logging
-import threading
-import time
 
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO
@@ -26,8 +24,11 @@ from multiscope.devices.motor import Motor
 from multiscope.devices.process import (
     ACTUATION_TIMEOUT_S,
     InstrumentRefusedError,
+    OffWhilePaused,
     ProcessCommand,
     explained,
+    process_limit_s,
+    refusable,
 )
 
 __all__ = [
@@ -53,14 +54,17 @@ class Table(Device):
     z = Cpt(Motor, "focus:z", kind="normal")
 
 
-class Emission(Device):
+class Emission(OffWhilePaused, Device):
     """The laser's emission: ``set("On")`` / ``set("Off")`` with put-completion.
 
     The instrument refuses ``On`` with the enclosure open or the power over its
     limit; the status then fails with :class:`InstrumentRefusedError`. The beam
     reaches the sheet only while a cut runs (``firing``). A paused run must not leave
     emission on: :meth:`pause` switches it off once a cut in progress has ended (the
-    instrument finishes the cut) and :meth:`resume` puts it back if it was on.
+    instrument finishes the cut; :class:`~multiscope.devices.process.OffWhilePaused`).
+    :meth:`resume` puts it back on only if no cut has been made since it was
+    switched on (the pause came between emission on and the cut's start): never for
+    a cut that has ended, which is not made again.
     """
 
     command = Cpt(EpicsSignal, "laser:emission", string=True, put_complete=True,
@@ -68,68 +72,62 @@ class Emission(Device):
     firing = Cpt(EpicsSignalRO, "laser:firing_RBV", kind="normal")
     cutting = Cpt(EpicsSignalRO, "cut:busy_RBV", kind="omitted")
     refusal = Cpt(EpicsSignalRO, "interlock:message_RBV", string=True, kind="omitted")
-
-    #: Longest a pause waits for a cut to end before switching emission off anyway (s).
-    MAX_CUT_WAIT_S = 600.0
+    cut_count = Cpt(EpicsSignalRO, "cut:count_RBV", kind="omitted")
+    cut_time_s = Cpt(EpicsSignalRO, "path:time_s_RBV", kind="omitted")
+    time_scale = Cpt(EpicsSignalRO, "sys:time_scale", kind="omitted")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._was_on = False
-        self._switching: threading.Thread | None = None
-
-    @property
-    def is_on(self) -> bool:
-        """True when emission is on."""
-        return str(self.command.get()) == "On"
+        # The instrument's cut count when emission was last asked on: a larger count
+        # on resume means the cut it was switched on for has been made.
+        self._count_at_on: int | None = None
 
     def set(self, value) -> Status:
         """Emission ``"On"`` or ``"Off"``; a refusal carries the instrument's reason."""
         if value not in ("On", "Off"):
             raise ValueError(f"{self.name}: emission must be 'On' or 'Off', not {value!r}")
+        if value == "On":
+            self._count_at_on = int(self.cut_count.get(use_monitor=False))
         status = self.command.set(value, timeout=ACTUATION_TIMEOUT_S)
         return explained(status, self.refusal, f"{self.name} {value}")
 
-    def _off_after_cut(self) -> None:
-        deadline = time.monotonic() + self.MAX_CUT_WAIT_S
-        try:
-            while int(self.cutting.get(use_monitor=False) or 0) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            self.command.set("Off", timeout=ACTUATION_TIMEOUT_S).wait(ACTUATION_TIMEOUT_S)
-        except Exception as error:  # noqa: BLE001 - the safe state switches it off on exit
-            logger.warning("%s: could not switch emission off on pause: %s", self.name, error)
+    def cut_limit_s(self) -> float:
+        """Longest a pause waits for a cut to end before switching emission off anyway (s).
 
-    def pause(self) -> None:
-        """Switch emission off once any cut in progress has ended (without waiting here)."""
+        The loaded path's duration on the instrument's clock, as the cut's own status.
+        """
         try:
-            self._was_on = self.is_on
-        except Exception:  # noqa: BLE001 - an IOC that is gone emits nothing
-            self._was_on = False
-            return
-        if self._was_on:
-            self._switching = threading.Thread(target=self._off_after_cut, daemon=True,
-                                               name=f"{self.name}-off-on-pause")  # fmt: skip
-            self._switching.start()
+            duration = float(self.cut_time_s.get(use_monitor=False))
+        except Exception:  # noqa: BLE001 - no duration: the margin alone
+            duration = 0.0
+        return process_limit_s(duration, self.time_scale)
 
-    def resume(self) -> None:
-        """Switch emission back on if the pause switched it off."""
-        if self._switching is not None:
-            self._switching.join(self.MAX_CUT_WAIT_S)
-            self._switching = None
-        if self._was_on:
-            self.set("On").wait(ACTUATION_TIMEOUT_S)
-        self._was_on = False
+    def _switch(self):
+        return self.command
+
+    def _busy_signals(self) -> list:
+        return [self.cutting]
+
+    def _process_limit_s(self) -> float:
+        return self.cut_limit_s()
+
+    def _on_again_after_pause(self) -> bool:
+        """No cut has been made since emission was asked on (so its cut is still to come)."""
+        if self._count_at_on is None:
+            return False
+        return int(self.cut_count.get(use_monitor=False)) == self._count_at_on
 
 
 class LaserSource(Device):
     """Power, pulses, cutting speed, spot and kerf, and the limits the instrument enforces."""
 
-    power_W = Cpt(EpicsSignal, "laser:power_W", kind="normal")
+    power_W = refusable("laser:power_W", kind="normal")
     power_limit_W = Cpt(EpicsSignalRO, "laser:power_limit_W_RBV", kind="config")
     min_power_W = Cpt(EpicsSignalRO, "laser:min_power_W_RBV", kind="config")
-    rep_rate_kHz = Cpt(EpicsSignal, "laser:rep_rate_kHz", kind="config")
+    rep_rate_kHz = refusable("laser:rep_rate_kHz", kind="config")
     pulse_width_ns = Cpt(EpicsSignal, "laser:pulse_width_ns", kind="config")
     pulse_energy_uJ = Cpt(EpicsSignalRO, "laser:pulse_energy_uJ_RBV", kind="config")
-    speed_mm_s = Cpt(EpicsSignal, "laser:speed_mm_s", kind="normal")
+    speed_mm_s = refusable("laser:speed_mm_s", kind="normal")
     spot_um = Cpt(EpicsSignalRO, "laser:spot_um_RBV", kind="config")
     kerf_um = Cpt(EpicsSignalRO, "laser:kerf_um_RBV", kind="config")
 
@@ -138,7 +136,7 @@ class Enclosure(Device):
     """The enclosure's interlock (``Closed``: the laser may emit) and the argon-box flag."""
 
     interlock = Cpt(EpicsSignalRO, "enclosure:interlock_RBV", string=True, kind="normal")
-    argon = Cpt(EpicsSignal, "enclosure:argon", string=True, kind="config")
+    argon = refusable("enclosure:argon", string=True, kind="config")
     message = Cpt(EpicsSignalRO, "interlock:message_RBV", string=True, kind="omitted")
 
     @property
@@ -161,8 +159,8 @@ class LaserCut(Device):
     part-cut). The count survives a restart of the client or the instrument.
     """
 
-    path_x_um = Cpt(EpicsSignal, "path:x_um", kind="omitted")
-    path_y_um = Cpt(EpicsSignal, "path:y_um", kind="omitted")
+    path_x_um = refusable("path:x_um", kind="omitted")
+    path_y_um = refusable("path:y_um", kind="omitted")
     path_vertices = Cpt(EpicsSignalRO, "path:n_RBV", kind="config")
     path_length_um = Cpt(EpicsSignalRO, "path:length_um_RBV", kind="normal")
     path_time_s = Cpt(EpicsSignalRO, "path:time_s_RBV", kind="config")
@@ -188,7 +186,7 @@ class Piece(Device):
     length_um = Cpt(EpicsSignalRO, "piece:length_um_RBV", kind="normal")
     x_um = Cpt(EpicsSignalRO, "piece:x_um_RBV", kind="normal")
     y_um = Cpt(EpicsSignalRO, "piece:y_um_RBV", kind="normal")
-    row_y_um = Cpt(EpicsSignal, "piece:row_y_um", kind="normal")
+    row_y_um = refusable("piece:row_y_um", kind="normal")
     row_width_um = Cpt(EpicsSignalRO, "piece:row_width_um_RBV", kind="hinted")
     removed_um2 = Cpt(EpicsSignalRO, "map:removed_um2_RBV", kind="normal")
 

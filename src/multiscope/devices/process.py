@@ -9,6 +9,11 @@ numbered or sized process (a milling cut, a deposition, a laser cut) started by 
 put with completion, stopped at once by the safe state, finished by the instrument
 when the RunEngine pauses (decision 0016).
 
+:class:`RefusableSignal` (made by :func:`refusable`) is a setting the instrument may
+refuse (a power, a speed, a path): put with completion, its refusal explained.
+:class:`OffWhilePaused` is a source (an ion beam, laser emission) that a paused run
+switches off once the process it serves has ended.
+
 The PFIB-SEM (:mod:`multiscope.devices.fibsem`), the laser mill
 (:mod:`multiscope.devices.laser`) and the lab XRM (:mod:`multiscope.devices.xrm`)
 share them.
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
+import threading
 
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO
@@ -29,9 +34,15 @@ __all__ = [
     "ACTUATION_TIMEOUT_S",
     "PROCESS_MARGIN_S",
     "InstrumentRefusedError",
+    "OffWhilePaused",
     "ProcessCommand",
+    "ProcessStillRunningError",
+    "RefusableSignal",
     "explained",
+    "process_limit_s",
+    "refusable",
     "refusal_reason",
+    "wait_until_idle",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +55,57 @@ PROCESS_MARGIN_S = 30.0
 
 class InstrumentRefusedError(RuntimeError):
     """The instrument refused a request (the message is the instrument's reason)."""
+
+
+class ProcessStillRunningError(RuntimeError):
+    """A process ran past the time its duration allows when a paused run was resumed."""
+
+
+def process_limit_s(duration_s: float, time_scale_signal) -> float:
+    """Wall seconds a process of ``duration_s`` instrument seconds may take here.
+
+    The duration scaled by the instrument's clock (``sys:time_scale``; 1 when the
+    instrument has none), with room: 1.5 times, plus :data:`PROCESS_MARGIN_S`.
+    """
+    try:
+        scale = float(time_scale_signal.get())
+    except Exception:  # noqa: BLE001 - an instrument without a simulated clock
+        scale = 1.0
+    if not math.isfinite(scale) or scale <= 0:
+        scale = 1.0
+    duration = float(duration_s)
+    if not math.isfinite(duration) or duration < 0:
+        duration = 0.0
+    return duration * scale * 1.5 + PROCESS_MARGIN_S
+
+
+def wait_until_idle(busy_signals, timeout_s: float) -> bool:
+    """Wait until every one of ``busy_signals`` reads 0; False if ``timeout_s`` ran out.
+
+    Woken by the signals' monitors (no polling): each is subscribed first, then read
+    from the instrument, so no change between the two is missed.
+    """
+    latest: dict[str, int] = {}
+    idle = threading.Event()
+    lock = threading.Lock()
+
+    def update(signal, value) -> None:
+        with lock:
+            latest[signal.name] = int(value or 0)
+            if len(latest) == len(busy_signals) and not any(latest.values()):
+                idle.set()
+
+    def changed(value=None, obj=None, **_) -> None:
+        update(obj, value)
+
+    tokens = [(signal, signal.subscribe(changed, run=False)) for signal in busy_signals]
+    try:
+        for signal in busy_signals:
+            update(signal, signal.get(use_monitor=False))
+        return idle.wait(max(float(timeout_s), 0.0))
+    finally:
+        for signal, token in tokens:
+            signal.unsubscribe(token)
 
 
 def refusal_reason(
@@ -90,6 +152,39 @@ def explained(status, message_signal, what: str, error_class=InstrumentRefusedEr
     return outer
 
 
+class RefusableSignal(EpicsSignal):
+    """A setting the instrument may refuse (a power, a speed, a path's vertices).
+
+    ``set`` puts with completion: it finishes when the instrument has taken the value
+    or refused it, within ``write_timeout`` (:data:`ACTUATION_TIMEOUT_S` by default),
+    and a refusal fails with :class:`InstrumentRefusedError` carrying the
+    instrument's reason (``message_pv``). Without completion a refused value never
+    reaches the readback and the set would wait for it without end.
+    """
+
+    def __init__(self, read_pv, *, message_pv: str, put_complete: bool = True,
+                 write_timeout: float = ACTUATION_TIMEOUT_S, **kwargs):  # fmt: skip
+        super().__init__(read_pv, put_complete=put_complete, write_timeout=write_timeout,
+                         **kwargs)  # fmt: skip
+        self._refusal = EpicsSignalRO(message_pv, name=f"{self.name}_refusal", string=True)
+
+    def set(self, value, **kwargs) -> Status:
+        """Put ``value`` with completion; a refusal carries the instrument's reason."""
+        try:
+            shown = f"{float(value):g}"
+        except (TypeError, ValueError):
+            shown = f"({len(value)} values)" if hasattr(value, "__len__") else repr(value)
+        return explained(super().set(value, **kwargs), self._refusal, f"{self.name} {shown}")
+
+
+def refusable(suffix: str, *, kind="normal", **kwargs) -> Cpt:
+    """A component: a :class:`RefusableSignal` at ``suffix``, the instrument's reason
+    in its ``interlock:message_RBV`` (both after the device's prefix)."""
+    return Cpt(RefusableSignal, suffix, message_pv="interlock:message_RBV",
+               add_prefix=("suffix", "write_pv", "message_pv"), kind=kind,
+               **kwargs)  # fmt: skip
+
+
 class ProcessCommand(Device):
     """One numbered or sized process the instrument runs to its end: a cut, a deposition.
 
@@ -125,13 +220,7 @@ class ProcessCommand(Device):
 
     def timeout_for(self, value) -> float:
         """Seconds a process of ``value`` may take here before its status fails."""
-        try:
-            scale = float(self.time_scale.get())
-        except Exception:  # noqa: BLE001 - an instrument without a simulated clock
-            scale = 1.0
-        if not math.isfinite(scale) or scale <= 0:
-            scale = 1.0
-        return float(self._duration(self.parent, value)) * scale * 1.5 + PROCESS_MARGIN_S
+        return process_limit_s(self._duration(self.parent, value), self.time_scale)
 
     def set(self, value) -> Status:
         """Start the process; finished when the instrument has finished it."""
@@ -156,9 +245,107 @@ class ProcessCommand(Device):
         """Nothing to do: a process in progress is finished by the instrument."""
 
     def resume(self) -> None:
-        """Before a paused run goes on: wait for a process still running to end."""
+        """Before a paused run goes on: wait for a process still running to end.
+
+        Raises
+        ------
+        ProcessStillRunningError
+            If it still runs after the time its duration allows (:meth:`timeout_for`):
+            the run is not resumed (the plan would read a process that has not
+            ended). ``RE.abort()`` then stops it (the safe state); ``RE.resume()``
+            waits again.
+        """
         if self._busy is None:
             return
-        deadline = time.monotonic() + self.timeout_for(None)
-        while int(self._busy.get(use_monitor=False) or 0) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        limit = self.timeout_for(None)
+        if not wait_until_idle([self._busy], limit):
+            raise ProcessStillRunningError(
+                f"{self.name}: the instrument still runs the process {limit:.0f} s after "
+                "the resume, longer than its duration allows; the run was not resumed: "
+                "RE.abort() stops it (safe state), RE.resume() waits again"
+            )
+
+
+class OffWhilePaused:
+    """Mixin for a device (before :class:`ophyd.Device`) whose source a pause switches off.
+
+    A paused run must not leave a source on (an ion beam on the face, laser
+    emission), for hours if nobody comes back. :meth:`pause` switches it off as soon
+    as every process it serves has ended (earlier would stop one part-way: the
+    instrument finishes it), from a thread, so the RunEngine is not held.
+    :meth:`resume` waits for that, then puts the source back on only if it was on
+    and :meth:`_on_again_after_pause` says so.
+
+    A subclass gives ``set`` (switching with put-completion, refusals explained),
+    :meth:`_switch` (the put-completion signal it sets), ``ON_VALUE`` and
+    ``OFF_VALUE``, :meth:`_busy_signals` (1 while a process runs) and
+    :meth:`_process_limit_s` (the longest a process may still run).
+    """
+
+    #: The switch's value when the source is on, and when it is off.
+    ON_VALUE = "On"
+    OFF_VALUE = "Off"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._on_before_pause = False
+        self._switching_off: threading.Thread | None = None
+        self._pause_limit_s = 0.0
+
+    def _switch(self):
+        """The signal that switches the source (put-completion)."""
+        raise NotImplementedError
+
+    def _busy_signals(self) -> list:
+        """Signals reading 1 while a process the source serves runs."""
+        raise NotImplementedError
+
+    def _process_limit_s(self) -> float:
+        """The longest a pause waits for a process to end before switching off anyway."""
+        raise NotImplementedError
+
+    def _on_again_after_pause(self) -> bool:
+        """Whether a resume puts the source back on (it was on at the pause)."""
+        return True
+
+    @property
+    def is_on(self) -> bool:
+        """True when the source is on."""
+        return str(self._switch().get()) == self.ON_VALUE
+
+    def _off_once_idle(self, limit_s: float) -> None:
+        try:
+            if not wait_until_idle(self._busy_signals(), limit_s):
+                logger.warning("%s: a process still runs after %.0f s: switching off now",
+                               self.name, limit_s)  # fmt: skip
+            self._switch().set(self.OFF_VALUE, timeout=ACTUATION_TIMEOUT_S).wait(
+                ACTUATION_TIMEOUT_S
+            )
+        except Exception as error:  # noqa: BLE001 - the safe state switches it off on exit
+            logger.warning("%s: could not switch %s on pause: %s", self.name,
+                           self.OFF_VALUE, error)  # fmt: skip
+
+    def pause(self) -> None:
+        """Switch off once any process in progress has ended (without waiting here)."""
+        try:
+            self._on_before_pause = self.is_on
+        except Exception:  # noqa: BLE001 - an IOC that is gone has nothing on
+            self._on_before_pause = False
+            return
+        if self._on_before_pause:
+            self._pause_limit_s = self._process_limit_s()
+            self._switching_off = threading.Thread(
+                target=self._off_once_idle, args=(self._pause_limit_s,), daemon=True,
+                name=f"{self.name}-off-on-pause",
+            )  # fmt: skip
+            self._switching_off.start()
+
+    def resume(self) -> None:
+        """Once switched off, put the source back on if it was and should be."""
+        if self._switching_off is not None:
+            self._switching_off.join(self._pause_limit_s + 2 * ACTUATION_TIMEOUT_S)
+            self._switching_off = None
+        if self._on_before_pause and self._on_again_after_pause():
+            # The device's own set: a refusal fails the resume with the instrument's reason.
+            self.set(self.ON_VALUE).wait(ACTUATION_TIMEOUT_S)
+        self._on_before_pause = False

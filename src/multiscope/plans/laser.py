@@ -7,8 +7,9 @@ lowest power that cuts through, the enclosure's interlock, a repeated cut number
 then, in one run: switches emission off (a killed client may have left it on),
 sets the power and the speed, loads the tool path
 (:func:`multiscope.analysis.laser_path.tab_path`), brings the table to its start,
-switches emission on, cuts once (numbered, never replayed: decision 0016), switches
-emission off and reads the piece the instrument measured (stream ``cut``). The safe
+switches emission on, cuts once (numbered) and switches emission off, the three one
+step that is never replayed (decision 0016), and reads the piece the instrument
+measured (stream ``cut``). The safe
 state (cut stopped, emission off, table stopped) runs on every exit.
 
 The tab's width can come from the thickness rule: ``width_um=None`` with an
@@ -157,6 +158,19 @@ def _place(laser, path: ToolPath, origin_um) -> ToolPath:
     return placed
 
 
+def _lengths(**lengths) -> dict:
+    """Each length (um) as a finite float > 0; None stays None (a width from the rule).
+
+    Raises
+    ------
+    PlanArgumentError
+        Naming the parameter: not a number, not finite, not > 0.
+    """
+    return {name: None if value is None and name in ("width_um", "diameter_um")
+            else require_number(name, value, minimum=0, exclusive_minimum=True)
+            for name, value in lengths.items()}  # fmt: skip
+
+
 def _sample_entries(kind: str, sample_id: str, parent_id: str, material) -> dict:
     """The start-document entries of the piece the cut makes (registered if named)."""
     if not sample_id:
@@ -250,7 +264,9 @@ def _run(laser, path: ToolPath, block: LaserCutBlock, power: float, speed: float
     @safe_state_decorator(safe)
     def body():
         yield from set_emission(laser.emission, "Off")
-        yield from bps.mv(laser.source.speed_mm_s, speed, laser.source.power_W, power)
+        # One after the other: each put's refusal is read from the one message PV.
+        yield from bps.mv(laser.source.speed_mm_s, speed)
+        yield from bps.mv(laser.source.power_W, power)
         yield from load_path(laser.cut, path)
         intact = float((yield from bps.rd(laser.cut.path_intact)))
         if math.isnan(intact):
@@ -267,9 +283,7 @@ def _run(laser, path: ToolPath, block: LaserCutBlock, power: float, speed: float
             raise PlanArgumentError(
                 f"the mill made cut {made} since the checks: cut {block.cut_number} is not next"
             )
-        yield from set_emission(laser.emission, "On")
-        yield from cut_along_path(laser.cut, block.cut_number)
-        yield from set_emission(laser.emission, "Off")
+        yield from cut_along_path(laser.emission, laser.cut, block.cut_number)
         yield from bps.mv(laser.piece.row_y_um, block.tab_mid_y_um)
         reading = yield from bps.trigger_and_read(readings, name="cut")
         measured = _reading(reading, "piece_row_width_um")
@@ -340,7 +354,12 @@ def cut_tab(
         The cut's number, to make sure a re-run makes no cut twice (refused if the
         mill has made it); default: the next.
     max_duration_s : float
+        Longest estimated run accepted (instrument seconds: the table's move to the
+        path's start, the cut, switching emission); a longer estimate is refused
+        before anything moves. Default a day; ``math.inf``: no limit.
     md : dict, optional
+        Metadata merged over the plan's own start-document entries (a key given
+        here wins, ``laser_cut`` included).
 
     Raises
     ------
@@ -349,12 +368,16 @@ def cut_tab(
         allows, a path off the table, a power over the limit or too low to cut, the
         enclosure open, a cut number already made.
     """
-    geometry = {"width_um": width_um, "length_um": float(length_um),
-                "handle_width_um": float(handle_width_um),
-                "handle_length_um": float(handle_length_um)}  # fmt: skip
+    geometry = _lengths(
+        width_um=width_um,
+        length_um=length_um,
+        handle_width_um=handle_width_um,
+        handle_length_um=handle_length_um,
+    )
 
     def path_of(spot, kerf_fraction, width):
-        return tab_path(width, length_um, handle_width_um, handle_length_um, spot, compensate,
+        return tab_path(width, geometry["length_um"], geometry["handle_width_um"],
+                        geometry["handle_length_um"], spot, compensate,
                         kerf_fraction=kerf_fraction)  # fmt: skip
 
     return (yield from _cut_plan(
@@ -386,17 +409,47 @@ def lathe_pillar(
 ):
     """Cut a pillar ``diameter_um`` wide and ``height_um`` long on a handle (seed 000: 80-100 um).
 
-    The top view is cut as a tab (:func:`~multiscope.analysis.laser_path.pillar_path`);
-    the diameter cannot exceed ``sheet_thickness_um``. Otherwise as :func:`cut_tab`.
+    The cut is a rectangular outline in top view: seed 000's "pillar" as a laser-cut
+    tab of the pillar's diameter (:func:`~multiscope.analysis.laser_path.pillar_path`),
+    ``diameter_um`` across and ``height_um`` along, standing on the handle. The mill
+    has no rotation axis: nothing here turns it round. Its section is ``diameter_um``
+    by the sheet's thickness, so the diameter cannot exceed ``sheet_thickness_um``.
+
+    Parameters
+    ----------
+    laser : LaserMill
+        The mill (``instruments.laser.laser``).
+    diameter_um : float or None
+        The pillar's width in top view; None: the thickness rule's, as ``width_um``
+        of :func:`cut_tab`.
+    height_um : float
+        Its length along the handle's axis.
+    handle_width_um, handle_length_um : float
+        The handle it stands on.
+    sheet_thickness_um : float
+        The sheet's thickness (coating and foil): the largest diameter.
+    **keywords
+        ``origin_um``, ``power_W``, ``speed_mm_s``, ``compensate``, ``sample_id``,
+        ``parent_id``, ``material``, ``energy_keV``, ``cut_number``,
+        ``max_duration_s``, ``md``: as :func:`cut_tab`.
+
+    Raises
+    ------
+    PlanArgumentError
+        As :func:`cut_tab`, and a diameter beyond ``sheet_thickness_um``.
     """
-    geometry = {"width_um": diameter_um, "length_um": float(height_um),
-                "handle_width_um": float(handle_width_um),
-                "handle_length_um": float(handle_length_um)}  # fmt: skip
+    given = _lengths(diameter_um=diameter_um, height_um=height_um,
+                     handle_width_um=handle_width_um, handle_length_um=handle_length_um,
+                     sheet_thickness_um=sheet_thickness_um)  # fmt: skip
+    geometry = {"width_um": given["diameter_um"], "length_um": given["height_um"],
+                "handle_width_um": given["handle_width_um"],
+                "handle_length_um": given["handle_length_um"]}  # fmt: skip
 
     def path_of(spot, kerf_fraction, width):
-        return pillar_path(width, height_um, spot, compensate, handle_width_um=handle_width_um,
-                           handle_length_um=handle_length_um,
-                           sheet_thickness_um=sheet_thickness_um,
+        return pillar_path(width, given["height_um"], spot, compensate,
+                           handle_width_um=given["handle_width_um"],
+                           handle_length_um=given["handle_length_um"],
+                           sheet_thickness_um=given["sheet_thickness_um"],
                            kerf_fraction=kerf_fraction)  # fmt: skip
 
     return (yield from _cut_plan(
