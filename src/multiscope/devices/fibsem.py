@@ -26,6 +26,7 @@ from ophyd import FormattedComponent as FCpt
 from ophyd.status import Status
 
 from multiscope.devices.areadetector import StreamingCamera
+from multiscope.devices.bundle import InstrumentBundle
 from multiscope.devices.motor import Motor
 from multiscope.devices.process import (
     ACTUATION_TIMEOUT_S,
@@ -300,7 +301,7 @@ PARTS = ("stage", "cbs", "eds_detector", "ion_column", "mill", "electron_column"
          "sem", "eds", "sims")  # fmt: skip
 
 
-class PFIBSEM(Device):
+class PFIBSEM(InstrumentBundle):
     """The whole chamber as one object for plans: ``slice_and_view(pfib, ...)``.
 
     It holds the instrument's devices as attributes (:data:`PARTS`), not as ophyd
@@ -317,14 +318,10 @@ class PFIBSEM(Device):
         Every name of :data:`PARTS`, the device serving it.
     """
 
+    PARTS = PARTS
+
     def __init__(self, prefix: str = "", *, name: str = "pfib", **parts):
-        missing = [part for part in PARTS if part not in parts]
-        unknown = sorted(set(parts) - set(PARTS))
-        if missing or unknown:
-            raise TypeError(f"PFIBSEM needs exactly {PARTS}: missing {missing}, unknown {unknown}")
-        super().__init__(prefix, name=name)
-        for part in PARTS:
-            setattr(self, part, parts[part])
+        super().__init__(prefix, name=name, **parts)
 
     @property
     def insertables(self) -> dict:
@@ -335,8 +332,3 @@ class PFIBSEM(Device):
     def cameras(self) -> tuple:
         """The three detectors that write frames: SEM (CBS + TLD), EDS, SIMS."""
         return (self.sem, self.eds, self.sims)
-
-    def wait_for_connection(self, all_signals=False, timeout=2.0):
-        """Wait for every part's PVs."""
-        for part in PARTS:
-            getattr(self, part).wait_for_connection(all_signals=all_signals, timeout=timeout)

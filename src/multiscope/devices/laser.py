@@ -20,6 +20,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignal, EpicsSignalRO
 from ophyd.status import Status
 
+from multiscope.devices.bundle import InstrumentBundle
 from multiscope.devices.motor import Motor
 from multiscope.devices.process import (
     ACTUATION_TIMEOUT_S,
@@ -195,7 +196,7 @@ class Piece(Device):
 PARTS = ("table", "emission", "source", "enclosure", "cut", "piece")
 
 
-class LaserMill(Device):
+class LaserMill(InstrumentBundle):
     """The mill as one object for plans: ``cut_tab(laser, ...)``.
 
     It holds the instrument's devices as attributes (:data:`PARTS`), not as ophyd
@@ -203,18 +204,7 @@ class LaserMill(Device):
     and a session has each device once. It reads nothing itself.
     """
 
-    def __init__(self, prefix: str = "", *, name: str = "laser", **parts):
-        missing = [part for part in PARTS if part not in parts]
-        unknown = sorted(set(parts) - set(PARTS))
-        if missing or unknown:
-            raise TypeError(
-                f"LaserMill needs exactly {PARTS}: missing {missing}, unknown {unknown}"
-            )
-        super().__init__(prefix, name=name)
-        for part in PARTS:
-            setattr(self, part, parts[part])
+    PARTS = PARTS
 
-    def wait_for_connection(self, all_signals=False, timeout=2.0):
-        """Wait for every part's PVs."""
-        for part in PARTS:
-            getattr(self, part).wait_for_connection(all_signals=all_signals, timeout=timeout)
+    def __init__(self, prefix: str = "", *, name: str = "laser", **parts):
+        super().__init__(prefix, name=name, **parts)

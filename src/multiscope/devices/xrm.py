@@ -28,6 +28,7 @@ from ophyd.utils import LimitError
 
 from multiscope.analysis.optics import xrm_geometry_for_pixel, xrm_pixel_size_um
 from multiscope.devices.areadetector import StreamingCamera
+from multiscope.devices.bundle import InstrumentBundle
 from multiscope.devices.motor import Motor
 from multiscope.devices.process import InstrumentRefusedError, explained
 
@@ -217,7 +218,7 @@ class XRMCamera(StreamingCamera):
     """
 
 
-class XRM(Device):
+class XRM(InstrumentBundle):
     """The instrument as one object for plans: ``xrm_tomo_scan(xrm, "coin_survey")``.
 
     Holds the instrument's devices as attributes (:data:`PARTS`), not as ophyd
@@ -225,16 +226,7 @@ class XRM(Device):
     ``sample_theta``) and a session has each device once. It reads nothing itself.
     """
 
-    def __init__(self, prefix: str = "", *, name: str = "xrm", **parts):
-        missing = [part for part in PARTS if part not in parts]
-        unknown = sorted(set(parts) - set(PARTS))
-        if missing or unknown:
-            raise TypeError(f"XRM needs exactly {PARTS}: missing {missing}, unknown {unknown}")
-        super().__init__(prefix, name=name)
-        for part in PARTS:
-            setattr(self, part, parts[part])
+    PARTS = PARTS
 
-    def wait_for_connection(self, all_signals=False, timeout=2.0):
-        """Wait for every part's PVs."""
-        for part in PARTS:
-            getattr(self, part).wait_for_connection(all_signals=all_signals, timeout=timeout)
+    def __init__(self, prefix: str = "", *, name: str = "xrm", **parts):
+        super().__init__(prefix, name=name, **parts)
