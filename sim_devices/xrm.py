@@ -295,6 +295,7 @@ class XRMIOC(MessageRefusals, PVGroup):
     async def source_kv(self, instance, value):
         """Tube voltage (kV): the effective energy follows."""
         self.settings["kv"] = float(value)
+        await self.accepted()
         await self.update_derived()
         return value
 
@@ -302,6 +303,7 @@ class XRMIOC(MessageRefusals, PVGroup):
     async def source_power(self, instance, value):
         """Tube power (W): the flux follows."""
         self.settings["power"] = float(value)
+        await self.accepted()
         return value
 
     @source_filter.putter
@@ -309,6 +311,7 @@ class XRMIOC(MessageRefusals, PVGroup):
         """Source filter: the effective energy and the flux follow."""
         name = value if isinstance(value, str) else FILTERS[int(value)]
         self.settings["filter"] = name
+        await self.accepted()
         await self.update_derived()
         return name
 
@@ -316,6 +319,7 @@ class XRMIOC(MessageRefusals, PVGroup):
     async def source_on(self, instance, value):
         """X-rays on or off."""
         self.settings["on"] = value in ("On", 1)
+        await self.accepted()  # a client checks the reason PV after its put completes
         return value
 
     @sample_select.putter

@@ -164,6 +164,15 @@ def test_the_instrument_itself_refuses_an_sod_below_its_minimum_and_a_foreign_ob
         low_limit.put(original, wait=True)
     with pytest.raises(XRMRefusedError, match="not in the turret"):
         d["turret"].set("10x")
+    # a tube voltage beyond the tube's: refused at once with the reason, not waited for
+    from multiscope.devices.process import InstrumentRefusedError
+
+    kv = d["source"].kv.get()
+    with pytest.raises(InstrumentRefusedError, match="refused by the instrument"):
+        d["source"].kv.set(500.0).wait(15)
+    assert d["source"].kv.get(use_monitor=False) == kv
+    d["source"].kv.set(kv).wait(15)  # accepted again: the reason is cleared
+    assert message.get(use_monitor=False) == ""
 
 
 class _Documents:

@@ -30,7 +30,7 @@ from multiscope.analysis.optics import xrm_geometry_for_pixel, xrm_pixel_size_um
 from multiscope.devices.areadetector import StreamingCamera
 from multiscope.devices.bundle import InstrumentBundle
 from multiscope.devices.motor import Motor
-from multiscope.devices.process import InstrumentRefusedError, explained
+from multiscope.devices.process import InstrumentRefusedError, explained, refusable
 
 __all__ = [
     "OBJECTIVE_NAMES",
@@ -59,10 +59,6 @@ class XRMRefusedError(InstrumentRefusedError):
     """The XRM refused a request (the message says why)."""
 
 
-#: Seconds a source setting may take to read back (a refused one fails after this).
-SETTING_TIMEOUT_S = 10.0
-
-
 class XRaySource(Device):
     """The X-ray tube: ``kv``, ``power`` (W), ``filter`` (LE1..HE6), ``on``; its effective energy.
 
@@ -70,13 +66,11 @@ class XRaySource(Device):
     at ``source:shutter:``), so the safe state closes it without touching the tube.
     """
 
-    # A refused setting never reaches its readback: the wait for it is bounded.
-    kv = Cpt(EpicsSignal, "source:kv", kind="config", write_timeout=SETTING_TIMEOUT_S)
-    power = Cpt(EpicsSignal, "source:power", kind="config", write_timeout=SETTING_TIMEOUT_S)
-    filter = Cpt(EpicsSignal, "source:filter", string=True, kind="config",
-                 write_timeout=SETTING_TIMEOUT_S)  # fmt: skip
-    on = Cpt(EpicsSignal, "source:on", string=True, kind="config",
-             write_timeout=SETTING_TIMEOUT_S)  # fmt: skip
+    # Put with completion; a refusal fails at once with the instrument's reason.
+    kv = refusable("source:kv", kind="config")
+    power = refusable("source:power", kind="config")
+    filter = refusable("source:filter", string=True, kind="config")
+    on = refusable("source:on", string=True, kind="config")
     energy = Cpt(EpicsSignalRO, "source:energy_RBV", kind="normal")
     refusal = Cpt(EpicsSignalRO, "interlock:message_RBV", string=True, kind="omitted")
 
