@@ -17,6 +17,7 @@ and bluesky.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 __all__ = [
@@ -221,6 +222,27 @@ class SuspenderHooks:
 
     def _get_justification(self):
         return self.justification()
+
+    # bluesky (1.15) makes a tripped suspender's event on the RunEngine's loop from the
+    # caller's thread and waits 0.1 s for it; on a loaded machine the loop can take
+    # longer and the trip is lost ("Could not create the suspender event": the run went
+    # on into a dead IOC, measured in the integration suite). Trying again is safe: the
+    # timed-out request was cancelled, nothing else changed.
+    TRIP_TIMEOUT_S = 10.0
+
+    def __call__(self, value, **kwargs):
+        deadline = time.monotonic() + self.TRIP_TIMEOUT_S
+        while True:
+            try:
+                return super().__call__(value, **kwargs)
+            except RuntimeError as error:
+                running = self.RE is not None and self.RE.state.is_running
+                if "suspender event" not in str(error) or not running:
+                    raise
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{error}: the RunEngine's loop did not answer in {self.TRIP_TIMEOUT_S} s"
+                    ) from error
 
 
 def suspender_justification(suspender) -> str:
