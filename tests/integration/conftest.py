@@ -191,27 +191,26 @@ def acquire(cam, exposure: float, n: int = 1, period: float = 0.0):
 
 
 @contextlib.contextmanager
-def fibsem_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
-    """A PFIB-SEM session on its own simulated IOC; closed and stopped after.
+def stateful_session(pool, tmp_path_factory, name: str, instrument: str, extra_args=(),
+                     **options):  # fmt: skip
+    """A session of ``instrument`` on its own simulated IOC that keeps a state file.
 
     Yields ``(session, running IOC)``; the IOC keeps its state in
-    ``<name>-logs/fibsem-state.json`` (``running.state_file``), so a restart on the same
-    port and prefix (:func:`restart_ioc`) finds its slice count and face depth again.
+    ``<name>-logs/<instrument>-state.json`` (``running.state_file``), so a restart on
+    the same port and prefix (:func:`restart_ioc`) finds it again. ``data_dir=`` shares
+    another session's data directory; other ``options`` go to ``configure_session``.
     """
     from multiscope.session import configure_session
 
     logs = tmp_path_factory.mktemp(f"{name}-logs")
-    state_file = logs / "fibsem-state.json"
-    running, process = start_sim_ioc(
-        pool, logs, "fibsem", extra_args=["--state-file", str(state_file), *extra_args]
-    )
-    running.state_file = state_file
-    running.extra_args = ["--state-file", str(state_file), *extra_args]
-    running.log_dir = logs
+    state_file = logs / f"{instrument}-state.json"
+    args = ["--state-file", str(state_file), *extra_args]
+    running, _ = start_sim_ioc(pool, logs, instrument, extra_args=args)
+    running.state_file, running.extra_args, running.log_dir = state_file, args, logs
     session = None
     try:
         session = configure_session(
-            {}, "fibsem",
+            {}, instrument,
             data_dir=options.pop("data_dir", None) or tmp_path_factory.mktemp(f"{name}-data"),
             prefix=running.prefix, table=False, progress=False, **options,
         )  # fmt: skip
@@ -222,35 +221,14 @@ def fibsem_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
         simctl.stop_ioc(running.pid)
 
 
-@contextlib.contextmanager
+def fibsem_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
+    """A PFIB-SEM session (:func:`stateful_session`): slice count and face depth kept."""
+    return stateful_session(pool, tmp_path_factory, name, "fibsem", extra_args, **options)
+
+
 def laser_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
-    """A laser mill session on its own simulated IOC; closed and stopped after.
-
-    Yields ``(session, running IOC)``; the IOC keeps its cut count and material map in
-    ``<name>-logs/laser-state.json`` (and ``.map.npz``), so :func:`restart_ioc` finds them.
-    """
-    from multiscope.session import configure_session
-
-    logs = tmp_path_factory.mktemp(f"{name}-logs")
-    state_file = logs / "laser-state.json"
-    running, _ = start_sim_ioc(
-        pool, logs, "laser", extra_args=["--state-file", str(state_file), *extra_args]
-    )
-    running.state_file = state_file
-    running.extra_args = ["--state-file", str(state_file), *extra_args]
-    running.log_dir = logs
-    session = None
-    try:
-        session = configure_session(
-            {}, "laser",
-            data_dir=options.pop("data_dir", None) or tmp_path_factory.mktemp(f"{name}-data"),
-            prefix=running.prefix, table=False, progress=False, **options,
-        )  # fmt: skip
-        yield session, running
-    finally:
-        if session is not None:
-            session.close(timeout=120)
-        simctl.stop_ioc(running.pid)
+    """A laser mill session (:func:`stateful_session`): cut count and material map kept."""
+    return stateful_session(pool, tmp_path_factory, name, "laser", extra_args, **options)
 
 
 def restart_ioc(running: RunningIOC, name: str, timeout: float = 60.0) -> None:
