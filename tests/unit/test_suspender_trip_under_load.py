@@ -8,6 +8,7 @@ import time
 from bluesky import RunEngine
 from bluesky import plan_stubs as bps
 from ophyd.sim import Signal
+from waiting import wait_until
 
 from multiscope.suspenders import SuspendFloorOrDisconnect
 
@@ -26,13 +27,11 @@ def test_a_trip_while_the_loop_is_busy_still_suspends_the_run():
 
     def dump_while_the_loop_is_busy():
         try:
-            while not RE.state.is_running:
-                time.sleep(0.01)
+            wait_until(lambda: RE.state.is_running, timeout=10)
             # bluesky waits 0.1 s for the loop to make the suspender's event: keep it busy.
             RE._loop.call_soon_threadsafe(time.sleep, 0.5)
             beam.put(0.0)  # the trip, from this thread
-            while not held:
-                time.sleep(0.01)
+            wait_until(lambda: held, timeout=20, message="the run was never suspended")
             beam.put(100.0)
         except Exception as error:  # noqa: BLE001 - reported by the assertion below
             errors.append(error)
