@@ -211,6 +211,11 @@ class XRMCamera(StreamingCamera):
     (deg, mid-exposure), ``sample_x/y/z`` (mm), ``pixel_size_um`` and ``energy_keV``.
     """
 
+    def used_signal_names(self) -> list[str]:
+        """Also the binning: recipes set it, so it connects with the camera (a lazy PV's
+        one-by-one 1 s connect at first use failed under load, in the CI rehearsal)."""
+        return [*super().used_signal_names(), "cam.bin_x", "cam.bin_y"]
+
 
 class XRM(InstrumentBundle):
     """The instrument as one object for plans: ``xrm_tomo_scan(xrm, "coin_survey")``.
