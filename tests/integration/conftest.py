@@ -192,8 +192,8 @@ def acquire(cam, exposure: float, n: int = 1, period: float = 0.0):
 
 @contextlib.contextmanager
 def stateful_session(pool, tmp_path_factory, name: str, instrument: str, extra_args=(),
-                     **options):  # fmt: skip
-    """A session of ``instrument`` on its own simulated IOC that keeps a state file.
+                     *, state: bool = True, **options):  # fmt: skip
+    """A session of ``instrument`` on its own simulated IOC (with ``state``, a state file).
 
     Yields ``(session, running IOC)``; the IOC keeps its state in
     ``<name>-logs/<instrument>-state.json`` (``running.state_file``), so a restart on
@@ -203,8 +203,8 @@ def stateful_session(pool, tmp_path_factory, name: str, instrument: str, extra_a
     from multiscope.session import configure_session
 
     logs = tmp_path_factory.mktemp(f"{name}-logs")
-    state_file = logs / f"{instrument}-state.json"
-    args = ["--state-file", str(state_file), *extra_args]
+    state_file = logs / f"{instrument}-state.json" if state else None
+    args = [*(["--state-file", str(state_file)] if state else []), *extra_args]
     running, _ = start_sim_ioc(pool, logs, instrument, extra_args=args)
     running.state_file, running.extra_args, running.log_dir = state_file, args, logs
     session = None
@@ -243,25 +243,7 @@ def restart_ioc(running: RunningIOC, name: str, timeout: float = 60.0) -> None:
     running.pid = ioc.pid
 
 
-@contextlib.contextmanager
 def xrm_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
-    """A lab XRM session on its own simulated IOC; closed and stopped after.
-
-    Yields ``(session, running IOC)``; logs and data go to ``<name>-logs`` / ``<name>-data``.
-    """
-    from multiscope.session import configure_session
-
-    running, process = start_sim_ioc(pool, tmp_path_factory.mktemp(f"{name}-logs"), "xrm",
-                                     extra_args=list(extra_args))  # fmt: skip
-    session = None
-    try:
-        session = configure_session(
-            {}, "xrm",
-            data_dir=options.pop("data_dir", None) or tmp_path_factory.mktemp(f"{name}-data"),
-            prefix=running.prefix, table=False, progress=False, **options,
-        )  # fmt: skip
-        yield session, running
-    finally:
-        if session is not None:
-            session.close(timeout=120)
-        simctl.stop_ioc(process.pid)
+    """A lab XRM session (:func:`stateful_session`, without a state file: none is kept)."""
+    return stateful_session(pool, tmp_path_factory, name, "xrm", extra_args, state=False,
+                            **options)  # fmt: skip
