@@ -1,8 +1,8 @@
 """Ground truth of a simulated TXM tomogram (or vertical mosaic) in the frame of ``reconstruct``.
 
 The TXM IOC (:mod:`sim_devices.txm`) renders projections of a seeded electrode-tab
-phantom (:func:`sim_devices.physics.make_tab`); this module rebuilds the same phantom
-from the same arguments and samples it where
+phantom (:func:`sim_devices.physics.make_tab`, ``--seed`` and ``--tab-width-um``);
+this module rebuilds the same phantom from the same arguments and samples it where
 :func:`multiscope.analysis.tomo.reconstruct` puts its voxels, so a reconstruction,
 a stitched mosaic or a particle table can be scored voxel by voxel.
 
@@ -64,12 +64,12 @@ HDF5 layout (``--out``)
 -----------------------
 ``/`` attributes
     ``format`` (``"multiscope.tomo_truth"``), ``version`` (1), ``seed``,
-    ``particles`` (-1: the default volume fill), ``binning``, ``rows``, ``cols``,
-    ``pixel_size_um``, ``energy_keV``, ``axis_offset_px``, ``axis_column_px``
-    (``(cols - 1)/2 + axis_offset_px``), ``slice_center_px`` (``cols // 2``),
-    ``seen_radius_px``, ``margin_px``, ``row_margin_px``, ``mosaic_rows`` (rows
-    of the mosaic frame, ``offsets_vox[-1] + rows``), ``mu_units``, ``frame`` (a
-    one-line summary).
+    ``particles`` (-1: the default volume fill), ``tab_width_um`` (the phantom's
+    width), ``binning``, ``rows``, ``cols``, ``pixel_size_um``, ``energy_keV``,
+    ``axis_offset_px``, ``axis_column_px`` (``(cols - 1)/2 + axis_offset_px``),
+    ``slice_center_px`` (``cols // 2``), ``seen_radius_px``, ``margin_px``,
+    ``row_margin_px``, ``mosaic_rows`` (rows of the mosaic frame,
+    ``offsets_vox[-1] + rows``), ``mu_units``, ``frame`` (a one-line summary).
 ``/tiles/sample_z_um`` (n,) float64
     Stage heights, ascending (stitch order).
 ``/tiles/center_um`` (n, 3) float64
@@ -91,8 +91,9 @@ HDF5 layout (``--out``)
 
 Command line::
 
-    python -m sim_devices.tomo_truth --seed 0 --binning 4 --shape 256 256 \\
-        --axis-offset-px 3.7 --energy-keV 8 --sample-z-um -60 0 60 --out truth.h5
+    python -m sim_devices.tomo_truth --seed 0 [--tab-width-um 80] --binning 4 \\
+        --shape 256 256 --axis-offset-px 3.7 --energy-keV 8 --sample-z-um -60 0 60 \\
+        --out truth.h5
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ import numpy as np
 
 from sim_devices.physics import ElectrodeTab
 from sim_devices.physics.materials import MATERIAL_IDS
+from sim_devices.physics.phantom import DEFAULT_TAB_WIDTH_UM
 from sim_devices.physics.txm_scene import (
     DEFAULT_AXIS_OFFSET_PX,
     DEFAULT_ENERGY_KEV,
@@ -338,6 +340,7 @@ def build_truth(
     sample_z_um,
     *,
     particles: int | None = None,
+    tab_width_um: float = DEFAULT_TAB_WIDTH_UM,
     axis_offset_px: float = DEFAULT_AXIS_OFFSET_PX,
     energy_keV: float = DEFAULT_ENERGY_KEV,
     margin_px: float = DEFAULT_MARGIN_PX,
@@ -351,6 +354,8 @@ def build_truth(
     ----------
     seed, particles : int
         The IOC's ``--seed`` and ``--particles`` (None: its default fill).
+    tab_width_um : float
+        The IOC's ``--tab-width-um``.
     binning : int
         The camera binning (1, 2, 4); the pixel size follows from the start-up optics.
     shape : tuple of int
@@ -367,7 +372,8 @@ def build_truth(
     volume : bool
         Also sample the mu volume of every tile.
     tab : ElectrodeTab, optional
-        The phantom, when already built (it must be ``phantom(seed, particles)``).
+        The phantom, when already built (it must be
+        ``phantom(seed, particles, tab_width_um)``).
 
     Returns
     -------
@@ -377,7 +383,7 @@ def build_truth(
     if z.size == 0:
         raise ValueError("at least one sample:z position is needed")
     rows, cols = (int(v) for v in shape)
-    tab = phantom(seed, particles) if tab is None else tab
+    tab = phantom(seed, particles, tab_width_um) if tab is None else tab
     renderer = scene(tab, binning, axis_offset_px, seed)
     geometries = [tile_geometry(renderer, binning, (rows, cols), zi, energy_keV) for zi in z]
     h = geometries[0].pixel_size_um
@@ -390,6 +396,7 @@ def build_truth(
         "version": VERSION,
         "seed": int(seed),
         "particles": -1 if particles is None else int(particles),
+        "tab_width_um": float(tab.width_um),
         "binning": int(binning),
         "rows": rows,
         "cols": cols,
@@ -504,6 +511,7 @@ def main(argv: list[str] | None = None) -> None:
         tuple(args.shape),
         args.sample_z_um,
         particles=args.particles,
+        tab_width_um=args.tab_width_um,
         axis_offset_px=args.axis_offset_px,
         energy_keV=args.energy_keV,
         margin_px=args.margin_px,

@@ -8,16 +8,26 @@ phantom and the drift-free renderer here, as :class:`~sim_devices.txm.TXMIOC` do
 from __future__ import annotations
 
 import argparse
+import math
 
 from sim_devices.physics import ElectrodeTab, make_tab
+from sim_devices.physics.phantom import DEFAULT_TAB_WIDTH_UM
 from sim_devices.physics.txm_scene import DEFAULT_AXIS_OFFSET_PX, TXMScene, start_pixel_um
 
 __all__ = ["add_ioc_arguments", "phantom", "scene"]
 
 
-def phantom(seed: int, particles: int | None = None) -> ElectrodeTab:
-    """The tab the TXM IOC builds for ``--seed`` and ``--particles`` (same call)."""
-    return make_tab(seed=int(seed), n_particles=particles)
+def phantom(
+    seed: int, particles: int | None = None, tab_width_um: float = DEFAULT_TAB_WIDTH_UM
+) -> ElectrodeTab:
+    """The tab the TXM IOC builds for ``--seed``, ``--particles`` and ``--tab-width-um``.
+
+    The same call as :class:`sim_devices.txm.TXMIOC` makes, so the same particles.
+    """
+    tab_width_um = float(tab_width_um)
+    if not (math.isfinite(tab_width_um) and tab_width_um > 0):
+        raise ValueError(f"tab_width_um must be finite and positive, not {tab_width_um}")
+    return make_tab(seed=int(seed), width_um=tab_width_um, n_particles=particles)
 
 
 def scene(
@@ -42,11 +52,15 @@ def scene(
 
 
 def add_ioc_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the IOC options a truth must repeat: seed, particles, binning, shape, axis."""
+    """Add the IOC options a truth must repeat: seed, particles, width, binning, shape, axis."""
     parser.add_argument("--seed", type=int, required=True, help="the IOC's phantom seed")
     parser.add_argument(
         "--particles", type=int, default=None, help="the IOC's --particles (default: fill)"
     )
+    parser.add_argument(
+        "--tab-width-um", type=float, default=DEFAULT_TAB_WIDTH_UM,
+        help="the IOC's --tab-width-um (default %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--binning", type=int, choices=(1, 2, 4), required=True)
     parser.add_argument(
         "--shape", type=int, nargs=2, metavar=("ROWS", "COLS"), required=True,

@@ -28,6 +28,7 @@ Run::
 
     python -m sim_devices.txm --prefix TXM: --port 5071 [--binning 2] [--shape NY NX]
         [--seed 0] [--photons 20000] [--drift-um 0] [--axis-offset-px 3.7] [--particles N]
+        [--tab-width-um 80]
         [--valence-pattern mixed] [--valence-seed SEED] [--energy-drift-px 1]
         [--energy-drift-max-px 3] [--supersample 1] [--zp-tilt-mrad 0 0]
         [--ring-prefix SR: --ring-port 5072]
@@ -49,6 +50,7 @@ from sim_devices.areadetector import FrameContext, SimAreaDetector, pvproperty_w
 from sim_devices.detector_shape import camera_busy, resize_camera
 from sim_devices.motor import TrackedAxis
 from sim_devices.physics import DriftModel, ElectrodeTab, make_tab
+from sim_devices.physics.phantom import DEFAULT_TAB_WIDTH_UM
 from sim_devices.physics.txm_scene import (
     BINNINGS,
     DEFAULT_AXIS_OFFSET_PX,
@@ -156,7 +158,8 @@ class TXMIOC(PVGroup):
         ``truth:axis_offset_px`` (rotation axis column minus centre column, px, at
         ``sample:x = 0``),
         ``truth:focus_zp_z`` (mm, in focus for the current energy, det:z, sample:y),
-        ``truth:seed`` (phantom seed), ``truth:drift_x_px``, ``truth:drift_y_px``
+        ``truth:seed`` (phantom seed), ``truth:tab_width_um`` (the phantom's width
+        across the cut, um), ``truth:drift_x_px``, ``truth:drift_y_px``
         (energy drift of the image at the current energy, px),
         ``truth:valence_seed``, ``truth:valence_pattern`` (Ni valence field),
         ``truth:zp_shift_x_px``, ``truth:zp_shift_y_px`` (image shift from the
@@ -179,8 +182,13 @@ class TXMIOC(PVGroup):
         Rotation-axis offset from the detector centre (px at the start-up optics).
     particles : int, optional
         Number of NMC particles (default: fill 45 % of the coating).
+    tab_width_um : float
+        Width of the tab across the laser cut (x at ``sample:theta = 0``), um
+        (``--tab-width-um``; default ``make_tab``'s 80): the width the laser mill
+        measured on the tab, for the chain's sample.
     tab : ElectrodeTab, optional
-        A ready phantom (tests), instead of building one from ``seed``.
+        A ready phantom (tests), instead of building one from ``seed`` and
+        ``tab_width_um``.
     valence_pattern : str
         Ni valence field of the NMC particles: ``mixed`` (default), ``core-shell``,
         ``gradient`` (= ``radial``), ``uniform``, or ``none`` (no chemistry).
@@ -389,6 +397,14 @@ class TXMIOC(PVGroup):
         read_only=True,
         doc="Ground truth: phantom seed (the same seed rebuilds the phantom)",
     )
+    truth_tab_width_um = pvproperty(
+        name="truth:tab_width_um",
+        value=DEFAULT_TAB_WIDTH_UM,
+        read_only=True,
+        precision=3,
+        units="um",
+        doc="Ground truth: the phantom's width across the cut (um; with the seed, rebuilds it)",
+    )
     truth_drift_x_px = _truth_px(
         "truth:drift_x_px",
         "Ground truth: energy drift of the image at the current energy, columns (px, +right)",
@@ -432,6 +448,7 @@ class TXMIOC(PVGroup):
         drift_um: float = 0.0,
         axis_offset_px: float = DEFAULT_AXIS_OFFSET_PX,
         particles: int | None = None,
+        tab_width_um: float = DEFAULT_TAB_WIDTH_UM,
         tab: ElectrodeTab | None = None,
         valence_pattern: str = DEFAULT_VALENCE_PATTERN,
         valence_seed: int | None = None,
@@ -459,7 +476,11 @@ class TXMIOC(PVGroup):
         self.objective = OBJECTIVES["2x"]
         self.seed = int(seed)
         if tab is None:
-            tab = make_tab(seed=self.seed, n_particles=particles)
+            tab_width_um = float(tab_width_um)
+            if not (math.isfinite(tab_width_um) and tab_width_um > 0):
+                raise ValueError(f"tab_width_um must be finite and positive, not {tab_width_um}")
+            tab = make_tab(seed=self.seed, width_um=tab_width_um, n_particles=particles)
+        self.tab_width_um = float(tab.width_um)
         start_pixel = start_pixel_um(binning)
         drift = DriftModel(rms_um=(float(drift_um),) * 3, seed=self.seed)
         self.valence_pattern = canonical_valence_pattern(valence_pattern)
@@ -608,6 +629,7 @@ class TXMIOC(PVGroup):
     async def truth_seed(self, instance, async_lib):
         """Publish the seed and the derived PVs at start-up."""
         await instance.write(self.seed)
+        await self.truth_tab_width_um.write(self.tab_width_um)
         await self.truth_valence_seed.write(self.valence_seed)
         await self.truth_valence_pattern.write(self.valence_pattern)
         # Informational, as on a real controller: fly scans may use up to this.
@@ -704,6 +726,13 @@ def main(argv: list[str] | None = None) -> None:
         help="number of NMC particles (default: fill 45 %% of the coating)",
     )
     parser.add_argument(
+        "--tab-width-um",
+        type=float,
+        default=DEFAULT_TAB_WIDTH_UM,
+        help="width of the tab across the laser cut, um: the chain's demos pass the width "
+        "the laser mill measured (default %(default)s)",
+    )
+    parser.add_argument(
         "--valence-pattern",
         choices=VALENCE_PATTERNS,
         default=DEFAULT_VALENCE_PATTERN,
@@ -768,6 +797,7 @@ def main(argv: list[str] | None = None) -> None:
         drift_um=args.drift_um,
         axis_offset_px=args.axis_offset_px,
         particles=args.particles,
+        tab_width_um=args.tab_width_um,
         valence_pattern=args.valence_pattern,
         valence_seed=args.valence_seed,
         energy_drift_px=args.energy_drift_px,

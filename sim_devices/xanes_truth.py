@@ -25,8 +25,8 @@ mean chord.
 
 Consistency with the IOC
 ------------------------
-Same ``--seed``, ``--particles``, ``--binning``, ``--shape``, ``--axis-offset-px``,
-``--valence-pattern`` and ``--valence-seed`` as the IOC, and the IOC's
+Same ``--seed``, ``--particles``, ``--tab-width-um``, ``--binning``, ``--shape``,
+``--axis-offset-px``, ``--valence-pattern`` and ``--valence-seed`` as the IOC, and the IOC's
 ``sample:theta``, ``sample:x``, ``sample:z`` (``sample:y`` 0, optics at their
 start-up positions -- or moved with the energy pseudo-axis, which keeps the
 magnification -- 2x objective, zone plate centred, no drift): the map is that of the
@@ -40,9 +40,10 @@ HDF5 layout (``--out``)
 -----------------------
 ``/`` attributes
     ``format`` (``"multiscope.xanes_truth"``), ``version`` (1), ``seed``,
-    ``particles`` (-1: the default volume fill), ``binning``, ``rows``, ``cols``,
-    ``pixel_size_um``, ``axis_offset_px``, ``axis_column_px`` (``(cols - 1)/2 +
-    axis_offset_px + sample_x_um / pixel_size_um``), ``theta_deg``,
+    ``particles`` (-1: the default volume fill), ``tab_width_um`` (the phantom's
+    width), ``binning``, ``rows``, ``cols``, ``pixel_size_um``, ``axis_offset_px``,
+    ``axis_column_px`` (``(cols - 1)/2 + axis_offset_px + sample_x_um /
+    pixel_size_um``), ``theta_deg``,
     ``sample_x_um``, ``sample_z_um``, ``center_um`` (tab point on the axis at the
     detector centre row), ``valence_pattern``, ``valence_seed``,
     ``valence_min``, ``valence_max`` (range over all NMC shells),
@@ -74,8 +75,8 @@ Command line::
 
     python -m sim_devices.xanes_truth --seed 0 --binning 4 --shape 128 128 \\
         --axis-offset-px 3.7 --theta-deg 0 --sample-x-um 0 --sample-z-um 0 \\
-        [--particles N] [--valence-pattern mixed] [--valence-seed S] [--supersample 4] \\
-        --out truth.h5
+        [--particles N] [--tab-width-um 80] [--valence-pattern mixed] [--valence-seed S] \\
+        [--supersample 4] --out truth.h5
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ import h5py
 import numpy as np
 
 from sim_devices.physics import ElectrodeTab
+from sim_devices.physics.phantom import DEFAULT_TAB_WIDTH_UM
 from sim_devices.physics.txm_scene import (
     DEFAULT_AXIS_OFFSET_PX,
     DEFAULT_SUPERSAMPLE,
@@ -161,6 +163,7 @@ def build_truth(
     shape: tuple[int, int],
     *,
     particles: int | None = None,
+    tab_width_um: float = DEFAULT_TAB_WIDTH_UM,
     axis_offset_px: float = DEFAULT_AXIS_OFFSET_PX,
     theta_deg: float = 0.0,
     sample_x_um: float = 0.0,
@@ -176,6 +179,8 @@ def build_truth(
     ----------
     seed, particles : int
         The IOC's ``--seed`` and ``--particles`` (None: its default fill).
+    tab_width_um : float
+        The IOC's ``--tab-width-um``.
     binning : int
         The camera binning (1, 2, 4); the pixel size follows from the start-up optics.
     shape : tuple of int
@@ -189,7 +194,8 @@ def build_truth(
     valence_seed : int, optional
         The IOC's ``--valence-seed`` (default ``seed``).
     tab : ElectrodeTab, optional
-        The phantom, when already built (it must be ``phantom(seed, particles)``).
+        The phantom, when already built (it must be
+        ``phantom(seed, particles, tab_width_um)``).
     supersample : int
         The IOC's ``--supersample`` (sub-rays per pixel and axis of its renders).
 
@@ -200,7 +206,7 @@ def build_truth(
     rows, cols = (int(v) for v in shape)
     pattern = canonical_valence_pattern(valence_pattern)
     vseed = int(seed) if valence_seed is None else int(valence_seed)
-    tab = phantom(seed, particles) if tab is None else tab
+    tab = phantom(seed, particles, tab_width_um) if tab is None else tab
     vf = valence_field(tab, pattern, vseed)
     # The IOC's renderer without any drift: geometry and centre exactly as it projects.
     renderer = scene(tab, binning, axis_offset_px, seed)
@@ -221,6 +227,7 @@ def build_truth(
         "version": VERSION,
         "seed": int(seed),
         "particles": -1 if particles is None else int(particles),
+        "tab_width_um": float(tab.width_um),
         "binning": int(binning),
         "rows": rows,
         "cols": cols,
@@ -333,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         args.binning,
         tuple(args.shape),
         particles=args.particles,
+        tab_width_um=args.tab_width_um,
         axis_offset_px=args.axis_offset_px,
         theta_deg=args.theta_deg,
         sample_x_um=args.sample_x_um,

@@ -28,7 +28,10 @@ import numpy as np
 
 from .materials import MATERIAL_IDS, mu_table
 
-__all__ = ["ElectrodeTab", "VoxelVolume", "make_tab"]
+__all__ = ["DEFAULT_TAB_WIDTH_UM", "ElectrodeTab", "VoxelVolume", "make_tab"]
+
+#: Width (x, across the laser cut) of :func:`make_tab`'s tab, um: the TXM's default sample.
+DEFAULT_TAB_WIDTH_UM = 80.0
 
 _NMC = MATERIAL_IDS["nmc811"]
 _CBD = MATERIAL_IDS["cbd"]
@@ -421,7 +424,7 @@ def _draw_to_volume(rng, target_volume, median, sigma, dmin, dmax):
 
 def make_tab(
     seed: int = 0,
-    width_um: float = 80.0,
+    width_um: float = DEFAULT_TAB_WIDTH_UM,
     coating_thickness_um: float = 80.0,
     foil_thickness_um: float = 20.0,
     height_um: float = 250.0,

@@ -3,7 +3,9 @@
 Sessions of the laser mill, the lab XRM, the TXM and the PFIB-SEM, one after the
 other, on one data directory (as a facility's instruments share one catalog): the
 tab is cut (the cut registers it, from its sheet), surveyed, imaged and sectioned;
-the history is read from Python and from the command line.
+the history is read from Python and from the command line. The TXM's simulator
+builds the tab the cut measured (:func:`multiscope.demos.chain.chain_tab`, as the
+demos do).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import sys
 
 import pytest
 from conftest import fibsem_session, finished_run, laser_session, txm_session, xrm_session
+
+from multiscope.demos.chain import DEFAULT_TAB_WIDTH_UM, chain_tab
+from sim_devices.physics.phantom import DEFAULT_TAB_WIDTH_UM as SIMULATORS_DEFAULT_UM
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +40,13 @@ def test_a_samples_history_spans_instruments_in_order(ca_port_pool, tmp_path_fac
         (tab,) = RE(plans["cut_tab"](session.devices["laser"], 100.0, 500.0, 600.0, 800.0,
                                      origin_um=(1000.0, 300.0), sample_id="tab-3",
                                      parent_id="sheet-1"))  # fmt: skip
-        finished_run(session, tab)
+        cut = finished_run(session, tab)
+        measured = float(cut["cut"].read()["piece_row_width_um"].values[-1])
+        # The chain's tab is the piece this cut freed, as wide as the mill measured it.
+        chain = chain_tab(session.catalog, "tab-3")
+    assert abs(measured - 100.0) < 5.0  # the 100 um asked for (the laser's 5 um), not 80
+    assert (chain.cut_uid, chain.width_um) == (tab, round(measured, 1))
+    assert chain.ioc_args()[-2:] == ["--tab-width-um", repr(chain.width_um)]
     with xrm_session(ca_port_pool, tmp_path_factory, "history-xrm", data_dir=data_dir) as (
         session,
         _,
@@ -45,13 +56,24 @@ def test_a_samples_history_spans_instruments_in_order(ca_port_pool, tmp_path_fac
             binning=8, num_darks=2, num_flats=2, sample_id="tab-3"))  # fmt: skip
         assert session.drain(300)
         finished_run(session, survey)
-    with txm_session(ca_port_pool, tmp_path_factory, "history-txm", data_dir=data_dir) as (
-        session,
-        _,
-    ):
+    with txm_session(ca_port_pool, tmp_path_factory, "history-txm", data_dir=data_dir,
+                     extra_args=chain.ioc_args()) as (session, txm):  # fmt: skip
+        from ophyd import EpicsSignalRO
+
+        # The simulator images the tab the mill cut (its ground truth says so over CA).
+        for name, value in (("tab_width_um", chain.width_um), ("seed", chain.seed)):
+            truth = EpicsSignalRO(f"{txm.prefix}truth:{name}", name=name)
+            truth.wait_for_connection(timeout=10)
+            assert truth.get() == pytest.approx(value, abs=1e-9), name
         RE, plans, d = session.RE, session.plans, session.devices
         (frames,) = RE(plans["count_frames"]([d["camera"]], 2, sample_id="tab-3"))
         (other,) = RE(plans["count_frames"]([d["camera"]], 1, sample_id="coin-2"))
+        # A sample imaged but never cut: the simulators' default tab stands in.
+        finished_run(session, other)
+        uncut = chain_tab(session.catalog, "coin-2")
+        assert uncut.width_um == DEFAULT_TAB_WIDTH_UM == SIMULATORS_DEFAULT_UM
+        assert uncut.cut_uid == ""
+        assert "not cut" in uncut.source
         # A sample set for the session names every run that does not name its own.
         RE.md["sample_id"] = "tab-3"
         d["sample"].theta.velocity.set(180).wait(10)

@@ -134,6 +134,7 @@ def test_every_documented_pv_exists(txm_ioc):
     assert signals["zp:diameter"].get() == pytest.approx(120.0)
     assert signals["zp:dr"].get() == pytest.approx(30.0)
     assert signals["truth:seed"].get() == SEED
+    assert signals["truth:tab_width_um"].get() == 80.0  # no --tab-width-um: make_tab's default
     assert signals["optics:pixel_size"].get() == pytest.approx(130.0, rel=1e-6)
     assert signals["optics:magnification"].get() == pytest.approx(50.0, rel=1e-6)
     assert signals["truth:focus_zp_z"].get() == pytest.approx(signals["zp:z.RBV"].get())

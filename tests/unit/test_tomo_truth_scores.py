@@ -32,6 +32,7 @@ from multiscope.analysis.stitch import stitch_vertical
 from multiscope.analysis.tomo import find_center, minus_log, normalize, reconstruct
 from sim_devices.physics.txm_scene import TXMState
 from sim_devices.tomo_truth import build_truth, phantom, read_truth, scene, write_truth
+from sim_devices.tomo_truth import main as tomo_truth_main
 
 SEED = 0
 BINNING = 4
@@ -185,6 +186,27 @@ def test_cli_writes_the_documented_layout(tmp_path, tab):
         for key in ("diameter_vox", "row_vox", "slice_col_vox", "inside", "inside_tile"):
             np.testing.assert_array_equal(f["particles"][key][()], expected.particles[key])
         assert f["particles/inside_tile"].shape == (len(f["particles/index"]), 2)
+
+
+def test_cli_builds_the_tab_the_ioc_is_given(tmp_path):
+    """``--tab-width-um`` (the chain's tab, as the laser mill cut it) reaches the phantom."""
+    out = tmp_path / "wide.h5"
+    width, particles = 96.0, 600
+    tomo_truth_main(
+        ["--seed", str(SEED), "--particles", str(particles), "--tab-width-um", str(width),
+         "--binning", str(BINNING), "--shape", "64", str(COLS), "--sample-z-um", "0",
+         "--no-volume", "--out", str(out)]
+    )  # fmt: skip
+    truth = read_truth(out, volume=False)
+    assert truth.attrs["tab_width_um"] == width
+    wide, default = phantom(SEED, particles, width), phantom(SEED, particles)
+    assert (wide.width_um, default.width_um) == (width, 80.0)
+    index = truth.particles["index"]
+    assert index.size > 10
+    xyz = np.stack([truth.particles[k] for k in ("x_um", "y_um", "z_um")], axis=1)
+    # The particles of the wide tab (as TXMIOC(tab_width_um=96) builds it), not the default's.
+    np.testing.assert_array_equal(xyz, wide.centers_um[index])
+    assert not np.array_equal(wide.centers_um, default.centers_um)
 
 
 # ------------------------------------------------------------------------ (a) centre

@@ -25,6 +25,7 @@ from sim_devices.physics.txm_scene import TXMScene, TXMState, in_focus
 from sim_devices.txm import TXMIOC
 
 SEED, PARTICLES, BINNING = 5, 400, 4
+TAB_WIDTH_UM = 96.0  # not make_tab's 80: the chain's tab, as the laser mill measured it
 SHAPE = (56, 72)  # not square: rows and columns cannot be swapped unnoticed
 AXIS_OFFSET_PX = -2.3
 THETA, SAMPLE_X, SAMPLE_Z = 25.0, 1.7, -14.0
@@ -42,7 +43,8 @@ def truth_file(tmp_path_factory, supersample):
     out = tmp_path_factory.mktemp("xanes-truth") / "truth.h5"
     xanes_truth.main(
         [
-            "--seed", str(SEED), "--particles", str(PARTICLES), "--binning", str(BINNING),
+            "--seed", str(SEED), "--particles", str(PARTICLES),
+            "--tab-width-um", str(TAB_WIDTH_UM), "--binning", str(BINNING),
             "--shape", *map(str, SHAPE), "--axis-offset-px", str(AXIS_OFFSET_PX),
             "--theta-deg", str(THETA), "--sample-x-um", str(SAMPLE_X),
             "--sample-z-um", str(SAMPLE_Z), "--valence-pattern", PATTERN,
@@ -55,13 +57,13 @@ def truth_file(tmp_path_factory, supersample):
 
 @pytest.fixture(scope="module")
 def ioc(supersample):
-    # As `python -m sim_devices.txm --seed 5 --particles 400 --binning 4 --shape 56 72
-    # --axis-offset-px -2.3 --valence-pattern core-shell --valence-seed 11
+    # As `python -m sim_devices.txm --seed 5 --particles 400 --tab-width-um 96 --binning 4
+    # --shape 56 72 --axis-offset-px -2.3 --valence-pattern core-shell --valence-seed 11
     # --supersample N` builds it.
     return TXMIOC(
         prefix="XT:", shape=SHAPE, binning=BINNING, seed=SEED, particles=PARTICLES,
-        axis_offset_px=AXIS_OFFSET_PX, valence_pattern=PATTERN, valence_seed=VALENCE_SEED,
-        supersample=supersample,
+        tab_width_um=TAB_WIDTH_UM, axis_offset_px=AXIS_OFFSET_PX, valence_pattern=PATTERN,
+        valence_seed=VALENCE_SEED, supersample=supersample,
     )  # fmt: skip
 
 
@@ -82,6 +84,7 @@ def test_layout_of_the_truth_file(truth_file, supersample):
         assert set(f["valence"]) == {"radius_fraction", "valence", "center_um", "radius_um"}
         a = dict(f.attrs)
     assert (a["seed"], a["particles"], a["binning"]) == (SEED, PARTICLES, BINNING)
+    assert a["tab_width_um"] == TAB_WIDTH_UM
     assert (a["rows"], a["cols"]) == SHAPE
     assert a["valence_pattern"] == PATTERN and a["valence_seed"] == VALENCE_SEED
     assert a["supersample"] == supersample
@@ -103,6 +106,12 @@ def test_layout_of_the_truth_file(truth_file, supersample):
 
 def test_truth_is_the_phantom_and_chemistry_the_ioc_renders(truth_file, ioc):
     truth = xanes_truth.read_truth(truth_file)
+    # The tab the IOC was given: its width (as truth:tab_width_um serves it), not the default.
+    assert ioc.physics.tab.width_um == ioc.tab_width_um == TAB_WIDTH_UM
+    assert truth.attrs["tab_width_um"] == TAB_WIDTH_UM
+    default = xanes_truth.phantom(SEED, PARTICLES)
+    assert default.width_um == 80.0
+    assert not np.array_equal(default.centers_um[: default.n_nmc], truth.valence["center_um"])
     vf = ioc.physics.valence
     np.testing.assert_array_equal(truth.valence["valence"], vf.valence)
     np.testing.assert_array_equal(truth.valence["radius_fraction"], vf.radius_fraction)

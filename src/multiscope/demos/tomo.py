@@ -1,13 +1,17 @@
 """Demo of the TXM: vertical mosaic tomography of the simulated NMC811 tab, scored.
 
-Starts the simulated TXM IOC (or reuses a running one started with the same
-options), configures a ``txm`` session, runs ``vertical_mosaic_tomo`` (a step
-tomogram per tile, with dark and flat fields) while the session's
+Reads the chain's tab from the catalog (:func:`~multiscope.demos.chain.chain_tab`:
+the width the laser mill measured when ``prep`` cut it in this data directory, else
+the simulator's default 80 um tab), starts the simulated TXM IOC building that tab
+(or reuses a running one started with the same options), configures a ``txm``
+session, runs ``vertical_mosaic_tomo`` (a step tomogram per tile, with dark and
+flat fields) while the session's
 :class:`~multiscope.callbacks.pipelines.TomographyPipeline` previews,
 reconstructs each tile, stitches the mosaic and labels its particles, then reads
 every derived run back from the catalog and scores it against the ground truth,
 which ``python -m sim_devices.tomo_truth`` computes in a subprocess from the
-same seeded phantom (runtime code never imports the simulator)::
+same seeded phantom (runtime code never imports the simulator); the tab imaged
+(cut on record or default) is printed and listed with the scores::
 
     centre error per tile (px)              |found - true axis column|   < 0.5
     reconstruction RMSE vs the phantom      <= 1.005 x iradon's on the same data
@@ -27,7 +31,7 @@ Defaults: binning 4 and 256 x 256 frames. That is the whole sensor at 0.26 um
 pixels, so the field of view is the full 66.6 um (as at binning 2) with 4x
 fewer pixels per frame and 8x fewer voxels per tile than binning 2: rendering,
 reconstruction and labelling stay within a 5-minute demo on 2 cores, and the
-smallest particle is still resolved. Three tiles of 361 projections (~1000
+smallest particle is still resolved. Three tiles of 181 projections (~1000
 photons per pixel, 50 ms) with 10 % overlap cover 186 um of the 250 um tab.
 """
 
@@ -49,7 +53,8 @@ from ..analysis.tomo import minus_log, normalize
 from ..plans.mosaic import mosaic_heights
 from ..session import configure_session
 from . import CHAIN_SAMPLE_ID, DemoResult
-from ._txm_ioc import txm_ioc
+from ._txm_ioc import chain_tab_of, txm_ioc
+from .chain import ChainTab
 
 __all__ = ["TOLERANCES", "TomoDemoConfig", "run"]
 
@@ -66,9 +71,13 @@ TRUTH_TIMEOUT_S = 300.0
 
 @dataclass(frozen=True)
 class TomoDemoConfig:
-    """What the demo simulates and acquires (see the module docstring for the defaults)."""
+    """What the demo simulates and acquires (see the module docstring for the defaults).
 
-    seed: int = 0
+    The sample is not configured here: it is the chain's tab
+    (:class:`~multiscope.demos.chain.ChainTab`, its seed and width). The IOC's one
+    ``--seed`` also seeds its noise, flats and drift, so the demo has no seed of its own.
+    """
+
     particles: int | None = None
     binning: int = 4
     shape: tuple[int, int] = (256, 256)
@@ -85,12 +94,12 @@ class TomoDemoConfig:
     margin_px: float = 8.0
     row_margin_px: float = 2.0
 
-    def ioc_args(self) -> list[str]:
-        """Options of ``python -m sim_devices.txm`` for this configuration."""
+    def ioc_args(self, tab: ChainTab) -> list[str]:
+        """Options of ``python -m sim_devices.txm`` for this configuration imaging ``tab``."""
         args = [
             "--binning", str(self.binning),
             "--shape", str(self.shape[0]), str(self.shape[1]),
-            "--seed", str(self.seed),
+            *tab.ioc_args(),
             "--photons", repr(float(self.photons)),
             "--axis-offset-px", repr(float(self.axis_offset_px)),
         ]  # fmt: skip
@@ -102,10 +111,10 @@ class TomoDemoConfig:
 # ----------------------------------------------------------------------------- truth
 
 
-def _start_truth(config: TomoDemoConfig, heights, path: Path) -> subprocess.Popen:
+def _start_truth(config: TomoDemoConfig, tab: ChainTab, heights, path: Path) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "sim_devices.tomo_truth",
-        "--seed", str(config.seed),
+        *tab.ioc_args(),
         "--binning", str(config.binning),
         "--shape", str(config.shape[0]), str(config.shape[1]),
         "--axis-offset-px", repr(float(config.axis_offset_px)),
@@ -228,7 +237,8 @@ def run(
     Parameters
     ----------
     data_dir : Path
-        The data directory (catalog, assets, derived files, IOC logs).
+        The data directory (catalog, assets, derived files, IOC logs); the tab imaged
+        is the one its catalog records the laser mill cutting (else the default tab).
     config : TomoDemoConfig, optional
         What to simulate and acquire; default :class:`TomoDemoConfig`.
     port : int, optional
@@ -241,8 +251,9 @@ def run(
     timings: dict[str, float] = {}
     session = None
     truth_proc = None
+    tab = chain_tab_of(data_dir)
     print("starting the simulated TXM IOC ...", flush=True)
-    prefix, beam_prefix, iocs = txm_ioc(config.ioc_args(), data_dir, port, "TXMDEMO")
+    prefix, beam_prefix, iocs = txm_ioc(config.ioc_args(tab), data_dir, port, "TXMDEMO")
     try:
         session = configure_session(
             {},
@@ -279,7 +290,7 @@ def run(
         )
         mosaic_id = str(uuid.uuid4())
         truth_path = data_dir / "derived" / "txm" / "truth" / f"{mosaic_id}.h5"
-        truth_proc = _start_truth(config, heights, truth_path)  # runs while we scan
+        truth_proc = _start_truth(config, tab, heights, truth_path)  # runs while we scan
         print(
             f"vertical mosaic: {config.num_tiles} tiles x {config.num_projections} projections,"
             f" {rows} x {cols} px of {pixel_um * 1e3:.0f} nm, heights {np.round(heights, 2)} um",
@@ -317,6 +328,7 @@ def run(
             raise RuntimeError(f"ground truth failed:\n{out}")
         truth = _read_truth(truth_path)
         result = _score(session, config, uids, mosaic_id, truth, pixel_um)
+        result.scores = {"tab imaged": f"{tab.sample_id}, {tab.source}", **result.scores}
         result.details += [
             "timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()),
             f"ground truth: {truth_path}",

@@ -1,8 +1,11 @@
 """Demo of 2D XANES at the TXM: a Ni K-edge chemical-state map of the simulated tab, scored.
 
-Starts the simulated TXM IOC with its Ni K-edge chemistry (every NMC811 particle
-has a seeded Ni valence field; the whiteline shifts by 1.5 eV per valence unit)
-and a seeded sample jump at every energy, configures a ``txm`` session and runs
+Reads the chain's tab from the catalog (:func:`~multiscope.demos.chain.chain_tab`:
+the width the laser mill measured when ``prep`` cut it in this data directory, else
+the simulator's default 80 um tab; printed and listed with the scores), starts the
+simulated TXM IOC building that tab with its Ni K-edge chemistry (every NMC811
+particle has a seeded Ni valence field; the whiteline shifts by 1.5 eV per valence
+unit) and a seeded sample jump at every energy, configures a ``txm`` session and runs
 ``xanes_2d`` across the Ni K-edge (the default :func:`~multiscope.plans.xanes.energy_grid`,
 63 energies; the energy pseudo axis refocuses at each). The session's live
 :class:`~multiscope.callbacks.xanes.LiveXANESMap` normalises each energy by its
@@ -53,7 +56,8 @@ from ..frame_files import FrameReader
 from ..plans.xanes import energy_grid
 from ..session import configure_session
 from . import CHAIN_SAMPLE_ID, DemoResult, derived_run
-from ._txm_ioc import txm_ioc
+from ._txm_ioc import chain_tab_of, txm_ioc
+from .chain import ChainTab
 
 __all__ = ["TOLERANCES", "XanesDemoConfig", "run"]
 
@@ -75,10 +79,11 @@ class XanesDemoConfig:
     """What the demo simulates and acquires.
 
     Binning 4 at 128 x 128 px images a 33 um field (0.26 um pixels) in the middle
-    of the 80 um wide tab, face on (``sample:theta = 0``), as seed 002 maps the
-    electrode's interior. ``sample_x_um=30`` puts a laser-cut edge in view
-    instead (a quarter of the field empty); the same scores hold there
-    (``docs/xanes.md``, "The demo and its scores"). ``supersample`` is the IOC's
+    of the tab (80 um wide by default, the chain's cut ~96 um), face on
+    (``sample:theta = 0``), as seed 002 maps the electrode's interior.
+    ``sample_x_um=30`` puts the default tab's laser-cut edge (at ``x = 40`` um,
+    half its width) in view instead (a quarter of the field empty); the same scores
+    hold there (``docs/xanes.md``, "The demo and its scores"). ``supersample`` is the IOC's
     pixel-area integration (sub-rays per pixel and axis, ``--supersample``), which
     the truth repeats: a camera pixel averages the transmission over its area, and
     the alignment's re-sampling correction assumes it; pixel centres (1) make
@@ -86,9 +91,13 @@ class XanesDemoConfig:
     (``photons`` per pixel per second at 400 mA, well above the lab default) and a
     few frames per energy give the per-pixel SNR of ~100-300 of seed 002 where the
     beam still gets through the coating.
+
+    The sample is not configured here: it is the chain's tab
+    (:class:`~multiscope.demos.chain.ChainTab`, its seed and width). The IOC's one
+    ``--seed`` also seeds its noise, flats, energy jumps and valence field, so the
+    demo has no seed of its own.
     """
 
-    seed: int = 0
     binning: int = 4
     shape: tuple[int, int] = (128, 128)
     photons: float = 500000.0
@@ -104,12 +113,12 @@ class XanesDemoConfig:
     num_darks: int = 4
     supersample: int = 4
 
-    def ioc_args(self) -> list[str]:
-        """Options of ``python -m sim_devices.txm`` for this configuration."""
+    def ioc_args(self, tab: ChainTab) -> list[str]:
+        """Options of ``python -m sim_devices.txm`` for this configuration imaging ``tab``."""
         return [
             "--binning", str(self.binning),
             "--shape", str(self.shape[0]), str(self.shape[1]),
-            "--seed", str(self.seed),
+            *tab.ioc_args(),
             "--photons", repr(float(self.photons)),
             "--valence-pattern", self.valence_pattern,
             "--energy-drift-px", repr(float(self.energy_drift_px)),
@@ -117,8 +126,8 @@ class XanesDemoConfig:
             "--supersample", str(self.supersample),
         ]  # fmt: skip
 
-    def truth_args(self, jump_px=(0.0, 0.0), pixel_um: float = 0.0) -> list[str]:
-        """Options of ``python -m sim_devices.xanes_truth`` for the same field.
+    def truth_args(self, tab: ChainTab, jump_px=(0.0, 0.0), pixel_um: float = 0.0) -> list[str]:
+        """Options of ``python -m sim_devices.xanes_truth`` for the same tab and field.
 
         ``jump_px`` (rows, columns) is the IOC's jump at the map's reference
         energy: the maps are in that frame. A jump of ``c`` columns is what moving
@@ -127,7 +136,7 @@ class XanesDemoConfig:
         """
         rows, cols = (float(v) for v in jump_px)
         return [
-            "--seed", str(self.seed),
+            *tab.ioc_args(),
             "--binning", str(self.binning),
             "--shape", str(self.shape[0]), str(self.shape[1]),
             "--valence-pattern", self.valence_pattern,
@@ -226,7 +235,8 @@ def run(
     Parameters
     ----------
     data_dir : Path
-        The data directory (catalog, assets, derived files, IOC logs).
+        The data directory (catalog, assets, derived files, IOC logs); the tab imaged
+        is the one its catalog records the laser mill cutting (else the default tab).
     config : XanesDemoConfig, optional
         What to simulate and acquire; default :class:`XanesDemoConfig`.
     port : int, optional
@@ -238,8 +248,9 @@ def run(
     t_start = time.monotonic()
     session = None
     truth_proc = None
+    tab = chain_tab_of(data_dir)
     print("starting the simulated TXM IOC (Ni K-edge chemistry) ...", flush=True)
-    prefix, beam_prefix, iocs = txm_ioc(config.ioc_args(), data_dir, port, "XANESDEMO")
+    prefix, beam_prefix, iocs = txm_ioc(config.ioc_args(tab), data_dir, port, "XANESDEMO")
     try:
         session = configure_session(
             {},
@@ -295,13 +306,15 @@ def run(
         reference = int(derived.metadata["start"]["parameters"]["reference_index"])
         truth_proc = subprocess.Popen(
             [sys.executable, "-m", "sim_devices.xanes_truth",
-             *config.truth_args(applied_px[reference], pixel_um), "--out", str(truth_path)],
+             *config.truth_args(tab, applied_px[reference], pixel_um), "--out",
+             str(truth_path)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         out, _ = truth_proc.communicate(timeout=TRUTH_TIMEOUT_S)
         if truth_proc.returncode != 0:
             raise RuntimeError(f"ground truth failed:\n{out}")
         result = _score(session, uid, derived, truth_path, applied_px, snr)
+        result.scores = {"tab imaged": f"{tab.sample_id}, {tab.source}", **result.scores}
         result.details += [
             f"timings: acquisition {acquisition_s:.0f} s, map after the last energy "
             f"{analysis_s:.0f} s",
