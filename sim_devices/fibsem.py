@@ -21,8 +21,11 @@ IOC").
 
 Run::
 
-    python -m sim_devices.fibsem --prefix PFIB: --port 5073 [--phantom assb|nmc] [--seed 0]
-        [--time-scale 0.01] [--state-file PATH] [--sem-shape 384 512]
+    python -m sim_devices.fibsem --prefix PFIB: --port 5073 [--phantom assb|nmc|tab] [--seed 0]
+        [--tab-width-um 80] [--time-scale 0.01] [--state-file PATH] [--sem-shape 384 512]
+
+``--phantom tab --seed S --tab-width-um W`` sections the tab the TXM IOC images with
+the same ``--seed`` and ``--tab-width-um`` (one sample, one ground truth).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from sim_devices.physics.fibsem_scene import (
     SampleState,
     mill_time_s,
 )
+from sim_devices.physics.serial_phantom import DEFAULT_TAB_WIDTH_UM
 from sim_devices.physics.serial_render import EDS_LINES
 from sim_devices.refusal import (
     MessageRefusals,
@@ -116,10 +120,12 @@ class FibsemIOC(MessageRefusals, PVGroup):
 
     Parameters
     ----------
-    phantom : {"assb", "nmc"}
+    phantom : {"assb", "nmc", "tab"}
         The sample (:func:`~sim_devices.physics.serial_phantom.make_serial_phantom`).
     seed : int
         Phantom, cut errors, drift and detector noise.
+    tab_width_um : float, optional
+        The ``"tab"`` phantom's width (default ``make_tab``'s, 80 um); only for it.
     time_scale : float
         Wall seconds per instrument second (cuts, deposition, exposures, heating).
     state_file : path, optional
@@ -218,6 +224,8 @@ class FibsemIOC(MessageRefusals, PVGroup):
     truth_seed = _long("truth:seed", 0, "Phantom seed", read_only=True)
     truth_size = pvproperty(name="truth:size_um", value=list(DEFAULT_SIZE_UM), max_length=3,
                             read_only=True, doc="Phantom x, y, z extent (um)")  # fmt: skip
+    truth_tab_width = _float("truth:tab_width_um", math.nan, "The tab's width (tab phantom)",
+                             units="um", read_only=True)  # fmt: skip
     truth_depth = _float("truth:depth_um", 0.0, "True face depth", units="um", precision=4,
                          read_only=True)  # fmt: skip
     measured_depth = _float("mill:measured_depth_RBV", math.nan,
@@ -230,7 +238,8 @@ class FibsemIOC(MessageRefusals, PVGroup):
 
     def __init__(self, *args, phantom: str = "assb", seed: int = 0,
                  time_scale: float = DEFAULT_TIME_SCALE, state_file: str | Path | None = None,
-                 sem_shape=(384, 512), size_um=DEFAULT_SIZE_UM, **kwargs):  # fmt: skip
+                 sem_shape=(384, 512), size_um=DEFAULT_SIZE_UM,
+                 tab_width_um: float | None = None, **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.time_scale = float(time_scale)
         self._depth_rng = np.random.default_rng([int(seed), 7])
@@ -239,19 +248,24 @@ class FibsemIOC(MessageRefusals, PVGroup):
         self.state_file = (
             Path(state_file) if state_file else default_state_file("fibsem", self.prefix)
         )
-        self.state = SampleState(kind=phantom, seed=int(seed), size_um=tuple(size_um))
+        if phantom == "tab" and tab_width_um is None:
+            tab_width_um = DEFAULT_TAB_WIDTH_UM
+        width = None if tab_width_um is None else float(tab_width_um)
+        self.state = SampleState(kind=phantom, seed=int(seed), size_um=tuple(size_um),
+                                 tab_width_um=width)  # fmt: skip
         if self.state_file.exists():
             saved = SampleState.load(self.state_file)
-            if (saved.kind, saved.seed, tuple(saved.size_um)) != (phantom, int(seed),
-                                                                  tuple(size_um)):  # fmt: skip
+            sample = (self.state.kind, self.state.seed, self.state.size_um, width)
+            if (saved.kind, saved.seed, tuple(saved.size_um), saved.tab_width_um) != sample:
                 raise SystemExit(
                     f"state file {self.state_file} holds sample {saved.kind!r} seed {saved.seed}"
-                    f" size {saved.size_um}, not {phantom!r} seed {seed} size {size_um}: "
-                    "give another --state-file for another sample"
+                    f" size {saved.size_um} tab width {saved.tab_width_um}, not {phantom!r} "
+                    f"seed {seed} size {size_um} tab width {width}: give another --state-file "
+                    "for another sample"
                 )
             self.state = saved
         geometry = FieldGeometry(sem_shape=(int(sem_shape[0]), int(sem_shape[1])))
-        self.scene = FibsemScene.build(phantom, seed, size_um)
+        self.scene = FibsemScene.build(phantom, seed, size_um, tab_width_um=width)
         self.scene.geometry = geometry
         self.sputter_yield = SPUTTER_YIELD_UM3_PER_NC[phantom]
         self._poses = named_poses()
@@ -388,6 +402,7 @@ class FibsemIOC(MessageRefusals, PVGroup):
         await self.truth_phantom.write(st.kind)
         await self.truth_seed.write(st.seed)
         await self.truth_size.write(list(st.size_um))
+        await self.truth_tab_width.write(math.nan if st.tab_width_um is None else st.tab_width_um)
         await self.mill_yield.write(self.sputter_yield)
         await self.time_scale_pv.write(self.time_scale)
         await self._publish_state()
@@ -717,6 +732,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--phantom", choices=sorted(SPUTTER_YIELD_UM3_PER_NC), default="assb",
                         help="the sample (default %(default)s)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="phantom and noise seed")
+    parser.add_argument("--tab-width-um", type=float, default=None,
+                        help=f"the tab phantom's width (default {DEFAULT_TAB_WIDTH_UM:g} um, "
+                             "as the TXM IOC's)")  # fmt: skip
     parser.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE,
                         help="wall s per instrument s (default %(default)s)")  # fmt: skip
     parser.add_argument(
@@ -727,9 +745,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sem-shape", type=int, nargs=2, metavar=("NY", "NX"),
                         default=(384, 512), help="SEM frame shape (default 384 512)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.tab_width_um is not None and args.phantom != "tab":
+        parser.error(f"--tab-width-um is for --phantom tab, not {args.phantom}")
     ioc = FibsemIOC(prefix=args.prefix, phantom=args.phantom, seed=args.seed,
                     time_scale=args.time_scale, state_file=args.state_file,
-                    sem_shape=tuple(args.sem_shape))  # fmt: skip
+                    sem_shape=tuple(args.sem_shape), tab_width_um=args.tab_width_um)  # fmt: skip
     # Compile the renderers' kernels now, not in the first acquisition.
     ioc.scene.sem(ioc.state, (16, 16), 0.05, rng=np.random.default_rng(0))
     run_from_args(ioc.pvdb, args)

@@ -19,6 +19,11 @@ Run::
     python -m sim_devices.fibsem_truth --phantom nmc --seed 1 --frames SEM_FILE.h5 \
         --state-file fibsem-state.json --out truth.h5   # every frame's own true grid
 
+    python -m sim_devices.fibsem_truth --phantom tab --seed 0 --tab-width-um 78.4 ...
+
+(``--phantom tab`` takes the IOC's ``--tab-width-um``: the TXM's tab of that seed and
+width, seen through the block's window, :class:`~sim_devices.physics.serial_phantom.TabWindow`.)
+
 The file holds ``/labels`` (n_depths, ny, nx) int8, ``/depths_um``, and as attributes
 the options and the phase names by label (``phase_<label>``).
 """
@@ -33,7 +38,13 @@ import h5py
 import numpy as np
 
 from sim_devices.physics.fibsem_scene import DEFAULT_SIZE_UM
-from sim_devices.physics.serial_phantom import EMPTY_LABELS, LABEL, PHASES, make_serial_phantom
+from sim_devices.physics.serial_phantom import (
+    EMPTY_LABELS,
+    KINDS,
+    LABEL,
+    PHASES,
+    make_serial_phantom,
+)
 from sim_devices.physics.serial_render import FaceState
 
 __all__ = ["frames_truth", "main", "truth_labels", "write_truth"]
@@ -49,13 +60,15 @@ def truth_labels(
     *,
     size_um=DEFAULT_SIZE_UM,
     pt_filled: Sequence[tuple[float, float]] = (),
+    tab_width_um: float | None = None,
 ) -> np.ndarray:
     """Labels ``(len(depths_um), ny, nx)`` int8 of the IOC's phantom at true depths.
 
     Parameters
     ----------
-    phantom, seed, size_um
-        The IOC's ``--phantom``, ``--seed`` and phantom size (default that of the IOC).
+    phantom, seed, size_um, tab_width_um
+        The IOC's ``--phantom``, ``--seed``, phantom size (default that of the IOC) and
+        ``--tab-width-um`` (``"tab"`` only; None: the IOC's default).
     depths_um
         True depths below the original face.
     shape, pixel_um, origin_um
@@ -63,7 +76,7 @@ def truth_labels(
     pt_filled
         True-depth intervals whose open pores hold Pt (the state file's ``pt_filled``).
     """
-    block = make_serial_phantom(phantom, tuple(size_um), int(seed))
+    block = make_serial_phantom(phantom, tuple(size_um), int(seed), tab_width_um=tab_width_um)
     filled = FaceState([(float(a), float(b)) for a, b in pt_filled])
     out = np.empty((len(depths_um), int(shape[0]), int(shape[1])), dtype=np.int8)
     for i, depth in enumerate(depths_um):
@@ -86,12 +99,14 @@ def write_truth(path, labels: np.ndarray, depths_um, attrs: dict) -> None:
 
 
 def frames_truth(phantom: str, seed: int, frames_path, *, size_um=DEFAULT_SIZE_UM,
-                 pt_filled: Sequence[tuple[float, float]] = ()):  # fmt: skip
+                 pt_filled: Sequence[tuple[float, float]] = (),
+                 tab_width_um: float | None = None):  # fmt: skip
     """Labels of every acquisition in an IOC frame file, on each one's true grid.
 
     The IOC records with every frame its true depth and its field's true origin and
     pixel (``true_depth_um``, ``origin_y_um``, ``origin_x_um``, ``pixel_um``); the
-    labels are painted there for the first frame (channel) of each acquisition.
+    labels are painted there for the first frame (channel) of each acquisition. The
+    options are those of :func:`truth_labels`.
 
     Returns
     -------
@@ -104,7 +119,7 @@ def frames_truth(phantom: str, seed: int, frames_path, *, size_um=DEFAULT_SIZE_U
                  for name in ("channel", "true_depth_um", "origin_y_um", "origin_x_um",
                               "pixel_um")}  # fmt: skip
     rows = np.flatnonzero(attrs["channel"] == 0)
-    block = make_serial_phantom(phantom, tuple(size_um), int(seed))
+    block = make_serial_phantom(phantom, tuple(size_um), int(seed), tab_width_um=tab_width_um)
     filled = FaceState([(float(a), float(b)) for a, b in pt_filled])
     out = np.empty((len(rows), int(shape[0]), int(shape[1])), dtype=np.int8)
     for i, row in enumerate(rows):
@@ -120,8 +135,10 @@ def frames_truth(phantom: str, seed: int, frames_path, *, size_um=DEFAULT_SIZE_U
 def main(argv: list[str] | None = None) -> None:
     """Parse the options, paint the labels, write the file."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--phantom", choices=("assb", "nmc"), required=True)
+    parser.add_argument("--phantom", choices=KINDS, required=True)
     parser.add_argument("--seed", type=int, required=True, help="the IOC's --seed")
+    parser.add_argument("--tab-width-um", type=float, default=None,
+                        help="the IOC's --tab-width-um (--phantom tab)")  # fmt: skip
     parser.add_argument("--size-um", type=float, nargs=3, default=DEFAULT_SIZE_UM,
                         metavar=("X", "Y", "Z"), help="phantom size (IOC default)")  # fmt: skip
     parser.add_argument("--frames", help="an IOC frame file: the truth of its frames' grids")
@@ -136,14 +153,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-file", help="the IOC's state file: its Pt-filled depths")
     parser.add_argument("--out", required=True, help="output HDF5 file")
     args = parser.parse_args(argv)
+    if args.tab_width_um is not None and args.phantom != "tab":
+        parser.error(f"--tab-width-um is for --phantom tab, not {args.phantom}")
     pt_filled = list(args.pt_filled)
     if args.state_file:
         with open(args.state_file) as f:
             pt_filled += [tuple(v) for v in json.load(f).get("pt_filled", [])]
     attrs = {"phantom": args.phantom, "seed": args.seed, "size_um": args.size_um}
+    phantom = {"size_um": tuple(args.size_um), "tab_width_um": args.tab_width_um}
+    if args.tab_width_um is not None:
+        attrs["tab_width_um"] = args.tab_width_um
     if args.frames:
         labels, depths = frames_truth(args.phantom, args.seed, args.frames,
-                                      size_um=tuple(args.size_um), pt_filled=pt_filled)  # fmt: skip
+                                      pt_filled=pt_filled, **phantom)  # fmt: skip
         write_truth(args.out, labels, depths, {**attrs, "frames": str(args.frames)})
         return
     if (
@@ -154,8 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     ):
         parser.error("give --frames, or --depths, --shape, --pixel-um and --origin-um")
     labels = truth_labels(args.phantom, args.seed, args.depths, tuple(args.shape), args.pixel_um,
-                          tuple(args.origin_um), size_um=tuple(args.size_um),
-                          pt_filled=pt_filled)  # fmt: skip
+                          tuple(args.origin_um), pt_filled=pt_filled, **phantom)  # fmt: skip
     write_truth(
         args.out,
         labels,

@@ -23,8 +23,8 @@ Cuts
 
 Sputter yield (Xe+, 30 kV, um^3 of sample removed per nC; porous composites mill
 faster per volume than dense ceramics, Xe+ on dense oxides is ~0.5-1 um^3/nC):
-``assb`` 2.0, ``nmc`` 1.6. A cut's duration (instrument seconds) is
-``width * height * thickness / (yield * current_nA)``.
+``assb`` 2.0, ``nmc`` and ``tab`` (the same NMC811 cathode) 1.6. A cut's duration
+(instrument seconds) is ``width * height * thickness / (yield * current_nA)``.
 
 Field geometry (face coordinates, um: ``x`` along image columns, ``y`` along image
 rows, the phantom's frame; see :class:`FieldGeometry`)
@@ -73,7 +73,7 @@ DEFAULT_SIZE_UM = (44.0, 44.0, 12.0)
 THICKNESS_ERROR = 0.03  # relative sigma of a cut's true thickness
 DRIFT_STEP_UM = 0.04  # random-walk step of the sample per cut and axis (sigma)
 PT_INFILTRATION_UM = 3.0  # depth below the face that deposited Pt fills open pores
-SPUTTER_YIELD_UM3_PER_NC = {"assb": 2.0, "nmc": 1.6}  # Xe+ 30 kV (module notes)
+SPUTTER_YIELD_UM3_PER_NC = {"assb": 2.0, "nmc": 1.6, "tab": 1.6}  # Xe+ 30 kV (module notes)
 STATE_VERSION = 1
 
 
@@ -136,6 +136,7 @@ class SampleState:
     kind: str = "assb"
     seed: int = 0
     size_um: tuple[float, float, float] = DEFAULT_SIZE_UM
+    tab_width_um: float | None = None  # the "tab" phantom's width (None for the others)
     slices: int = 0
     polishes: int = 0
     face_depth_um: float = 0.0  # nominal
@@ -268,9 +269,12 @@ class FibsemScene:
     geometry: FieldGeometry = field(default_factory=FieldGeometry)
 
     @classmethod
-    def build(cls, kind: str = "assb", seed: int = 0, size_um=DEFAULT_SIZE_UM) -> FibsemScene:
-        """The phantom for ``kind``/``seed``/``size_um`` (deterministic) and the fields."""
-        return cls(make_serial_phantom(kind, tuple(size_um), int(seed)))
+    def build(cls, kind: str = "assb", seed: int = 0, size_um=DEFAULT_SIZE_UM,
+              tab_width_um: float | None = None) -> FibsemScene:  # fmt: skip
+        """The phantom for ``kind``/``seed``/``size_um`` (and the tab's width; see
+        :func:`~.serial_phantom.make_serial_phantom`), deterministic, and the fields."""
+        return cls(make_serial_phantom(kind, tuple(size_um), int(seed),
+                                       tab_width_um=tab_width_um))  # fmt: skip
 
     def face(self, state: SampleState) -> _CappedFace:
         """The face as the detectors see it (cap band, fiducial, deposited Pt)."""

@@ -1,12 +1,16 @@
 """Analytic 3-D phantoms for serial sectioning (PFIB-SEM slice and view), with ground truth.
 
-Two electrodes, as in the source papers:
+Three electrodes: two as in the source papers, and the chain's tab:
 
 * ``"assb"``: an all-solid-state composite cathode (Al2O3-coated LiCoO2 particles of
   0.5-3 um, Li6.4La3Zr1.4Ta0.6O12 (LLZTO) grains of 2-8 um, Super P carbon
   agglomerates, pores, and cracks through some particles);
 * ``"nmc"``: an NMC811 cathode (secondary particles of 3-10 um), a carbon-binder
-  domain (CBD) filling part of the gaps, and open pores.
+  domain (CBD) filling part of the gaps, and open pores;
+* ``"tab"``: the laser-cut NMC811 tab the simulated TXM images
+  (:func:`sim_devices.physics.phantom.make_tab`, same seed and width): its NMC811
+  spheres and CBD blobs, seen through a window of the block's size in its coating
+  (:class:`TabWindow` gives the mapping between the two frames).
 
 Frame (micrometres): the milled face is the ``x``-``y`` plane (``x`` along image
 columns, ``y`` along image rows); ``z`` is the depth below the original face, the
@@ -22,6 +26,7 @@ by the same random sequential addition as the TXM phantom
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -29,9 +34,20 @@ import numba as nb
 import numpy as np
 from scipy import ndimage
 
-from .phantom import _rsa_pack
+from .materials import MATERIAL_IDS
+from .phantom import ElectrodeTab, _rsa_pack, make_tab
 
-__all__ = ["PHASES", "Phase", "SerialPhantom", "make_serial_phantom"]
+__all__ = ["DEFAULT_TAB_WIDTH_UM", "KINDS", "PHASES", "TAB_FACE_BELOW_END_UM", "Phase",
+           "SerialPhantom", "TabWindow", "make_serial_phantom"]  # fmt: skip
+
+#: The phantom kinds (:func:`make_serial_phantom`).
+KINDS = ("assb", "nmc", "tab")
+#: How far below the tab's top end its original face lies (um): the block-face
+#: preparation mills away the laser-cut end (its heat-affected zone) and the layer
+#: where the packing meets the end (one largest particle, 10 um).
+TAB_FACE_BELOW_END_UM = 10.0
+#: The tab's width when none is given: make_tab's default, as the TXM IOC builds it (um).
+DEFAULT_TAB_WIDTH_UM = float(inspect.signature(make_tab).parameters["width_um"].default)
 
 
 @dataclass(frozen=True)
@@ -44,7 +60,7 @@ class Phase:
     density_g_cm3: float
 
 
-# Labels are shared by both phantoms so one colour map and one classifier setup serve.
+# Labels are shared by all phantoms so one colour map and one classifier setup serve.
 PHASES: dict[str, Phase] = {
     p.name: p
     for p in (
@@ -66,6 +82,8 @@ PHASES: dict[str, Phase] = {
 LABEL = {name: p.label for name, p in PHASES.items()}
 EMPTY_LABELS = (LABEL["pore"], LABEL["crack"])
 COATING_WEIGHT_FRACTION = 0.01  # Al2O3 on LiCoO2 (seed 004)
+# The tab's sphere materials (sim_devices.physics.materials ids) as phase labels.
+_TAB_LABELS = {MATERIAL_IDS["nmc811"]: LABEL["nmc811"], MATERIAL_IDS["cbd"]: LABEL["cbd"]}
 
 _SPHERE_DTYPE = np.dtype(
     [("x", "f8"), ("y", "f8"), ("z", "f8"), ("r", "f8"), ("label", "i1"), ("coat", "f8"),
@@ -105,6 +123,57 @@ def _paint(out, depth, x0, y0, pixel, sub, xs, ys, zs, rs, labels, coats, nxs, n
                 out[i, j] = label
 
 
+@dataclass(frozen=True)
+class TabWindow:
+    """Where a serial-section block sits in an :class:`~.phantom.ElectrodeTab` (um).
+
+    The milled face spans the tab's width (tab ``x``) and its coating's thickness (tab
+    ``y``): a cross-section of the electrode, as in seed 003's images. The ion beam
+    comes down through the coating from its free surface, parallel to the face, so
+    image rows (block ``y``) run from the free surface towards the foil; each slice
+    advances the face along the tab's height (tab ``z``) down from its top end::
+
+        x_tab = x + x0_um        y_tab = y0_um - y        z_tab = z0_um - depth
+
+    (a rotation by 180 deg about ``x``: the frames have the same handedness).
+    """
+
+    x0_um: float  # tab x of block x = 0 (the first image column's outer edge)
+    y0_um: float  # tab y of block y = 0 (the first image row's outer edge, free-surface side)
+    z0_um: float  # tab z of the original face (depth 0)
+
+    @classmethod
+    def centred(cls, tab: ElectrodeTab, size_um,
+                below_end_um: float = TAB_FACE_BELOW_END_UM) -> TabWindow:  # fmt: skip
+        """The face centred on the coating's cross-section, ``below_end_um`` below the end.
+
+        Raises
+        ------
+        ValueError
+            If the face does not fit inside the coating (it must not reach the foil or
+            the cut edges) or the block's depth runs out of the tab.
+        """
+        width, height, depth = (float(v) for v in size_um)
+        c0, c1 = tab.coating_y_um
+        if width > tab.width_um or height > c1 - c0:
+            raise ValueError(f"a {width:g} x {height:g} um face does not fit in the tab's "
+                             f"{tab.width_um:g} x {c1 - c0:g} um coating section")  # fmt: skip
+        if below_end_um < 0 or below_end_um + depth > tab.height_um:
+            raise ValueError(f"a {depth:g} um block {below_end_um:g} um below the end does "
+                             f"not fit in the tab's {tab.height_um:g} um height")  # fmt: skip
+        return cls(-width / 2, (c0 + c1) / 2 + height / 2, tab.height_um - below_end_um)
+
+    def to_tab(self, x, y, depth):
+        """Tab ``(x, y, z)`` of block ``(x, y, depth)``."""
+        return (np.add(x, self.x0_um), np.subtract(self.y0_um, y),
+                np.subtract(self.z0_um, depth))  # fmt: skip
+
+    def from_tab(self, x, y, z):
+        """Block ``(x, y, depth)`` of tab ``(x, y, z)`` (inverse of :meth:`to_tab`)."""
+        return (np.subtract(x, self.x0_um), np.subtract(self.y0_um, y),
+                np.subtract(self.z0_um, z))  # fmt: skip
+
+
 @dataclass
 class SerialPhantom:
     """A packed electrode block; :meth:`labels` gives any face of it.
@@ -112,7 +181,7 @@ class SerialPhantom:
     Attributes
     ----------
     kind : str
-        ``"assb"`` or ``"nmc"``.
+        ``"assb"``, ``"nmc"`` or ``"tab"``.
     size_um : (float, float, float)
         Extent in x, y (the face) and z (depth).
     spheres : structured ndarray
@@ -120,6 +189,8 @@ class SerialPhantom:
     binder : ndarray or None
         The CBD's smooth random field on a grid of ``binder_spacing_um``
         (z, y, x); CBD where it exceeds ``binder_threshold`` outside particles.
+    tab_window : TabWindow or None
+        For ``"tab"``: where the block sits in the :class:`~.phantom.ElectrodeTab`.
     """
 
     kind: str
@@ -128,6 +199,33 @@ class SerialPhantom:
     binder: np.ndarray | None = None
     binder_spacing_um: float = 0.25
     binder_threshold: float = 0.0
+    tab_window: TabWindow | None = None
+
+    @classmethod
+    def from_tab(cls, tab: ElectrodeTab, size_um, window: TabWindow | None = None,
+                 margin_um: float = 4.0) -> SerialPhantom:  # fmt: skip
+        """The block ``size_um`` of ``tab`` seen through ``window`` (default centred).
+
+        NMC811 spheres are labelled ``nmc811``, CBD blobs ``cbd`` (spheres: no binder
+        field), the rest of the coating is open pore; the tab has no cracks or
+        coatings. The spheres kept are those reaching into the block grown by
+        ``margin_um`` on every side, so any face there is exact.
+        """
+        size = tuple(float(v) for v in size_um)
+        window = window or TabWindow.centred(tab, size)
+        x, y, z = window.from_tab(*tab.centers_um.T)
+        r = tab.radii_um
+        keep = np.ones(r.shape, dtype=bool)
+        for coord, extent in zip((x, y, z), size, strict=True):
+            keep &= (coord + r > -margin_um) & (coord - r < extent + margin_um)
+        spheres = np.zeros(int(keep.sum()), dtype=_SPHERE_DTYPE)
+        spheres["x"], spheres["y"], spheres["z"], spheres["r"] = x[keep], y[keep], z[keep], r[keep]
+        materials = tab.material_ids[keep]
+        unknown = set(np.unique(materials).tolist()) - set(_TAB_LABELS)
+        if unknown:
+            raise ValueError(f"tab spheres of material ids {sorted(unknown)}: not in the block")
+        spheres["label"] = [_TAB_LABELS[int(m)] for m in materials]
+        return cls("tab", size, spheres, tab_window=window)
 
     def labels(self, depth_um: float, shape, pixel_um: float, origin_um=(0.0, 0.0), *,
                sub: int = 1) -> np.ndarray:  # fmt: skip
@@ -198,12 +296,24 @@ def _pack(rng, diameters, labels, lo, hi, gap, shrink_to):
     return centres[placed], rad[placed], np.asarray(labels)[order][placed]
 
 
-def make_serial_phantom(kind: str = "assb", size_um=(40.0, 40.0, 12.0), seed: int = 0):
-    """Build one of the two phantoms (see the module notes); deterministic for a seed.
+def make_serial_phantom(kind: str = "assb", size_um=(40.0, 40.0, 12.0), seed: int = 0, *,
+                        tab_width_um: float | None = None) -> SerialPhantom:  # fmt: skip
+    """Build one of the phantoms (see the module notes); deterministic for a seed.
 
     The block spans ``0..size_um`` in x, y and z; particles may extend past its sides
     (the face is a window into a larger electrode), so the edges are not empty.
+
+    For ``"tab"`` the block is a window into ``make_tab(seed=seed, width_um=
+    tab_width_um)`` (the TXM IOC's call; :data:`DEFAULT_TAB_WIDTH_UM` when None) placed by
+    :meth:`TabWindow.centred`; ``tab_width_um`` is for ``"tab"`` only.
     """
+    if kind not in KINDS:
+        raise ValueError(f"unknown phantom kind {kind!r}: one of {KINDS}")
+    if kind == "tab":
+        width = DEFAULT_TAB_WIDTH_UM if tab_width_um is None else float(tab_width_um)
+        return SerialPhantom.from_tab(make_tab(seed=int(seed), width_um=width), size_um)
+    if tab_width_um is not None:
+        raise ValueError(f"tab_width_um is for the 'tab' phantom, not {kind!r}")
     rng = np.random.default_rng(seed)
     width, height, depth = (float(v) for v in size_um)
     margin = 4.0
@@ -229,13 +339,11 @@ def make_serial_phantom(kind: str = "assb", size_um=(40.0, 40.0, 12.0), seed: in
                                  np.full(super_p.size, LABEL["carbon"])])  # fmt: skip
         centres, radii, labels = _pack(rng, diameters, labels, lo, hi, gap=0.05, shrink_to=0.6)
         binder = None
-    elif kind == "nmc":
+    else:  # "nmc"
         nmc_d = to_volume(0.55, lambda n: np.clip(rng.lognormal(np.log(6.0), 0.3, n), 3.0, 10.0))
         labels = np.full(nmc_d.size, LABEL["nmc811"])
         centres, radii, labels = _pack(rng, nmc_d, labels, lo, hi, gap=0.15, shrink_to=0.5)
         binder = None
-    else:
-        raise ValueError(f"unknown phantom kind {kind!r}: 'assb' or 'nmc'")
     n = radii.size
     spheres = np.zeros(n, dtype=_SPHERE_DTYPE)
     spheres["x"], spheres["y"], spheres["z"] = centres[:, 0], centres[:, 1], centres[:, 2]

@@ -364,3 +364,38 @@ def test_state_file_survives_a_kill_and_restart(ca_port_pool, ca_context, tmp_pa
         refused(client, "mill:slice", 2, "slice 2 is not the next one")  # replay after restart
     finally:
         simctl.stop_ioc(process.pid)
+
+
+def _explained(image, labels):
+    """Share of ``image``'s variance that a constant per truth label explains (R^2)."""
+    fitted = np.zeros_like(image)
+    for label in np.unique(labels):
+        fitted[labels == label] = image[labels == label].mean()
+    return 1.0 - ((image - fitted) ** 2).sum() / ((image - image.mean()) ** 2).sum()
+
+
+def test_the_tab_phantom_is_the_txm_tab_of_the_given_width(ca_port_pool, ca_context, tmp_path):
+    """``--phantom tab --seed S --tab-width-um W``: the truth PVs say so, and the SEM
+    images that tab (its truth at W explains the frame; at the default 80 um it does not)."""
+    from sim_devices.fibsem_truth import frames_truth
+
+    sample = ["--phantom", "tab", "--seed", "2", "--tab-width-um", "70"]
+    running, process = start_fibsem(ca_port_pool, tmp_path, tmp_path / "state.json", sample)
+    try:
+        client = Client(ca_context, running.prefix)
+        assert client.text("truth:phantom") == "tab"
+        assert client.get("truth:seed") == 2
+        assert client.get("truth:tab_width_um") == 70.0
+        assert client.get("mill:sputter_um3_per_nC_RBV") == pytest.approx(1.6)
+        client.go("sem")
+        frames, _ = acquire(client, "SEM", 2, tmp_path / "frames")
+        path = client.get("SEM:HDF1:FullFileName_RBV")
+    finally:
+        simctl.stop_ioc(process.pid)
+    below_cap = slice(70, None)  # the protective Pt cap band and its fiducial are above
+    cbs = frames[0][below_cap].astype(float)
+    right, default = (
+        _explained(cbs, frames_truth("tab", 2, path, tab_width_um=width)[0][0][below_cap])
+        for width in (70.0, 80.0)
+    )
+    assert right > 0.8 and default < right - 0.3, (right, default)

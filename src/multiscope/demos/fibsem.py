@@ -1,4 +1,4 @@
-"""Demo of the PFIB-SEM: serial sectioning of two electrodes, a crash, a resume, scores.
+"""Demo of the PFIB-SEM: serial sectioning of two samples, a crash, a resume, scores.
 
 1. **Correlative series** (seed 004's all-solid-state composite cathode, phantom
    ``assb``): ``slice_and_view`` with the SEM (CBS + TLD), EDS and SIMS on every slice.
@@ -9,10 +9,17 @@
    no slice was milled twice; the drift measured against the truth; the EDS-SIMS
    registration against the truth; the aligned BSE volume against the phantom's
    labels at the right depths.
-2. **Kintsugi** (seed 003's NMC cathode, phantom ``nmc``): a few slices imaged without
-   Pt infiltration, then with it; a pixel classifier trained on a few painted regions
-   of the first face segments the last one: Dice per class (pore, binder, active)
-   against the truth, >= 0.9 with kintsugi and worse without it.
+2. **Kintsugi** (seed 003's method on the chain's sample, phantom ``tab``): the NMC811
+   tab the laser mill cut and the TXM imaged (:func:`multiscope.demos.chain.chain_tab`:
+   the width the mill measured, read from this data directory's catalog, or the
+   simulators' default tab when no cut is on record there; the IOC and its truth get
+   ``--phantom tab`` and :meth:`~multiscope.demos.chain.ChainTab.ioc_args`, as the
+   TXM's do, so all section the same particles). A few slices imaged without Pt
+   infiltration, then with it, recorded under the chain's ``sample_id``; a pixel
+   classifier trained on a few painted regions of the first face segments the
+   others: Dice per class (pore, binder, active) against the truth, >= 0.9 with
+   kintsugi and worse without it. Where the tab came from is printed and scored
+   (``kintsugi sample``).
 
 The ground truth comes from ``python -m sim_devices.fibsem_truth`` (a subprocess: no
 runtime code imports the simulator), painted on each frame's true grid, which the
@@ -32,10 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import simctl
-from ..catalog import series_documents
+from ..catalog import Catalog, series_documents
 from ..session import configure_session
-from . import CHAIN_SAMPLE_ID, DemoResult, derived_run
+from . import DemoResult, derived_run
 from ._txm_ioc import _add_ca_port
+from .chain import ChainTab, chain_tab
 from .fibsem_scores import (
     score_assembly,
     score_kintsugi,
@@ -64,8 +72,7 @@ class FibsemDemoConfig:
     sims_frame_time_s: float = 300.0
     mill_current_na: float = 0.5
     assb_seed: int = 0
-    nmc_slices: int = 3
-    nmc_seed: int = 1
+    kintsugi_slices: int = 3
     time_scale: float = 0.01
 
     def plan_kwargs(self) -> dict:
@@ -91,15 +98,19 @@ KILLED_CLIENT = textwrap.dedent(
 
 
 class _IOC:
-    """A dedicated simulated PFIB-SEM (unique prefix, free port), stopped by PID."""
+    """A dedicated simulated PFIB-SEM (unique prefix, free port), stopped by PID.
 
-    def __init__(self, data_dir: Path, phantom: str, seed: int, time_scale: float):
+    ``sample`` are the IOC's (and its truth's) phantom options, ``--phantom`` first.
+    """
+
+    def __init__(self, data_dir: Path, sample: list[str], time_scale: float):
         tag = uuid.uuid4().hex[:4]
         self.prefix = f"FIBDEMO{tag}:"
-        self.state_file = data_dir / "sim" / f"fibsem-demo-{phantom}-{tag}.json"
+        self.sample = list(sample)
+        self.state_file = data_dir / "sim" / f"fibsem-demo-{sample[1]}-{tag}.json"
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        args = ["--phantom", phantom, "--seed", str(seed), "--time-scale", str(time_scale),
-                "--state-file", str(self.state_file)]  # fmt: skip
+        args = [*self.sample, "--time-scale", str(time_scale), "--state-file",
+                str(self.state_file)]  # fmt: skip
         logs = data_dir / "sim" / "logs"
         self.process = simctl.start_ioc(
             "fibsem", prefix=self.prefix, port=simctl.free_port(), log_dir=logs, extra_args=args
@@ -174,7 +185,8 @@ def _truth(args: list[str], out: Path) -> Path:
 
 
 def _correlative(data_dir: Path, config: FibsemDemoConfig, result: DemoResult) -> bool:
-    ioc = _IOC(data_dir, "assb", config.assb_seed, config.time_scale)
+    ioc = _IOC(data_dir, ["--phantom", "assb", "--seed", str(config.assb_seed)],
+               config.time_scale)  # fmt: skip
     session = None
     try:
         session = _session(data_dir, ioc)
@@ -206,24 +218,35 @@ def _correlative(data_dir: Path, config: FibsemDemoConfig, result: DemoResult) -
         ioc.stop()
 
 
+def _chain_tab(data_dir: Path) -> ChainTab:
+    """The chain's tab as the laser mill cut it in ``data_dir`` (or the default tab)."""
+    # Bluesky clients: chain_tab reads the cut run's ``cut`` stream, which a plain
+    # container cannot.
+    with Catalog.embedded(data_dir) as catalog:
+        return chain_tab(catalog)
+
+
 def _kintsugi(data_dir: Path, config: FibsemDemoConfig, result: DemoResult) -> bool:
-    ioc = _IOC(data_dir, "nmc", config.nmc_seed, config.time_scale)
+    tab = _chain_tab(data_dir)
+    print(f"the chain's tab {tab.sample_id!r}: {tab.source}", flush=True)
+    result.scores["kintsugi sample"] = f"{tab.sample_id}, seed {tab.seed}: {tab.source}"
+    ioc = _IOC(data_dir, ["--phantom", "tab", *tab.ioc_args()], config.time_scale)
     session = None
     try:
         session = _session(data_dir, ioc)
         pfib, plan = session.devices["pfib"], session.plans["slice_and_view"]
-        print(f"kintsugi: {config.nmc_slices} slices without Pt, then {config.nmc_slices} "
-              "with (seed 003's NMC cathode)", flush=True)  # fmt: skip
+        n = config.kintsugi_slices
+        print(f"kintsugi: {n} slices without Pt, then {n} with (seed 003's method, on the "
+              f"chain's {tab.width_um:g} um NMC811 tab)", flush=True)  # fmt: skip
         truths = {}
         for label, kintsugi in (("without", False), ("with", True)):
-            # The NMC811 tab of the chain (cut at the laser mill, imaged at the TXM).
-            (uid,) = session.RE(plan(pfib, config.nmc_slices, config.slice_thickness_um,
-                                     kintsugi=kintsugi, eds_every=0, sims_every=0,
-                                     sample_id=CHAIN_SAMPLE_ID))  # fmt: skip
+            (uid,) = session.RE(plan(pfib, n, config.slice_thickness_um, kintsugi=kintsugi,
+                                     eds_every=0, sims_every=0,
+                                     sample_id=tab.sample_id))  # fmt: skip
             docs = series_documents(data_dir, uid)
-            out = data_dir / "derived" / "fibsem" / "truth" / f"nmc-{label}-{uid[:8]}.h5"
-            args = ["--phantom", "nmc", "--seed", str(config.nmc_seed), "--frames",
-                    str(sem_file(docs, uid)), "--state-file", str(ioc.state_file)]  # fmt: skip
+            out = data_dir / "derived" / "fibsem" / "truth" / f"tab-{label}-{uid[:8]}.h5"
+            args = [*ioc.sample, "--frames", str(sem_file(docs, uid)), "--state-file",
+                    str(ioc.state_file)]  # fmt: skip
             truths[label] = (session.catalog, uid, _truth(args, out))
         session.drain(300)
         return score_kintsugi(truths, result)
