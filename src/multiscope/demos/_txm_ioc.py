@@ -1,8 +1,8 @@
 """The simulated TXM IOC a demo needs: reuse the user's if it matches, else a dedicated one.
 
 A dedicated TXM comes with a dedicated ring IOC (its beam current, decision 0009).
-The TXM demos image the chain's tab (:func:`chain_tab_of`): the IOC and its ground
-truth build the tab the laser mill cut in the same data directory.
+The TXM demos image the chain's tab (:func:`multiscope.demos.chain.chain_tab_in`): the
+IOC and its ground truth build the tab the laser mill cut in the same data directory.
 """
 
 from __future__ import annotations
@@ -13,25 +13,8 @@ from pathlib import Path
 
 from .. import simctl
 from ..config import apply_ca_client_environment, ca_client_environment
-from .chain import ChainTab, chain_tab
 
-__all__ = ["chain_tab_of", "txm_ioc"]
-
-
-def chain_tab_of(data_dir: Path) -> ChainTab:
-    """The chain's tab as the catalog of ``data_dir`` records its cut, printed.
-
-    Read before the IOC starts: its ``ChainTab.ioc_args()`` are part of the IOC's
-    options (and of the ground truth's). Without a cut on record (a demo run alone)
-    the simulator's default tab.
-    """
-    from ..catalog import Catalog
-
-    # A plain client lists the history; the bluesky one opens only to read a cut's stream.
-    with Catalog.embedded(data_dir) as catalog:
-        tab = chain_tab(catalog)
-    print(f"the chain's sample {tab.sample_id!r}: {tab.source}", flush=True)
-    return tab
+__all__ = ["txm_ioc"]
 
 
 def _recorded_args(pid: int) -> list[str] | None:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import CHAIN_SAMPLE_ID
 
-__all__ = ["CHAIN_TAB_SEED", "DEFAULT_TAB_WIDTH_UM", "ChainTab", "chain_tab"]
+__all__ = ["CHAIN_TAB_SEED", "DEFAULT_TAB_WIDTH_UM", "ChainTab", "chain_tab", "chain_tab_in"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,3 +100,19 @@ def chain_tab(catalog, sample_id: str = CHAIN_SAMPLE_ID) -> ChainTab:
     logger.info("chain tab %s: %.1f um from cut %s", sample_id, width, cut.uid[:8])
     return ChainTab(sample_id=sample_id, width_um=round(width, 1), material=material,
                     cut_uid=cut.uid)  # fmt: skip
+
+
+def chain_tab_in(data_dir: str | Path, sample_id: str = CHAIN_SAMPLE_ID) -> ChainTab:
+    """:func:`chain_tab` from the catalog of ``data_dir``, printed for the demo's reader.
+
+    Read before a simulator starts: :meth:`ChainTab.ioc_args` are part of its options
+    (and of its ground truth's).
+    """
+    from ..catalog import Catalog
+
+    # With the bluesky clients: the cut's measured width is in its ``cut`` stream,
+    # which a plain container cannot read.
+    with Catalog.embedded(Path(data_dir)) as catalog:
+        tab = chain_tab(catalog, sample_id)
+    print(f"the chain's sample {tab.sample_id!r}: {tab.source}", flush=True)
+    return tab

@@ -39,11 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import simctl
-from ..catalog import Catalog, series_documents
+from ..catalog import series_documents
 from ..session import configure_session
 from . import DemoResult, derived_run
 from ._txm_ioc import _add_ca_port
-from .chain import ChainTab, chain_tab
+from .chain import chain_tab_in
 from .fibsem_scores import (
     score_assembly,
     score_kintsugi,
@@ -218,17 +218,8 @@ def _correlative(data_dir: Path, config: FibsemDemoConfig, result: DemoResult) -
         ioc.stop()
 
 
-def _chain_tab(data_dir: Path) -> ChainTab:
-    """The chain's tab as the laser mill cut it in ``data_dir`` (or the default tab)."""
-    # Bluesky clients: chain_tab reads the cut run's ``cut`` stream, which a plain
-    # container cannot.
-    with Catalog.embedded(data_dir) as catalog:
-        return chain_tab(catalog)
-
-
 def _kintsugi(data_dir: Path, config: FibsemDemoConfig, result: DemoResult) -> bool:
-    tab = _chain_tab(data_dir)
-    print(f"the chain's tab {tab.sample_id!r}: {tab.source}", flush=True)
+    tab = chain_tab_in(data_dir)
     result.scores["kintsugi sample"] = f"{tab.sample_id}, seed {tab.seed}: {tab.source}"
     ioc = _IOC(data_dir, ["--phantom", "tab", *tab.ioc_args()], config.time_scale)
     session = None

@@ -53,8 +53,8 @@ from ..analysis.tomo import minus_log, normalize
 from ..plans.mosaic import mosaic_heights
 from ..session import configure_session
 from . import CHAIN_SAMPLE_ID, DemoResult
-from ._txm_ioc import chain_tab_of, txm_ioc
-from .chain import ChainTab
+from ._txm_ioc import txm_ioc
+from .chain import ChainTab, chain_tab_in
 
 __all__ = ["TOLERANCES", "TomoDemoConfig", "run"]
 
@@ -251,7 +251,7 @@ def run(
     timings: dict[str, float] = {}
     session = None
     truth_proc = None
-    tab = chain_tab_of(data_dir)
+    tab = chain_tab_in(data_dir)
     print("starting the simulated TXM IOC ...", flush=True)
     prefix, beam_prefix, iocs = txm_ioc(config.ioc_args(tab), data_dir, port, "TXMDEMO")
     try:

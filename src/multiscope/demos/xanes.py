@@ -56,8 +56,8 @@ from ..frame_files import FrameReader
 from ..plans.xanes import energy_grid
 from ..session import configure_session
 from . import CHAIN_SAMPLE_ID, DemoResult, derived_run
-from ._txm_ioc import chain_tab_of, txm_ioc
-from .chain import ChainTab
+from ._txm_ioc import txm_ioc
+from .chain import ChainTab, chain_tab_in
 
 __all__ = ["TOLERANCES", "XanesDemoConfig", "run"]
 
@@ -248,7 +248,7 @@ def run(
     t_start = time.monotonic()
     session = None
     truth_proc = None
-    tab = chain_tab_of(data_dir)
+    tab = chain_tab_in(data_dir)
     print("starting the simulated TXM IOC (Ni K-edge chemistry) ...", flush=True)
     prefix, beam_prefix, iocs = txm_ioc(config.ioc_args(tab), data_dir, port, "XANESDEMO")
     try:
