@@ -16,6 +16,10 @@ block              written by                             read by
                    sample, a resume too)                  assembler
 ``laser_cut``      ``cut_tab``, ``lathe_pillar``          whoever follows a sample
                                                           from the mill to the TXM
+``xrm``            ``xrm_tomo_scan`` (the survey and the  the sample history, the
+                   zoom of ``scout_and_zoom`` too)        scout's scores
+``scout``          ``scout_and_zoom`` (its zoom run)      the sample history, the
+                                                          scout's scores
 =================  =====================================  ==========================
 
 ``to_md()`` gives the plain-JSON dict the start document holds (the layout of
@@ -42,7 +46,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-__all__ = ["LaserCutBlock", "MosaicBlock", "SliceViewBlock", "TomoBlock", "XanesBlock"]
+__all__ = [
+    "LaserCutBlock",
+    "MosaicBlock",
+    "ScoutBlock",
+    "SliceViewBlock",
+    "TomoBlock",
+    "XanesBlock",
+    "XrmBlock",
+]
 
 
 class _Block:
@@ -345,4 +357,94 @@ class LaserCutBlock(_Block):
     target_width_um: float | None = None
     argon: bool | None = None
     sample_id: str | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class XrmBlock(_Block):
+    """The ``xrm`` block: a lab XRM tomogram's recipe, source and geometry.
+
+    The tomography itself (projections, darks, flats, exposure) is in the run's
+    ``tomo`` block (:class:`TomoBlock`), which the reconstruction reads.
+
+    Attributes
+    ----------
+    recipe : str
+        The recipe's name (``plans.xrm.XRM_RECIPES``).
+    objective : str
+        The turret's objective (``"0.4x"``, ``"4x"``, ``"20x"``).
+    binning : int
+    exposure_s : float
+    filter : str
+        The source filter (``"LE1"`` ... ``"HE6"``).
+    kv, power_w : float
+        Source voltage (kV) and power (W).
+    n_projections : int
+    pixel_um : float
+        The pixel the geometry gives (um).
+    sod_mm, odd_mm : float
+        Source-object and object-detector distances.
+    voi_mm : tuple of float
+        The sample point put on the rotation axis and the beam centre (x, y, z).
+    sample_out_mm : float
+        Sample move for the flats.
+    sample_radius_mm : float
+        The sample's radius (its clearance from the source is checked with it).
+    geometric_magnification : float
+        ``(SOD + ODD) / SOD``.
+    extra : dict
+        Keys this version does not know.
+    """
+
+    recipe: str | None = None
+    objective: str | None = None
+    binning: int | None = None
+    exposure_s: float | None = None
+    filter: str | None = None
+    kv: float | None = None
+    power_w: float | None = None
+    n_projections: int | None = None
+    pixel_um: float | None = None
+    sod_mm: float | None = None
+    odd_mm: float | None = None
+    voi_mm: tuple[float, float, float] | None = None
+    sample_out_mm: float | None = None
+    sample_radius_mm: float | None = None
+    geometric_magnification: float | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class ScoutBlock(_Block):
+    """The ``scout`` block of a scout-and-zoom's zoom run: where its VOI came from.
+
+    Attributes
+    ----------
+    survey_uid : str
+        The survey run (the low-resolution tomogram the VOI was chosen on).
+    survey_recipe : str
+    selection : {"auto", "callable", "coordinates"}
+        How the VOI was chosen.
+    voi_mm : tuple of float
+        The VOI's centre in sample coordinates (x, y, z), mm; the zoom's
+        ``xrm.voi_mm``.
+    score : float or None
+        The anomaly's strength in noise sigmas (``"auto"`` only).
+    voxel : tuple of float or None
+        The VOI in the survey volume (slice, row, column); not for coordinates.
+    survey_center_px : float or None
+        The survey's rotation centre, found from its frames.
+    extra : dict
+        Keys this version does not know.
+    """
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("score", "voxel", "survey_center_px")
+
+    survey_uid: str | None = None
+    survey_recipe: str | None = None
+    selection: str | None = None
+    voi_mm: tuple[float, float, float] | None = None
+    score: float | None = None
+    voxel: tuple[float, ...] | None = None
+    survey_center_px: float | None = None
     extra: dict = field(default_factory=dict, compare=False)

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from multiscope.contracts import MosaicBlock, TomoBlock, XanesBlock
+from multiscope.contracts import MosaicBlock, ScoutBlock, TomoBlock, XanesBlock, XrmBlock
 
 # Start documents of runs the TXM demo stored (session journal, 2026-12-06, main at
-# c97e145): the blocks exactly as a catalog holds them.
+# c97e145), and the zoom run of the prep demo's scout and zoom (main job, 2026-12-06,
+# main at 8b16eef): the blocks exactly as a catalog holds them.
 STORED = json.loads((Path(__file__).parent / "data" / "stored_start_documents.json").read_text())
 
 
@@ -18,6 +19,8 @@ STORED = json.loads((Path(__file__).parent / "data" / "stored_start_documents.js
         ("tomo_scan", "tomo", TomoBlock),
         ("tomo_scan", "mosaic", MosaicBlock),
         ("xanes_2d", "xanes", XanesBlock),
+        ("xrm_tomo_scan", "xrm", XrmBlock),
+        ("xrm_tomo_scan", "scout", ScoutBlock),
     ],
 )
 def test_stored_blocks_read_back_and_write_out_unchanged(plan_name, key, block_class):
@@ -64,3 +67,10 @@ def test_unknown_keys_survive_and_missing_keys_take_defaults():
     assert block.image_field == "camera_image" and block.num_frames is None
     assert block.to_md()["future_key"] == {"a": 1}
     assert TomoBlock.from_md(None) == TomoBlock()
+
+
+def test_a_scout_by_coordinates_writes_no_survey_analysis():
+    block = ScoutBlock(survey_uid="u", survey_recipe="coin_survey", selection="coordinates",
+                       voi_mm=(1.0, 2.0, 3.0))  # fmt: skip
+    assert set(block.to_md()) == {"survey_uid", "survey_recipe", "selection", "voi_mm"}
+    assert ScoutBlock.from_md(block.to_md()) == block

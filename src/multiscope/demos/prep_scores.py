@@ -18,6 +18,7 @@ import numpy as np
 
 from ..analysis.optics import xrm_pixel_size_um
 from ..analysis.xrm_scout import sample_mm_to_voxel
+from ..contracts import ScoutBlock, XrmBlock
 
 __all__ = [
     "TOLERANCES",
@@ -147,13 +148,13 @@ def score_scout(runs: dict, devices: dict, prefix: str, result) -> dict:
     rel = max(abs(reported / formula - 1), abs(recorded / formula - 1))
     ok_pixel = rel <= TOLERANCES["pixel_fraction"]
     truth_mm = np.asarray(_pv(f"{prefix}truth:defect_mm"), float)
-    scout = zoom_start["scout"]
-    voi = np.asarray(scout["voi_mm"], float)
+    scout = ScoutBlock.from_md(zoom_start["scout"])
+    voi = np.asarray(scout.voi_mm, float)
     error = float(np.linalg.norm(voi - truth_mm))
     ok_voi = error < TOLERANCES["voi_mm"]
     linked = (
-        scout["survey_uid"] == survey_start["uid"]
-        and list(zoom_start["xrm"]["voi_mm"]) == list(scout["voi_mm"])
+        scout.survey_uid == survey_start["uid"]
+        and XrmBlock.from_md(zoom_start["xrm"]).voi_mm == scout.voi_mm
         and survey_start["sample_id"] == zoom_start["sample_id"]
         and all(r.metadata["stop"]["exit_status"] == "success" for r in runs.values())
     )
@@ -166,11 +167,12 @@ def score_scout(runs: dict, devices: dict, prefix: str, result) -> dict:
     )
     result.scores["VOI vs true defect (mm)"] = (
         f"{np.round(voi, 3).tolist()} vs {np.round(truth_mm, 4).tolist()}: {error:.3f} mm "
-        f"(score {scout.get('score', float('nan')):.1f} sigma; tolerance "
+        f"(score {scout.score if scout.score is not None else float('nan'):.1f} sigma; "
+        f"tolerance "
         f"{TOLERANCES['voi_mm']}) {_verdict(ok_voi)}"
     )
     result.scores["survey -> zoom linked"] = (
-        f"zoom's scout.survey_uid {scout['survey_uid'][:8]}, same sample "
+        f"zoom's scout.survey_uid {scout.survey_uid[:8]}, same sample "
         f"{zoom_start['sample_id']!r}, VOI recorded {_verdict(linked)}"
     )
     energy = float(_pv(f"{prefix}source:energy_RBV"))
@@ -313,7 +315,7 @@ def prep_figure(path, cut: dict, runs: dict, volumes: dict, scout: dict, zoom: d
     survey, _ = _volume(volumes["survey"])
     raw = runs["survey"].metadata["start"]
     survey_um = float(raw["tomo"]["pixel_size_um"])
-    survey_voi = raw["xrm"]["voi_mm"]
+    survey_voi = XrmBlock.from_md(raw["xrm"]).voi_mm
     iz, _, _ = sample_mm_to_voxel(scout["voi_mm"], survey.shape, survey_um, survey_voi)
     p_mm = survey_um * 1e-3
     ax_survey.imshow(

@@ -33,7 +33,7 @@ from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 
 from ..analysis.optics import xrm_geometry_for_pixel, xrm_pixel_size_um
-from ..contracts import TomoBlock
+from ..contracts import TomoBlock, XrmBlock
 from ..devices.xrm import OBJECTIVE_NAMES, SOURCE_FILTERS
 from ..plan_stubs.safe_state import safe_state_decorator, xrm_safe_state
 from .preflight import (
@@ -148,11 +148,8 @@ class XRMSettings:
         return (self.sod_mm + self.odd_mm) / self.sod_mm
 
     def to_md(self) -> dict:
-        """The run's ``xrm`` block."""
-        md = asdict(self)
-        md["voi_mm"] = list(self.voi_mm)
-        md["geometric_magnification"] = self.magnification
-        return md
+        """The run's ``xrm`` block (:class:`~multiscope.contracts.XrmBlock`)."""
+        return XrmBlock(**asdict(self), geometric_magnification=self.magnification).to_md()
 
 
 def _choice(name: str, value, choices) -> str:

@@ -36,6 +36,7 @@ from bluesky import preprocessors as bpp
 
 from ..analysis.tomo import find_center, minus_log, normalize, reconstruct
 from ..analysis.xrm_scout import rotational_anomaly, voxel_to_sample_mm
+from ..contracts import ScoutBlock
 from ..frame_files import FrameReader
 from .preflight import PlanArgumentError, require_number
 from .xrm import xrm_settings, xrm_tomo_scan
@@ -126,7 +127,7 @@ def scout_and_zoom(
         survey_plan = bpp.subs_wrapper(survey_plan, frames)
     survey_uid = yield from survey_plan
 
-    scout = {"survey_uid": survey_uid, "survey_recipe": survey, "selection": how}
+    score = voxel = center = None
     if how == "coordinates":
         voi = tuple(float(v) for v in select)
     else:
@@ -136,16 +137,23 @@ def scout_and_zoom(
         if how == "auto":
             anomaly = rotational_anomaly(volume, **anomaly_options)
             index = anomaly.index
-            scout["score"] = anomaly.score
+            score = anomaly.score
         else:
             index = tuple(float(v) for v in select(volume))
         survey_voi = survey_overrides.get("voi_mm", survey_settings.voi_mm)
         voi = voxel_to_sample_mm(index, volume.shape, survey_settings.pixel_um, survey_voi)
-        scout["voxel"] = list(index)
-        scout["survey_center_px"] = center
-    scout["voi_mm"] = list(voi)
+        voxel = tuple(index)
+    scout = ScoutBlock(
+        survey_uid=survey_uid,
+        survey_recipe=survey,
+        selection=how,
+        voi_mm=tuple(voi),
+        score=score,
+        voxel=voxel,
+        survey_center_px=center,
+    )
     logger.info("scout_and_zoom: VOI %s mm (%s) from survey %s", voi, how, survey_uid)
-    zoom_md = {**(md or {}), "scout": scout}
+    zoom_md = {**(md or {}), "scout": scout.to_md()}
     zoom_uid = yield from xrm_tomo_scan(xrm, zoom, voi_mm=voi, sample_id=sample_id, md=zoom_md,
                                         **zoom_overrides)  # fmt: skip
     return survey_uid, zoom_uid
