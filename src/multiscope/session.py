@@ -426,7 +426,6 @@ def configure_session(
     from bluesky import RunEngine
     from bluesky import plan_stubs as bps
     from bluesky import plans as bp
-    from bluesky.callbacks.best_effort import BestEffortCallback
     from bluesky.utils import ProgressBarManager
 
     devices, plans = _devices_and_plans(spec, prefix, beam_prefix, connect_timeout)
@@ -445,6 +444,9 @@ def configure_session(
     RE.subscribe(ReplayFilter(catalog.writer()))
     bec = None
     if table:
+        # Imported only here: it imports matplotlib (~1.5 s), which a quiet script skips.
+        from bluesky.callbacks.best_effort import BestEffortCallback
+
         bec = BestEffortCallback()
         if not os.environ.get("DISPLAY"):
             bec.disable_plots()
