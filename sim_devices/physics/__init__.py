@@ -16,6 +16,8 @@ Units: um, keV, s, rad; mu in 1/um.  Axis conventions are in
 :mod:`sim_devices.physics.projector` (lab frame, detector rows/columns).
 """
 
+from multiscope.config import prefer_passive_openmp_wait
+
 from .detector import (
     DetectorModel,
     DriftModel,
@@ -46,6 +48,9 @@ from .materials import (
 )
 from .phantom import ElectrodeTab, VoxelVolume, make_tab
 from .projector import DetectorGeometry, project, slab_chord_um
+
+# Before the projector's numba-parallel kernel first runs and starts OpenMP.
+prefer_passive_openmp_wait()
 
 __all__ = [
     "MATERIALS",

@@ -663,7 +663,9 @@ def _open_runs_container(url: str, api_key: str, bluesky_clients: bool = True):
     except ClientError as exc:
         if exc.response.status_code != 404:
             raise
-    top = from_uri(url, api_key=api_key)
+    # Plain clients: the new container's client, which is discarded, would otherwise
+    # import bluesky-tiled-plugins for its spec (~2.5 s) in every new data directory.
+    top = from_uri(url, _plain_structure_clients(), api_key=api_key)
     with contextlib.suppress(Exception):  # another process may create it first
         top.create_container(RUNS_NODE, specs=["CatalogOfBlueskyRuns"])
     top.context.close()

@@ -444,6 +444,38 @@ def _idle_for(catalog_dir: Path, idle_s: float, poll: float) -> bool:
         os.close(lock_fd)
 
 
+def _initialize_catalog(db: Path) -> None:  # pragma: no cover - runs in the server process
+    """Create and stamp a new catalog database here, as ``tiled catalog init`` does.
+
+    tiled's ``serve catalog --init`` runs that command in a subprocess, which imports
+    tiled's catalog again (3-5 s on a loaded 2-core machine, at every new data
+    directory); this process imports it anyway. Nothing else runs yet, so SQLite sees
+    one thread, as in tiled's own in-process ``serve catalog --temp``.
+    """
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from tiled.alembic_utils import UninitializedDatabase, check_database, stamp_head
+    from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
+    from tiled.catalog.core import ALL_REVISIONS, REQUIRED_REVISION, initialize_database
+
+    uri = f"sqlite+aiosqlite:///{db}"
+
+    async def create() -> bool:
+        engine = create_async_engine(uri)
+        try:
+            await check_database(engine, REQUIRED_REVISION, ALL_REVISIONS)
+        except UninitializedDatabase:
+            await initialize_database(engine)
+            return True
+        finally:
+            await engine.dispose()
+        return False
+
+    if asyncio.run(create()):
+        stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
+
+
 def _serve(argv: list[str]) -> None:  # pragma: no cover - runs in the server process
     """``python -m multiscope.catalog_server ROOT --port N --lock-fd K``."""
     import argparse
@@ -463,8 +495,8 @@ def _serve(argv: list[str]) -> None:  # pragma: no cover - runs in the server pr
     tiled_args += ["-w", f"sqlite:///{catalog_dir / 'tables.sqlite'}"]
     tiled_args += ["-r", str(root / "assets"), "-r", str(root / "derived")]
     tiled_args += ["--host", "127.0.0.1", "--port", str(args.port)]
-    if not db.exists():  # `--init` costs a ~3 s subprocess even when the catalog exists
-        tiled_args.append("--init")
+    if not db.exists():
+        _initialize_catalog(db)
     threading.Thread(
         target=_announce_when_healthy, args=(catalog_dir, info, args.lock_fd), daemon=True
     ).start()

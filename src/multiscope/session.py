@@ -41,7 +41,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import simctl
+from . import catalog_server, simctl
 from .callbacks.progress import RunProgress
 from .callbacks.replay import ReplayFilter
 from .catalog import Catalog, series_documents
@@ -301,6 +301,27 @@ def _wait_for_connections(devices: dict[str, Any], timeout: float, instrument: s
         )
 
 
+def _devices_and_plans(
+    spec: InstrumentSpec, prefix: str, beam_prefix: str | None, connect_timeout: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The instrument's devices (connected, or reported after ``connect_timeout``) and plans."""
+    devices_module = importlib.import_module(spec.devices_module)
+    if spec.beam_ioc:
+        devices = devices_module.devices(prefix, beam_prefix=beam_prefix)
+    else:
+        devices = devices_module.devices(prefix)
+    _wait_for_connections(devices, connect_timeout, spec.name)
+    plans: dict[str, Any] = {}
+    for module_name in (*COMMON_PLAN_MODULES, *spec.plan_modules):
+        module = importlib.import_module(module_name)
+        for name in module.__all__:
+            plan = getattr(module, name)
+            # Plans check their arguments when called (`line_scan(...)` raises), not
+            # only inside RE(...); helpers (energy_grid, tomo_schedule) stay as they are.
+            plans[name] = checked_at_call(plan) if inspect.isgeneratorfunction(plan) else plan
+    return devices, plans
+
+
 def configure_session(
     namespace: dict,
     instrument: str,
@@ -396,14 +417,18 @@ def configure_session(
         beam_prefix = ring["prefix"] if ring is not None else spec.facility_beam_prefix
     # Choose the control layer before the first signal exists; caproto needs no libca.
     os.environ.setdefault("OPHYD_CONTROL_LAYER", "caproto")
+    catalog_uri = catalog_uri or os.environ.get("MULTISCOPE_CATALOG_URI")
+    if not catalog_uri:
+        # The data directory's catalog server (seconds to start) starts now, while bluesky
+        # imports, the devices connect and the plans import; Catalog.embedded waits for it.
+        catalog_server.start_in_background(root)
 
     from bluesky import RunEngine
     from bluesky import plan_stubs as bps
     from bluesky import plans as bp
-    from bluesky.callbacks.best_effort import BestEffortCallback
     from bluesky.utils import ProgressBarManager
 
-    catalog_uri = catalog_uri or os.environ.get("MULTISCOPE_CATALOG_URI")
+    devices, plans = _devices_and_plans(spec, prefix, beam_prefix, connect_timeout)
     catalog = (
         Catalog.remote(catalog_uri, api_key or os.environ.get("MULTISCOPE_TILED_API_KEY"))
         if catalog_uri
@@ -419,6 +444,9 @@ def configure_session(
     RE.subscribe(ReplayFilter(catalog.writer()))
     bec = None
     if table:
+        # Imported only here: it imports matplotlib (~1.5 s), which a quiet script skips.
+        from bluesky.callbacks.best_effort import BestEffortCallback
+
         bec = BestEffortCallback()
         if not os.environ.get("DISPLAY"):
             bec.disable_plots()
@@ -444,12 +472,6 @@ def configure_session(
         )
         RE.subscribe(ReplayFilter(pipeline))
 
-    devices_module = importlib.import_module(spec.devices_module)
-    if spec.beam_ioc:
-        devices = devices_module.devices(prefix, beam_prefix=beam_prefix)
-    else:
-        devices = devices_module.devices(prefix)
-    _wait_for_connections(devices, connect_timeout, instrument)
     assets = root / "assets" / instrument
     for device in devices.values():
         # Cameras write where the catalog can read: the data directory's assets/ (strftime).
@@ -457,15 +479,6 @@ def configure_session(
             device.write_path_template.put(f"{assets}/%Y/%m/%d/")
         if hasattr(device, "follow_emitted"):  # cameras re-send a resource a rewind dropped
             device.follow_emitted(RE.subscribe)
-    plans: dict[str, Any] = {}
-    for module_name in (*COMMON_PLAN_MODULES, *spec.plan_modules):
-        module = importlib.import_module(module_name)
-        for name in module.__all__:
-            plan = getattr(module, name)
-            # Plans check their arguments when called (`line_scan(...)` raises), not
-            # only inside RE(...); helpers (energy_grid, tomo_schedule) stay as they are.
-            plans[name] = checked_at_call(plan) if inspect.isgeneratorfunction(plan) else plan
-
     beam_devices = []
     if suspenders and spec.beam_current:
         device_name, *attributes = spec.beam_current.split(".")

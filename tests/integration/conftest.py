@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from multiscope import config, simctl
+from multiscope import catalog_server, config, simctl
 
 # Every IOC a test session starts takes one; a restart reuses its port.
 PORT_POOL_SIZE = 64
@@ -92,6 +92,18 @@ def start_txm_with_ring(pool, log_dir: Path, extra_args=()):
     return txm, (txm_process, ring_process)
 
 
+def _start_catalog_server(tmp_path_factory, name: str, options: dict) -> Path:
+    """The session's data directory (``data_dir=`` or ``<name>-data``), its catalog server starting.
+
+    As ``multiscope sim start`` does: the server starts while the IOCs do, and the
+    session's ``configure_session`` waits for it to answer.
+    """
+    data_dir = options.pop("data_dir", None) or tmp_path_factory.mktemp(f"{name}-data")
+    if not (options.get("catalog_uri") or os.environ.get("MULTISCOPE_CATALOG_URI")):
+        catalog_server.start_in_background(data_dir)
+    return data_dir
+
+
 @contextlib.contextmanager
 def txm_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
     """A TXM session on its own simulated TXM and ring IOCs; closed and stopped after.
@@ -102,6 +114,7 @@ def txm_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
     """
     from multiscope.session import configure_session
 
+    data_dir = _start_catalog_server(tmp_path_factory, name, options)
     running, processes = start_txm_with_ring(
         pool, tmp_path_factory.mktemp(f"{name}-logs"), extra_args
     )
@@ -110,7 +123,7 @@ def txm_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
         session = configure_session(
             {},
             "txm",
-            data_dir=options.pop("data_dir", None) or tmp_path_factory.mktemp(f"{name}-data"),
+            data_dir=data_dir,
             prefix=running.prefix,
             beam_prefix=running.ring.prefix,
             table=False,
@@ -202,6 +215,7 @@ def stateful_session(pool, tmp_path_factory, name: str, instrument: str, extra_a
     """
     from multiscope.session import configure_session
 
+    data_dir = _start_catalog_server(tmp_path_factory, name, options)
     logs = tmp_path_factory.mktemp(f"{name}-logs")
     state_file = logs / f"{instrument}-state.json" if state else None
     args = [*(["--state-file", str(state_file)] if state else []), *extra_args]
@@ -210,8 +224,7 @@ def stateful_session(pool, tmp_path_factory, name: str, instrument: str, extra_a
     session = None
     try:
         session = configure_session(
-            {}, instrument,
-            data_dir=options.pop("data_dir", None) or tmp_path_factory.mktemp(f"{name}-data"),
+            {}, instrument, data_dir=data_dir,
             prefix=running.prefix, table=False, progress=False, **options,
         )  # fmt: skip
         yield session, running

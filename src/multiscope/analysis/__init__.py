@@ -33,3 +33,8 @@ laser_path
     The laser mill's tool paths (a tab on a handle, a pillar), the spot and kerf
     model, the cut's length and time.
 """
+
+from multiscope.config import prefer_passive_openmp_wait
+
+# Before a numba-parallel kernel here first runs and starts OpenMP.
+prefer_passive_openmp_wait()
