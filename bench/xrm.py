@@ -12,7 +12,7 @@ Usage::
    20 mm cell in the field): 121 noisy projections with flats and darks, normalised and
    reconstructed with ``multiscope.analysis.tomo`` (gridrec), then the automatic scout
    (``multiscope.analysis.xrm_scout.rotational_anomaly``): seconds per step, and the
-   distance from the volume of interest found to the short's true centre, over six
+   distance from the volume of interest found to the short's true centre, over 20
    noise realisations.
 
 Writes the section ``## Lab XRM (bench/xrm.py)`` of ``docs/benchmarks.md`` unless
@@ -44,7 +44,7 @@ HEADING = "## Lab XRM (bench/xrm.py)"
 SHAPE = (256, 256)
 SURVEY = XRMState(binning=8)  # the coin survey's geometry at binning 8
 N_PROJECTIONS = 121
-SEEDS = tuple(range(6))  # noise realisations of the survey
+SEEDS = tuple(range(20))  # noise realisations of the survey
 EXPOSURE_S = 1.0
 
 

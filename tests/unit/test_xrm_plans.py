@@ -122,3 +122,21 @@ def test_the_rotating_sample_keeps_its_clearance_from_the_source():
         xrm_settings(fake_xrm(), "coin_zoom", voi_mm=(4.0, -3.0, 0.0))
     # a smaller sample may come that close
     xrm_settings(fake_xrm(), "coin_zoom", voi_mm=(4.0, -3.0, 0.0), sample_radius_mm=5.0)
+
+
+def _survey_voi(xrm, **kwargs):
+    """The survey's ``voi_mm`` in its start document (the plan run up to its open_run)."""
+    for msg in scout_and_zoom(xrm, **kwargs):
+        if msg.command == "open_run":
+            return msg.kwargs["xrm"]["voi_mm"]
+    raise AssertionError("no open_run")
+
+
+def test_the_scouts_survey_centres_the_sample_wherever_the_stage_was_left():
+    """A zoom leaves the stage at its VOI; the next survey still puts the sample's centre on
+    the rotation axis (the symmetry scout needs the cell's axis there), unless told."""
+    xrm = fake_xrm()
+    for axis, value in zip("xyz", (1.6, -1.2, -1.25), strict=True):
+        getattr(xrm.sample, axis).set(value)
+    assert _survey_voi(xrm) == [0.0, 0.0, 0.0]
+    assert _survey_voi(xrm, survey_overrides={"voi_mm": (0.5, 0.0, 0.0)}) == [0.5, 0.0, 0.0]

@@ -106,11 +106,13 @@ def test_voxel_and_sample_coordinates_round_trip():
     assert sample_mm_to_voxel(point, shape, pixel, voi) == pytest.approx((3.5, 10.0, 50.0))
 
 
-@pytest.fixture(scope="module")
-def survey_volume():
+# Noise realisations: with seed 0 the blob cut on the per-ring score had put the VOI
+# 0.43 mm off along the radius (docs/xrm.md).
+@pytest.fixture(scope="module", params=[3, 0])
+def survey_volume(request):
     """A 121-projection survey of the short-circuited coin cell, reconstructed."""
     scene = XRMScene(make_phantom("coin_short"))
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(request.param)
     shape = (256, 256)
     angles = np.arange(121) * 180.0 / 121
     projections = np.stack([scene.render(XRMState(theta_deg=a, **SURVEY), 1.0, shape, rng)[0]
@@ -127,8 +129,8 @@ def test_the_scout_finds_the_short_circuit(survey_volume):
     pixel_um = XRMState(**SURVEY).pixel_mm * 1e3
     anomaly = rotational_anomaly(survey_volume)
     found = voxel_to_sample_mm(anomaly.index, survey_volume.shape, pixel_um, (0, 0, 0))
-    # within 0.3 mm (~3 survey voxels) of the truth
-    assert np.linalg.norm(np.subtract(found, SHORT_CENTER_MM)) < 0.3
+    # within 0.15 mm (~1.5 survey voxels) of the truth; docs/xrm.md allows 0.3 mm
+    assert np.linalg.norm(np.subtract(found, SHORT_CENTER_MM)) < 0.15
     assert anomaly.score > 10
 
 

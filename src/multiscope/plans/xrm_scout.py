@@ -5,11 +5,13 @@ resolution, choose a volume of interest (VOI) in it, then image that volume at h
 resolution with the sample larger than the field of view (interior tomography).
 :func:`scout_and_zoom` makes two runs:
 
-1. the survey (:func:`~multiscope.plans.xrm.xrm_tomo_scan`, recipe ``survey``),
-   reconstructed as soon as it stops, from the frames the camera wrote (read with
-   :class:`~multiscope.frame_files.FrameReader` from the documents of the survey run
-   only, as ``focus_calibration`` reads its own) by :mod:`multiscope.analysis.tomo`
-   (flat and dark correction, ``-log``, :func:`~multiscope.analysis.tomo.find_center`,
+1. the survey (:func:`~multiscope.plans.xrm.xrm_tomo_scan`, recipe ``survey``), with
+   the sample's centre on the rotation axis (:data:`SURVEY_VOI_MM`, not wherever the
+   last scan left the stage), reconstructed as soon as it stops, from the frames the
+   camera wrote (read with :class:`~multiscope.frame_files.FrameReader` from the
+   documents of the survey run only, as ``focus_calibration`` reads its own) by
+   :mod:`multiscope.analysis.tomo` (flat and dark correction, ``-log``,
+   :func:`~multiscope.analysis.tomo.find_center`,
    :func:`~multiscope.analysis.tomo.reconstruct`); the session's pipeline
    reconstructs it again in the background and stores that as a derived run;
 2. the VOI: given coordinates ``(x, y, z)`` mm (no reconstruction needed), a callable
@@ -41,9 +43,17 @@ from ..frame_files import FrameReader
 from .preflight import PlanArgumentError, require_number
 from .xrm import xrm_settings, xrm_tomo_scan
 
-__all__ = ["scout_and_zoom"]
+__all__ = ["SURVEY_VOI_MM", "scout_and_zoom"]
 
 logger = logging.getLogger(__name__)
+
+#: The survey's default volume of interest: the sample frame's origin, the sample's
+#: centre, on the rotation axis. The symmetry scout needs the cell's axis there: the
+#: reconstruction's artefacts centred on the rotation axis (the noise every projection
+#: leaves at the axis) are then symmetric about the cell and cancel; with the cell off
+#: the axis (a zoom leaves the stage at its VOI) they read as anomalies (a survey 1 mm
+#: off centre scouted the rotation axis instead of the short, docs/xrm.md).
+SURVEY_VOI_MM = (0.0, 0.0, 0.0)
 
 
 def _selection(select) -> str:
@@ -94,7 +104,8 @@ def scout_and_zoom(
         Recorded in both runs.
     survey_overrides, zoom_overrides : dict, optional
         Keyword overrides of :func:`~multiscope.plans.xrm.xrm_tomo_scan` per run (e.g.
-        ``{"n_projections": 121, "binning": 8}``).
+        ``{"n_projections": 121, "binning": 8}``). The survey's ``voi_mm`` defaults to
+        :data:`SURVEY_VOI_MM` (the sample's centre), whatever the stage's position.
     anomaly_options : dict, optional
         Keywords of :func:`~multiscope.analysis.xrm_scout.rotational_anomaly`.
     md : dict, optional
@@ -106,7 +117,7 @@ def scout_and_zoom(
         The survey's and the zoom's run uids.
     """
     how = _selection(select)
-    survey_overrides = dict(survey_overrides or {})
+    survey_overrides = {"voi_mm": SURVEY_VOI_MM, **(survey_overrides or {})}
     zoom_overrides = dict(zoom_overrides or {})
     for name, overrides in (("survey_overrides", survey_overrides),
                             ("zoom_overrides", zoom_overrides)):  # fmt: skip
@@ -140,8 +151,8 @@ def scout_and_zoom(
             score = anomaly.score
         else:
             index = tuple(float(v) for v in select(volume))
-        survey_voi = survey_overrides.get("voi_mm", survey_settings.voi_mm)
-        voi = voxel_to_sample_mm(index, volume.shape, survey_settings.pixel_um, survey_voi)
+        voi = voxel_to_sample_mm(index, volume.shape, survey_settings.pixel_um,
+                                 survey_settings.voi_mm)  # fmt: skip
         voxel = tuple(index)
     scout = ScoutBlock(
         survey_uid=survey_uid,
