@@ -560,8 +560,7 @@ class TXMIOC(PVGroup):
 
     def scene(self, ctx: FrameContext) -> tuple[np.ndarray, dict[str, float]]:
         """Render one frame with the positions at the middle of its exposure."""
-        # ctx.timestamp is the wall-clock end of the exposure; motors run on monotonic time.
-        end = time.monotonic() - (time.time() - ctx.timestamp)
+        end = ctx.monotonic_end()  # motors run on the monotonic clock
         state = self.state(end - 0.5 * ctx.exposure_time)
         return self.physics.render(state, ctx.exposure_time, ctx.shape, ctx.rng)
 

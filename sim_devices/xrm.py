@@ -217,7 +217,7 @@ class XRMIOC(MessageRefusals, PVGroup):
 
     def scene(self, ctx: FrameContext):
         """Render one frame with the positions at the middle of its exposure."""
-        end = time.monotonic() - (time.time() - ctx.timestamp)
+        end = ctx.monotonic_end()  # motors run on the monotonic clock
         state = self.state(end - 0.5 * ctx.exposure_time * self.time_scale)
         return self.physics.render(state, ctx.exposure_time, ctx.shape, ctx.rng)
 
