@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 
-from sim_devices.areadetector import FrameContext
+from sim_devices.frames import FrameContext
 
 
 def test_the_carried_monotonic_end_is_used_as_is():
