@@ -14,8 +14,9 @@ run                         files
 ==========================  ========================================================
 ``tomo_reconstruction``     ``volume.tif``: the reconstructed volume ``(z, y, x)``
 ``mosaic_stitch``           ``volume.tif``: the stitched volume
-``xanes_map``               ``<map>.tif`` per map of ``maps.h5`` (``whiteline_eV``,
-                            ``edge_eV``, ``edge_jump``...; 2D or, for 3D, ``(z, y, x)``)
+``xanes_map``               ``<map>.tif`` per map of ``maps.h5`` (its datasets of the
+                            whiteline map's image shape: ``whiteline_eV``, ``edge_eV``,
+                            ``mask``...; 2D or, for 3D, ``(z, y, x)``)
 any run with frames         ``<stream>_<key>.tif``: the frames ``(n, rows, cols)``
 ==========================  ========================================================
 """
@@ -86,9 +87,10 @@ def _map_files(start: dict, out: Path, pixel: float | None) -> list[Path]:
         )
     written = []
     with h5py.File(maps, "r") as f:
+        image = f["whiteline_eV"].shape[-2:] if "whiteline_eV" in f else None
         for name, ds in f.items():
-            # The maps: one value per pixel (or voxel); the small tables stay in maps.h5.
-            if isinstance(ds, h5py.Dataset) and ds.ndim >= 2 and min(ds.shape[-2:]) > 2:
+            # The maps: the whiteline map's image shape; tables (shifts_px...) stay in maps.h5.
+            if isinstance(ds, h5py.Dataset) and ds.ndim >= 2 and ds.shape[-2:] == image:
                 data = ds[()]
                 if data.dtype == bool:
                     data = data.astype(np.uint8)
