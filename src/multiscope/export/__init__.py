@@ -37,7 +37,7 @@ __all__ = ["FORMATS", "export_run"]
 FORMATS = ("raw", "dxchange", "tiff", "csv")
 
 
-def export_run(run, out, format: str = "raw", *, catalog=None) -> list[Path]:  # noqa: A002
+def export_run(run, out, format: str = "raw", *, catalog=None) -> list[Path]:
     """Export ``run`` (a tiled BlueskyRun client) into directory ``out``.
 
     Parameters
