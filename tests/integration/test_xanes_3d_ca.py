@@ -191,3 +191,31 @@ def test_dxchange_export_gives_one_tomogram_per_energy(fly_run, tmp_path):
           f"relative RMS difference to the live volume {rel:.2e}")  # fmt: skip
     assert abs(center - live_center) < 0.5
     assert rel < 1e-2
+
+
+def test_tiff_export_of_the_xanes_maps_keeps_the_pixel_size(fly_run, tmp_path):
+    """Issue 12: the session's stored XANES map run as ImageJ TIFFs, (z, y, x) for 3D."""
+    import tifffile
+
+    from multiscope.export import export_run
+
+    session = fly_run.session
+    assert session.drain(300)
+    maps = [
+        session.catalog.run(r.uid)
+        for r in session.catalog.runs(limit=50)
+        if r.plan_name == "xanes_map"
+    ]
+    (derived,) = [m for m in maps if m.metadata["start"]["derived_from"] == fly_run.uid]
+    written = export_run(derived, tmp_path, format="tiff")
+    names = {p.name for p in written}
+    assert {"whiteline_eV.tif", "edge_eV.tif", "mask.tif"} <= names
+    assert "shifts_px.tif" not in names  # a table stays in maps.h5
+    with h5py.File(derived.metadata["start"]["results"]["maps"], "r") as f:
+        whiteline = f["whiteline_eV"][()]
+    with tifffile.TiffFile(tmp_path / "whiteline_eV.tif") as tif:
+        np.testing.assert_array_equal(tif.asarray(), whiteline)
+        assert tif.series[0].axes == "ZYX" and whiteline.shape == (128, 128, 128)
+        x_res = tif.pages[0].tags["XResolution"].value
+        assert x_res[0] / x_res[1] == pytest.approx(1 / fly_run.pixel_um, rel=1e-5)
+        assert tif.imagej_metadata["spacing"] == pytest.approx(fly_run.pixel_um)
