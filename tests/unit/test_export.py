@@ -159,11 +159,15 @@ def test_dxchange_layout_units_and_metadata(tmp_path, phantom):
 
 def test_mosaic_tile_file_is_named_by_its_tile(tmp_path, phantom):
     run, _ = _tomo_run(phantom)
-    run.metadata["start"]["mosaic"] = {"mosaic_id": "m1", "tile_index": 1, "num_tiles": 2}
+    run.metadata["start"]["mosaic"] = {
+        "mosaic_id": "m1", "tile_index": 1, "num_tiles": 2, "z_um": 133.3,
+    }  # fmt: skip
     path = export_run(run, tmp_path, format="dxchange")[1]
     assert path.name == "tomo_scan_01234567_tile01.h5"
     with h5py.File(path, "r") as f:
         assert f["/process/acquisition/tile_index"][()] == 1
+        z = f["/process/acquisition/tile_z_um"]
+        assert z[()] == 133.3 and z.attrs["units"] == "um"
         assert f["/process/acquisition/mosaic_id"][()].decode() == "m1"
 
 

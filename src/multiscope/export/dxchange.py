@@ -42,6 +42,9 @@ from ._runs import frame_keys, frames, pixel_size_um, read_stream, short_uid, st
 
 __all__ = ["DXCHANGE_PLANS", "Tomogram", "export_dxchange", "tomograms", "write_dxchange"]
 
+#: Unit attribute of a ``/process/acquisition`` value, by its key's suffix.
+_UNITS = {"keV": "keV", "um": "um", "px": "px"}
+
 #: Plans whose runs hold tomograms (plus ``mosaic_stitch``, through its tiles).
 DXCHANGE_PLANS = (*TOMO_PLANS, "xanes_3d")
 
@@ -311,7 +314,7 @@ def write_dxchange(path, tomogram: Tomogram, start: dict) -> Path:
         _scalar(acq, "rotation_speed", tomo.theta_velocity_deg_s, "deg/s")
         for key, value in tomogram.process.items():
             if value is not None:
-                _scalar(acq, key, value, "keV" if key.endswith("_keV") else None)
+                _scalar(acq, key, value, _UNITS.get(key.rsplit("_", 1)[-1]))
         acq.create_dataset("start_document", data=json.dumps(start, default=str))
     tmp.replace(path)
     return path
