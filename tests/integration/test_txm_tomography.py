@@ -5,8 +5,6 @@ exported (DXchange, TIFF) and the DXchange files reconstructed from the file alo
 The TXM IOC runs at binning 4 with 128 x 128 frames (0.26 um pixels) to stay fast.
 """
 
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -198,15 +196,20 @@ def test_tiff_export_of_the_reconstruction_keeps_the_voxel_size(txm_session, tom
 def test_export_command_writes_a_dxchange_file_per_mosaic_tile(
     txm_session, mosaic_uids, tmp_path, capsys
 ):
-    """``multiscope export <stitched run> --format dxchange``: one file per tile."""
+    """``multiscope export <stitched run> --format dxchange``: one file per tile.
+
+    The command runs in this process (``cli.main``): another interpreter would add its
+    start-up, ~10 s (``test_cli.py`` runs ``python -m multiscope export``).
+    """
+    from multiscope.cli import main
+
     session = txm_session
     (stitched,) = _derived(session, "mosaic_stitch")
-    result = subprocess.run(
-        [sys.executable, "-m", "multiscope", "--data-dir", str(session.data_dir), "export",
-         stitched.uid[:12], "--format", "dxchange", "--out", str(tmp_path / "tiles")],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    data_dir = ["--data-dir", str(session.data_dir)]
+    out = ["--out", str(tmp_path / "tiles")]
+    assert main([*data_dir, "export", stitched.uid[:12], "--format", "dxchange", *out]) == 0
+    printed = capsys.readouterr().out.split()
+    assert len(printed) == 3 and printed[0].endswith("metadata.json")  # and the 2 tiles
     files = sorted((tmp_path / "tiles").glob("*.h5"), key=lambda f: f.stem[-2:])  # tile order
     assert [f.name for f in files] == [
         f"tomo_scan_{uid[:8]}_tile{k:02d}.h5" for k, uid in enumerate(mosaic_uids)
@@ -217,13 +220,10 @@ def test_export_command_writes_a_dxchange_file_per_mosaic_tile(
         assert np.rad2deg(np.ptp(theta)) == pytest.approx(180 - 180 / 61, abs=0.05)
         with h5py.File(path, "r") as f:
             assert f["/process/acquisition/tile_index"][()] == k
-    # A format that does not fit the run: a clear error, exit status 2, no file (the
-    # command in this process: a second interpreter would cost ~10 s).
-    from multiscope.cli import main
-
+    # A format that does not fit the run: a clear error, exit status 2, no file.
     recon = _derived(session, "tomo_reconstruction")[0].uid
     out = tmp_path / "refused"
-    argv = ["--data-dir", str(session.data_dir), "export", recon[:12], "--format", "dxchange"]
-    assert main([*argv, "--out", str(out)]) == 2
+    argv = [*data_dir, "export", recon[:12], "--format", "dxchange", "--out", str(out)]
+    assert main(argv) == 2
     assert "(tomo_reconstruction) is not a tomography run" in capsys.readouterr().err
     assert not list(out.glob("*"))
