@@ -12,6 +12,8 @@ Examples
     multiscope catalog recover         # load runs a crashed session left in the journal
     multiscope catalog history tab-3   # one sample across instruments: cut, surveyed, imaged
     multiscope export -1 --out ./run   # CSV tables (+ HDF5 arrays) of one run
+    multiscope export -1 --format dxchange --out ./tomo   # DXchange HDF5 for tomopy
+    multiscope export -1 --format tiff  # ImageJ TIFF stacks with the pixel size
     multiscope sim stop
 """
 
@@ -87,13 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
         "names", nargs="*", help=f"demos to run, in chain order (default: all of {list(DEMOS)})"
     )
 
-    export = commands.add_parser("export", help="write one run's tables and arrays to files")
+    export = commands.add_parser("export", help="write one run to files other tools read")
     export.add_argument("run", help="uid (or its beginning) or index such as -1")
-    export.add_argument("--out", required=True, help="output directory")
+    export.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="raw",
+        help="raw: CSV tables + HDF5 arrays (default); dxchange: DXchange HDF5 per tomogram "
+        "(tomopy); tiff: ImageJ TIFF stacks (Fiji, Avizo); csv: event tables",
+    )
+    export.add_argument("--out", help="output directory (default: ./<format>-<uid 8>)")
     export.add_argument("--catalog", dest="catalog_uri", help="URL of a tiled server")
     export.add_argument("--api-key", help="API key (default: $MULTISCOPE_TILED_API_KEY)")
     return parser
 
+
+#: ``multiscope.export.FORMATS`` (not imported here: the command line starts fast).
+EXPORT_FORMATS = ("raw", "dxchange", "tiff", "csv")
 
 _RUN_FORMS = "an index such as -1 (latest), a scan id such as 12, or a uid (5+ characters of it)"
 _UID_CHARACTERS = frozenset("0123456789abcdefABCDEF-")
@@ -253,11 +265,14 @@ def _read_embedded_catalog(args, root: Path) -> int:
 
 def _run_export(args, root: Path) -> int:
     _check_run_argument(args.run)
-    _check_output_directory(args.out)
+    if args.out:
+        _check_output_directory(args.out)
     from .export import export_run
 
     with _open_catalog(args, root) as catalog:
-        written = export_run(catalog.run(args.run), Path(args.out))
+        run = catalog.run(args.run)
+        out = args.out or f"{args.format}-{str(run.metadata['start']['uid'])[:8]}"
+        written = export_run(run, Path(out).expanduser(), args.format, catalog=catalog)
     for path in written:
         print(path)
     return 0

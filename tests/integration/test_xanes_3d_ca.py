@@ -16,6 +16,7 @@ replaced, the sweeps started 0.6-3 deg apart and the column errors reached 0.3-1
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -134,11 +135,87 @@ def fly_run(txm, tmp_path_factory):
     print("recorded jumps (rows, cols) px:", np.round(drift[:, 0], 3).tolist())
     print("shift error (rows, cols) px:", np.round(err, 3).tolist())
     print(f"angle mismatch to the reference up to {live.parameters['max_angle_gap_deg']} deg")
-    return shifts, truth, err
+    return SimpleNamespace(
+        shifts=shifts, truth=truth, err=err, uid=uid, volumes=live.paths["volumes"],
+        centers_px=live.parameters["centers_px"], pixel_um=pixel_um, session=session,
+    )  # fmt: skip
 
 
 def test_fly_xanes_3d_completes_and_corrects_the_jumps(fly_run):
-    shifts, truth, err = fly_run
+    truth, err = fly_run.truth, fly_run.err
     assert np.abs(truth).max() > 1.0  # the IOC did jump
     assert np.abs(err[:, 0]).max() < 0.3  # rows: the slices' z
     assert np.abs(err[:, 1]).max() < 0.3  # columns: the rotation centre
+
+
+def test_dxchange_export_gives_one_tomogram_per_energy(fly_run, tmp_path):
+    """Issue 12: an xanes_3d run as DXchange files, one per energy, read back with h5py
+    alone; the reference energy's file reconstructs as the live map's volume."""
+    from multiscope.analysis.tomo import find_center, minus_log, normalize, reconstruct
+    from multiscope.callbacks.tomo import structured_rows
+    from multiscope.export import export_run
+
+    run = fly_run.session.catalog.run(fly_run.uid)
+    written = export_run(run, tmp_path, format="dxchange")[1:]
+    assert [p.name for p in written] == [
+        f"xanes_3d_{fly_run.uid[:8]}_e{i:03d}.h5" for i in range(len(ENERGIES_KEV))
+    ]
+    theta_all = np.asarray(run["primary"].read()["camera_theta"], float)
+    for i, path in enumerate(written):
+        with h5py.File(path, "r") as f:
+            assert f["/exchange/data"].shape == (NUM_PROJECTIONS, 128, 128)
+            theta_deg = f["/exchange/theta"][()]
+            energy = f["/measurement/instrument/monochromator/energy"][()]
+            flats_from = f["/process/acquisition/flats_from_energy_index"][()]
+        rows = slice(i * NUM_PROJECTIONS, (i + 1) * NUM_PROJECTIONS)
+        np.testing.assert_array_equal(theta_deg, theta_all[rows])  # mid-exposure angles
+        assert energy == pytest.approx(ENERGIES_KEV[i], abs=1e-3)
+        # flat_every=4: sets at energies 0 and 4; each energy has the nearest in energy
+        gap = [abs(ENERGIES_KEV[i] - ENERGIES_KEV[k]) for k in (0, 4)]
+        assert list(np.atleast_1d(flats_from)) == [0 if gap[0] <= gap[1] else 4]
+
+    with h5py.File(written[0], "r") as f:  # the reference energy: no drift correction
+        data, white = f["/exchange/data"][()], f["/exchange/data_white"][()]
+        dark, theta = f["/exchange/data_dark"][()], np.deg2rad(f["/exchange/theta"][()])
+        pixel = float(f["/measurement/instrument/detector/pixel_size_x"][()])
+    proj = minus_log(normalize(data, white, dark))
+    live_center = float(fly_run.centers_px["0"])
+    # As the project's reconstructions pick rows: those with the most structure (the
+    # middle rows, find_center's default, put it 1.8 px off with 24 projections).
+    center = find_center(proj, theta, rows=structured_rows(proj))
+    volume = reconstruct(proj, theta, center=live_center) / pixel  # 1/um, as the live map
+    with h5py.File(fly_run.volumes, "r") as f:
+        live = f["volumes"][0]
+    rel = float(np.sqrt(np.mean((volume - live) ** 2) / np.mean(live**2)))
+    print(f"energy 0: centre from the file {center:.2f} px, live {live_center:.2f} px; "
+          f"relative RMS difference to the live volume {rel:.2e}")  # fmt: skip
+    assert abs(center - live_center) < 0.5
+    assert rel < 1e-2
+
+
+def test_tiff_export_of_the_xanes_maps_keeps_the_pixel_size(fly_run, tmp_path):
+    """Issue 12: the session's stored XANES map run as ImageJ TIFFs, (z, y, x) for 3D."""
+    import tifffile
+
+    from multiscope.export import export_run
+
+    session = fly_run.session
+    assert session.drain(300)
+    maps = [
+        session.catalog.run(r.uid)
+        for r in session.catalog.runs(limit=50)
+        if r.plan_name == "xanes_map"
+    ]
+    (derived,) = [m for m in maps if m.metadata["start"]["derived_from"] == fly_run.uid]
+    written = export_run(derived, tmp_path, format="tiff")
+    names = {p.name for p in written}
+    assert {"whiteline_eV.tif", "edge_eV.tif", "mask.tif"} <= names
+    assert "shifts_px.tif" not in names  # a table stays in maps.h5
+    with h5py.File(derived.metadata["start"]["results"]["maps"], "r") as f:
+        whiteline = f["whiteline_eV"][()]
+    with tifffile.TiffFile(tmp_path / "whiteline_eV.tif") as tif:
+        np.testing.assert_array_equal(tif.asarray(), whiteline)
+        assert tif.series[0].axes == "ZYX" and whiteline.shape == (128, 128, 128)
+        x_res = tif.pages[0].tags["XResolution"].value
+        assert x_res[0] / x_res[1] == pytest.approx(1 / fly_run.pixel_um, rel=1e-5)
+        assert tif.imagej_metadata["spacing"] == pytest.approx(fly_run.pixel_um)
