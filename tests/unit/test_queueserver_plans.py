@@ -1,0 +1,77 @@
+"""Every instrument's plans pass the queueserver's own description and validation code.
+
+The RE Manager lists the plans of its worker's namespace and validates each queued
+item against their descriptions with pydantic (``bluesky_queueserver.manager.profile_ops``).
+These tests run those functions over the names a session puts in its namespace
+(:func:`multiscope.session.instrument_plans`), without servers: a plan the queueserver
+cannot see, or whose annotations pydantic cannot resolve (``from __future__ import
+annotations``, names imported under ``TYPE_CHECKING``), fails here in seconds.
+"""
+
+import inspect
+
+import pydantic
+import pytest
+from bluesky_queueserver.manager import profile_ops
+from ophyd.sim import SynAxis, SynGauss
+
+from multiscope.session import INSTRUMENTS, instrument_plans
+
+
+def _namespace(instrument: str) -> dict:
+    """The instrument's plans beside two simulated devices named like the demo's."""
+    m1 = SynAxis(name="m1")
+    m1.limits = (-5.0, 5.0)
+    cam = SynGauss("cam", m1, "m1", center=0.0, Imax=1.0)
+    return {**instrument_plans(instrument), "m1": m1, "cam": cam}
+
+
+def _descriptions(namespace: dict) -> tuple[dict, dict]:
+    # ignore_invalid_plans=False: as the RE Manager's default, an undescribable plan raises.
+    plans, devices, _, _ = profile_ops.existing_plans_and_devices_from_nspace(
+        nspace=namespace, ignore_invalid_plans=False
+    )
+    return plans, devices
+
+
+@pytest.mark.parametrize("instrument", sorted(INSTRUMENTS))
+def test_the_queueserver_lists_every_plan_of_the_session(instrument):
+    namespace = _namespace(instrument)
+    plans, _ = _descriptions(namespace)
+    generators = {
+        name for name, obj in namespace.items() if inspect.isgeneratorfunction(inspect.unwrap(obj))
+    }
+    assert generators, f"{instrument} has no plans"
+    assert generators <= set(plans), f"not seen as plans: {sorted(generators - set(plans))}"
+
+
+@pytest.mark.parametrize("instrument", sorted(INSTRUMENTS))
+def test_pydantic_resolves_every_parameter_of_every_plan(instrument):
+    plans, _ = _descriptions(_namespace(instrument))
+    unresolved = []
+    for name, description in plans.items():
+        parameters = profile_ops.construct_parameters(description["parameters"])
+        model = profile_ops.pydantic_construct_model_class(parameters)
+        if not model.__pydantic_complete__:
+            unresolved.append(name)
+        for parameter in parameters:
+            # A string annotation is a forward reference pydantic resolves nowhere.
+            if isinstance(parameter.annotation, str):
+                unresolved.append(f"{name}({parameter.name}: {parameter.annotation!r})")
+    assert not unresolved, f"annotations pydantic cannot resolve: {unresolved}"
+
+
+def test_a_good_plan_validates_and_a_wrong_type_is_refused():
+    plans, devices = _descriptions(_namespace("demo"))
+    good = {"name": "line_scan", "args": [["cam"], "m1", -1.0, 1.0, 5]}
+    ok, message = profile_ops.validate_plan(good, allowed_plans=plans, allowed_devices=devices)
+    assert ok, message
+    bad = {"name": "line_scan", "args": [["cam"], "m1", -1.0, 1.0, "five"]}
+    ok, message = profile_ops.validate_plan(bad, allowed_plans=plans, allowed_devices=devices)
+    assert not ok
+    assert "num" in message and "integer" in message, message
+
+
+def test_pydantic_is_the_validator_used():
+    # The checks above build models with the pydantic the RE Manager imports.
+    assert profile_ops.pydantic is pydantic
