@@ -15,6 +15,7 @@ import pytest
 from bluesky_queueserver.manager import profile_ops
 from ophyd.sim import SynAxis, SynGauss
 
+from multiscope.queueserver import USER_GROUP_PERMISSIONS
 from multiscope.session import INSTRUMENTS, instrument_plans
 
 
@@ -75,3 +76,20 @@ def test_a_good_plan_validates_and_a_wrong_type_is_refused():
 def test_pydantic_is_the_validator_used():
     # The checks above build models with the pydantic the RE Manager imports.
     assert profile_ops.pydantic is pydantic
+
+
+def test_the_shipped_permissions_allow_the_sessions_names_and_nothing_private():
+    namespace = _namespace("demo")
+    namespace["_private_scan"] = namespace["line_scan"]
+    namespace["_m2"] = SynAxis(name="_m2")
+    plans, devices = _descriptions(namespace)
+    permissions = profile_ops.load_user_group_permissions(USER_GROUP_PERMISSIONS)
+    allowed_plans, allowed_devices = profile_ops.load_allowed_plans_and_devices(
+        existing_plans=plans, existing_devices=devices, user_group_permissions=permissions
+    )
+    assert set(allowed_plans["primary"]) == set(plans) - {"_private_scan"}
+    assert "_private_scan" in plans and "_m2" in devices  # they exist, and are refused
+    assert set(allowed_devices["primary"]) == {"m1", "cam"}
+    assert not profile_ops.check_if_function_allowed(
+        "line_scan", group_name="primary", user_group_permissions=permissions
+    )
