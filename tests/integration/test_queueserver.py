@@ -87,11 +87,12 @@ def redis_port(tmp_path_factory):
     """A Redis server on a free loopback port, without persistence."""
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
-        [_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=(workdir / "redis.log").open("w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    with (workdir / "redis.log").open("w") as log:  # the server keeps its own descriptor
+        server = subprocess.Popen(
+            [_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
         client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0)
 
@@ -161,9 +162,8 @@ class Manager:
         env = dict(os.environ, MULTISCOPE_INSTRUMENT=instrument,
                    MULTISCOPE_DATA_DIR=str(data_dir), **environment)  # fmt: skip
         env.pop("MULTISCOPE_CATALOG_URI", None)
-        self.process = subprocess.Popen(
-            command, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT
-        )
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         # A limit: a manager busy on a loaded machine answered after more than 5 s.
         self.api = REManagerAPI(zmq_control_addr=control, zmq_info_addr=info, timeout_recv=60.0)
 
