@@ -9,12 +9,14 @@ annotations``, names imported under ``TYPE_CHECKING``), fails here in seconds.
 """
 
 import inspect
+from pathlib import Path
 
 import pydantic
 import pytest
 from bluesky_queueserver.manager import profile_ops
 from ophyd.sim import SynAxis, SynGauss
 
+import multiscope
 from multiscope.queueserver import USER_GROUP_PERMISSIONS
 from multiscope.session import INSTRUMENTS, instrument_plans
 
@@ -93,3 +95,16 @@ def test_the_shipped_permissions_allow_the_sessions_names_and_nothing_private():
     assert not profile_ops.check_if_function_allowed(
         "line_scan", group_name="primary", user_group_permissions=permissions
     )
+
+
+def test_no_postponed_annotations_under_plans_and_plan_stubs():
+    # Under `from __future__ import annotations` every annotation is a string the
+    # queueserver hands to pydantic unresolved; plan stubs end up in plans' signatures.
+    root = Path(multiscope.__file__).parent
+    offenders = [
+        str(path.relative_to(root))
+        for layer in ("plans", "plan_stubs")
+        for path in sorted((root / layer).glob("*.py"))
+        if "from __future__ import annotations" in path.read_text()
+    ]
+    assert not offenders
