@@ -53,7 +53,14 @@ from .plans.dry_run import dry_run
 from .plans.refusals import QuietRefusals, checked_at_call
 from .suspenders import RunWatchdog, SuspendFloorOrDisconnect
 
-__all__ = ["COMMON_PLAN_MODULES", "InstrumentSpec", "INSTRUMENTS", "Session", "configure_session"]
+__all__ = [
+    "COMMON_PLAN_MODULES",
+    "InstrumentSpec",
+    "INSTRUMENTS",
+    "Session",
+    "configure_session",
+    "instrument_plans",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -311,6 +318,25 @@ def _devices_and_plans(
     else:
         devices = devices_module.devices(prefix)
     _wait_for_connections(devices, connect_timeout, spec.name)
+    return devices, instrument_plans(spec.name)
+
+
+def instrument_plans(instrument: str) -> dict[str, Any]:
+    """The names a session of ``instrument`` gets from its plan modules.
+
+    Parameters
+    ----------
+    instrument : str
+        One of :data:`INSTRUMENTS`.
+
+    Returns
+    -------
+    dict
+        Every name of the ``__all__`` of :data:`COMMON_PLAN_MODULES` and of the
+        instrument's ``plan_modules``; plans wrapped by
+        :func:`~multiscope.plans.refusals.checked_at_call`, helpers as they are.
+    """
+    spec = INSTRUMENTS[instrument]
     plans: dict[str, Any] = {}
     for module_name in (*COMMON_PLAN_MODULES, *spec.plan_modules):
         module = importlib.import_module(module_name)
@@ -319,7 +345,7 @@ def _devices_and_plans(
             # Plans check their arguments when called (`line_scan(...)` raises), not
             # only inside RE(...); helpers (energy_grid, tomo_schedule) stay as they are.
             plans[name] = checked_at_call(plan) if inspect.isgeneratorfunction(plan) else plan
-    return devices, plans
+    return plans
 
 
 def configure_session(

@@ -1,7 +1,5 @@
 """Plan stubs about device connections."""
 
-from __future__ import annotations
-
 import logging
 import time
 from collections.abc import Iterable

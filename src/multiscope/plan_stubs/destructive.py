@@ -4,8 +4,6 @@ Every instrument that destroys material shares this wrapper; the instrument numb
 its cuts and refuses a repeated number, the RunEngine never rewinds into one.
 """
 
-from __future__ import annotations
-
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 from bluesky.utils import plan

@@ -21,8 +21,6 @@ Destructive steps (a milling cut, a polish cut, a Pt deposition) are never repla
   part-milled, and ``slice_and_view(..., resume=uid)`` continues with the next one.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field

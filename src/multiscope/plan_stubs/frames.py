@@ -13,8 +13,6 @@ took for that key, or exposes again if the interruption stopped the exposure,
 so the file holds exactly one frame per event (decision 0011).
 """
 
-from __future__ import annotations
-
 import itertools
 from collections.abc import Sequence
 

@@ -14,8 +14,6 @@ A laser cut is destructive (decision 0016):
   counts it, part-cut, and never makes it again.
 """
 
-from __future__ import annotations
-
 import math
 
 import numpy as np

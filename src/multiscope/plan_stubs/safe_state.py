@@ -45,8 +45,6 @@ Examples
 >>> RE(go_safe(txm_safe_state(shutter, camera=camera, sample=sample)))  # doctest: +SKIP
 """
 
-from __future__ import annotations
-
 import logging
 import math
 from collections.abc import Generator, Iterable, Sequence
@@ -248,7 +246,7 @@ class SafeState:
             if not isinstance(step, SafeStep):
                 raise TypeError(f"{step!r} is not a SafeStep (name, record(), restore())")
 
-    def __add__(self, other: SafeState) -> SafeState:
+    def __add__(self, other: "SafeState") -> "SafeState":
         return SafeState([*self.steps, *other.steps])
 
     @property

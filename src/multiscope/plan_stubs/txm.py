@@ -12,8 +12,6 @@ Examples
 >>> yield from sample_out(sample, out_x_um=3000)                        # doctest: +SKIP
 """
 
-from __future__ import annotations
-
 from collections.abc import Generator
 from typing import Any
 

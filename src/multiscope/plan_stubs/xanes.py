@@ -14,8 +14,6 @@ Examples
 (0, 4, 8, 9)
 """
 
-from __future__ import annotations
-
 import math
 import numbers
 from collections.abc import Sequence

@@ -49,8 +49,6 @@ Examples
 (8.25, 8.45)
 """
 
-from __future__ import annotations
-
 import logging
 import math
 

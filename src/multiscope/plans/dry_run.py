@@ -21,8 +21,6 @@ checks
     every target against its axis's soft limits (``check_value``).
 """
 
-from __future__ import annotations
-
 import math
 import uuid
 from collections import defaultdict

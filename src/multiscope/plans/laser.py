@@ -21,8 +21,6 @@ the speed (the instrument's ``laser:min_power_W_RBV``, which scales with the spe
 the energy per length).
 """
 
-from __future__ import annotations
-
 import logging
 import math
 

@@ -7,8 +7,6 @@ spaced by ``tile_height * (1 - overlap)``; every tile's start document carries a
 ``mosaic_radiograph`` surveys a tab with a grid of single frames in one run.
 """
 
-from __future__ import annotations
-
 import logging
 import uuid
 from functools import partial

@@ -22,8 +22,6 @@ catalog can give one sample's history across instruments
 (:meth:`multiscope.catalog.Catalog.sample_history`).
 """
 
-from __future__ import annotations
-
 import math
 import numbers
 from collections.abc import Iterable, Sequence

@@ -15,8 +15,6 @@ traceback above the clear message. Two pieces, installed by the session:
     refusal after a run opened keeps its log.
 """
 
-from __future__ import annotations
-
 import functools
 import logging
 from collections.abc import Callable, Generator
@@ -82,6 +80,9 @@ def checked_at_call(plan_function: Callable[..., Generator]) -> Callable[..., Ge
         return _continue_from(plan, first)
 
     checked.checked_at_call = True
+    # bluesky's mark of a plan that is not a generator function itself
+    # (bluesky.utils.is_plan): the queueserver lists a namespace's plans with it.
+    checked._is_plan_ = True
     return checked
 
 
@@ -104,7 +105,7 @@ class QuietRefusals(logging.Filter):
         self._run_opened = False  # by the plan now running
 
     @classmethod
-    def install(cls, RE) -> QuietRefusals:  # noqa: N803
+    def install(cls, RE) -> "QuietRefusals":  # noqa: N803
         """Create one for ``RE``: subscribed, on its state hook and on its logger."""
         refusals = cls(RE)
         RE.subscribe(refusals)

@@ -14,8 +14,6 @@ Examples
 >>> print(catalog.sample_history("tab-3"))                                        # doctest: +SKIP
 """
 
-from __future__ import annotations
-
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 

@@ -6,8 +6,6 @@ ranges, soft limits) and the duration is estimated and recorded in the start
 document, so a mistake costs nothing and the progress display knows the total.
 """
 
-from __future__ import annotations
-
 import logging
 from collections.abc import Sequence
 from functools import partial

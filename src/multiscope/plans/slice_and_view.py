@@ -19,8 +19,6 @@ last milled face if no run did, and mills on from the next slice; the new run na
 the first in ``resume_of``.
 """
 
-from __future__ import annotations
-
 import logging
 import math
 import time

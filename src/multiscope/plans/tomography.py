@@ -20,8 +20,6 @@ Examples
 ...              flat_policy="both", sample_id="NMC811 tab 3"))  # doctest: +SKIP
 """
 
-from __future__ import annotations
-
 import contextlib
 import logging
 from dataclasses import dataclass

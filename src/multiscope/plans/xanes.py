@@ -29,8 +29,6 @@ Examples
 ...     {"grid": "Ni", "exposure_s": 0.1, "filter": "Al_50um"}]))  # doctest: +SKIP
 """
 
-from __future__ import annotations
-
 import logging
 import math
 import uuid

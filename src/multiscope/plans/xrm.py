@@ -23,8 +23,6 @@ Examples
 >>> RE(xrm_tomo_scan(xrm, "coin_survey", n_projections=361, sample_id="CR2032 2"))  # doctest: +SKIP
 """
 
-from __future__ import annotations
-
 import logging
 import math
 from dataclasses import asdict, dataclass, replace

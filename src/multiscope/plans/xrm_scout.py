@@ -28,8 +28,6 @@ Both recipes and all overrides are checked before the first message; a VOI outsi
 the stages' travel is refused before the zoom moves anything.
 """
 
-from __future__ import annotations
-
 import logging
 from collections.abc import Callable
 

