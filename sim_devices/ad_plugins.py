@@ -50,8 +50,6 @@ DATA_TYPES = ("Int8", "UInt8", "Int16", "UInt16", "Int32", "UInt32", "Float32", 
 #: Pixels of ``image1:ArrayData``: a CA array's length is fixed when the IOC starts; the
 #: largest simulated sensor (the XRM's 2048 x 2048 unbinned) fits.
 MAX_IMAGE_PIXELS = 2048 * 2048
-#: Plugins a frame may pass through in a chain (a port loop would never end).
-MAX_CHAIN = 16
 
 
 def string_pv(name: str, value: str, doc: str, **kwargs) -> pvproperty:
@@ -178,9 +176,12 @@ class PluginBaseGroup(PVGroup):
         await self.array_size0.write(int(shape[1]))
         await self.array_size1.write(int(shape[0]))
 
-    async def on_frame(self, frame: np.ndarray, attrs: dict, unique_id: int, ts: float,
-                       depth: int = 0) -> None:  # fmt: skip
-        """Receive one frame from the source port; process it and pass the output on."""
+    async def on_frame(self, frame: np.ndarray, attrs: dict, unique_id: int, ts: float) -> None:
+        """Receive one frame from the source port; process it and pass the output on.
+
+        A chain cannot loop: each plugin has one source, so plugins on a loop of ports
+        are never reached from the driver's.
+        """
         if not self.enabled:
             return
         started = time.perf_counter()
@@ -193,8 +194,8 @@ class PluginBaseGroup(PVGroup):
         await self.time_stamp.write(float(ts))
         output = await self.process(frame, attrs, unique_id, ts)
         await self.execution_time.write(1e3 * (time.perf_counter() - started))
-        if output is not None and depth < MAX_CHAIN:
-            await self.detector.publish(self.port, output, attrs, unique_id, ts, depth + 1)
+        if output is not None:
+            await self.detector.publish(self.port, output, attrs, unique_id, ts)
 
     async def process(self, frame: np.ndarray, attrs: dict, unique_id: int, ts: float):
         """Handle one frame; return the array passed on to plugins chained behind."""
@@ -239,20 +240,19 @@ def frame_statistics(
     ``centroid_threshold`` (None: none): the centroid, widths and x-y correlation of
     the pixels at or above it.
     """
-    pixels = frame.astype(np.float64, copy=False)
     ny, nx = frame.shape
     stats: dict[str, float] = {}
     if basic:
         imin, imax = int(np.argmin(frame)), int(np.argmax(frame))
-        total = float(pixels.sum())
-        mean = total / pixels.size
+        total, variance = _moments(frame)
         stats = {
             "min_value": float(frame.flat[imin]), "max_value": float(frame.flat[imax]),
             "min_x": imin % nx, "min_y": imin // nx, "max_x": imax % nx, "max_y": imax // nx,
-            "mean_value": mean, "total": total, "net": total,
-            "sigma": float(np.sqrt(max(0.0, float(np.mean(pixels * pixels)) - mean * mean))),
+            "mean_value": total / frame.size, "total": total, "net": total,
+            "sigma": math.sqrt(max(0.0, variance)),
         }  # fmt: skip
     if centroid_threshold is not None:
+        pixels = frame.astype(np.float64, copy=False)
         weights = np.where(pixels >= centroid_threshold, pixels, 0.0)
         weight = float(weights.sum())
         stats["centroid_total"] = weight
@@ -268,6 +268,24 @@ def frame_statistics(
                 "sigma_y": math.sqrt(syy), "sigma_xy": sxy / spread if spread > 0 else 0.0,
             })  # fmt: skip
     return stats
+
+
+def _moments(frame: np.ndarray) -> tuple[float, float]:
+    """(sum, population variance) of ``frame``'s pixels.
+
+    Unsigned pixels of up to 16 bits are summed exactly in integers (their squares fit
+    in uint32): half the time of a float64 copy on a 2048 x 2048 frame, and the
+    variance is free of cancellation.
+    """
+    n = frame.size
+    if frame.dtype.kind == "u" and frame.dtype.itemsize <= 2:
+        wide = frame.astype(np.uint32)
+        total = int(wide.sum(dtype=np.uint64))
+        np.multiply(wide, wide, out=wide)
+        squares = int(wide.sum(dtype=np.uint64))
+        return float(total), (n * squares - total * total) / (n * n)
+    pixels = frame.astype(np.float64, copy=False)
+    return float(pixels.sum()), float(pixels.var())
 
 
 class StatsPluginGroup(PluginBaseGroup):

@@ -841,12 +841,13 @@ class SimAreaDetector(PVGroup):
         return (self.hdf, self.image1, self.roi1, self.roi2, self.roi3, self.roi4,
                 self.stats1, self.stats2, self.stats3, self.stats4, self.stats5)  # fmt: skip
 
-    async def publish(self, port: str, frame: np.ndarray, attrs: dict, unique_id: int,
-                      ts: float, depth: int = 0) -> None:  # fmt: skip
+    async def publish(
+        self, port: str, frame: np.ndarray, attrs: dict, unique_id: int, ts: float
+    ) -> None:
         """Hand a frame from asyn port ``port`` to every plugin whose NDArrayPort names it."""
         for plugin in self.plugins:
             if plugin.source_port == port:
-                await plugin.on_frame(frame, attrs, unique_id, ts, depth)
+                await plugin.on_frame(frame, attrs, unique_id, ts)
 
     async def process_frame(self, ctx: FrameContext) -> None:
         """Render one frame (in a worker thread) and hand it to the plugins."""

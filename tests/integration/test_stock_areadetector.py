@@ -14,10 +14,12 @@ against the last frame.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import h5py
 import numpy as np
+import pv_docs
 import pytest
 from conftest import start_sim_ioc
 
@@ -25,6 +27,7 @@ from multiscope import simctl
 
 pytestmark = pytest.mark.integration
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "areadetector.md"
 FRAMES = 3
 # (instrument, detector prefix after the IOC's, IOC options, exposure s)
 CAMERAS = {
@@ -169,3 +172,21 @@ def test_stock_detector_stages_counts_writes_and_serves_plugins(camera, tmp_path
     image = np.asarray(det.image1.image).astype(np.int16).view(np.uint16)
     np.testing.assert_array_equal(image, frames[-1])
     assert tuple(det.roi1.array_size.get()[1:]) == (sy, sx)
+
+
+def test_every_documented_camera_pv_is_served(iocs):
+    from ophyd import EpicsSignalRO
+
+    prefix = iocs("demo", CAMERAS["demo"][2]).prefix
+    names = pv_docs.documented_pvs(DOCS, "## PVs of a simulated camera")
+    assert len(names) > 60
+    signals = [EpicsSignalRO(prefix + name, name=f"pv{i}") for i, name in enumerate(names)]
+    missing = []
+    for name, signal in zip(names, signals, strict=True):
+        try:
+            signal.wait_for_connection(timeout=5)
+        except TimeoutError:
+            missing.append(name)
+    assert not missing
+    string = EpicsSignalRO(prefix + "Stats3:PluginType_RBV", name="plugin_type")
+    assert string.get() == "NDPluginStats"  # a DBR_STRING reads as str, no string=True
