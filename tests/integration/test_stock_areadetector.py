@@ -14,6 +14,8 @@ against the last frame.
 
 from __future__ import annotations
 
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +23,7 @@ import h5py
 import numpy as np
 import pv_docs
 import pytest
-from conftest import start_sim_ioc
+from conftest import RunningIOC
 
 from multiscope import simctl
 
@@ -72,20 +74,34 @@ def _stock_detector_class():
 
 @pytest.fixture(scope="module")
 def iocs(ca_port_pool, tmp_path_factory):
-    """One IOC per instrument for the module, started when a camera first needs it."""
-    started: dict[str, object] = {}
+    """One IOC per instrument for the module, all started together on first use.
 
-    def get(instrument: str, args: list[str]):
-        if instrument not in started:
-            logs = tmp_path_factory.mktemp(f"{instrument}-logs")
-            started[instrument] = start_sim_ioc(
-                ca_port_pool, logs, instrument, extra_args=args, timeout=120
+    Their start-ups (seconds each: phantoms, numba kernels) overlap instead of adding.
+    """
+    started: dict[str, tuple[RunningIOC, simctl.IOCProcess]] = {}
+
+    def start_all() -> None:
+        logs = tmp_path_factory.mktemp("ioc-logs")
+        for instrument, args in {spec[0]: spec[2] for spec in CAMERAS.values()}.items():
+            port, prefix = next(ca_port_pool), f"T{uuid.uuid4().hex[:6]}:"
+            process = simctl.start_ioc(
+                instrument, prefix=prefix, port=port, log_dir=logs, extra_args=args
             )
+            started[instrument] = (RunningIOC(prefix, port, process.pid, process.log_path),
+                                   process)  # fmt: skip
+        for _, process in started.values():
+            simctl.wait_until_ready(process, timeout=120)
+
+    def get(instrument: str) -> RunningIOC:
+        if not started:
+            start_all()
         return started[instrument][0]
 
-    yield get
-    for _, process in started.values():
-        simctl.stop_ioc(process.pid)
+    try:
+        yield get
+    finally:
+        with ThreadPoolExecutor() as pool:  # each stop may wait out a grace period
+            list(pool.map(simctl.stop_ioc, [process.pid for _, process in started.values()]))
 
 
 def _put(prefix: str, name: str, value) -> None:
@@ -107,8 +123,8 @@ def _move(prefix: str, axis: str, target: float) -> None:
 @pytest.fixture(params=list(CAMERAS))
 def camera(request, iocs):
     """A stock detector of one simulated camera, its instrument set up to expose."""
-    instrument, detector, args, exposure = CAMERAS[request.param]
-    running = iocs(instrument, args)
+    instrument, detector, _, exposure = CAMERAS[request.param]
+    running = iocs(instrument)
     prefix = running.prefix
     if instrument == "fibsem":
         for name, value in FIBSEM_SETUP[detector]:
@@ -177,7 +193,7 @@ def test_stock_detector_stages_counts_writes_and_serves_plugins(camera, tmp_path
 def test_every_documented_camera_pv_is_served(iocs):
     from ophyd import EpicsSignalRO
 
-    prefix = iocs("demo", CAMERAS["demo"][2]).prefix
+    prefix = iocs("demo").prefix
     names = pv_docs.documented_pvs(DOCS, "## PVs of a simulated camera")
     assert len(names) > 60
     signals = [EpicsSignalRO(prefix + name, name=f"pv{i}") for i, name in enumerate(names)]
