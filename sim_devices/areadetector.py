@@ -36,6 +36,15 @@ import numpy as np
 from caproto import ChannelType
 from caproto.server import PVGroup, PvpropertyChar, SubGroup, get_pv_pair_wrapper, pvproperty
 
+from sim_devices.ad_plugins import (
+    ADCORE_VERSION,
+    DATA_TYPES,
+    ImagePluginGroup,
+    PluginBaseGroup,
+    ROIPluginGroup,
+    StatsPluginGroup,
+    string_pv,
+)
 from sim_devices.frames import FrameContext, Scene, normalize_scene_output
 from sim_devices.refusal import RefusableEnum
 
@@ -78,7 +87,6 @@ DETECTOR_STATES = (
     "Disconnected",
     "Aborted",
 )
-DATA_TYPES = ("Int8", "UInt8", "Int16", "UInt16", "Int32", "UInt32", "Float32", "Float64")
 
 
 def format_file_name(template: str, path: str, name: str, number: int) -> str:
@@ -135,6 +143,7 @@ class HDF5FrameWriter:
     def write(self, frame: np.ndarray, attrs: Mapping[str, float], unique_id: int, ts: float):
         """Append one frame and its attributes, then flush."""
         if self._file is None:
+            self.shape = (int(frame.shape[0]), int(frame.shape[1]))  # HDF1 may get a ROI
             self._create(tuple(sorted(attrs)))
         f = self._file
         n = self.count
@@ -207,8 +216,10 @@ class CamGroup(PVGroup):
         ``SizeX``/``SizeY``(+_RBV), ``MaxSizeX_RBV``/``MaxSizeY_RBV``, ``DataType``/``_RBV``
         (UInt16 only), ``ColorMode``/``_RBV`` (Mono), ``NDimensions_RBV``.
     Status and identity
-        ``DetectorState_RBV``, ``StatusMessage_RBV``, ``Manufacturer_RBV``,
-        ``Model_RBV``, ``PortName_RBV``.
+        ``DetectorState_RBV``, ``StatusMessage_RBV``; strings (ADCore's stringin):
+        ``Manufacturer_RBV``, ``Model_RBV``, ``SerialNumber_RBV``,
+        ``FirmwareVersion_RBV``, ``SDKVersion_RBV``, ``DriverVersion_RBV``,
+        ``ADCoreVersion_RBV``, ``PortName_RBV`` (CAM1).
     """
 
     acquire = pvproperty_with_rbv(
@@ -283,6 +294,7 @@ class CamGroup(PVGroup):
         dtype=ChannelType.ENUM,
         enum_strings=DATA_TYPES,
         value="UInt16",
+        readback_kw={"record": "mbbi"},  # DataType_RBV.DISA: ophyd's dtype_numpy reads it
         doc="Pixel type (UInt16 only)",
     )
     color_mode = pvproperty_with_rbv(
@@ -309,11 +321,15 @@ class CamGroup(PVGroup):
         read_only=True,
         doc="Last status message",
     )
-    manufacturer = pvproperty(
-        name="Manufacturer_RBV", value="multiscope", read_only=True, doc="Manufacturer"
-    )
-    model = pvproperty(name="Model_RBV", value="SimCamera", read_only=True, doc="Model")
-    port_name = pvproperty(name="PortName_RBV", value="CAM1", read_only=True, doc="asyn port")
+    # ADBase's identity records are stringin (DBR_STRING), as ophyd reads them.
+    manufacturer = string_pv("Manufacturer_RBV", "multiscope", "Manufacturer")
+    model = string_pv("Model_RBV", "SimCamera", "Model")
+    serial_number = string_pv("SerialNumber_RBV", "0", "Serial number")
+    firmware_version = string_pv("FirmwareVersion_RBV", ADCORE_VERSION, "Firmware version")
+    sdk_version = string_pv("SDKVersion_RBV", ADCORE_VERSION, "SDK version")
+    driver_version = string_pv("DriverVersion_RBV", ADCORE_VERSION, "Driver version")
+    core_version = string_pv("ADCoreVersion_RBV", ADCORE_VERSION, "ADCore version")
+    port_name = string_pv("PortName_RBV", "CAM1", "asyn port")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -502,15 +518,14 @@ class CamGroup(PVGroup):
         self._stop.set()
 
 
-class HDF5PluginGroup(PVGroup):
+class HDF5PluginGroup(PluginBaseGroup):
     """The NDFileHDF5 plugin (``{prefix}HDF1:``).
 
     PVs
     ---
     Plugin
-        ``EnableCallbacks``/``_RBV``, ``BlockingCallbacks``/``_RBV``, ``NDArrayPort``/``_RBV``,
-        ``PortName_RBV``, ``PluginType_RBV`` (NDFileHDF5), ``ArrayCounter``/``_RBV``,
-        ``ArraySize0_RBV``/``1``/``2``, ``NDimensions_RBV``, ``DataType_RBV``.
+        The NDPluginBase records (:class:`sim_devices.ad_plugins.PluginBaseGroup`;
+        ``PluginType_RBV`` NDFileHDF5, ``PortName_RBV`` HDF1, enabled at start).
     File name
         ``FilePath``/``_RBV`` (created if ``CreateDirectory`` is non-zero),
         ``FilePathExists_RBV``, ``CreateDirectory``/``_RBV``, ``FileName``/``_RBV``,
@@ -524,42 +539,9 @@ class HDF5PluginGroup(PVGroup):
         ``NumCaptured_RBV``, ``WriteStatus``, ``WriteMessage``.
     """
 
-    enable = pvproperty_with_rbv(
-        name="EnableCallbacks",
-        dtype=ChannelType.ENUM,
-        enum_strings=("Disable", "Enable"),
-        value="Enable",
-        doc="Receive frames from the driver",
-    )
-    blocking_callbacks = pvproperty_with_rbv(
-        name="BlockingCallbacks",
-        dtype=ChannelType.ENUM,
-        enum_strings=("No", "Yes"),
-        value="Yes",
-        doc="Frames are always written before the acquisition completes",
-    )
-    nd_array_port = pvproperty_with_rbv(
-        name="NDArrayPort", value="CAM1", doc="Source asyn port of frames"
-    )
-    port_name = pvproperty(name="PortName_RBV", value="HDF1", read_only=True, doc="asyn port")
-    plugin_type = pvproperty(
-        name="PluginType_RBV", value="NDFileHDF5", read_only=True, doc="Plugin type"
-    )
-    array_counter = pvproperty_with_rbv(
-        name="ArrayCounter", value=0, doc="Frames received by the plugin"
-    )
-    array_size0 = pvproperty(name="ArraySize0_RBV", value=0, read_only=True, doc="Dim 0 (x)")
-    array_size1 = pvproperty(name="ArraySize1_RBV", value=0, read_only=True, doc="Dim 1 (y)")
-    array_size2 = pvproperty(name="ArraySize2_RBV", value=0, read_only=True, doc="Dim 2")
-    ndimensions = pvproperty(name="NDimensions_RBV", value=2, read_only=True, doc="Frame rank")
-    data_type = pvproperty(
-        name="DataType_RBV",
-        dtype=ChannelType.ENUM,
-        enum_strings=DATA_TYPES,
-        value="UInt16",
-        read_only=True,
-        doc="Pixel type of received frames",
-    )
+    PLUGIN_TYPE = "NDFileHDF5"
+    ENABLED_AT_START = True
+
     file_path = pvproperty_with_rbv(
         name="FilePath",
         value="",
@@ -674,15 +656,8 @@ class HDF5PluginGroup(PVGroup):
         """True between Capture=1 and the end of capture."""
         return self.capture.readback.value == "Capture"
 
-    @array_size0.startup
-    async def array_size0(self, instance, async_lib):
-        """Prime the plugin with the frame geometry (ophyd refuses unprimed plugins)."""
-        ny, nx = self.detector.shape
-        await self.array_size0.write(nx)
-        await self.array_size1.write(ny)
-
-    @array_size1.shutdown
-    async def array_size1(self, instance, async_lib):
+    @num_captured.shutdown
+    async def num_captured(self, instance, async_lib):
         """Close any open file when the server stops."""
         await self._finish_capture()
 
@@ -759,13 +734,12 @@ class HDF5PluginGroup(PVGroup):
             await self.capture.readback.write("Done")
             await self.capture.setpoint.write("Done", verify_value=False)
 
-    async def receive(self, frame: np.ndarray, attrs: dict, unique_id: int, ts: float) -> None:
-        """Accept one frame from the driver (called before the acquisition completes)."""
-        if self.enable.readback.value != "Enable":
-            return
-        count = int(self.array_counter.readback.value) + 1
-        await self.array_counter.setpoint.write(count, verify_value=False)
-        await self.array_counter.readback.write(count)
+    async def process(self, frame: np.ndarray, attrs: dict, unique_id: int, ts: float):
+        """Write one received frame (before the acquisition completes); pass it on."""
+        await self._store(frame, attrs, unique_id, ts)
+        return frame
+
+    async def _store(self, frame: np.ndarray, attrs: dict, unique_id: int, ts: float) -> None:
         mode = self.file_write_mode.readback.value
         if mode == "Single" and self.auto_save.readback.value == "Yes":
             writer = await self._next_file()
@@ -795,9 +769,11 @@ def _write_and_close(writer: HDF5FrameWriter, frame, attrs, unique_id, ts) -> No
 
 
 class SimAreaDetector(PVGroup):
-    """A camera: driver ``{prefix}cam1:`` plus HDF5 plugin ``{prefix}HDF1:``.
+    """A camera: driver ``{prefix}cam1:``, HDF5 plugin ``{prefix}HDF1:``, and ADCore's
+    ``image1:``, ``ROI1:``-``ROI4:``, ``Stats1:``-``Stats5:`` plugins.
 
-    See :class:`CamGroup` and :class:`HDF5PluginGroup` for the PVs.
+    See :class:`CamGroup`, :class:`HDF5PluginGroup` and :mod:`sim_devices.ad_plugins`
+    for the PVs.
 
     Parameters
     ----------
@@ -823,6 +799,18 @@ class SimAreaDetector(PVGroup):
 
     cam = SubGroup(CamGroup, prefix="cam1:", doc="Detector driver")
     hdf = SubGroup(HDF5PluginGroup, prefix="HDF1:", doc="HDF5 file plugin")
+    # ADCore's commonPlugins.cmd set, which facility profiles name: all fed from CAM1
+    # and disabled at start (a disabled plugin costs nothing per frame).
+    image1 = SubGroup(ImagePluginGroup, prefix="image1:", doc="Last frame for viewers")
+    roi1 = SubGroup(ROIPluginGroup, prefix="ROI1:", doc="Region of interest 1")
+    roi2 = SubGroup(ROIPluginGroup, prefix="ROI2:", doc="Region of interest 2")
+    roi3 = SubGroup(ROIPluginGroup, prefix="ROI3:", doc="Region of interest 3")
+    roi4 = SubGroup(ROIPluginGroup, prefix="ROI4:", doc="Region of interest 4")
+    stats1 = SubGroup(StatsPluginGroup, prefix="Stats1:", doc="Statistics 1")
+    stats2 = SubGroup(StatsPluginGroup, prefix="Stats2:", doc="Statistics 2")
+    stats3 = SubGroup(StatsPluginGroup, prefix="Stats3:", doc="Statistics 3")
+    stats4 = SubGroup(StatsPluginGroup, prefix="Stats4:", doc="Statistics 4")
+    stats5 = SubGroup(StatsPluginGroup, prefix="Stats5:", doc="Statistics 5")
 
     def __init__(
         self,
@@ -847,8 +835,23 @@ class SimAreaDetector(PVGroup):
         """Call the scene and normalise its output."""
         return normalize_scene_output(self.scene(ctx), self.shape)
 
+    @property
+    def plugins(self) -> tuple[PluginBaseGroup, ...]:
+        """The plugins, in the order a frame visits those of one source port."""
+        return (self.hdf, self.image1, self.roi1, self.roi2, self.roi3, self.roi4,
+                self.stats1, self.stats2, self.stats3, self.stats4, self.stats5)  # fmt: skip
+
+    async def publish(
+        self, port: str, frame: np.ndarray, attrs: dict, unique_id: int, ts: float
+    ) -> None:
+        """Hand a frame from asyn port ``port`` to every plugin whose NDArrayPort names it."""
+        for plugin in self.plugins:
+            if plugin.source_port == port:
+                await plugin.on_frame(frame, attrs, unique_id, ts)
+
     async def process_frame(self, ctx: FrameContext) -> None:
-        """Render one frame (in a worker thread) and hand it to the plugin."""
+        """Render one frame (in a worker thread) and hand it to the plugins."""
         frame, attrs = await asyncio.to_thread(self.render, ctx)
         if self.cam.array_callbacks.readback.value == "Enable":
-            await self.hdf.receive(frame, attrs, ctx.frame_index, ctx.timestamp)
+            await self.publish(self.cam.port_name.value, frame, attrs, ctx.frame_index,
+                               ctx.timestamp)  # fmt: skip

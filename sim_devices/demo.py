@@ -55,7 +55,9 @@ class DemoIOC(PVGroup):
     Camera
         ``cam1:`` areaDetector driver (Acquire, AcquireTime, NumImages, ImageMode,
         ArrayCounter, ...) and ``HDF1:`` NDFileHDF5 plugin (FilePath, FileName,
-        Capture, FileWriteMode, NumCaptured_RBV, FullFileName_RBV, ...). Frames
+        Capture, FileWriteMode, NumCaptured_RBV, FullFileName_RBV, ...), and ADCore's
+        ``image1:``, ``ROI1:``-``ROI4:``, ``Stats1:``-``Stats5:`` plugins
+        (docs/areadetector.md). Frames
         carry the per-frame attributes ``m1`` and ``ring_current``.
     Beam
         ``ring:current`` (mA), ``ring:status``, ``ring:current:SP``, ``ring:dump``,

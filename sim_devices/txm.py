@@ -144,9 +144,10 @@ class TXMIOC(PVGroup):
     Optics (read-only, follow the motors)
         ``optics:pixel_size`` (nm), ``optics:magnification`` (q/p).
     Camera
-        ``cam1:`` areaDetector driver and ``HDF1:`` NDFileHDF5 plugin (as
-        ``sim_devices.areadetector``), plus ``cam1:BinX``/``BinY`` (+ ``_RBV``:
-        1, 2 or 4, set together; refused while acquiring or capturing). Frames
+        ``cam1:`` areaDetector driver, ``HDF1:`` NDFileHDF5 plugin and the ``image1:``,
+        ``ROI1:``-``ROI4:``, ``Stats1:``-``Stats5:`` plugins (as
+        ``sim_devices.areadetector``, docs/areadetector.md), plus ``cam1:BinX``/``BinY``
+        (+ ``_RBV``: 1, 2 or 4, set together; refused while acquiring or capturing). Frames
         carry the attributes ``theta`` (deg, mid-exposure), ``sample_x``,
         ``sample_y``, ``sample_z`` (um), ``energy`` (keV) and ``drift_x_px``,
         ``drift_y_px`` (image drift, px: columns +right, rows +down).

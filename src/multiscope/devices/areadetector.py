@@ -70,9 +70,10 @@ RECONNECT_TIMEOUT_S = 5.0  # channel search back-off after an IOC restart is 1, 
 class StreamHDF5Plugin(HDF5Plugin_V22):
     """``HDF5Plugin`` (ADCore >= 2.2, which has CreateDirectory) for Stream capture.
 
-    ``plugin_type`` is read as a string: over caproto a DBR_STRING read without
-    ``string=True`` is an array, and ophyd's plugin-type and asyn-port checks
-    fail on it; both are re-declared as strings.
+    ``plugin_type`` and ``nd_array_port`` are re-declared ``string=True``: ADCore
+    serves them as string records, which read as ``str`` either way, but an IOC
+    serving them as CHAR waveforms (the simulated cameras before decision 0021) reads
+    as an array without it, and ophyd's plugin-type and asyn-port checks fail on one.
     """
 
     plugin_type = Cpt(EpicsSignalRO, "PluginType_RBV", string=True, lazy=False, kind="config")
