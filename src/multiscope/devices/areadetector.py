@@ -72,7 +72,7 @@ class StreamHDF5Plugin(HDF5Plugin_V22):
 
     ``plugin_type`` and ``nd_array_port`` are re-declared ``string=True``: ADCore
     serves them as string records, which read as ``str`` either way, but an IOC
-    serving them as CHAR waveforms (the simulated cameras before decision 0021) reads
+    serving them as CHAR waveforms (the simulated cameras before decision 0022) reads
     as an array without it, and ophyd's plugin-type and asyn-port checks fail on one.
     """
 
