@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -75,7 +76,9 @@ def issue_keys(url: str, admin_password: str) -> tuple[str, str]:
 def facility(tmp_path_factory):
     """(url, writer key, reader key) of a PostgreSQL-backed tiled server set up as documented."""
     tmp = tmp_path_factory.mktemp("facility")
+    t0 = time.perf_counter()
     cluster = start_cluster(free_port())
+    print(f"PostgreSQL cluster up: {time.perf_counter() - t0:.1f} s")
     server = None
     try:
         env = {
@@ -98,6 +101,7 @@ def facility(tmp_path_factory):
 
         initialize_database(env["TILED_AUTHN_DB"])
         init(env["TILED_CATALOG_DB"], if_not_exists=False)
+        print(f"databases initialised: {time.perf_counter() - t0:.1f} s")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = open(tmp / "server.log", "wb")  # noqa: SIM115 (closed at teardown)
@@ -116,7 +120,10 @@ def facility(tmp_path_factory):
                 return False
 
         wait_until(healthy, timeout=120, interval=0.1)
-        yield (url, *issue_keys(url, env["TILED_ADMIN_PASSWORD"]))
+        print(f"tiled server up: {time.perf_counter() - t0:.1f} s")
+        keys = issue_keys(url, env["TILED_ADMIN_PASSWORD"])
+        print(f"keys issued: {time.perf_counter() - t0:.1f} s")
+        yield (url, *keys)
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)
@@ -189,11 +196,13 @@ def two_sessions(facility, tmp_path_factory):
         )  # fmt: skip
         for name, peer in (("a", "b"), ("b", "a"))
     }
+    t0 = time.perf_counter()
     uids = {}
     for name, process in sessions.items():
         out, err = process.communicate(timeout=240)
         assert process.returncode == 0, err[-3000:]
         uids[name] = json.loads(out.strip().splitlines()[-1])
+    print(f"two sessions done: {time.perf_counter() - t0:.1f} s")
     return uids
 
 
