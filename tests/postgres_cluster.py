@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib.util
 import os
 import pwd
@@ -142,6 +143,21 @@ def _demote(user: str | None) -> dict:
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
+def _stop_with_parent():
+    """A child hook: a killed test process takes its cluster along (SIGINT: fast shutdown).
+
+    It runs after the child's change of user (which would clear the setting), so
+    everything it needs is loaded here, in the parent: as ``nobody`` the child may not
+    read modules below ``/root``.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def hook() -> None:  # pragma: no cover - runs in the child, before exec
+        prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+
+    return hook
+
+
 def start_cluster(port: int, *, timeout: float = 60.0) -> PostgresCluster:
     """Initialise a cluster in a new temporary directory and start it on ``port``.
 
@@ -185,7 +201,7 @@ def start_cluster(port: int, *, timeout: float = 60.0) -> PostgresCluster:
              # A throwaway cluster: durability off, so commits cost no fsync on a loaded CI disk.
              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
             env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=log_file,
-            stderr=subprocess.STDOUT, **_demote(user),
+            stderr=subprocess.STDOUT, preexec_fn=_stop_with_parent(), **_demote(user),
         )  # fmt: skip
     cluster = PostgresCluster(port=port, password=password, process=process, root=root, log=log)
 

@@ -404,6 +404,12 @@ class Catalog:
                 client = client[RUNS_NODE]
             else:
                 raise ValueError(f"{uri} is not a container with spec CatalogOfBlueskyRuns")
+        if not _has_runs_spec_version(client):
+            logger.warning(
+                "%s: the container's spec has no version %s, so client['<uid prefix>'] "
+                "reports 'multiple matches' for any prefix; catalog['<uid prefix>'] works "
+                "(docs/catalog.md, facility step 5)", uri, RUNS_SPEC["version"],
+            )  # fmt: skip
         return cls(client, data_dir=data_dir, **kwargs)
 
     @property
