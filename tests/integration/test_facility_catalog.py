@@ -201,10 +201,16 @@ def two_sessions(facility, tmp_path_factory):
     }
     t0 = time.perf_counter()
     uids = {}
-    for name, process in sessions.items():
-        out, err = process.communicate(timeout=600)
-        assert process.returncode == 0, err[-3000:]
-        uids[name] = json.loads(out.strip().splitlines()[-1])
+    try:
+        for name, process in sessions.items():
+            out, err = process.communicate(timeout=600)
+            assert process.returncode == 0, err[-3000:]
+            uids[name] = json.loads(out.strip().splitlines()[-1])
+    finally:
+        for process in sessions.values():  # a failed or interrupted set-up leaves none
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
     print(f"two sessions done: {time.perf_counter() - t0:.1f} s")
     return uids
 
