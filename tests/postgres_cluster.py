@@ -187,12 +187,15 @@ def start_cluster(port: int, *, timeout: float = 60.0) -> PostgresCluster:
             os.chown(path, entry.pw_uid, entry.pw_gid)
     pwfile.chmod(0o600)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LC_ALL": "C", "LANG": "C"}
-    subprocess.run(
+    initdb = subprocess.run(
         [str(bin_dir / "initdb"), "-D", str(data), "-U", USER, f"--pwfile={pwfile}",
          "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync"],
-        env=env, cwd=root, check=True, capture_output=True, timeout=120, **_demote(user),
+        env=env, cwd=root, capture_output=True, text=True, timeout=120, **_demote(user),
     )  # fmt: skip
     pwfile.unlink()
+    if initdb.returncode:
+        shutil.rmtree(root, ignore_errors=True)
+        raise RuntimeError(f"initdb failed ({initdb.returncode}):\n{initdb.stderr[-2000:]}")
     with open(log, "wb") as log_file:
         os.chmod(log, 0o644)
         process = subprocess.Popen(
