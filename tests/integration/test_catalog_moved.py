@@ -4,7 +4,7 @@ Issue 12, section 3. A catalog filled in directory A (an event table, frames in 
 file, runs with chosen uids) is served, stopped, renamed to B and opened from B the
 normal way (the data directory's catalog server): its event tables were "No such field
 sqlite://localhost//.../A/catalog/tables.sqlite" and its frames pointed into A
-(decision 0020). The uid lookups run on the moved catalog, through ``Catalog`` and
+(decision 0022). The uid lookups run on the moved catalog, through ``Catalog`` and
 through bluesky-tiled-plugins' own ``CatalogOfBlueskyRuns.__getitem__``, which reported
 "multiple matches" for any prefix (even one matching nothing) of a container created
 without spec version 3.0; the fixture makes its container so, as older catalogs have it.
