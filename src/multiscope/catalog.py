@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from multiscope import catalog_server
 from multiscope.callbacks.storage import (
@@ -58,6 +58,14 @@ from multiscope.callbacks.storage import (
     journal_is_active,
     read_journal,
 )
+from multiscope.catalog_index import (
+    MIN_UID_PREFIX,
+    RUNS_SPEC,
+    RunSummary,
+    describe_run,
+    uid_prefix_error,
+)
+from multiscope.catalog_location import relocate
 from multiscope.config import data_dir as default_data_dir
 from multiscope.ports import free_port
 from multiscope.samples import (
@@ -74,6 +82,7 @@ __all__ = [
     "CatalogWriter",
     "RecoveryReport",
     "RunSummary",
+    "describe_run",
     "recover",
     "recover_journal",
     "series_documents",
@@ -135,7 +144,12 @@ class _ThreadServer:
         tables = f"sqlite:///{self.directory / 'tables.sqlite'}"
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self._start(db, tables, port, init=not db.exists())
+        init = not db.exists()
+        if not init:
+            relocate(root)  # a moved data directory (decision 0022)
+        self._start(db, tables, port, init=init)
+        if init:
+            relocate(root)  # records where it is served from
 
     def _start(self, db: Path, tables: str, port: int, init: bool) -> None:
         import uvicorn
@@ -173,71 +187,6 @@ class _ThreadServer:
             server.should_exit = True
             if self._thread is not None:
                 self._thread.join(timeout)
-
-
-# ---------------------------------------------------------------------------- summaries
-@dataclass(frozen=True)
-class RunSummary:
-    """One line of ``Catalog.runs``; :attr:`HEADER` names its columns."""
-
-    HEADER: ClassVar[str] = (
-        f"{'scan':>6}  {'uid':<8}  {'started':<19}  {'plan':<20} {'status':<8} events"
-    )
-
-    uid: str
-    scan_id: int | None
-    plan_name: str | None
-    time: float | None
-    exit_status: str | None
-    num_events: dict[str, int]
-
-    @classmethod
-    def from_metadata(cls, uid: str, metadata: dict) -> RunSummary:
-        """The summary of a run from its tiled metadata (``start`` and ``stop`` documents)."""
-        start, stop = metadata.get("start") or {}, metadata.get("stop") or {}
-        return cls(
-            uid=uid,
-            scan_id=start.get("scan_id"),
-            plan_name=start.get("plan_name"),
-            time=start.get("time"),
-            exit_status=stop.get("exit_status"),
-            num_events=dict(stop.get("num_events") or {}),
-        )
-
-    def __str__(self) -> str:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time)) if self.time else "?"
-        events = ", ".join(f"{k}={v}" for k, v in self.num_events.items()) or "-"
-        return (
-            f"{self.scan_id!s:>6}  {self.uid[:8]}  {when}  {self.plan_name or '?':<20} "
-            f"{self.exit_status or 'running?':<8} {events}"
-        )
-
-
-def describe_run(metadata: dict, streams: dict[str, list[str]]) -> str:
-    """A human-readable account of one run: identity, outcome and streams.
-
-    Parameters
-    ----------
-    metadata : dict
-        The run's tiled metadata (``start`` and ``stop`` documents).
-    streams : dict
-        Stream name to the names it holds.
-    """
-    start, stop = metadata.get("start") or {}, metadata.get("stop") or {}
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start.get("time", 0)))
-    lines = [
-        f"uid:         {start.get('uid')}",
-        f"scan_id:     {start.get('scan_id')}",
-        f"plan:        {start.get('plan_name')} {start.get('plan_args', '')}",
-        f"started:     {when}",
-        f"exit_status: {stop.get('exit_status', 'no stop document (running or lost)')}",
-    ]
-    if stop.get("reason"):
-        lines.append(f"reason:      {stop['reason']}")
-    counts = stop.get("num_events") or {}
-    for stream, keys in streams.items():
-        lines.append(f"stream {stream}: {counts.get(stream, '?')} events  [{', '.join(keys)}]")
-    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -455,6 +404,12 @@ class Catalog:
                 client = client[RUNS_NODE]
             else:
                 raise ValueError(f"{uri} is not a container with spec CatalogOfBlueskyRuns")
+        if not _has_runs_spec_version(client):
+            logger.warning(
+                "%s: the container's spec has no version %s, so client['<uid prefix>'] "
+                "reports 'multiple matches' for any prefix; catalog['<uid prefix>'] works "
+                "(docs/catalog.md, facility step 5)", uri, RUNS_SPEC["version"],
+            )  # fmt: skip
         return cls(client, data_dir=data_dir, **kwargs)
 
     @property
@@ -527,18 +482,24 @@ class Catalog:
     def run(self, uid_or_index: str | int):
         """One run: a uid or a unique uid prefix, a negative index (``-1`` latest) or a scan id.
 
-        A positive number is a scan id (the latest run with it), as in bluesky.
+        A positive number is a scan id (the latest run with it), as in bluesky. A string
+        of digits at least five long may be either; when it is both a scan id and the
+        beginning of a uid, the error says so.
 
         Raises
         ------
         KeyError
-            No run, or several runs, match.
+            No run matches (the message names what was looked up), or several do
+            (the message lists them).
         """
         if isinstance(uid_or_index, str):
             try:
-                uid_or_index = int(uid_or_index)  # "-1" from a command line is an index
+                number = int(uid_or_index)  # "-1" from a command line is an index
             except ValueError:
                 return _find_run(self.client, uid_or_index)
+            if number > 0 and len(uid_or_index) >= MIN_UID_PREFIX:
+                return self._digits(uid_or_index, number)
+            uid_or_index = number
         # Done here rather than by CatalogOfBlueskyRuns, so plain clients work alike.
         if uid_or_index < 0:
             try:
@@ -556,6 +517,17 @@ class Catalog:
                 "(a negative number counts back from the latest, -1)"
             )
         return matches.values().last()  # the latest run of that scan id
+
+    def _digits(self, text: str, number: int):
+        """A run named by a string of digits: a scan id or the beginning of a uid."""
+        try:
+            by_scan = self.run(number)
+        except KeyError:
+            return _find_run(self.client, text)
+        total, uids = _uid_matches(self.client, text)
+        if total:
+            raise uid_prefix_error(text, total, uids, scan_id=True)
+        return by_scan
 
     def __getitem__(self, uid_or_index: str | int):
         """``catalog[-1]``, ``catalog["b8afe"]``: as :meth:`run`."""
@@ -655,42 +627,61 @@ def _open_runs_container(url: str, api_key: str, bluesky_clients: bool = True):
     """The client of the embedded server's ``raw`` container, creating it if absent."""
     from tiled.client import from_uri
     from tiled.client.utils import ClientError
+    from tiled.structures.core import Spec
 
     structure_clients = "numpy" if bluesky_clients else _plain_structure_clients()
     runs_url = f"{url}/api/v1/metadata/{RUNS_NODE}"
     try:
-        return from_uri(runs_url, structure_clients, api_key=api_key)
+        client = from_uri(runs_url, structure_clients, api_key=api_key)
     except ClientError as exc:
         if exc.response.status_code != 404:
             raise
+    else:
+        if not _has_runs_spec_version(client):
+            # A container made before the spec carried its version (RUNS_SPEC's comment).
+            with contextlib.suppress(Exception):
+                client.update_metadata(specs=[Spec(**RUNS_SPEC)], drop_revision=True)
+            client = from_uri(runs_url, structure_clients, api_key=api_key)
+        return client
     # Plain clients: the new container's client, which is discarded, would otherwise
     # import bluesky-tiled-plugins for its spec (~2.5 s) in every new data directory.
     top = from_uri(url, _plain_structure_clients(), api_key=api_key)
     with contextlib.suppress(Exception):  # another process may create it first
-        top.create_container(RUNS_NODE, specs=["CatalogOfBlueskyRuns"])
+        top.create_container(RUNS_NODE, specs=[Spec(**RUNS_SPEC)])
     top.context.close()
     return from_uri(runs_url, structure_clients, api_key=api_key)
+
+
+def _has_runs_spec_version(client) -> bool:
+    return any(s.name == RUNS_SPEC["name"] and s.version == RUNS_SPEC["version"]
+               for s in getattr(client, "specs", ()))  # fmt: skip
+
+
+def _uid_matches(client, prefix: str) -> tuple[int, list[str]]:
+    """How many runs' uids begin with ``prefix``, and the first few of them."""
+    from tiled.queries import Like
+
+    if len(prefix) < MIN_UID_PREFIX:
+        return 0, []
+    found = client.search(Like("start.uid", f"{prefix}%"))
+    return len(found), list(found.keys()[:6])
 
 
 def _find_run(client, uid: str):
     """Look a run up by uid, exactly first, else by unique prefix.
 
-    ``CatalogOfBlueskyRuns.__getitem__`` (bluesky-tiled-plugins 2.0.12) reports
-    "multiple matches" for any uid, even an absent one, once two runs exist, so
-    it is bypassed for strings.
+    Works on plain and bluesky clients alike, whatever the container's spec version
+    (``CatalogOfBlueskyRuns.__getitem__`` of bluesky-tiled-plugins 2.0.12 reported
+    "multiple matches" for any prefix of a container created without spec version 3.0).
     """
     from tiled.client.container import Container
-    from tiled.queries import Like
 
     with contextlib.suppress(KeyError):
         return Container.__getitem__(client, uid)
-    if len(uid) >= 5:
-        matches = list(client.search(Like("start.uid", f"{uid}%")).items()[:2])
-        if len(matches) == 1:
-            return matches[0][1]
-        if matches:
-            raise KeyError(f"uid prefix {uid!r} matches several runs")
-    raise KeyError(f"no run with uid {uid!r} in the catalog")
+    total, uids = _uid_matches(client, uid)
+    if total == 1:
+        return Container.__getitem__(client, uids[0])
+    raise uid_prefix_error(uid, total, uids)
 
 
 def _has_run(client, uid: str) -> bool:

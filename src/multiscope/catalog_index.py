@@ -14,12 +14,120 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 import urllib.parse
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-__all__ = ["RunIndex"]
+__all__ = [
+    "MIN_UID_PREFIX",
+    "RUNS_NODE",
+    "RUNS_SPEC",
+    "RunIndex",
+    "RunSummary",
+    "describe_run",
+    "uid_prefix_error",
+]
 
 RUNS_NODE = "raw"
+#: The container's spec. Version 3.0 tells bluesky-tiled-plugins' client that the server
+#: is SQL-backed; without it ``CatalogOfBlueskyRuns["<uid prefix>"]`` sends a query this
+#: server ignores and reports "multiple matches" for any prefix, even one matching nothing.
+RUNS_SPEC = {"name": "CatalogOfBlueskyRuns", "version": "3.0"}
+#: A uid string shorter than this is never taken as a prefix (as bluesky-tiled-plugins).
+MIN_UID_PREFIX = 5
+_LISTED = 5
+
+
+def uid_prefix_error(prefix: str, total: int, uids: list[str], scan_id: bool = False) -> KeyError:
+    """The KeyError for a uid or prefix that matched ``total`` runs (not exactly one).
+
+    Parameters
+    ----------
+    prefix : str
+        What was looked up.
+    total : int
+        How many runs it matched (0, or 2 and more).
+    uids : list of str
+        Some of them (the first few are named).
+    scan_id : bool
+        Also a scan id that matched a run (an all-digit prefix): say both.
+    """
+    if scan_id and total:
+        return KeyError(
+            f"{prefix!r} is both scan id {int(prefix)} and the beginning of uid {uids[0]}: "
+            f"ask for catalog[{int(prefix)}] (a number: the scan id) or give more uid characters"
+        )
+    if not total:
+        short = (f" (a uid prefix needs at least {MIN_UID_PREFIX} characters)"
+                 if len(prefix) < MIN_UID_PREFIX else "")  # fmt: skip
+        return KeyError(f"no run in the catalog has a uid beginning with {prefix!r}{short}")
+    named = ", ".join(uids[:_LISTED]) + (", ..." if total > _LISTED else "")
+    return KeyError(f"uid prefix {prefix!r} matches {total} runs ({named}): give more characters")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One line of ``Catalog.runs``; :attr:`HEADER` names its columns."""
+
+    HEADER: ClassVar[str] = (
+        f"{'scan':>6}  {'uid':<8}  {'started':<19}  {'plan':<20} {'status':<8} events"
+    )
+
+    uid: str
+    scan_id: int | None
+    plan_name: str | None
+    time: float | None
+    exit_status: str | None
+    num_events: dict[str, int]
+
+    @classmethod
+    def from_metadata(cls, uid: str, metadata: dict) -> RunSummary:
+        """The summary of a run from its tiled metadata (``start`` and ``stop`` documents)."""
+        start, stop = metadata.get("start") or {}, metadata.get("stop") or {}
+        return cls(
+            uid=uid,
+            scan_id=start.get("scan_id"),
+            plan_name=start.get("plan_name"),
+            time=start.get("time"),
+            exit_status=stop.get("exit_status"),
+            num_events=dict(stop.get("num_events") or {}),
+        )
+
+    def __str__(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time)) if self.time else "?"
+        events = ", ".join(f"{k}={v}" for k, v in self.num_events.items()) or "-"
+        return (
+            f"{self.scan_id!s:>6}  {self.uid[:8]}  {when}  {self.plan_name or '?':<20} "
+            f"{self.exit_status or 'running?':<8} {events}"
+        )
+
+
+def describe_run(metadata: dict, streams: dict[str, list[str]]) -> str:
+    """A human-readable account of one run: identity, outcome and streams.
+
+    Parameters
+    ----------
+    metadata : dict
+        The run's tiled metadata (``start`` and ``stop`` documents).
+    streams : dict
+        Stream name to the names it holds.
+    """
+    start, stop = metadata.get("start") or {}, metadata.get("stop") or {}
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start.get("time", 0)))
+    lines = [
+        f"uid:         {start.get('uid')}",
+        f"scan_id:     {start.get('scan_id')}",
+        f"plan:        {start.get('plan_name')} {start.get('plan_args', '')}",
+        f"started:     {when}",
+        f"exit_status: {stop.get('exit_status', 'no stop document (running or lost)')}",
+    ]
+    if stop.get("reason"):
+        lines.append(f"reason:      {stop['reason']}")
+    counts = stop.get("num_events") or {}
+    for stream, keys in streams.items():
+        lines.append(f"stream {stream}: {counts.get(stream, '?')} events  [{', '.join(keys)}]")
+    return "\n".join(lines)
 
 
 class RunIndex:
@@ -115,15 +223,28 @@ class RunIndex:
         """
         if isinstance(run, str):
             try:
-                run = int(run)
+                number = int(run)
             except ValueError:
                 return self._find_uid(run)
+            if number > 0 and len(run) >= MIN_UID_PREFIX:  # all digits: a uid prefix too?
+                try:
+                    found = self._find_scan(number)
+                except KeyError:  # no such scan id: a uid prefix, or the prefix's error
+                    return self._find_uid(run)
+                total, items = self._uid_matches(run)
+                if total:
+                    raise uid_prefix_error(run, total, [item["id"] for item in items], True)
+                return found
+            run = number
         if run < 0:
             total = self.count()
             if -run > total:
                 raise KeyError(f"no run {run} in the catalog: it holds {total} run(s)")
             (item,) = self._search(total + run, 1)[1]
             return item["id"], item["attributes"]["metadata"]
+        return self._find_scan(run)
+
+    def _find_scan(self, run: int) -> tuple[str, dict]:
         scan = {"filter[eq][condition][key]": "start.scan_id"}
         scan["filter[eq][condition][value]"] = json.dumps(run)
         total, _ = self._search(0, 0, **scan) if run else (0, [])
@@ -135,21 +256,24 @@ class RunIndex:
         (item,) = self._search(total - 1, 1, **scan)[1]  # the latest run of that scan id
         return item["id"], item["attributes"]["metadata"]
 
+    def _uid_matches(self, prefix: str) -> tuple[int, list[dict]]:
+        """How many runs' uids begin with ``prefix``, and the first few."""
+        if len(prefix) < MIN_UID_PREFIX:
+            return 0, []
+        like = {"filter[like][condition][key]": "start.uid"}
+        like["filter[like][condition][pattern]"] = json.dumps(f"{prefix}%")
+        return self._search(0, _LISTED + 1, **like)
+
     def _find_uid(self, uid: str) -> tuple[str, dict]:
         try:
             reply = self._get(f"/api/v1/metadata/{RUNS_NODE}/{urllib.parse.quote(uid)}")
             return uid, reply["data"]["attributes"]["metadata"]
         except KeyError:
             pass
-        if len(uid) >= 5:
-            like = {"filter[like][condition][key]": "start.uid"}
-            like["filter[like][condition][pattern]"] = json.dumps(f"{uid}%")
-            total, items = self._search(0, 2, **like)
-            if total == 1:
-                return items[0]["id"], items[0]["attributes"]["metadata"]
-            if total > 1:
-                raise KeyError(f"uid prefix {uid!r} matches several runs")
-        raise KeyError(f"no run with uid {uid!r} in the catalog")
+        total, items = self._uid_matches(uid)
+        if total == 1:
+            return items[0]["id"], items[0]["attributes"]["metadata"]
+        raise uid_prefix_error(uid, total, [item["id"] for item in items])
 
     def _children(self, path: str) -> list[str]:
         names: list[str] = []

@@ -10,6 +10,7 @@ directory and the later ones find it (decision 0015)::
         server.lock     held (flock) while a server starts or decides to stop
         server.lease    every process using the server holds a shared flock on it
         server.log      the server's log (mode 0600; never holds the key)
+        location        the data directory it was last served from (decision 0022)
 
 Protocol, all by ``flock`` (the kernel releases a killed process's locks):
 
@@ -29,9 +30,13 @@ Protocol, all by ``flock`` (the kernel releases a killed process's locks):
   stops. A user taking the lease holds the same lock, so neither misses the other.
 - **Explicit stop.** :func:`stop` (``multiscope sim stop``) stops an idle server.
 
-Only the standard library and :mod:`multiscope.simctl` (itself stdlib-only) are
-imported here, so any layer may use it; tiled is imported only by the server
-process itself.
+Before it serves, the server points the catalog's asset URIs at the data directory's
+current place (:mod:`multiscope.catalog_location`), so a moved or copied data directory
+keeps reading its event tables and frames.
+
+Only the standard library, :mod:`multiscope.simctl` and
+:mod:`multiscope.catalog_location` (both stdlib-only) are imported here, so any layer
+may use it; tiled is imported only by the server process itself.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from multiscope.catalog_location import relocate
 from multiscope.locks import locked_elsewhere
 from multiscope.ports import free_port
 from multiscope.simctl import pid_exists
@@ -497,6 +503,10 @@ def _serve(argv: list[str]) -> None:  # pragma: no cover - runs in the server pr
     tiled_args += ["--host", "127.0.0.1", "--port", str(args.port)]
     if not db.exists():
         _initialize_catalog(db)
+    # A moved or copied data directory: its asset URIs still name the old place (0022).
+    moved = relocate(root)
+    if moved:
+        print(f"catalog moved to {root}: {moved} asset URI(s) rewritten", flush=True)
     threading.Thread(
         target=_announce_when_healthy, args=(catalog_dir, info, args.lock_fd), daemon=True
     ).start()
