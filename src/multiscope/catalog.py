@@ -146,7 +146,7 @@ class _ThreadServer:
         self.url = f"http://127.0.0.1:{port}"
         init = not db.exists()
         if not init:
-            relocate(root)  # a moved data directory (decision 0022)
+            relocate(root)  # a moved data directory (decision 0023)
         self._start(db, tables, port, init=init)
         if init:
             relocate(root)  # records where it is served from

@@ -11,7 +11,7 @@ frames pointed at files that were no longer there.
 So the server, before it starts (holding the start lock: nothing else has the
 database open), rewrites every asset URI under the root the catalog was last served
 from to the same path under the current root, and records the current root in
-``catalog/location`` (decision 0022). URIs outside the old root (files a detector wrote
+``catalog/location`` (decision 0023). URIs outside the old root (files a detector wrote
 elsewhere) are left alone. A catalog from before this file existed has its old root
 read off its event-table asset.
 

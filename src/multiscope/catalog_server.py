@@ -10,7 +10,7 @@ directory and the later ones find it (decision 0015)::
         server.lock     held (flock) while a server starts or decides to stop
         server.lease    every process using the server holds a shared flock on it
         server.log      the server's log (mode 0600; never holds the key)
-        location        the data directory it was last served from (decision 0022)
+        location        the data directory it was last served from (decision 0023)
 
 Protocol, all by ``flock`` (the kernel releases a killed process's locks):
 
@@ -503,7 +503,7 @@ def _serve(argv: list[str]) -> None:  # pragma: no cover - runs in the server pr
     tiled_args += ["--host", "127.0.0.1", "--port", str(args.port)]
     if not db.exists():
         _initialize_catalog(db)
-    # A moved or copied data directory: its asset URIs still name the old place (0022).
+    # A moved or copied data directory: its asset URIs still name the old place (0023).
     moved = relocate(root)
     if moved:
         print(f"catalog moved to {root}: {moved} asset URI(s) rewritten", flush=True)

@@ -1,4 +1,4 @@
-"""A moved catalog's asset URIs (decision 0022) and the uid lookup's messages.
+"""A moved catalog's asset URIs (decision 0023) and the uid lookup's messages.
 
 The rewrite runs on a SQLite database shaped as tiled's ``assets`` table, with the URI
 forms tiled 0.2.20 wrote in a real catalog (docs/stack-facts.md, tiled): the event
@@ -43,7 +43,7 @@ def test_a_moved_catalog_points_at_its_new_place_and_nothing_else_changes(tmp_pa
         "file://localhost/elsewhere/frames.h5",
     ]
     _catalog(new, uris)
-    # No `location` yet (a catalog from before 0022): the old root is read off the table.
+    # No `location` yet (a catalog from before 0023): the old root is read off the table.
     assert relocate(new) == 4
     assert _uris(new) == [
         f"sqlite://localhost//{str(new).lstrip('/')}/catalog/tables.sqlite",
