@@ -15,6 +15,13 @@ The profile is the pure class :class:`Trajectory`, unit-tested without a network
 :class:`TrackedAxis` is the same axis that also remembers its recent trajectories,
 so an IOC whose frames depend on motion (the TXM's fly scans) can ask where the
 axis was at any recent time.
+
+:class:`MotorAxis` serves the motor record's fields with the record's semantics for
+what clients use (put completion at DMOV 1, LVIO, STOP/SPMG, tweaks, RLV, user/dial
+calibration, MSTA; decision 0020), so pyepics' ``epics.Motor`` and ophyd's
+``EpicsMotor`` drive it unchanged. The arithmetic is :mod:`sim_devices.motor_record`.
+Motion runs in dial coordinates: what the owning IOC renders and checks
+(``position``, ``target``, ``guard``, ``follow``) is where the axis physically is.
 """
 
 from __future__ import annotations
@@ -637,7 +644,7 @@ class _Segment:
 class TrackedAxis(MotorAxis):
     """A :class:`MotorAxis` that answers "where was it at time t".
 
-    Same PVs as ``MotorAxis``. It keeps its last few trajectories, so a frame can
+    Same PVs as ``MotorAxis``. It keeps its last few (dial) trajectories, so a frame can
     use the position at the middle of its exposure even during a fly scan, and it
     calls ``on_position(axis)`` (an async callable, set by the owning IOC) after
     every readback update, so derived PVs follow the motion.
