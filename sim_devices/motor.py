@@ -47,7 +47,10 @@ from sim_devices.motor_record import (
 )
 from sim_devices.refusal import RefusableDouble
 
-__all__ = ["MotorAxis", "TrackedAxis", "Trajectory"]
+__all__ = ["COMPLETION_SETTLE_S", "MotorAxis", "TrackedAxis", "Trajectory"]
+
+#: Seconds a put with completion waits after the move so its monitors are sent first.
+COMPLETION_SETTLE_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -406,8 +409,10 @@ class MotorAxis(PVGroup):
         """Move to dial ``target``; return when it is done and its monitors are out."""
         await self._request(target)
         # The record posts the final readback, DMOV and LVIO before a put's completion;
-        # caproto sends a put's reply at once but batches monitors: let them go first.
-        await asyncio.sleep(2.0 * server_monitor_batch_seconds())
+        # caproto sends a put's reply at once but passes monitors through two tasks and
+        # a batching delay: let them go first (twice that delay did not suffice on a
+        # loaded machine; a completion only ends a move, 20 ms more is nothing to it).
+        await asyncio.sleep(max(2.0 * server_monitor_batch_seconds(), COMPLETION_SETTLE_S))
 
     async def _request(self, target: float) -> None:
         """Move to dial ``target`` as the record does; return when the move is done.
