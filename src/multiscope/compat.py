@@ -340,7 +340,7 @@ def server_monitor_batch_seconds() -> float:
     :func:`set_server_high_load_timeout` sets. A put's reply is sent at once, so a
     monitor posted just before it can reach the client after it; a simulated
     record that must post its monitors first (the motor record's final readback
-    and DMOV before a put's completion) waits this long, twice, before replying.
+    and DMOV before a put's completion) waits at least twice this long before replying.
     """
     from caproto.server import common
 
