@@ -307,7 +307,7 @@ class FibsemIOC(MessageRefusals, PVGroup):
         axes = (self.stage_tilt, self.stage_rot, self.stage_x, self.stage_y, self.stage_z)
         inserted = self.inserted()
         at = StageState(*(axis.position for axis in axes), inserted)
-        going = StageState(*(float(axis.motor.value) for axis in axes), inserted)
+        going = StageState(*(axis.target for axis in axes), inserted)
         return at, going
 
     def pose_name(self) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "forget_staging",
     "is_staged",
     "limit_violation_type",
+    "server_monitor_batch_seconds",
     "set_server_high_load_timeout",
     "suspender_justification",
     "throw_into_run",
@@ -117,7 +118,7 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
         "caproto.server.common",
         "HIGH_LOAD_TIMEOUT",
         False,
-        "set_server_high_load_timeout",
+        "set_server_high_load_timeout, server_monitor_batch_seconds",
     ),
 )
 
@@ -330,3 +331,17 @@ def set_server_high_load_timeout(seconds: float) -> None:
     from caproto.server import common
 
     common.HIGH_LOAD_TIMEOUT = float(seconds)
+
+
+def server_monitor_batch_seconds() -> float:
+    """Seconds a caproto server holds a monitor update to batch it (this process).
+
+    Stands for: the same ``caproto.server.common.HIGH_LOAD_TIMEOUT`` that
+    :func:`set_server_high_load_timeout` sets. A put's reply is sent at once, so a
+    monitor posted just before it can reach the client after it; a simulated
+    record that must post its monitors first (the motor record's final readback
+    and DMOV before a put's completion) waits at least twice this long before replying.
+    """
+    from caproto.server import common
+
+    return float(common.HIGH_LOAD_TIMEOUT)

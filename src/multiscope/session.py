@@ -442,7 +442,12 @@ def configure_session(
         # session is simulated (all running IOCs), else the caller has listed it.
         beam_prefix = ring["prefix"] if ring is not None else spec.facility_beam_prefix
     # Choose the control layer before the first signal exists; caproto needs no libca.
+    # An ophyd imported before multiscope chose one already (pyepics if installed).
     os.environ.setdefault("OPHYD_CONTROL_LAYER", "caproto")
+    import ophyd
+
+    if ophyd.cl.name != os.environ["OPHYD_CONTROL_LAYER"]:
+        ophyd.set_cl(os.environ["OPHYD_CONTROL_LAYER"])
     catalog_uri = catalog_uri or os.environ.get("MULTISCOPE_CATALOG_URI")
     if not catalog_uri:
         # The data directory's catalog server (seconds to start) starts now, while bluesky

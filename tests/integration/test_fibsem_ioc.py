@@ -26,7 +26,7 @@ TIME_SCALE = 0.01  # wall s per instrument s (the IOC's default)
 POSES = {"eucentric": (0.0, 0.0), "mill": (16.0, 0.0), "sem": (54.0, 0.0), "sims": (0.0, 180.0)}
 INSERTABLES = ("cbs:insert", "eds:insert", "gis:needle")
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "fibsem.md"
-MOTOR_FIELDS = ("", ".RBV", ".DMOV", ".VELO", ".HLM", ".LLM", ".STOP")
+MOTOR_FIELDS = ("", ".RBV", ".DMOV", ".VELO", ".HLM", ".LLM", ".STOP", ".LVIO", ".SPMG")
 DETECTOR_PVS = ("cam1:Acquire", "cam1:NumImages", "cam1:AcquireTime", "HDF1:Capture",
                 "HDF1:FullFileName_RBV")  # fmt: skip
 
@@ -209,7 +209,13 @@ def test_insertion_and_stage_refusals(fibsem):
     client.retract_all()
     client.move("tilt", 10.0)
     refused(client, "stage:rot", 90.0, "tilt flat")
-    refused(client, "stage:tilt", 61.0, "stage:tilt: Cannot write data 61.0. Limits are set")
+    # Beyond the soft limit: as the motor record, accepted without a move, LVIO set
+    before = client.snapshot()
+    assert client.put("stage:tilt", 61.0) == "ECA_NORMAL"
+    assert client.get("stage:tilt.LVIO") == 1
+    assert "stage:tilt: target 61 outside soft limits [-10, 60]" in client.message
+    assert client.snapshot() == before
+    assert client.get("stage:tilt") == pytest.approx(10.0)  # VAL back to the last target
     client.go("sem")
     assert client.put("ion:beam", "On") == "ECA_NORMAL"
     refused(client, "SIMS:cam1:Acquire", 1, "SIMS acquisition refused: the stage is at 'sem'")
@@ -281,7 +287,7 @@ def test_insertion_refused_while_the_tilt_moves_above_the_limit(fibsem):
     client.go("eucentric")
     client.put("stage:tilt.VELO", 5.0)  # 58 deg in ~12 s: the insertion comes mid-move
     try:
-        assert client.put("stage:tilt", 58.0) == "ECA_NORMAL"
+        client.put_nowait("stage:tilt", 58.0)  # its put completes when the tilt is there
         wait_until(lambda: client.get("stage:tilt.MOVN") == 1, timeout=5, message="tilting")
         refused_put = client.put("eds:insert", "Inserted")
         assert refused_put == "ECA_PUTFAIL"

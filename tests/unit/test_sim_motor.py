@@ -7,7 +7,18 @@ import numpy as np
 import pytest
 
 from sim_devices.areadetector import HDF5FrameWriter, format_file_name, normalize_scene_output
-from sim_devices.motor import Trajectory, check_target
+from sim_devices.motor import Trajectory
+from sim_devices.motor_record import (
+    MSTA_DIRECTION,
+    MSTA_DONE,
+    MSTA_HOMED,
+    MSTA_MOVING,
+    dial_limits_from_user,
+    direction_sign,
+    limit_violation,
+    status_word,
+    user_limits,
+)
 
 
 def test_trajectory_trapezoid_reaches_target_in_expected_time():
@@ -26,11 +37,34 @@ def test_trajectory_triangular_and_zero_length():
     assert Trajectory(start=1.0, target=1.0, velocity=5.0).duration == 0.0
 
 
-def test_check_target_limits():
-    check_target(5.0, -10, 10)
-    check_target(100.0, 0, 0)  # equal limits: none
-    with pytest.raises(ValueError, match="outside"):
-        check_target(11.0, -10, 10)
+def test_limit_violation_as_the_motor_record():
+    assert not limit_violation(5.0, 0.0, -10.0, 10.0)
+    assert limit_violation(11.0, 0.0, -10.0, 10.0)
+    assert limit_violation(-10.5, 0.0, -10.0, 10.0)
+    assert not limit_violation(100.0, 0.0, 0.0, 0.0)  # both 0: no soft limits
+    assert limit_violation(0.5, 1.0, 1.0, 1.0)  # equal but not 0: a single allowed point
+    # Left outside (limits changed under it): a move back towards the range is allowed,
+    # one further out is not.
+    assert not limit_violation(11.0, 12.0, -10.0, 10.0)
+    assert limit_violation(13.0, 12.0, -10.0, 10.0)
+    assert not limit_violation(-11.0, -12.0, -10.0, 10.0)
+
+
+def test_user_and_dial_limits_through_the_calibration():
+    assert direction_sign("Pos") == direction_sign(0) == 1
+    assert direction_sign("Neg") == direction_sign(1) == -1
+    assert user_limits(-10.0, 10.0, 1, 5.0) == (-5.0, 15.0)
+    assert user_limits(-10.0, 10.0, -1, 11.0) == (1.0, 21.0)  # HLM from DLLM with DIR Neg
+    for sign, offset in ((1, 0.0), (1, 5.0), (-1, 11.0), (-1, -3.0)):
+        low, high = user_limits(-4.0, 7.0, sign, offset)
+        assert dial_limits_from_user(low, high, sign, offset) == (-4.0, 7.0)
+
+
+def test_status_word_bits():
+    rest = status_word(positive=True, done=True, moving=False)
+    assert rest == MSTA_DIRECTION | MSTA_DONE | MSTA_HOMED == 0b100_0000_0000_0011
+    moving = status_word(positive=False, done=False, moving=True)
+    assert moving == MSTA_MOVING | MSTA_HOMED and MSTA_MOVING == 1 << 10
 
 
 def test_hdf5_writer_appends_frames_and_attributes(tmp_path):
