@@ -14,7 +14,7 @@ import pytest
 from multiscope import compute
 from multiscope.analysis import tomo
 from multiscope.analysis.stitch import stitch_vertical as local_stitch
-from multiscope.analysis.tomo_volume import SlabReconstructor, reconstruct_volume
+from multiscope.analysis.tomo_volume import reconstruct_volume
 
 N, ANGLES, CENTER = 128, 181, 67.3
 
