@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,6 +71,15 @@ def scheduler_address(explicit: str | None = None) -> str | None:
     return address.strip() if address else None
 
 
+def _resolve(scheduler):
+    """None: the configured address (or local); ``""``: local whatever is configured."""
+    if scheduler is None:
+        return scheduler_address()
+    if isinstance(scheduler, str):
+        return scheduler.strip() or None
+    return scheduler
+
+
 @contextlib.contextmanager
 def dask_client(scheduler) -> Iterator[object]:
     """A ``distributed.Client`` for ``scheduler``: an address, or a client/cluster given.
@@ -105,14 +115,17 @@ def _geometry(angles, n_det, center, options, threads=1):
 
 
 def _slab_task(source, r0, r1, geometry):
-    """Reconstruct rows ``r0:r1``: ``source`` is ``(path, dataset)`` or the slab itself."""
+    """Rows ``r0:r1``: ``source`` is ``(path, dataset, first row)`` or the slab itself."""
+    t0 = time.perf_counter()
     if isinstance(source, tuple):
-        path, dataset = source
+        path, dataset, first = source
         with h5py.File(path, "r") as f:
-            proj = f[dataset][:, r0:r1]
+            proj = f[dataset][:, first + r0 : first + r1]
     else:
         proj = source
-    return r0, _worker_reconstructor(*geometry)(proj)
+    t1 = time.perf_counter()
+    slab = _worker_reconstructor(*geometry)(proj)
+    return r0, slab, t1 - t0, time.perf_counter() - t1
 
 
 def _run_on_cluster(client, slab_source, write, n_rows, slab_rows, geometry):
@@ -133,9 +146,14 @@ def _run_on_cluster(client, slab_source, write, n_rows, slab_rows, geometry):
 
     pending = as_completed([f for f in (submit() for _ in range(2 * n_workers)) if f])
     for future in pending:
-        r0, slab = future.result()
+        r0, slab, t_read, t_compute = future.result()
         future.release()
+        t0 = time.perf_counter()
         write(r0, slab)
+        timings.write += time.perf_counter() - t0
+        timings.read += t_read
+        timings.compute += t_compute  # the first slab on each worker includes its plans
+        timings.per_slab.append(t_compute)
         timings.slabs += 1
         nxt = submit()
         if nxt is not None:
@@ -170,8 +188,6 @@ def reconstruct_array(
     volume : ndarray of float32, shape (rows, cols, cols)
     timings : VolumeTimings
     """
-    import time  # noqa: PLC0415
-
     proj = np.asarray(proj)
     n_ang, n_rows, n_det = proj.shape
     if out is None:
@@ -180,7 +196,7 @@ def reconstruct_array(
     def write(r0, slab):
         out[r0 : r0 + len(slab)] = slab
 
-    address = scheduler if scheduler is not None else scheduler_address()
+    address = _resolve(scheduler)
     if address is None:
         timings = reconstruct_volume(
             lambda a, b: proj[:, a:b],
@@ -215,6 +231,7 @@ def reconstruct_volume_h5(
     center,
     *,
     dataset="/exchange/data",
+    rows=None,
     slab_rows=64,
     threads=None,
     scheduler=None,
@@ -237,12 +254,15 @@ def reconstruct_volume_h5(
         Written under ``<out>.part`` and renamed at the end.
     angles, center
         Projection angles (rad) and rotation-axis column (px).
+    rows : (int, int), optional
+        Only detector rows ``rows[0]:rows[1]`` (default all).
     slab_rows : int, optional
         Rows per slab (task).
     threads : int, optional
         Local compute threads (default all cores); ignored on a cluster.
     scheduler : str or distributed.Client, optional
-        Dask scheduler; default ``$MULTISCOPE_DASK_SCHEDULER``; None: local.
+        Dask scheduler address or client; default (None) ``$MULTISCOPE_DASK_SCHEDULER``
+        if set, else local threads; ``""``: local threads.
         The workers must see ``source`` at the same path (a shared file system).
     attrs : dict, optional
         Attributes of the output dataset.
@@ -253,15 +273,15 @@ def reconstruct_volume_h5(
     -------
     VolumeTimings
     """
-    import time  # noqa: PLC0415
-
     source, out = Path(source), Path(out)
     tmp = out.with_name(out.name + ".part")
-    address = scheduler if scheduler is not None else scheduler_address()
+    address = _resolve(scheduler)
     t0 = time.perf_counter()
     with h5py.File(source, "r") as fin, h5py.File(tmp, "w") as fout:
         data = fin[dataset]
-        n_ang, n_rows, n_det = data.shape
+        n_ang, n_all, n_det = data.shape
+        first, last = rows if rows is not None else (0, n_all)
+        n_rows = last - first
         vol = fout.create_dataset(
             VOLUME_DATASET,
             shape=(n_rows, n_det, n_det),
@@ -277,7 +297,7 @@ def reconstruct_volume_h5(
 
         if address is None:
             timings = reconstruct_volume(
-                lambda a, b: data[:, a:b],
+                lambda a, b: data[:, first + a : first + b],
                 write,
                 n_rows,
                 angles,
@@ -292,7 +312,7 @@ def reconstruct_volume_h5(
             with dask_client(address) as client:
                 timings = _run_on_cluster(
                     client,
-                    lambda a, b: (path, dataset),
+                    lambda a, b: (path, dataset, first),
                     write,
                     n_rows,
                     slab_rows,
@@ -317,7 +337,7 @@ def stitch_vertical(volumes, overlap_px, *, lateral=True, order=1, scheduler=Non
     neighbouring tiles is registered by one task (a worker holds two tiles);
     the blend runs here. Without one, the plain local function.
     """
-    address = scheduler if scheduler is not None else scheduler_address()
+    address = _resolve(scheduler)
     if address is None:
         return _stitch.stitch_vertical(volumes, overlap_px, lateral=lateral, order=order)
     volumes = [np.asarray(v) for v in volumes]
