@@ -144,14 +144,15 @@ def per_slice_2048():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=N, help="detector rows (slices)")
+    parser.add_argument("--rows", type=int, default=N, help="rows (slices) reconstructed")
+    parser.add_argument("--file-rows", type=int, default=N, help="detector rows in the file")
     parser.add_argument("--cluster-rows", type=int, default=256, help="rows on the cluster")
     parser.add_argument("--cache", default=tempfile.gettempdir(), help="where the input is kept")
     parser.add_argument("--no-cluster", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
     rows = args.rows
-    source, theta, center = source_file(rows, args.cache)
+    source, theta, center = source_file(max(args.file_rows, rows), args.cache)
     out = Path(args.cache) / f"multiscope-bench-volume-{os.getpid()}.h5"
     load0 = os.getloadavg()[0]
 
@@ -160,7 +161,7 @@ def main(argv=None):
     print(f"old: {old}")
     lone.append(lone_slice(source, theta, center))
     new = compute.reconstruct_volume_h5(
-        source, out, theta, center, slab_rows=SLAB, scheduler="", circle=True
+        source, out, theta, center, rows=(0, rows), slab_rows=SLAB, scheduler="", circle=True
     )
     print(f"new: wall {new.wall:.1f} read {new.read:.1f} compute {new.compute:.1f} "
           f"write {new.write:.1f} plans {new.plans:.2f}")  # fmt: skip

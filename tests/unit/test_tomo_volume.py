@@ -160,3 +160,27 @@ def test_cluster_stitching_equals_local(cluster):
     np.testing.assert_allclose(offsets, ref_offsets, atol=1e-9)
     np.testing.assert_allclose(merged, ref_merged, atol=1e-6)
     assert np.allclose(offsets[:, 0], [0, 22, 44], atol=0.1)
+
+
+def test_the_pipeline_reconstructs_on_the_configured_cluster(cluster, tmp_path):
+    # The session option reaches the end-of-scan reconstruction: the same run
+    # reconstructed here and on the cluster gives the same volume.
+    from synthetic_tomo import RunSpec, random_spheres, tomo_run
+
+    from multiscope.callbacks.pipelines import TomographyPipeline
+
+    spheres = random_spheres(np.random.default_rng(0), 3, z_range=(0, 12), lateral=18)
+    spec = RunSpec(spheres, ny=12, nx=48, num_projections=36, center=23.5, seed=0)
+    docs = list(tomo_run(spec, tmp_path / "raw"))
+    volumes = []
+    for scheduler in ("", cluster):
+        pipeline = TomographyPipeline(
+            tmp_path / str(len(volumes)), publish=lambda *_: None, dask_scheduler=scheduler
+        )
+        for name, doc in docs:
+            pipeline(name, doc)
+        recon = pipeline.reconstructions[-1]
+        assert recon.dask_scheduler is scheduler and recon.volume is not None
+        volumes.append(recon.volume)
+    assert close(volumes[1], volumes[0])
+    assert np.abs(volumes[0]).max() > 0.005
