@@ -141,8 +141,12 @@ def _run_on_cluster(client, slab_source, write, n_rows, slab_rows, geometry):
         if r0 is None:
             return None
         r1 = min(r0 + slab_rows, n_rows)
+        source = slab_source(r0, r1)
+        if isinstance(source, np.ndarray):
+            # Scattered, not embedded in the task (distributed warns of large graphs).
+            source = client.scatter(source)
         # pure=False: a re-run of the same slab is a new task, not a cached result.
-        return client.submit(_slab_task, slab_source(r0, r1), r0, r1, geometry, pure=False)
+        return client.submit(_slab_task, source, r0, r1, geometry, pure=False)
 
     pending = as_completed([f for f in (submit() for _ in range(2 * n_workers)) if f])
     for future in pending:
