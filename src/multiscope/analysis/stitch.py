@@ -147,7 +147,7 @@ def _common(shift, n_a, n_b):
     return start_a, start_b, length
 
 
-def stitch_vertical(volumes, overlap_px, *, lateral=True, order=1):
+def stitch_vertical(volumes, overlap_px, *, lateral=True, order=1, steps=None):
     """Register and merge a vertical stack of overlapping volumes.
 
     Parameters
@@ -165,6 +165,11 @@ def stitch_vertical(volumes, overlap_px, *, lateral=True, order=1):
     order : int, optional
         Spline order used to resample tiles onto the grid of the first tile
         (1: linear, 3: cubic).
+    steps : sequence of array_like, optional
+        ``register_pair(volumes[i - 1], volumes[i], overlap_px, lateral=lateral)``
+        for ``i = 1, 2, ...``, measured elsewhere (e.g. one task per pair on a
+        dask cluster: :func:`multiscope.compute.stitch_vertical`); default:
+        measured here.
 
     Returns
     -------
@@ -190,14 +195,14 @@ def stitch_vertical(volumes, overlap_px, *, lateral=True, order=1):
         raise ValueError("no volumes")
     if any(v.ndim != 3 for v in volumes):
         raise ValueError("volumes must be 3D arrays shaped (z, y, x)")
+    if steps is not None and len(steps) != len(volumes) - 1:
+        raise ValueError(f"{len(steps)} steps for {len(volumes)} volumes")
     offsets = np.zeros((len(volumes), 3))
     for i in range(1, len(volumes)):
-        step = register_pair(
-            volumes[i - 1],
-            volumes[i],
-            overlap_px,
-            lateral=lateral,
-        )
+        if steps is not None:
+            step = np.asarray(steps[i - 1], dtype=float)
+        else:
+            step = register_pair(volumes[i - 1], volumes[i], overlap_px, lateral=lateral)
         offsets[i] = offsets[i - 1] + step
     if np.any(np.diff(offsets[:, 0]) <= 0):
         raise ValueError(f"tiles are not in increasing z order: z offsets {offsets[:, 0]}")

@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 from event_model import DocumentRouter
 
+from multiscope import compute
 from multiscope.analysis.segment import label_particles, size_histogram
 from multiscope.analysis.stitch import stitch_vertical
 from multiscope.callbacks.derived import provenance, publish_derived_run
@@ -154,6 +155,10 @@ class MosaicStitcher(DocumentRouter):
     keep_last : int, optional
         How many finished mosaics ``results`` keeps (each holds its stitched
         volume); None keeps every one. Their files and catalog runs stay.
+    dask_scheduler : str, optional
+        ``dask.distributed`` scheduler on which the neighbouring tiles are
+        registered, one task per pair (:func:`multiscope.compute.stitch_vertical`);
+        default ``$MULTISCOPE_DASK_SCHEDULER`` if set, else here; ``""``: here.
 
     Attributes
     ----------
@@ -175,8 +180,10 @@ class MosaicStitcher(DocumentRouter):
         min_distance: int = 3,
         fov_margin: float = 2.0,
         keep_last: int | None = None,
+        dask_scheduler: str | None = None,
     ) -> None:
         super().__init__()
+        self.dask_scheduler = dask_scheduler
         self.output_dir = Path(output_dir)
         self.publish = publish
         self.lateral = lateral
@@ -281,8 +288,11 @@ class MosaicStitcher(DocumentRouter):
         z_um = np.array([float(blocks[id(t)].z_um) for t in tiles])
         nominal = (z_um - z_um[0]) / pixel if pixel else np.full(len(tiles), np.nan)
 
-        volume, offsets = stitch_vertical(
-            [t.volume for t in tiles], overlap_px, lateral=self.lateral
+        volume, offsets = compute.stitch_vertical(
+            [t.volume for t in tiles],
+            overlap_px,
+            lateral=self.lateral,
+            scheduler=self.dask_scheduler,
         )
         logger.info("mosaic %s: offsets %s (nominal %s)", mosaic_id, offsets[:, 0], nominal)
 

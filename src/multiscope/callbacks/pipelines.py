@@ -48,6 +48,12 @@ class TomographyPipeline:
         How many reconstructions (each with its volume) and stitched mosaics stay in
         memory; older ones are dropped (their files and catalog runs stay). Settable
         while running, e.g. ``session.pipeline.callback.keep_last = 5``.
+    dask_scheduler : str, optional
+        ``dask.distributed`` scheduler address for the end-of-scan reconstructions
+        and the stitching (:mod:`multiscope.compute`); default
+        ``$MULTISCOPE_DASK_SCHEDULER`` if set, else this machine. Settable while
+        running (``session.pipeline.callback.dask_scheduler = "tcp://host:8786"``);
+        the next run uses it.
 
     Attributes
     ----------
@@ -64,8 +70,16 @@ class TomographyPipeline:
         holds its run's absorbance stack.
     """
 
-    def __init__(self, output_dir: Path, publish: Publish, *, keep_last: int = KEEP_LAST):
+    def __init__(
+        self,
+        output_dir: Path,
+        publish: Publish,
+        *,
+        keep_last: int = KEEP_LAST,
+        dask_scheduler: str | None = None,
+    ):
         output_dir = Path(output_dir)
+        self.dask_scheduler = dask_scheduler
         self.preview: LiveTomoPreview | None = None
         self.reconstructions: deque[TomoReconstructor] = deque()
         self.xanes: XanesMapBase | None = None
@@ -114,6 +128,9 @@ class TomographyPipeline:
 
     def _reconstruction_factory(self, name: str, start: dict):
         callbacks, subfactories = self._reconstructor(name, start)
+        for callback in callbacks:
+            callback.dask_scheduler = self.dask_scheduler
+        self.stitcher.dask_scheduler = self.dask_scheduler
         self.reconstructions.extend(callbacks)  # the oldest falls out, volume and all
         return callbacks, subfactories
 
@@ -122,7 +139,13 @@ class TomographyPipeline:
 
 
 def tomography_pipeline(
-    output_dir: Path, publish: Publish, *, keep_last: int = KEEP_LAST
+    output_dir: Path,
+    publish: Publish,
+    *,
+    keep_last: int = KEEP_LAST,
+    dask_scheduler: str | None = None,
 ) -> TomographyPipeline:
     """Factory named in an instrument's spec (``multiscope.session.INSTRUMENTS``)."""
-    return TomographyPipeline(output_dir, publish, keep_last=keep_last)
+    return TomographyPipeline(
+        output_dir, publish, keep_last=keep_last, dask_scheduler=dask_scheduler
+    )

@@ -63,6 +63,7 @@ import numba
 import numpy as np
 import scipy.fft
 
+from multiscope import compute
 from multiscope.analysis.stripe import remove_stripe_offsets
 from multiscope.analysis.tomo import (
     find_center,
@@ -437,6 +438,11 @@ class TomoReconstructor(_TomoRun):
     ring_removal : bool, optional
         Remove the columns' gain-error stripes (rings) before the centre is found:
         :func:`~multiscope.analysis.stripe.remove_stripe_offsets`. Off by default.
+    dask_scheduler : str, optional
+        Address of a ``dask.distributed`` scheduler to reconstruct on (slab by
+        slab, :func:`multiscope.compute.reconstruct_array`); default
+        ``$MULTISCOPE_DASK_SCHEDULER`` if set, else this machine's threads;
+        ``""``: this machine whatever is configured. Settable between runs.
 
     Attributes
     ----------
@@ -463,8 +469,10 @@ class TomoReconstructor(_TomoRun):
         tiff: bool = False,
         reader_timeout: float = 10.0,
         ring_removal: bool = False,
+        dask_scheduler: str | None = None,
     ) -> None:
         self.ring_removal = ring_removal
+        self.dask_scheduler = dask_scheduler
         self.output_dir = Path(output_dir)
         self.publish = publish
         self.algorithm = algorithm
@@ -583,9 +591,17 @@ class TomoReconstructor(_TomoRun):
             center = find_center(proj, angles, rows=rows)
             center_method = f"{qualified_name(find_center)} on rows {rows}"
         t1 = time.perf_counter()
-        volume = reconstruct(
-            proj, angles, center=center, algorithm=self.algorithm, filter_name=self.filter_name
-        )
+        if self.algorithm == "gridrec":
+            # Slab by slab, the slabs sharing the geometry's plans (one engine per
+            # core), or on a dask cluster when one is configured; equal to
+            # reconstruct() of the whole stack to float rounding.
+            volume, _ = compute.reconstruct_array(
+                proj, angles, center, filter_name=self.filter_name, scheduler=self.dask_scheduler
+            )
+        else:
+            volume = reconstruct(
+                proj, angles, center=center, algorithm=self.algorithm, filter_name=self.filter_name
+            )
         t_recon = time.perf_counter() - t1
         del proj
         nx = volume.shape[-1]

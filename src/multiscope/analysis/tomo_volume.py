@@ -1,0 +1,302 @@
+"""Whole-volume reconstruction, slab by slab, with the batch sharing its plans.
+
+:func:`~multiscope.analysis.tomo.reconstruct` reconstructs what it is given
+at once; a 1024^3 volume from 1601 projections needs 6.7 GB of line integrals
+and 4.3 GB of result. :func:`reconstruct_volume` streams it instead: slabs of
+``slab_rows`` detector rows are read, reconstructed and written, the reading
+of the next slab and the writing of the previous one overlapped (one reader
+and one writer thread) with the computing of the current one, so memory holds
+about three slabs.
+
+The computing is shared by ``threads`` threads, each with its own gridrec
+engine of the volume's geometry (filter, weights, NUFFT plans sorted once for
+the whole volume) running single-threaded: slices are independent, so one
+slice pair per core needs no synchronisation inside the NUFFT or the FFTs
+(on a loaded machine, OpenMP's barriers inside one pair cost more than they
+gain; docs/decisions/0020-volume-reconstruction-pipeline.md). The result
+equals :func:`~multiscope.analysis.tomo.reconstruct` of the whole stack to
+float rounding (the same slice pairs, the same points; only the order of the
+NUFFT's sums differs).
+
+The input and output are callables (``read(r0, r1)``, ``write(r0, slab)``) so
+this module stays free of files: :mod:`multiscope.compute` reads HDF5, writes
+HDF5 and runs slabs on a dask cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import tomo
+
+__all__ = ["SlabReconstructor", "VolumeTimings", "reconstruct_volume"]
+
+# Rows per task handed to one compute thread: a few pairs, so a slow thread
+# (a loaded core) holds back no more than that at the end of a slab.
+_ROWS_PER_TASK = 8
+
+
+class SlabReconstructor:
+    """Gridrec of one geometry for many slabs: one engine (plans) per compute thread.
+
+    Parameters
+    ----------
+    angles : array_like, shape (angles,)
+        Projection angles in radians.
+    n_det : int
+        Detector columns (the slices are ``n_det x n_det``).
+    center : float
+        Rotation-axis column (px).
+    filter_name, circle, interp, eps
+        As :func:`~multiscope.analysis.tomo.reconstruct` (gridrec).
+    threads : int, optional
+        Compute threads (each a single-threaded engine); default all cores.
+
+    Notes
+    -----
+    An engine holds ~0.1 GB for a 1024-pixel detector and 1600 angles (its
+    NUFFT plans, points sorted). Build one per volume (or keep it for volumes
+    of the same geometry) and call :meth:`close` when done.
+    """
+
+    def __init__(
+        self,
+        angles,
+        n_det,
+        center,
+        *,
+        filter_name="shepp",
+        circle=False,
+        interp="linear",
+        eps=3e-3,
+        threads=None,
+    ):
+        self.angles = np.asarray(angles, dtype=np.float64)
+        self.n_det = int(n_det)
+        self.center = float(center)
+        self.circle = circle
+        self.threads = max(1, int(threads or os.cpu_count() or 1))
+        self._engines: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(self.threads):
+            self._engines.put(
+                tomo._Gridrec(
+                    self.angles,
+                    self.n_det,
+                    self.center,
+                    filter_name,
+                    self.n_det,
+                    eps,
+                    1,
+                    interp,
+                    circle,
+                )  # fmt: skip
+            )
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gridrec")
+
+    def _run(self, proj, out):
+        engine = self._engines.get()
+        try:
+            engine(proj, out)
+        finally:
+            self._engines.put(engine)
+
+    def __call__(self, proj, out=None):
+        """Reconstruct a slab ``(angles, rows, n_det)`` into ``out`` ``(rows, n, n)``.
+
+        Rows are paired ``(0, 1), (2, 3), ...`` within the slab, as
+        :func:`~multiscope.analysis.tomo.reconstruct` pairs them (an even
+        ``slab_rows`` keeps the pairs of the whole volume).
+        """
+        proj = np.asarray(proj, dtype=np.float32)
+        if proj.ndim != 3 or proj.shape[0] != len(self.angles) or proj.shape[2] != self.n_det:
+            raise ValueError(
+                f"slab shape {proj.shape} does not match {len(self.angles)} angles "
+                f"x rows x {self.n_det} columns"
+            )
+        n_rows = proj.shape[1]
+        if out is None:
+            out = np.empty((n_rows, self.n_det, self.n_det), np.float32)
+        bounds = list(range(0, n_rows, _ROWS_PER_TASK)) + [n_rows]
+        futures = [
+            self._pool.submit(self._run, proj[:, a:b], out[a:b])
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        for f in futures:
+            f.result()
+        if self.circle:
+            np.copyto(out, 0, where=tomo._outside_circle(self.n_det))
+        return out
+
+    def close(self):
+        """Stop the compute threads."""
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@dataclass
+class VolumeTimings:
+    """Where the time of :func:`reconstruct_volume` went (seconds).
+
+    ``read``, ``compute`` and ``write`` are summed over the slabs (each in its
+    own thread); ``wall`` is the whole call and ``plans`` the engines' set-up.
+    With full overlap ``wall`` is about ``plans + compute`` plus one read and
+    one write; ``overlap`` is the part of reading and writing hidden behind
+    computing: ``(read + write + compute + plans - wall) / (read + write)``.
+    """
+
+    rows: int = 0
+    slabs: int = 0
+    plans: float = 0.0
+    read: float = 0.0
+    compute: float = 0.0
+    write: float = 0.0
+    wall: float = 0.0
+    per_slab: list = field(default_factory=list)
+
+    @property
+    def per_slice(self) -> float:
+        """Compute seconds per slice."""
+        return self.compute / max(self.rows, 1)
+
+    @property
+    def overlap(self) -> float:
+        io = self.read + self.write
+        if io <= 0:
+            return 1.0
+        return float(np.clip((io + self.compute + self.plans - self.wall) / io, 0.0, 1.0))
+
+
+class _Timed:
+    """A callable that adds its run time to ``timings.<name>``."""
+
+    def __init__(self, fn, timings, name):
+        self.fn, self.timings, self.name = fn, timings, name
+        self.lock = threading.Lock()
+
+    def __call__(self, *args):
+        t0 = time.perf_counter()
+        result = self.fn(*args)
+        with self.lock:
+            setattr(
+                self.timings, self.name, getattr(self.timings, self.name) + time.perf_counter() - t0
+            )
+        return result
+
+
+def reconstruct_volume(
+    read: Callable[[int, int], np.ndarray],
+    write: Callable[[int, np.ndarray], object],
+    n_rows: int,
+    angles,
+    center: float,
+    n_det: int,
+    *,
+    slab_rows: int = 64,
+    threads: int | None = None,
+    reconstructor: SlabReconstructor | None = None,
+    **options,
+) -> VolumeTimings:
+    """Reconstruct ``n_rows`` detector rows slab by slab, IO overlapped with computing.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(r0, r1)`` returns the line integrals of rows ``r0:r1``, shaped
+        ``(angles, r1 - r0, n_det)``. Called from one reader thread, in order.
+    write : callable
+        ``write(r0, slab)`` stores slices ``r0:r0 + len(slab)``. Called from
+        one writer thread, in order; ``slab`` is reused two slabs later, so
+        copy it if you keep it.
+    n_rows : int
+        Detector rows (slices) of the volume.
+    angles : array_like
+        Projection angles in radians.
+    center : float
+        Rotation-axis column (px).
+    n_det : int
+        Detector columns.
+    slab_rows : int, optional
+        Rows per slab (even, to keep :func:`~multiscope.analysis.tomo.reconstruct`'s
+        slice pairs). Memory: three slabs of line integrals and two of slices.
+    threads : int, optional
+        Compute threads; default all cores.
+    reconstructor : SlabReconstructor, optional
+        Engines of this geometry built before (their plans are reused).
+    **options
+        ``filter_name``, ``circle``, ``interp``, ``eps`` as
+        :func:`~multiscope.analysis.tomo.reconstruct`.
+
+    Returns
+    -------
+    VolumeTimings
+        Read, compute and write seconds, wall time and the overlap.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> theta = np.linspace(0, np.pi, 90, endpoint=False)
+    >>> proj = np.random.default_rng(0).random((90, 6, 32), dtype=np.float32)
+    >>> vol = np.empty((6, 32, 32), np.float32)
+    >>> t = reconstruct_volume(
+    ...     lambda a, b: proj[:, a:b], lambda a, s: vol.__setitem__(slice(a, a + len(s)), s),
+    ...     6, theta, 16.0, 32, slab_rows=4)
+    >>> ref = tomo.reconstruct(proj, theta, 16.0)
+    >>> bool(np.allclose(vol, ref, atol=1e-5 * np.abs(ref).max())), t.slabs
+    (True, 2)
+    """
+    if slab_rows < 1:
+        raise ValueError("slab_rows must be >= 1")
+    timings = VolumeTimings(rows=int(n_rows))
+    t_start = time.perf_counter()
+    own = reconstructor is None
+    if own:
+        reconstructor = SlabReconstructor(angles, n_det, center, threads=threads, **options)
+    timings.plans = time.perf_counter() - t_start
+    read_t, write_t = _Timed(read, timings, "read"), _Timed(write, timings, "write")
+    starts = list(range(0, int(n_rows), int(slab_rows)))
+    buffers = [None, None]
+    try:
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="slab-read") as reader,
+            ThreadPoolExecutor(1, thread_name_prefix="slab-write") as writer,
+        ):
+            pending_read = reader.submit(read_t, 0, min(slab_rows, n_rows)) if starts else None
+            pending_write = None
+            for k, r0 in enumerate(starts):
+                r1 = min(r0 + slab_rows, n_rows)
+                proj = pending_read.result()
+                if r1 < n_rows:
+                    pending_read = reader.submit(read_t, r1, min(r1 + slab_rows, n_rows))
+                buf = buffers[k % 2]
+                if buf is None or buf.shape[0] != r1 - r0:
+                    buf = buffers[k % 2] = np.empty((r1 - r0, n_det, n_det), np.float32)
+                t0 = time.perf_counter()
+                reconstructor(proj, buf)
+                dt = time.perf_counter() - t0
+                timings.compute += dt
+                timings.per_slab.append(dt)
+                del proj
+                if pending_write is not None:
+                    pending_write.result()  # frees the other buffer for the next slab
+                pending_write = writer.submit(write_t, r0, buf)
+                timings.slabs += 1
+            if pending_write is not None:
+                pending_write.result()
+    finally:
+        if own:
+            reconstructor.close()
+    timings.wall = time.perf_counter() - t_start
+    return timings
