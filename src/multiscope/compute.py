@@ -22,7 +22,7 @@ arrays), so a worker holds one slab of line integrals and one of slices at a
 time; at most ``2 x workers`` slabs are in flight, and the client writes
 each finished slab and drops it. Workers keep the gridrec engines (plans) of
 the last geometry between tasks. See
-docs/decisions/0020-volume-reconstruction-pipeline.md.
+docs/decisions/0026-volume-reconstruction-pipeline.md.
 """
 
 from __future__ import annotations

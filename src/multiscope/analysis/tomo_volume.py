@@ -13,7 +13,7 @@ engine of the volume's geometry (filter, weights, NUFFT plans sorted once for
 the whole volume) running single-threaded: slices are independent, so one
 slice pair per core needs no synchronisation inside the NUFFT or the FFTs
 (on a loaded machine, OpenMP's barriers inside one pair cost more than they
-gain; docs/decisions/0020-volume-reconstruction-pipeline.md). The result
+gain; docs/decisions/0026-volume-reconstruction-pipeline.md). The result
 equals :func:`~multiscope.analysis.tomo.reconstruct` of the whole stack to
 float rounding (the same slice pairs, the same points; only the order of the
 NUFFT's sums differs).
