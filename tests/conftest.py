@@ -2,13 +2,38 @@
 
 pytest's default import mode puts the directory of this rootless conftest first on
 ``sys.path``, as it does ``tests/unit`` and ``tests/integration`` for their modules.
+
+Run in parallel (``pytest -n 3 --dist loadfile``, docs/testing.md), each pytest-xdist
+worker is one process with its own environment, set here before any test runs and
+inherited by the IOCs, catalog servers and commands it starts: its own part of the
+loopback ports (``MULTISCOPE_PORT_RANGE``) and its own numba cache. Every test
+process, serial or not, has a default data directory of its own (``MULTISCOPE_DATA_DIR``).
 """
 
 import os
+from pathlib import Path
+
+import pytest
+from parallel_workers import worker_environment
+
+from multiscope import config
 
 # Every test data directory gets its own shared catalog server (decision 0015); a
 # user's idles out after 10 min, a test's after this, so a suite leaves none behind.
 os.environ.setdefault("MULTISCOPE_CATALOG_IDLE_S", "20")
+
+
+# Before numba is imported (it reads NUMBA_CACHE_DIR then) and before any server starts.
+os.environ.update(worker_environment(os.environ, Path(__file__).parents[1] / ".pytest_cache"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _default_data_dir(tmp_path_factory):
+    """A test that gives no data directory (nor an IOC it starts) writes here, not to the
+    user's data directory (a PFIB-SEM IOC without ``--state-file`` keeps its state
+    under ``<data dir>/sim``)."""
+    os.environ[config.DATA_DIR_ENV] = str(tmp_path_factory.mktemp("default-data-dir"))
+
 
 # make_fake_device swaps EpicsSignal and EpicsSignalRO for fakes; a refusable setting
 # (an EpicsSignal that explains refusals) is faked as a plain fake EpicsSignal.

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from multiscope.config import ca_server_environment
-from multiscope.ports import free_port, port_is_free
+from multiscope.ports import free_port, port_is_free, range_permits
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -395,7 +395,8 @@ def start(
     ``timeout`` and ``progress`` are those of :func:`wait_until_ready`. Returns every
     requested or required IOC (already running or new).
     """
-    ports = {**DEFAULT_PORTS, **(ports or {})}
+    chosen_ports = ports or {}
+    ports = {**DEFAULT_PORTS, **chosen_ports}
     prefixes = {**DEFAULT_PREFIXES, **(prefixes or {})}
     recorded = _load(data_dir)
     result: dict[str, IOCProcess] = {}
@@ -410,9 +411,12 @@ def start(
             result[name] = old
             continue
         port = ports[name]
-        if not port_is_free(port):
-            # Another IOC (say, another data directory's) holds the default: take a free one;
-            # the state file records it, and sessions read ports from there.
+        confined = name not in chosen_ports and not range_permits(port)
+        if confined or not port_is_free(port):
+            # Another IOC (say, another data directory's) holds the default, or ports are
+            # confined to a range (MULTISCOPE_PORT_RANGE: a test worker's, where two workers
+            # would both find the default free): take a free one. The state file records
+            # it, and sessions read ports from there.
             port = free_port()
         ioc = start_ioc(
             name,

@@ -112,7 +112,9 @@ def _session_plans():
                 yield f"{module_name}.{name}", plan
 
 
-@pytest.mark.parametrize("name, plan", list(_session_plans()), ids=lambda x: str(x)[:60])
+# Ids from the names only: a function's repr holds its address, which differs between
+# pytest-xdist workers, and workers must collect the same test ids.
+@pytest.mark.parametrize("name, plan", [pytest.param(n, p, id=n) for n, p in _session_plans()])
 def test_every_plan_of_every_instrument_takes_a_sample_id(name, plan):
     parameters = inspect.signature(plan).parameters
     # vertical_mosaic_tomo passes its keywords (sample_id among them) to every tile's tomo_scan.
