@@ -120,10 +120,15 @@ class XRMGeometry(PseudoPositioner):
     pixel_size = Cpt(PseudoSingle, egu="um", kind="hinted")
     sod = Cpt(Motor, "geometry:sod", kind="normal")
     odd = Cpt(Motor, "geometry:odd", kind="normal")
-    sod_min = Cpt(EpicsSignalRO, "geometry:sod_min", kind="config")
-    detector_pixel_um = Cpt(EpicsSignalRO, "geometry:detector_pixel_um", kind="config")
-    objective = Cpt(EpicsSignalRO, "objective:mag", string=True, kind="omitted")
-    binning = Cpt(EpicsSignalRO, "cam1:BinX_RBV", kind="omitted")
+    # Monitored: inverse() runs in ophyd's callback thread on every readback update, and a
+    # CA round trip per read there (three per update) delayed the motors' DMOV callbacks
+    # past their move timeouts on a loaded machine (test_xrm, CI rehearsal).
+    sod_min = Cpt(EpicsSignalRO, "geometry:sod_min", kind="config", auto_monitor=True)
+    detector_pixel_um = Cpt(
+        EpicsSignalRO, "geometry:detector_pixel_um", kind="config", auto_monitor=True
+    )
+    objective = Cpt(EpicsSignalRO, "objective:mag", string=True, kind="omitted", auto_monitor=True)
+    binning = Cpt(EpicsSignalRO, "cam1:BinX_RBV", kind="omitted", auto_monitor=True)
     pixel_size_rbv = Cpt(EpicsSignalRO, "geometry:pixel_size_RBV", kind="normal")
     refusal = Cpt(EpicsSignalRO, "interlock:message_RBV", string=True, kind="omitted")
 
