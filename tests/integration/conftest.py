@@ -2,13 +2,14 @@
 
 CA clients read ``EPICS_CA_ADDR_LIST`` once, when the first client context is
 created, so every port an IOC of this test session may use is reserved up front
-(a pool) and put in the address list before any ophyd signal exists.
+(a pool) and put in the address list before any ophyd signal exists. Between test
+modules the ports of ended IOCs go back to the pool and the client stops searching
+for their channels (``tests/ioc_ports.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import uuid
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from ioc_ports import IOCTracker, PortPool
 
 from multiscope import catalog_server, config, simctl
 
-# Every IOC a test session starts takes one; a restart reuses its port.
+# The IOCs running at once take one each (a restart reuses its port); the ports of
+# ended IOCs are handed out again from the next test module on.
 PORT_POOL_SIZE = 64
 
 
@@ -48,15 +51,33 @@ def _distinct_free_ports(n: int) -> list[int]:
 
 
 @pytest.fixture(scope="session")
-def ca_port_pool() -> itertools.count:
-    """Reserve ports, configure the CA client environment, select ophyd's caproto layer."""
+def ioc_tracker():
+    """Reserve ports, configure the CA client environment, select ophyd's caproto layer.
+
+    Yields the :class:`ioc_ports.IOCTracker` of every IOC ``simctl.start_ioc`` starts.
+    """
     ports = _distinct_free_ports(PORT_POOL_SIZE)
     config.apply_ca_client_environment(config.ca_client_environment(ports))
     os.environ["OPHYD_CONTROL_LAYER"] = "caproto"
     import ophyd
 
     ophyd.set_cl("caproto")
-    return iter(ports)
+    tracker = IOCTracker(PortPool(ports))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(simctl, "start_ioc", tracker.track(simctl.start_ioc))
+        yield tracker
+
+
+@pytest.fixture(scope="session")
+def ca_port_pool(ioc_tracker) -> PortPool:
+    """The reserved CA ports: ``next(ca_port_pool)`` for an IOC to start."""
+    return ioc_tracker.pool
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_ended_iocs(ioc_tracker):
+    """Recycle the ports of the IOCs earlier modules ended; stop searching their channels."""
+    ioc_tracker.forget_ended()
 
 
 def start_sim_ioc(
