@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -428,21 +429,27 @@ def test_a_cut_paused_from_the_queue_then_aborted_is_never_cut_again(managers, i
     laser = devices(instruments["laser"]["MULTISCOPE_PREFIX"])["laser"]
     laser.wait_for_connection(timeout=30)
     count_before = int(_now(laser.cut.count))
-    # 0.5 mm/s: a ~9.4 s cut, long enough to pause and abort inside it on a loaded
-    # machine (the abort's safe state stops it; a finished cut would not show that); a
-    # piece of its own beside the module's other cut.
+    # 0.25 mm/s: a ~19 s cut, long enough to pause and abort inside it on a loaded
+    # machine (the abort's safe state stops it; a finished cut would not show that; at
+    # 0.5 mm/s, 9.4 s, the abort came after the cut's end at load 40); a piece of its
+    # own beside the module's other cut. Aborted, it lasts seconds.
     plan = BPlan("cut_tab", "laser", 100.0, length_um=400.0, handle_width_um=700.0,
-                 handle_length_um=1200.0, origin_um=[1500.0, 300.0], speed_mm_s=0.5)  # fmt: skip
+                 handle_length_um=1200.0, origin_um=[1500.0, 300.0], speed_mm_s=0.25)  # fmt: skip
     before = len(api.history_get()["items"])
     api.item_add(plan)
     api.queue_start()
     wait_until(lambda: int(_now(laser.cut.busy)) == 1, timeout=RUN_TIMEOUT_S, interval=0.005,
                message="the IOC never cut")  # fmt: skip
+    cutting = time.monotonic()
     api.re_pause("immediate")
     wait_until(lambda: _manager_state(api) == "paused", timeout=60, interval=0.05,
                message=lambda: str(api.status(reload=True)))  # fmt: skip
+    paused_s = time.monotonic() - cutting
     api.re_abort()
     item = _one_new_item(api, before)
+    print(
+        f"paused {paused_s:.1f} s, aborted {time.monotonic() - cutting:.1f} s after the cut began"
+    )
     assert item["result"]["exit_status"] == "aborted", item["result"]
     # The instrument is safe, and the cut was made once: the pause, the abort and the
     # queue (which puts an aborted item back at its head) repeat nothing.
