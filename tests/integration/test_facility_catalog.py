@@ -161,6 +161,7 @@ def facility_server(tmp_path_factory):
         print(f"tiled server up: {time.perf_counter() - t0:.1f} s")
         server.writer_key, server.reader_key = issue_keys(server.url, env["TILED_ADMIN_PASSWORD"])
         print(f"keys issued: {time.perf_counter() - t0:.1f} s")
+        server.cluster = cluster
         yield server
     finally:
         if server is not None:
@@ -317,6 +318,44 @@ def test_cli_lists_the_runs_with_the_key_from_the_environment(facility, two_sess
             assert uid[:8] in listing.stdout
 
 
+def _killing(catalog, kill, then=None):
+    """A per-step hook: ``kill()`` once this run's first events reached the server."""
+    from bluesky.plan_stubs import one_nd_step
+    from ophyd.sim import motor
+
+    written_before = catalog.status().get("written", 0)
+    killed = []
+
+    def step(detectors, step, pos_cache):
+        yield from one_nd_step(detectors, step, pos_cache)
+        if not killed and step[motor] > 0:
+            # start, descriptor and a few events stored: the run is half in the catalog
+            wait_until(lambda: catalog.status()["written"] >= written_before + 5,
+                       timeout=60, message=lambda: str(catalog.status()))  # fmt: skip
+            kill()
+            killed.append(time.perf_counter())
+            if then is not None:
+                then.start()
+
+    step.killed = killed
+    return step
+
+
+def _check_stored_once(server, uids, data_dir):
+    """Each run listed once, complete, each of its events once (read with the reader key)."""
+    expected_motor = np.linspace(-1, 1, POINTS)
+    with Catalog.remote(server.url, server.reader_key, data_dir=data_dir) as reader:
+        listed = [s.uid for s in reader.runs(1000)]
+        for uid in uids:
+            assert listed.count(uid) == 1, uid
+            run = reader.run(uid)
+            assert run.metadata["stop"]["exit_status"] == "success"
+            assert run.metadata["stop"]["num_events"] == {"primary": POINTS}
+            data = run["primary"].read()
+            assert len(data["time"]) == POINTS, uid  # no row lost or repeated
+            np.testing.assert_allclose(np.asarray(data["motor"]), expected_motor)
+
+
 def test_a_server_killed_mid_run_loses_nothing_and_duplicates_nothing(
     facility_server, tmp_path, monkeypatch
 ):
@@ -326,35 +365,13 @@ def test_a_server_killed_mid_run_loses_nothing_and_duplicates_nothing(
     # one acquired meanwhile; they wait in its journal, reported pending, and are
     # rewritten whole once the server is back. (2) Restarted within the retries: the live
     # writes resume. Either way each run is stored once with each event once.
-    # Last in the module: it restarts the server the other tests share.
+    # Near the end of the module: it restarts the server the other tests share.
     import tiled.client.utils
     from bluesky import RunEngine
-    from bluesky.plan_stubs import one_nd_step
     from bluesky.plans import scan
     from ophyd.sim import det, motor
 
     server = facility_server
-    expected_motor = np.linspace(-1, 1, POINTS)
-
-    def killing(catalog, then=None):
-        """A per-step hook: kill the server once this run's first events reached it."""
-        written_before = catalog.status().get("written", 0)
-        killed = []
-
-        def step(detectors, step, pos_cache):
-            yield from one_nd_step(detectors, step, pos_cache)
-            if not killed and step[motor] > 0:
-                # start, descriptor and a few events stored: the run is half in the catalog
-                wait_until(lambda: catalog.status()["written"] >= written_before + 5,
-                           timeout=60, message=lambda: str(catalog.status()))  # fmt: skip
-                server.kill()
-                killed.append(time.perf_counter())
-                if then is not None:
-                    then.start()
-
-        step.killed = killed
-        return step
-
     with Catalog.remote(server.url, server.writer_key, data_dir=tmp_path / "s",
                         batch_size=1) as catalog:  # fmt: skip
         RE = RunEngine({}, context_managers=[])
@@ -364,7 +381,7 @@ def test_a_server_killed_mid_run_loses_nothing_and_duplicates_nothing(
 
         # (1) a long outage
         monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 2.0)
-        hook = killing(catalog)
+        hook = _killing(catalog, server.kill)
         cut = RE(scan([det], motor, -1, 1, POINTS, per_step=hook))[0]
         down = RE(scan([det], motor, -1, 1, POINTS))[0]
         acquired_s = time.perf_counter() - hook.killed[0]
@@ -381,7 +398,7 @@ def test_a_server_killed_mid_run_loses_nothing_and_duplicates_nothing(
 
         # (2) a restart within the client's retries
         restart = threading.Thread(target=server.start, daemon=True)
-        hook = killing(catalog, then=restart)
+        hook = _killing(catalog, server.kill, then=restart)
         blip = RE(scan([det], motor, -1, 1, POINTS, per_step=hook))[0]
         restart.join(120)
         assert catalog.drain(120), catalog.status()
@@ -389,13 +406,43 @@ def test_a_server_killed_mid_run_loses_nothing_and_duplicates_nothing(
         status = catalog.status()
     print(f"acquired with the server down: {acquired_s:.1f} s; storage: {status}")
     assert acquired_s < 30  # the RunEngine never waited out the outage
-    with Catalog.remote(server.url, server.reader_key, data_dir=tmp_path / "r") as reader:
-        listed = [s.uid for s in reader.runs(1000)]
-        for uid in (cut, down, blip):
-            assert listed.count(uid) == 1, uid
-            run = reader.run(uid)
-            assert run.metadata["stop"]["exit_status"] == "success"
-            assert run.metadata["stop"]["num_events"] == {"primary": POINTS}
-            data = run["primary"].read()
-            assert len(data["time"]) == POINTS, uid  # no row lost or repeated
-            np.testing.assert_allclose(np.asarray(data["motor"]), expected_motor)
+    _check_stored_once(server, (cut, down, blip), tmp_path / "r")
+
+
+def test_postgresql_killed_mid_run_loses_nothing_and_duplicates_nothing(
+    facility_server, tmp_path, monkeypatch
+):
+    # The database killed (SIGKILL to the postmaster) under a live tiled server while a
+    # session writes a run: tiled answers errors, the session's runs wait in its
+    # journal, reported pending, and are stored once each when PostgreSQL is back,
+    # with the same tiled server (its connection pool reconnects). Last in the module.
+    import tiled.client.utils
+    from bluesky import RunEngine
+    from bluesky.plans import scan
+    from ophyd.sim import det, motor
+
+    server = facility_server
+    cluster = server.cluster
+    monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 2.0)
+    with Catalog.remote(server.url, server.writer_key, data_dir=tmp_path / "s",
+                        batch_size=1) as catalog:  # fmt: skip
+        RE = RunEngine({}, context_managers=[])
+        RE.subscribe(catalog.writer())
+        RE(scan([det], motor, -1, 1, 3))  # the live writer made (its imports) before timing
+        assert catalog.drain(60), catalog.status()
+        hook = _killing(catalog, cluster.kill)
+        cut = RE(scan([det], motor, -1, 1, POINTS, per_step=hook))[0]
+        down = RE(scan([det], motor, -1, 1, POINTS))[0]
+        acquired_s = time.perf_counter() - hook.killed[0]
+        wait_until(lambda: {cut, down} <= set(catalog.status()["pending_recovery"]),
+                   timeout=60, message=lambda: str(catalog.status()))  # fmt: skip
+        assert not catalog.drain(1)
+        assert server.process.poll() is None  # tiled itself stayed up
+        cluster.restart()
+        assert catalog.drain(120), catalog.status()
+        after = RE(scan([det], motor, -1, 1, POINTS))[0]  # live again
+        assert catalog.drain(60), catalog.status()
+        status = catalog.status()
+    print(f"acquired with PostgreSQL down: {acquired_s:.1f} s; storage: {status}")
+    assert acquired_s < 30
+    _check_stored_once(server, (cut, down, after), tmp_path / "r")
