@@ -30,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +94,8 @@ class PostgresCluster:
     root: Path
     log: Path
     databases: list[str] = field(default_factory=list)
+    launch: Callable[[], subprocess.Popen] | None = field(default=None, repr=False)
+    ready_timeout: float = 60.0
 
     def uri(self, database: str) -> str:
         """``postgresql://tiled:<password>@127.0.0.1:<port>/<database>``."""
@@ -122,6 +125,16 @@ class PostgresCluster:
         with contextlib.suppress(OSError):
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         return "(no log)"
+
+    def kill(self, timeout: float = 30.0) -> None:
+        """SIGKILL the postmaster (its backends exit when they see it gone); ``restart()`` after."""
+        self.process.kill()
+        self.process.wait(timeout)
+
+    def restart(self) -> None:
+        """Start the postmaster again on the same data and port; return once it answers."""
+        self.process = self.launch()
+        _wait_ready(self, self.ready_timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Fast shutdown (SIGINT to the postmaster's PID), SIGKILL if it lingers; remove files."""
@@ -196,17 +209,29 @@ def start_cluster(port: int, *, timeout: float = 60.0) -> PostgresCluster:
     if initdb.returncode:
         shutil.rmtree(root, ignore_errors=True)
         raise RuntimeError(f"initdb failed ({initdb.returncode}):\n{initdb.stderr[-2000:]}")
-    with open(log, "wb") as log_file:
-        os.chmod(log, 0o644)
-        process = subprocess.Popen(
-            [str(bin_dir / "postgres"), "-D", str(data), "-c", f"port={port}",
-             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-             # A throwaway cluster: durability off, so commits cost no fsync on a loaded CI disk.
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-            env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=log_file,
-            stderr=subprocess.STDOUT, preexec_fn=_stop_with_parent(), **_demote(user),
-        )  # fmt: skip
-    cluster = PostgresCluster(port=port, password=password, process=process, root=root, log=log)
+    log.touch()
+    os.chmod(log, 0o644)
+
+    def launch() -> subprocess.Popen:
+        with open(log, "ab") as log_file:  # the server keeps its own descriptor
+            return subprocess.Popen(
+                [str(bin_dir / "postgres"), "-D", str(data), "-c", f"port={port}",
+                 "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+                 # A throwaway cluster: durability off, so commits cost no fsync on a
+                 # loaded CI disk (a killed server loses nothing: the kernel has the pages).
+                 "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+                env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT, preexec_fn=_stop_with_parent(), **_demote(user),
+            )  # fmt: skip
+
+    cluster = PostgresCluster(port=port, password=password, process=launch(), root=root, log=log,
+                              launch=launch, ready_timeout=timeout)  # fmt: skip
+    _wait_ready(cluster, timeout)
+    return cluster
+
+
+def _wait_ready(cluster: PostgresCluster, timeout: float) -> None:
+    process = cluster.process
 
     def ready() -> bool:
         import asyncpg
@@ -224,4 +249,3 @@ def start_cluster(port: int, *, timeout: float = 60.0) -> PostgresCluster:
     except BaseException:
         cluster.stop()
         raise
-    return cluster

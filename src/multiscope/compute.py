@@ -255,7 +255,9 @@ def reconstruct_volume_h5(
         HDF5 file written: ``/entry/data/data`` float32 ``(rows, cols, cols)``,
         one uncompressed chunk per slice (a 1024^3 volume is written in ~5 s;
         gzip would cost ~0.16 s per slice, more than reconstructing it).
-        Written under ``<out>.part`` and renamed at the end.
+        Written under ``<out>.part`` and renamed at the end; on an error
+        (a slab lost for good on a cluster) the ``.part`` file is removed and
+        the error raised, so ``out`` exists only complete.
     angles, center
         Projection angles (rad) and rotation-axis column (px).
     rows : (int, int), optional
@@ -281,47 +283,54 @@ def reconstruct_volume_h5(
     tmp = out.with_name(out.name + ".part")
     address = _resolve(scheduler)
     t0 = time.perf_counter()
-    with h5py.File(source, "r") as fin, h5py.File(tmp, "w") as fout:
-        data = fin[dataset]
-        n_ang, n_all, n_det = data.shape
-        first, last = rows if rows is not None else (0, n_all)
-        n_rows = last - first
-        vol = fout.create_dataset(
-            VOLUME_DATASET,
-            shape=(n_rows, n_det, n_det),
-            dtype=np.float32,
-            chunks=(1, n_det, n_det),
-        )
-        for key, value in (attrs or {}).items():
-            vol.attrs[key] = value
-        fout[VOLUME_DATASET].parent.attrs["NX_class"] = "NXdata"
-
-        def write(r0, slab):
-            vol[r0 : r0 + len(slab)] = slab
-
-        if address is None:
-            timings = reconstruct_volume(
-                lambda a, b: data[:, first + a : first + b],
-                write,
-                n_rows,
-                angles,
-                center,
-                n_det,
-                slab_rows=slab_rows,
-                threads=threads,
-                **options,
+    try:
+        with h5py.File(source, "r") as fin, h5py.File(tmp, "w") as fout:
+            data = fin[dataset]
+            n_ang, n_all, n_det = data.shape
+            first, last = rows if rows is not None else (0, n_all)
+            n_rows = last - first
+            vol = fout.create_dataset(
+                VOLUME_DATASET,
+                shape=(n_rows, n_det, n_det),
+                dtype=np.float32,
+                chunks=(1, n_det, n_det),
             )
-        else:
-            path = str(source.resolve())
-            with dask_client(address) as client:
-                timings = _run_on_cluster(
-                    client,
-                    lambda a, b: (path, dataset, first),
+            for key, value in (attrs or {}).items():
+                vol.attrs[key] = value
+            fout[VOLUME_DATASET].parent.attrs["NX_class"] = "NXdata"
+
+            def write(r0, slab):
+                vol[r0 : r0 + len(slab)] = slab
+
+            if address is None:
+                timings = reconstruct_volume(
+                    lambda a, b: data[:, first + a : first + b],
                     write,
                     n_rows,
-                    slab_rows,
-                    _geometry(angles, n_det, center, options),
+                    angles,
+                    center,
+                    n_det,
+                    slab_rows=slab_rows,
+                    threads=threads,
+                    **options,
                 )
+            else:
+                path = str(source.resolve())
+                with dask_client(address) as client:
+                    timings = _run_on_cluster(
+                        client,
+                        lambda a, b: (path, dataset, first),
+                        write,
+                        n_rows,
+                        slab_rows,
+                        _geometry(angles, n_det, center, options),
+                    )
+    except BaseException:
+        # A slab that failed for good (e.g. its worker died more often than the
+        # scheduler's allowed-failures) leaves no partial volume behind: the error
+        # is the caller's, the disk holds only complete volumes.
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out)
     timings.wall = time.perf_counter() - t0
     return timings

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -40,9 +41,17 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-WRITER_SCOPES = ["read:metadata", "read:data", "create:node", "write:metadata", "write:data",
-                 "register"]  # fmt: skip
-READER_SCOPES = ["read:metadata", "read:data"]
+
+
+def documented_scopes(key: str) -> list[str]:
+    """The scopes docs/catalog.md's step 5 gives the ``writer`` or ``reader`` key."""
+    text = (ROOT / "docs" / "catalog.md").read_text()
+    call = re.search(rf"{key}_key = context\.admin\.create_api_key\((.*?)\)\[", text, re.S)
+    return json.loads(re.search(r"scopes=(\[.*?\])", call.group(1), re.S).group(1))
+
+
+WRITER_SCOPES = documented_scopes("writer")
+READER_SCOPES = documented_scopes("reader")
 RUNS_PER_SESSION, POINTS = 3, 20
 
 
@@ -75,9 +84,51 @@ def issue_keys(url: str, admin_password: str) -> tuple[str, str]:
     return writer_key, reader_key
 
 
+class FacilityServer:
+    """``tiled serve config`` on a fixed port and databases: killed and restarted at will."""
+
+    def __init__(self, tmp: Path, env: dict, port: int):
+        self.tmp, self.env, self.port = tmp, env, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+        self.writer_key = self.reader_key = ""
+
+    def start(self) -> None:
+        with open(self.tmp / "server.log", "ab") as log:  # the server keeps its own descriptor
+            self.process = subprocess.Popen(
+                ["tiled", "serve", "config", str(self.tmp / "config.yml"), "--host",
+                 "127.0.0.1", "--port", str(self.port)],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        wait_until(self.healthy, timeout=300, interval=0.1)
+
+    def healthy(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError((self.tmp / "server.log").read_text()[-3000:])
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, requests in flight cut off."""
+        self.process.kill()
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
 @pytest.fixture(scope="module")
-def facility(tmp_path_factory):
-    """(url, writer key, reader key) of a PostgreSQL-backed tiled server set up as documented."""
+def facility_server(tmp_path_factory):
+    """A PostgreSQL-backed tiled server set up as documented, keys issued."""
     tmp = tmp_path_factory.mktemp("facility")
     t0 = time.perf_counter()
     cluster = start_cluster(free_port())
@@ -105,38 +156,23 @@ def facility(tmp_path_factory):
         initialize_database(env["TILED_AUTHN_DB"])
         init(env["TILED_CATALOG_DB"], if_not_exists=False)
         print(f"databases initialised: {time.perf_counter() - t0:.1f} s")
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        log = open(tmp / "server.log", "wb")  # noqa: SIM115 (closed at teardown)
-        server = subprocess.Popen(
-            ["tiled", "serve", "config", str(tmp / "config.yml"), "--host", "127.0.0.1",
-             "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-
-        def healthy() -> bool:
-            if server.poll() is not None:
-                raise RuntimeError((tmp / "server.log").read_text()[-3000:])
-            try:
-                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(healthy, timeout=300, interval=0.1)
+        server = FacilityServer(tmp, env, free_port())
+        server.start()
         print(f"tiled server up: {time.perf_counter() - t0:.1f} s")
-        keys = issue_keys(url, env["TILED_ADMIN_PASSWORD"])
+        server.writer_key, server.reader_key = issue_keys(server.url, env["TILED_ADMIN_PASSWORD"])
         print(f"keys issued: {time.perf_counter() - t0:.1f} s")
-        yield (url, *keys)
+        server.cluster = cluster
+        yield server
     finally:
         if server is not None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(10)
-            log.close()
+            server.stop()
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def facility(facility_server):
+    """(url, writer key, reader key) of the facility server."""
+    return facility_server.url, facility_server.writer_key, facility_server.reader_key
 
 
 SESSION = """
@@ -280,3 +316,133 @@ def test_cli_lists_the_runs_with_the_key_from_the_environment(facility, two_sess
     for uids in two_sessions.values():
         for uid in uids:
             assert uid[:8] in listing.stdout
+
+
+def _killing(catalog, kill, then=None):
+    """A per-step hook: ``kill()`` once this run's first events reached the server."""
+    from bluesky.plan_stubs import one_nd_step
+    from ophyd.sim import motor
+
+    written_before = catalog.status().get("written", 0)
+    killed = []
+
+    def step(detectors, step, pos_cache):
+        yield from one_nd_step(detectors, step, pos_cache)
+        if not killed and step[motor] > 0:
+            # start, descriptor and a few events stored: the run is half in the catalog
+            wait_until(lambda: catalog.status()["written"] >= written_before + 5,
+                       timeout=60, message=lambda: str(catalog.status()))  # fmt: skip
+            kill()
+            killed.append(time.perf_counter())
+            if then is not None:
+                then.start()
+
+    step.killed = killed
+    return step
+
+
+def _check_stored_once(server, uids, data_dir):
+    """Each run listed once, complete, each of its events once (read with the reader key)."""
+    expected_motor = np.linspace(-1, 1, POINTS)
+    with Catalog.remote(server.url, server.reader_key, data_dir=data_dir) as reader:
+        listed = [s.uid for s in reader.runs(1000)]
+        for uid in uids:
+            assert listed.count(uid) == 1, uid
+            run = reader.run(uid)
+            assert run.metadata["stop"]["exit_status"] == "success"
+            assert run.metadata["stop"]["num_events"] == {"primary": POINTS}
+            data = run["primary"].read()
+            assert len(data["time"]) == POINTS, uid  # no row lost or repeated
+            np.testing.assert_allclose(np.asarray(data["motor"]), expected_motor)
+
+
+def test_a_server_killed_mid_run_loses_nothing_and_duplicates_nothing(
+    facility_server, tmp_path, monkeypatch
+):
+    # tiled killed (SIGKILL) while a session writes a run, one event per request so that
+    # writes are in flight. (1) Down for longer than tiled's client retries (shortened
+    # here from 45 s to 2 s): the session neither stalls nor drops the run nor the next
+    # one acquired meanwhile; they wait in its journal, reported pending, and are
+    # rewritten whole once the server is back. (2) Restarted within the retries: the live
+    # writes resume. Either way each run is stored once with each event once.
+    # Near the end of the module: it restarts the server the other tests share.
+    import tiled.client.utils
+    from bluesky import RunEngine
+    from bluesky.plans import scan
+    from ophyd.sim import det, motor
+
+    server = facility_server
+    with Catalog.remote(server.url, server.writer_key, data_dir=tmp_path / "s",
+                        batch_size=1) as catalog:  # fmt: skip
+        RE = RunEngine({}, context_managers=[])
+        RE.subscribe(catalog.writer())
+        RE(scan([det], motor, -1, 1, 3))  # the live writer made (its imports) before timing
+        assert catalog.drain(60), catalog.status()
+
+        # (1) a long outage
+        monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 2.0)
+        hook = _killing(catalog, server.kill)
+        cut = RE(scan([det], motor, -1, 1, POINTS, per_step=hook))[0]
+        down = RE(scan([det], motor, -1, 1, POINTS))[0]
+        acquired_s = time.perf_counter() - hook.killed[0]
+        # Not silent: both runs reported pending, their journals kept, nothing drains.
+        wait_until(lambda: {cut, down} <= set(catalog.status()["pending_recovery"]),
+                   timeout=60, message=lambda: str(catalog.status()))  # fmt: skip
+        journals = sorted(p.stem for p in (tmp_path / "s" / "journal").glob("*.jsonl"))
+        assert journals == sorted([cut, down])
+        assert not catalog.drain(1)
+        server.start()
+        assert catalog.drain(120), catalog.status()
+        assert catalog.status()["pending_recovery"] == []
+        monkeypatch.undo()
+
+        # (2) a restart within the client's retries
+        restart = threading.Thread(target=server.start, daemon=True)
+        hook = _killing(catalog, server.kill, then=restart)
+        blip = RE(scan([det], motor, -1, 1, POINTS, per_step=hook))[0]
+        restart.join(120)
+        assert catalog.drain(120), catalog.status()
+        assert server.healthy()
+        status = catalog.status()
+    print(f"acquired with the server down: {acquired_s:.1f} s; storage: {status}")
+    assert acquired_s < 30  # the RunEngine never waited out the outage
+    _check_stored_once(server, (cut, down, blip), tmp_path / "r")
+
+
+def test_postgresql_killed_mid_run_loses_nothing_and_duplicates_nothing(
+    facility_server, tmp_path, monkeypatch
+):
+    # The database killed (SIGKILL to the postmaster) under a live tiled server while a
+    # session writes a run: tiled answers errors, the session's runs wait in its
+    # journal, reported pending, and are stored once each when PostgreSQL is back,
+    # with the same tiled server (its connection pool reconnects). Last in the module.
+    import tiled.client.utils
+    from bluesky import RunEngine
+    from bluesky.plans import scan
+    from ophyd.sim import det, motor
+
+    server = facility_server
+    cluster = server.cluster
+    monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 2.0)
+    with Catalog.remote(server.url, server.writer_key, data_dir=tmp_path / "s",
+                        batch_size=1) as catalog:  # fmt: skip
+        RE = RunEngine({}, context_managers=[])
+        RE.subscribe(catalog.writer())
+        RE(scan([det], motor, -1, 1, 3))  # the live writer made (its imports) before timing
+        assert catalog.drain(60), catalog.status()
+        hook = _killing(catalog, cluster.kill)
+        cut = RE(scan([det], motor, -1, 1, POINTS, per_step=hook))[0]
+        down = RE(scan([det], motor, -1, 1, POINTS))[0]
+        acquired_s = time.perf_counter() - hook.killed[0]
+        wait_until(lambda: {cut, down} <= set(catalog.status()["pending_recovery"]),
+                   timeout=60, message=lambda: str(catalog.status()))  # fmt: skip
+        assert not catalog.drain(1)
+        assert server.process.poll() is None  # tiled itself stayed up
+        cluster.restart()
+        assert catalog.drain(120), catalog.status()
+        after = RE(scan([det], motor, -1, 1, POINTS))[0]  # live again
+        assert catalog.drain(60), catalog.status()
+        status = catalog.status()
+    print(f"acquired with PostgreSQL down: {acquired_s:.1f} s; storage: {status}")
+    assert acquired_s < 30
+    _check_stored_once(server, (cut, down, after), tmp_path / "r")

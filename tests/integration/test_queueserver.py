@@ -14,9 +14,11 @@ import contextlib
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import redis
@@ -324,3 +326,146 @@ def test_a_plan_outside_the_motor_limits_fails_in_the_worker_before_moving(manag
         [-1.0, 1.0, 3],
     ]
     api.queue_clear()
+
+
+# ----------------------------------------------------------------- interrupted from the queue
+# A facility pauses, resumes and aborts through the queueserver, not with Ctrl-C: the
+# request goes to the manager, which forwards it to the worker's RunEngine. Each case
+# lands the interruption inside an exposure or a cut (polled on the IOC over CA).
+
+
+def _ca_signals(prefix: str, **suffixes):
+    """Read-only CA signals ``name -> (prefix + suffix, as string)``, connected."""
+    from ophyd import EpicsSignalRO  # noqa: PLC0415 (after ca_port_pool set the CA environment)
+
+    signals = {name: EpicsSignalRO(prefix + suffix, name=name, string=string)
+               for name, (suffix, string) in suffixes.items()}  # fmt: skip
+    for signal in signals.values():
+        signal.wait_for_connection(timeout=30)
+    return signals
+
+
+def _now(signal):
+    return signal.get(use_monitor=False)
+
+
+def _manager_state(api: REManagerAPI) -> str:
+    return api.status(reload=True)["manager_state"]
+
+
+def _one_new_item(api: REManagerAPI, before: int) -> dict:
+    items = _history_once_idle(api, before + 1)
+    assert len(items) == before + 1, items[before:]
+    return items[-1]
+
+
+def test_a_tomo_scan_paused_inside_an_exposure_resumes_with_every_projection_once(
+    managers, instruments
+):
+    data_dir, started = managers
+    api = started["txm"].api
+    prefix = instruments["txm"]["MULTISCOPE_PREFIX"]
+    ioc = _ca_signals(
+        prefix,
+        state=("cam1:DetectorState_RBV", True),
+        frames=("cam1:ArrayCounter_RBV", False),
+        open=("shutter:Open-Sts", False),
+    )
+    projections, darks, flats = 6, 1, 1
+    # 0.15 s exposures: long enough for the pause to land inside one, loaded or not.
+    plan = BPlan("tomo_scan", "camera", "sample", "shutter", num_projections=projections,
+                 exposure_s=0.15, num_darks=darks, num_flats=flats, flat_policy="start",
+                 pixel_size_um=0.26, energy_keV=8.0)  # fmt: skip
+    before = len(api.history_get()["items"])
+    frames_before = int(_now(ioc["frames"]))
+    # Every exposure the IOC starts (a monitor): one stopped by the pause yields no frame.
+    states: list[str] = []
+    ioc["state"].subscribe(lambda value=None, **_: states.append(value), run=False)
+    api.item_add(plan)
+    api.queue_start()
+    # Inside a projection's exposure: past the darks and flats, shutter open, exposing.
+    wait_until(lambda: int(_now(ioc["frames"])) >= frames_before + darks + flats + 2
+               and _now(ioc["open"]) == 1 and _now(ioc["state"]) == "Acquire",
+               timeout=RUN_TIMEOUT_S, interval=0.002,
+               message="the camera never exposed a projection")  # fmt: skip
+    api.re_pause("immediate")
+    wait_until(lambda: _manager_state(api) == "paused", timeout=60, interval=0.05,
+               message=lambda: str(api.status(reload=True)))  # fmt: skip
+    # The pause stopped the exposure (the camera idle: its frame is not kept). The
+    # shutter may stay open while paused: the safe state is for the run's end.
+    wait_until(lambda: _now(ioc["state"]) != "Acquire", timeout=30,
+               message="paused, yet the camera still exposing")  # fmt: skip
+    api.re_resume()
+    item = _one_new_item(api, before)
+    assert item["result"]["exit_status"] == "completed", item["result"]
+    (uid,) = item["result"]["run_uids"]
+    assert int(_now(ioc["open"])) == 0  # closed at the end
+    ioc["state"].unsubscribe_all()
+    # The pause landed inside an exposure: the IOC started one exposure more than it
+    # delivered frames, and delivered exactly one per dark, flat and projection.
+    frames = int(_now(ioc["frames"])) - frames_before
+    assert frames == darks + flats + projections
+    assert states.count("Acquire") == frames + 1, states
+    with Catalog.embedded(data_dir) as catalog:
+        run = wait_until(lambda: _stored(catalog, uid), timeout=120, interval=0.2,
+                         message=f"run {uid} not in the catalog")  # fmt: skip
+        stop = run.metadata["stop"]
+        assert stop["exit_status"] == "success"
+        # Every projection once: the rewound point is not stored twice, none is missing,
+        # and each stream's frames read back one per event.
+        assert stop["num_events"]["primary"] == projections
+        for stream, count in (("primary", projections), ("dark", darks), ("flat", flats)):
+            data = run[stream].read()
+            assert all(len(data[key]) == count for key in data.data_vars), (stream, data)
+        angles = np.asarray(run["primary"].read()["sample_theta"], dtype=float)
+        assert np.all(np.diff(angles) > 0), angles  # no angle repeated
+
+
+def test_a_cut_paused_from_the_queue_then_aborted_is_never_cut_again(managers, instruments):
+    from multiscope.instruments.laser import devices  # noqa: PLC0415
+
+    _, started = managers
+    api = started["laser"].api
+    laser = devices(instruments["laser"]["MULTISCOPE_PREFIX"])["laser"]
+    laser.wait_for_connection(timeout=30)
+    count_before = int(_now(laser.cut.count))
+    # 0.25 mm/s: a ~19 s cut, long enough to pause and abort inside it on a loaded
+    # machine (the abort's safe state stops it; a finished cut would not show that; at
+    # 0.5 mm/s, 9.4 s, the abort came after the cut's end at load 40); a piece of its
+    # own beside the module's other cut. Aborted, it lasts seconds.
+    plan = BPlan("cut_tab", "laser", 100.0, length_um=400.0, handle_width_um=700.0,
+                 handle_length_um=1200.0, origin_um=[1500.0, 300.0], speed_mm_s=0.25)  # fmt: skip
+    before = len(api.history_get()["items"])
+    api.item_add(plan)
+    api.queue_start()
+    wait_until(lambda: int(_now(laser.cut.busy)) == 1, timeout=RUN_TIMEOUT_S, interval=0.005,
+               message="the IOC never cut")  # fmt: skip
+    cutting = time.monotonic()
+    api.re_pause("immediate")
+    wait_until(lambda: _manager_state(api) == "paused", timeout=60, interval=0.05,
+               message=lambda: str(api.status(reload=True)))  # fmt: skip
+    paused_s = time.monotonic() - cutting
+    api.re_abort()
+    item = _one_new_item(api, before)
+    print(
+        f"paused {paused_s:.1f} s, aborted {time.monotonic() - cutting:.1f} s after the cut began"
+    )
+    assert item["result"]["exit_status"] == "aborted", item["result"]
+    # The instrument is safe, and the cut was made once: the pause, the abort and the
+    # queue (which puts an aborted item back at its head) repeat nothing.
+    assert _now(laser.emission.command) == "Off"
+    assert int(_now(laser.emission.firing)) == 0
+    assert int(_now(laser.cut.busy)) == 0
+    assert int(_now(laser.cut.count)) == count_before + 1
+    assert int(_now(laser.cut.last_complete)) == 0  # stopped inside the cut
+    assert 0.0 < float(_now(laser.cut.fraction)) < 1.0
+    (uid,) = item["result"]["run_uids"]
+    data_dir = managers[0]
+    with Catalog.embedded(data_dir) as catalog:
+        # `is not None`: a run without streams (aborted before its first event) is falsy.
+        wait_until(lambda: _stored(catalog, uid) is not None, timeout=120, interval=0.2,
+                   message=f"run {uid} not in the catalog")  # fmt: skip
+        run = catalog.run(uid)
+        assert run.metadata["stop"]["exit_status"] == "abort"
+    api.queue_clear()  # the aborted item, back at the head: a later start must not re-cut
+    assert int(_now(laser.cut.count)) == count_before + 1

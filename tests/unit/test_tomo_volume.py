@@ -5,6 +5,7 @@ the whole stack at once (the single-process reference), on line integrals of a
 scan of spheres (128 columns, 181 angles).
 """
 
+import os
 import threading
 
 import h5py
@@ -184,3 +185,96 @@ def test_the_pipeline_reconstructs_on_the_configured_cluster(cluster, tmp_path):
         volumes.append(recon.volume)
     assert close(volumes[1], volumes[0])
     assert np.abs(volumes[0]).max() > 0.005
+
+
+# ----------------------------------------------------------------- a worker dies mid-slab
+
+
+def _stall_first_slab(marker: str, dask_worker=None):
+    """In one worker: its first slab task writes ``marker`` (its PID) and never returns.
+
+    Tasks name ``multiscope.compute._slab_task`` by reference, so the worker runs this
+    stand-in; the test kills the worker while it is inside the task. A restarted worker
+    is a new process with the real function.
+    """
+    import os  # noqa: PLC0415 (runs in the worker)
+    import threading  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    import multiscope.compute as worker_compute  # noqa: PLC0415
+
+    def stalled(*_args):
+        Path(marker).write_text(str(os.getpid()))
+        threading.Event().wait()
+
+    worker_compute._slab_task = stalled
+
+
+def _kill_a_worker_mid_slab(client, tmp_path) -> threading.Thread:
+    """Stall one worker's first slab, and SIGKILL that worker from a thread once inside it."""
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    from waiting import wait_until  # noqa: PLC0415
+
+    marker = tmp_path / "stalled.pid"
+    doomed = next(iter(client.scheduler_info()["workers"]))
+    client.run(_stall_first_slab, str(marker), workers=[doomed])
+
+    def kill():
+        pid = wait_until(lambda: marker.exists() and marker.read_text(), timeout=60,
+                         interval=0.01, message="no slab reached the stalled worker")  # fmt: skip
+        kill.pid = int(pid)
+        os.kill(kill.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    return killer, kill
+
+
+def _lines_file(tmp_path, rows):
+    theta, lines = line_integrals(rows)
+    source = tmp_path / "lines.h5"
+    with h5py.File(source, "w") as f:
+        f.create_dataset("/exchange/data", data=lines)
+    return theta, lines, source
+
+
+def test_a_worker_killed_mid_slab_leaves_the_volume_complete_and_identical(cluster, tmp_path):
+    # dask re-runs the slab of the dead worker elsewhere; each slab is written once.
+    client = cluster
+    client.wait_for_workers(2, timeout=60)  # a worker killed before has been restarted
+    theta, lines, source = _lines_file(tmp_path, 48)
+    killer, kill = _kill_a_worker_mid_slab(client, tmp_path)
+    out = tmp_path / "recon.h5"
+    timings = compute.reconstruct_volume_h5(
+        source, out, theta, CENTER, slab_rows=8, scheduler=client
+    )
+    killer.join(30)
+    assert kill.pid not in client.run(os.getpid).values()  # that worker really died
+    assert timings.slabs == 6
+    with h5py.File(out, "r") as f:
+        volume = f[compute.VOLUME_DATASET][()]
+    assert close(volume, tomo.reconstruct(lines, theta, CENTER))
+    assert not out.with_name("recon.h5.part").exists()
+
+
+def test_a_slab_lost_for_good_raises_and_leaves_no_volume(cluster, tmp_path):
+    # No retry allowed: the death of the worker fails the slab; the reconstruction
+    # says so, and neither the volume nor its partial file is left behind.
+    from distributed import KilledWorker
+
+    client = cluster
+    client.wait_for_workers(2, timeout=60)
+    scheduler = client.cluster.scheduler  # a LocalCluster's, in this process
+    theta, _, source = _lines_file(tmp_path, 48)
+    scheduler.allowed_failures = 0
+    try:
+        killer, _ = _kill_a_worker_mid_slab(client, tmp_path)
+        out = tmp_path / "recon.h5"
+        with pytest.raises(KilledWorker):
+            compute.reconstruct_volume_h5(source, out, theta, CENTER, slab_rows=8, scheduler=client)
+        killer.join(30)
+    finally:
+        scheduler.allowed_failures = 3  # distributed's default, for the module's later use
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lines.h5", "stalled.pid"]
