@@ -39,9 +39,10 @@ from . import tomo
 
 __all__ = ["SlabReconstructor", "VolumeTimings", "reconstruct_volume"]
 
-# Rows per task handed to one compute thread: a few pairs, so a slow thread
-# (a loaded core) holds back no more than that at the end of a slab.
-_ROWS_PER_TASK = 8
+# Rows per task handed to one compute thread: the pairs one engine grids at
+# once (tomo._PAIRS), so a slow thread (a loaded core) holds back no more
+# than that at the end of a slab.
+_ROWS_PER_TASK = 2 * tomo._PAIRS
 
 
 class SlabReconstructor:
@@ -85,20 +86,19 @@ class SlabReconstructor:
         self.circle = circle
         self.threads = max(1, int(threads or os.cpu_count() or 1))
         self._engines: queue.SimpleQueue = queue.SimpleQueue()
+        first = None
         for _ in range(self.threads):
-            self._engines.put(
-                tomo._Gridrec(
-                    self.angles,
-                    self.n_det,
-                    self.center,
-                    filter_name,
-                    self.n_det,
-                    eps,
-                    1,
-                    interp,
-                    circle,
-                )  # fmt: skip
-            )
+            engine = tomo._Gridrec(
+                self.angles, self.n_det, self.center, filter_name, self.n_det, eps, 1, interp,
+                circle,
+            )  # fmt: skip
+            if first is None:
+                # One set of plans (points, kernel values: ~0.15 GB) for all engines.
+                first = engine
+                first._plan("full")
+            else:
+                engine.share_plans(first)
+            self._engines.put(engine)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gridrec")
 
     def _run(self, proj, out):
