@@ -21,14 +21,16 @@ Algorithms
     projection is zero-padded, ramp filtered in 1D Fourier space (the ramp
     ``|w|`` is also the density compensation of the polar grid), transformed
     again at the reconstruction's period and multiplied by a phase ramp for
-    the rotation-axis offset; one type-1 NUFFT (``finufft``) then sums all
-    polar samples onto the Cartesian slice. The spectrum of the linear
+    the rotation-axis offset; one type-1 NUFFT then sums all polar samples
+    onto the Cartesian slice (:mod:`multiscope.analysis.gridding`, 8 slice
+    pairs at a time; ``finufft`` for a lone slice). The spectrum of the linear
     interpolation kernel (``sinc^2``, replicas beyond Nyquist included) is
     gridded too, so the result matches ``fbp``/``iradon`` in noise and
     resolution. Two real slices are packed into one complex transform (a lone
     slice uses the Hermitian half spectrum). The NUFFT points are the same for
-    every slice: they are set (sorted) once per geometry, and the filter,
-    weights and plans of the last geometry are kept for the next call.
+    every slice: their kernel values and order are computed once per
+    geometry, and the filter, weights and plans of the last geometry are kept
+    for the next call (docs/decisions/0028-gridrec-batched-gridding.md).
 ``fbp``
     Plain filtered back projection with linear interpolation, numba-parallel;
     the same algorithm as ``iradon`` and a reference for ``gridrec``.
@@ -499,7 +501,7 @@ def _gridrec_engine(angles, n_det, center, filter_name, n_out, eps, num_threads,
     engine = _Gridrec(angles, n_det, center, filter_name, n_out, eps, num_threads, interp, circle)
     engine.lock.acquire()
     with _ENGINES_LOCK:
-        # One geometry only: its plans hold ~0.1 GB for a 1024-pixel detector.
+        # One geometry only: it holds ~0.5 GB for a 1024-pixel detector.
         _ENGINES.clear()
         _ENGINES[key] = engine
     return engine
@@ -627,13 +629,12 @@ def reconstruct(
     Projections beyond the detector edge are zero padded before filtering, as
     ``iradon`` does, so off-centre axes and slice corners are handled.
 
-    ``gridrec`` reconstructs a pair of slices at a time (~0.1 GB of work arrays
-    for a 1024-pixel detector and 1600 angles). The filter, weights and NUFFT
-    plans of the last geometry (angles, ``center``, size and options) are kept
-    (~0.1 GB at that size), so that a further call with the same geometry --
-    another slice, or the same slices again -- skips building them (which
-    costs about half as much as reconstructing a lone slice). Calls from
-    several threads are safe.
+    ``gridrec`` grids up to 8 pairs of slices at a time (~0.4 GB of work
+    arrays for a 1024-pixel detector and 1600 angles). The filter, weights and
+    NUFFT plans of the last geometry (angles, ``center``, size and options)
+    are kept (~0.15 GB at that size), so that a further call with the same
+    geometry -- another slice, or the same slices again -- skips building
+    them (~0.3 s). Calls from several threads are safe.
 
     Examples
     --------

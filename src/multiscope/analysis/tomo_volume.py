@@ -9,11 +9,12 @@ and one writer thread) with the computing of the current one, so memory holds
 about three slabs.
 
 The computing is shared by ``threads`` threads, each with its own gridrec
-engine of the volume's geometry (filter, weights, NUFFT plans sorted once for
-the whole volume) running single-threaded: slices are independent, so one
-slice pair per core needs no synchronisation inside the NUFFT or the FFTs
-(on a loaded machine, OpenMP's barriers inside one pair cost more than they
-gain; docs/decisions/0026-volume-reconstruction-pipeline.md). The result
+engine of the volume's geometry (filter, weights; the NUFFT plan, kernel
+values computed once for the whole volume, shared by the engines) running
+single-threaded: slices are independent, so the 8 slice pairs an engine grids
+at once need no synchronisation with the other core
+(docs/decisions/0026-volume-reconstruction-pipeline.md,
+docs/decisions/0028-gridrec-batched-gridding.md). The result
 equals :func:`~multiscope.analysis.tomo.reconstruct` of the whole stack to
 float rounding (the same slice pairs, the same points; only the order of the
 NUFFT's sums differs).
@@ -63,8 +64,8 @@ class SlabReconstructor:
 
     Notes
     -----
-    An engine holds ~0.1 GB for a 1024-pixel detector and 1600 angles (its
-    NUFFT plans, points sorted). Build one per volume (or keep it for volumes
+    The engines share one NUFFT plan (~0.15 GB for a 1024-pixel detector and
+    1600 angles) and each holds ~0.4 GB of work arrays. Build one per volume (or keep it for volumes
     of the same geometry) and call :meth:`close` when done.
     """
 
