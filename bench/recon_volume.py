@@ -43,6 +43,7 @@ from recon import OFFSET, simulate
 
 from multiscope import compute
 from multiscope.analysis import tomo
+from multiscope.analysis.gridding import FinufftPlan
 from multiscope.analysis.tomo_volume import SlabReconstructor
 
 HEADING = "## Whole-volume reconstruction (bench/recon_volume.py)"
@@ -150,7 +151,7 @@ def one_slab(source, theta, center, repeat=2):
             w = 2 * np.pi * engine.full[0]
             x = np.multiply.outer(-np.sin(engine.angles), w).ravel()
             y = np.multiply.outer(np.cos(engine.angles), w).ravel()
-            engine._plans = {"full": _PairByPair(tomo._FinufftPlan(N, x, y, 3e-3))}
+            engine._plans = {"full": _PairByPair(FinufftPlan(N, x, y, 3e-3))}
             previous._engines.put(engine)
         warm = 2 * previous.threads * tomo._PAIRS
         previous(proj[:, :warm], out[:warm])  # finufft plans of each thread

@@ -46,12 +46,11 @@ import functools
 import os
 import threading
 
-import finufft
 import numba
 import numpy as np
 import scipy.fft
 
-from .gridding import GRIDDING_EPS, GriddingPlan
+from .gridding import GRIDDING_EPS, FinufftPlan, GriddingPlan
 from .stripe import remove_stripe_offsets
 
 __all__ = ["find_center", "minus_log", "normalize", "reconstruct", "remove_stripe_offsets"]
@@ -76,13 +75,6 @@ _KERNEL_CUT = 3e-2
 # noise-only ones (most of them) equally, as least squares wants, and the few
 # strong, model-violating ones (truncation, aliasing) with bounded influence.
 _FLOOR = 1.0
-# finufft's oversampling (lone slices): our polar grids have 2-4 points per
-# mode, where a finer grid with a narrower kernel (4 instead of 5 points wide
-# at eps = 3e-3) costs 10-20 % less than finufft's own choice (1.25). Coarser
-# ones (1.4-1.47, also 4 wide) are up to 8 % faster still, but their error
-# moves the RMSE of the 128-px test phantom by up to 0.014 %; this one by
-# < 0.004 %. analysis.gridding uses the same grid.
-_UPSAMPFAC = 1.5625
 # Slice pairs gridded together (analysis.gridding): each kernel weight serves
 # the 2 x _PAIRS slices at once (16 floats: two 256-bit SIMD registers);
 # spreading 8 pairs costs ~0.6x per pair what 4 cost, ~0.4x what 1 costs.
@@ -343,7 +335,7 @@ class _Gridrec:
                 # A lone slice is one vector: finufft's spreader (kernel values
                 # computed in SIMD on the fly, both cores) is faster for it
                 # than precomputed values applied to a single strength.
-                plan = _FinufftPlan(self.n_out, x, y, self.eps)
+                plan = FinufftPlan(self.n_out, x, y, self.eps)
             self._plans[kind] = plan
         return plan
 
@@ -423,43 +415,6 @@ class _Gridrec:
             )
             out[-1] = img[:, :, 0].real
         return out
-
-
-class _FinufftPlan:
-    """finufft's type-1 NUFFT behind :class:`GriddingPlan`'s interface.
-
-    For a lone slice, and for pairs when ``eps`` is below what
-    :class:`GriddingPlan` meets. finufft plans are not thread-safe: one per
-    calling thread (and batch size).
-    """
-
-    def __init__(self, n, x, y, eps):
-        self.n, self.x, self.y, self.eps = n, x.astype(np.float32), y.astype(np.float32), eps
-        self._plans = {}
-        self._lock = threading.Lock()
-
-    def work(self, k):
-        return None
-
-    def execute(self, strengths, work=None, threads=1):
-        strengths = np.asarray(strengths, np.complex64)
-        if strengths.ndim == 1:
-            strengths = strengths[:, None]
-        k = strengths.shape[1]
-        key = (k, threads, threading.get_ident())
-        with self._lock:
-            plan = self._plans.get(key)
-        if plan is None:
-            plan = finufft.Plan(
-                1, (self.n, self.n), n_trans=k, eps=self.eps, isign=1, dtype="complex64",
-                nthreads=threads, upsampfac=_UPSAMPFAC,
-            )  # fmt: skip
-            # The points are those of every slice: set and sorted once.
-            plan.setpts(self.x, self.y)
-            with self._lock:
-                self._plans[key] = plan
-        img = plan.execute(np.ascontiguousarray(strengths.T))
-        return np.moveaxis(img.reshape(k, self.n, self.n), 0, -1)
 
 
 @numba.njit(cache=True, boundscheck=False)
