@@ -43,6 +43,7 @@ from recon import OFFSET, simulate
 
 from multiscope import compute
 from multiscope.analysis import tomo
+from multiscope.analysis.gridding import FinufftPlan
 from multiscope.analysis.tomo_volume import SlabReconstructor
 
 HEADING = "## Whole-volume reconstruction (bench/recon_volume.py)"
@@ -129,17 +130,65 @@ def cluster_runs(source, out, theta, center, rows):
     return results
 
 
+def one_slab(source, theta, center, repeat=2):
+    """Seconds per slice of one slab: the previous engines against these, back to back.
+
+    Previous (before decision 0028): each core's engine hands every slice
+    pair to a single-threaded finufft plan (eps 3e-3, the same oversampling,
+    points set once); filtering and threads as now. Best of ``repeat``
+    alternated runs of each.
+    """
+    with h5py.File(source, "r") as f:
+        proj = f["/exchange/data"][:, :SLAB]
+    out = np.empty((SLAB, N, N), np.float32)
+    best = {"previous": np.inf, "now": np.inf}
+    with (
+        SlabReconstructor(theta, N, center, circle=True) as now,
+        SlabReconstructor(theta, N, center, circle=True) as previous,
+    ):
+        engines = [previous._engines.get() for _ in range(previous.threads)]
+        for engine in engines:
+            w = 2 * np.pi * engine.full[0]
+            x = np.multiply.outer(-np.sin(engine.angles), w).ravel()
+            y = np.multiply.outer(np.cos(engine.angles), w).ravel()
+            engine._plans = {"full": _PairByPair(FinufftPlan(N, x, y, 3e-3))}
+            previous._engines.put(engine)
+        warm = 2 * previous.threads * tomo._PAIRS
+        previous(proj[:, :warm], out[:warm])  # finufft plans of each thread
+        now(proj[:, :warm], out[:warm])
+        for _ in range(repeat):
+            for name, rec in (("previous", previous), ("now", now)):
+                t0 = time.perf_counter()
+                rec(proj, out)
+                best[name] = min(best[name], (time.perf_counter() - t0) / SLAB)
+    return best["previous"], best["now"]
+
+
+class _PairByPair:
+    """A finufft plan run on one slice pair at a time, as the engines did before."""
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    def work(self, k):
+        return None
+
+    def execute(self, strengths, work=None, threads=1):
+        cols = [self.plan.execute(np.ascontiguousarray(c), None, threads) for c in strengths.T]
+        return np.concatenate(cols, axis=-1)
+
+
 def per_slice_2048():
-    """Seconds per slice of an 8-row slab at 2048 px and 3201 angles (both cores)."""
+    """Seconds per slice of a 32-row slab at 2048 px and 3201 angles (both cores)."""
     n, angles = 2048, 3201
     theta = np.linspace(0, np.pi, angles)
     rng = np.random.default_rng(0)
-    proj = rng.random((angles, 8, n), dtype=np.float32)
+    proj = rng.random((angles, 32, n), dtype=np.float32)
     with SlabReconstructor(theta, n, n / 2 + 6, circle=True) as rec:
         rec(proj[:, :2])
         t0 = time.perf_counter()
         rec(proj)
-        return (time.perf_counter() - t0) / 8
+        return (time.perf_counter() - t0) / 32
 
 
 def main(argv=None):
@@ -157,15 +206,21 @@ def main(argv=None):
     load0 = os.getloadavg()[0]
 
     lone = [lone_slice(source, theta, center)]
+    cpu0 = time.process_time()
     old = old_pipeline(source, out, theta, center, rows)
+    cpu_old = time.process_time() - cpu0
     print(f"old: {old}")
     lone.append(lone_slice(source, theta, center))
+    cpu0 = time.process_time()
     new = compute.reconstruct_volume_h5(
         source, out, theta, center, rows=(0, rows), slab_rows=SLAB, scheduler="", circle=True
     )
+    cpu_new = time.process_time() - cpu0
     print(f"new: wall {new.wall:.1f} read {new.read:.1f} compute {new.compute:.1f} "
           f"write {new.write:.1f} plans {new.plans:.2f}")  # fmt: skip
     lone.append(lone_slice(source, theta, center))
+    slab_previous, slab_now = one_slab(source, theta, center)
+    print(f"one slab: previous engines {slab_previous:.4f} s / slice, these {slab_now:.4f}")
     load1 = os.getloadavg()[0]
     t_lone = float(np.median(lone))
     clusters = (
@@ -177,17 +232,23 @@ def main(argv=None):
 
     old_slice, new_slice = old["compute"] / rows, new.compute / rows
     table = [
-        "| pipeline | end to end (s) | read (s) | reconstruct (s) | write (s) "
+        "| pipeline | end to end (s) | CPU (s) | read (s) | reconstruct (s) | write (s) "
         "| s / slice | / lone slice | IO hidden |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| old: read, reconstruct, write in turn | {old['wall']:.1f} | {old['read']:.1f} "
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| old: read, reconstruct, write in turn | {old['wall']:.1f} | {cpu_old:.1f} "
+        f"| {old['read']:.1f} "
         f"| {old['compute']:.1f} | {old['write']:.1f} | {old_slice:.4f} "
         f"| {old_slice / t_lone:.2f} | 0 % |",
-        f"| new: `compute.reconstruct_volume_h5` | {new.wall:.1f} | {new.read:.1f} "
+        f"| new: `compute.reconstruct_volume_h5` | {new.wall:.1f} | {cpu_new:.1f} "
+        f"| {new.read:.1f} "
         f"| {new.compute:.1f} (+{new.plans:.2f} plans) | {new.write:.1f} | {new_slice:.4f} "
         f"| {new_slice / t_lone:.2f} | {100 * new.overlap:.0f} % |",
-        f"| lone slice, plans kept (before / between / after) | | | "
+        f"| lone slice, plans kept (before / between / after) | | | | "
         f"{' / '.join(f'{x:.3f}' for x in lone)} | | {t_lone:.4f} | 1.00 | |",
+        f"| one slab ({SLAB} rows) in memory, previous engines (finufft, pair by pair) | | | | "
+        f"{slab_previous * SLAB:.2f} | | {slab_previous:.4f} | {slab_previous / t_lone:.2f} | |",
+        f"| the same slab, these engines (8 pairs per gridding) | | | | {slab_now * SLAB:.2f} | "
+        f"| {slab_now:.4f} | {slab_now / t_lone:.2f} | |",
     ]
     scaling = []
     if clusters:
@@ -222,16 +283,28 @@ def main(argv=None):
         "one after the other on the same file; the lone slice was timed before, between and "
         "after (median used), so the ratios are against the same load.\n\n"
         f"{text}\n\n"
-        "Reading: 'IO hidden' is the part of reading and writing that ran while slices "
+        "Reading: 'CPU' is the process's CPU time (all threads): on an idle machine "
+        f"the end to end time approaches CPU / cores (here {cpu_new / os.cpu_count():.0f} s "
+        f"for the new pipeline, which had {cpu_new / new.wall:.2f} of the {os.cpu_count()} "
+        "cores on average). 'IO hidden' is the part of reading "
+        "and writing that ran while slices "
         "were computed: (read + write + reconstruct + plans - end to end) / (read + write). "
         f"Targets (issue 12): end to end < 60 s for 1024 slices (here {new.wall:.1f} s for "
         f"{rows}: {'met' if new.wall * N / rows < 60 else 'not met'} at this load) and per "
         f"slice <= 0.8 of a lone slice (here {new_slice / t_lone:.2f}: "
         f"{'met' if new_slice / t_lone <= 0.8 else 'not met'}); new / old per slice "
         f"{new_slice / old_slice:.2f}, end to end {new.wall / old['wall']:.2f}. Each core "
-        "runs its own single-threaded engine on pairs of slices (one complex transform for "
-        "two real slices, no OpenMP barriers); a lone slice grids half the points but pays "
-        "a full FFT of the NUFFT grid. The lone slice is a best of 5 (short, it catches the "
+        "runs its own single-threaded engine; an engine packs two real slices into one "
+        "complex transform and grids 8 such pairs at once (`analysis.gridding`: kernel "
+        "weights computed once per volume, each applied to 16 slices in one SIMD loop; "
+        "decision 0028). 'old' calls `tomo.reconstruct`, which now grids the same way "
+        "(both cores splitting the points of each batch). A lone slice grids half the "
+        "points with finufft (both cores) but pays a full FFT of the NUFFT grid. The "
+        "'one slab' rows time the engines alone on 64 rows in memory (no reading or "
+        "writing), the previous engines (finufft, one pair at a time, as before decision "
+        f"0028) against these, best of 2 each, back to back: these take "
+        f"{slab_now / slab_previous:.2f} of the previous time. The lone slice is a best of 5 "
+        "(short, it catches the "
         "machine's quiet moments) while the pipelines average over minutes of a shared "
         "machine's load, so on a busy machine the ratio to it overstates the pipelines' "
         "cost. Cluster rows: the warm-up slab per worker (imports, plans) is not timed; "
@@ -247,8 +320,9 @@ def main(argv=None):
         f"cores takes ~{2048 * t2048 * os.cpu_count():.0f} / C s plus reading 2048 x 3201 x "
         f"2048 float32 (54 GB) from shared storage; for one minute, ~{cores_2048:.0f} cores. "
         "Memory per single-threaded worker: one slab of line integrals (64 x 3201 x 2048 "
-        "float32, 1.7 GB) + its slices (1.1 GB) + the engine (~0.4 GB); `slab_rows=32` "
-        "halves the first two.\n"
+        "float32, 1.7 GB) + its slices (1.1 GB) + the plans (15 M points, 0.6 GB) + the "
+        "engine's buffers (8 pairs' strengths and grid, 1.6 GB); `slab_rows=32` halves "
+        "the first two.\n"
     )
     write_section(HEADING, body)
     print("wrote docs/benchmarks.md")

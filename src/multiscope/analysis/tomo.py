@@ -21,14 +21,16 @@ Algorithms
     projection is zero-padded, ramp filtered in 1D Fourier space (the ramp
     ``|w|`` is also the density compensation of the polar grid), transformed
     again at the reconstruction's period and multiplied by a phase ramp for
-    the rotation-axis offset; one type-1 NUFFT (``finufft``) then sums all
-    polar samples onto the Cartesian slice. The spectrum of the linear
+    the rotation-axis offset; one type-1 NUFFT then sums all polar samples
+    onto the Cartesian slice (:mod:`multiscope.analysis.gridding`, 8 slice
+    pairs at a time; ``finufft`` for a lone slice). The spectrum of the linear
     interpolation kernel (``sinc^2``, replicas beyond Nyquist included) is
     gridded too, so the result matches ``fbp``/``iradon`` in noise and
     resolution. Two real slices are packed into one complex transform (a lone
     slice uses the Hermitian half spectrum). The NUFFT points are the same for
-    every slice: they are set (sorted) once per geometry, and the filter,
-    weights and plans of the last geometry are kept for the next call.
+    every slice: their kernel values and order are computed once per
+    geometry, and the filter, weights and plans of the last geometry are kept
+    for the next call (docs/decisions/0028-gridrec-batched-gridding.md).
 ``fbp``
     Plain filtered back projection with linear interpolation, numba-parallel;
     the same algorithm as ``iradon`` and a reference for ``gridrec``.
@@ -44,11 +46,11 @@ import functools
 import os
 import threading
 
-import finufft
 import numba
 import numpy as np
 import scipy.fft
 
+from .gridding import GRIDDING_EPS, FinufftPlan, GriddingPlan
 from .stripe import remove_stripe_offsets
 
 __all__ = ["find_center", "minus_log", "normalize", "reconstruct", "remove_stripe_offsets"]
@@ -73,12 +75,10 @@ _KERNEL_CUT = 3e-2
 # noise-only ones (most of them) equally, as least squares wants, and the few
 # strong, model-violating ones (truncation, aliasing) with bounded influence.
 _FLOOR = 1.0
-# NUFFT oversampling: our polar grids have 2-4 points per mode, where a finer
-# grid with a narrower kernel (4 instead of 5 points wide at eps = 3e-3) costs
-# 10-20 % less than finufft's own choice (1.25). Coarser ones (1.4-1.47, also
-# 4 wide) are up to 8 % faster still, but their error moves the RMSE of the
-# 128-px test phantom by up to 0.014 %; this one by < 0.004 %.
-_UPSAMPFAC = 1.5625
+# Slice pairs gridded together (analysis.gridding): each kernel weight serves
+# the 2 x _PAIRS slices at once (16 floats: two 256-bit SIMD registers);
+# spreading 8 pairs costs ~0.6x per pair what 4 cost, ~0.4x what 1 costs.
+_PAIRS = 8
 # gridrec engine of the last geometry (see _gridrec_engine).
 _ENGINES = {}
 _ENGINES_LOCK = threading.Lock()
@@ -317,32 +317,48 @@ class _Gridrec:
         self.half = (freq[order], src, weight[order].astype(np.complex64), int(np.sum(~mirrored)))
         self.n_points = len(self.full[1])
         self._plans = {}
+        self._work = None
 
     def _plan(self, kind):
         """Type-1 NUFFT plan of the full (complex pair) or half (lone slice) points."""
         plan = self._plans.get(kind)
         if plan is None:
-            w = (2 * np.pi * getattr(self, kind)[0]).astype(np.float32)
-            plan = finufft.Plan(
-                1,
-                (self.n_out, self.n_out),
-                eps=self.eps,
-                isign=1,
-                dtype="complex64",
-                nthreads=self.nthreads,
-                upsampfac=_UPSAMPFAC,
-            )
-            # The points (angles x frequencies) are those of every slice: set
-            # and sorted once. First NUFFT axis = slice rows, second = columns.
-            plan.setpts(
-                np.multiply.outer(-np.sin(self.angles).astype(np.float32), w).ravel(),
-                np.multiply.outer(np.cos(self.angles).astype(np.float32), w).ravel(),
-            )
+            w = 2 * np.pi * getattr(self, kind)[0]
+            # The points (angles x frequencies) are those of every slice: their
+            # kernel values and order are computed once. First NUFFT axis =
+            # slice rows, second = columns.
+            x = np.multiply.outer(-np.sin(self.angles), w).ravel()
+            y = np.multiply.outer(np.cos(self.angles), w).ravel()
+            if kind == "full" and self.eps >= GRIDDING_EPS:
+                plan = GriddingPlan(self.n_out, x, y)
+            else:
+                # A lone slice is one vector: finufft's spreader (kernel values
+                # computed in SIMD on the fly, both cores) is faster for it
+                # than precomputed values applied to a single strength.
+                plan = FinufftPlan(self.n_out, x, y, self.eps)
             self._plans[kind] = plan
         return plan
 
-    def _points(self, a, b, buf):
-        """NUFFT strengths of the sinograms ``a + ib`` (``b`` None: ``a`` alone)."""
+    def _buffers(self, plan, n_points, k):
+        """Strengths and work arrays for ``k`` pairs, kept for the next call.
+
+        Only those of the last ``k`` are kept (~0.4 GB for 8 pairs of a
+        1024-pixel, 1601-angle scan): a volume's slabs reuse them.
+        """
+        if self._work is None or self._work[0].shape[1] != k:
+            self._work = None  # the old ones go before the new ones are made
+            self._work = (np.empty((n_points, k), np.complex64), plan.work(k))
+        return self._work
+
+    def share_plans(self, other):
+        """Use the plans of ``other`` (same geometry; plans are read-only once made)."""
+        self._plans = other._plans
+
+    def _points(self, a, b, buf, out=None):
+        """NUFFT strengths of the sinograms ``a + ib`` (``b`` None: ``a`` alone).
+
+        Written into ``out`` (1D, angles x points, may be strided) if given.
+        """
         ext = self.extent
         cols = slice(ext.left, ext.left + self.n_det)
         buf[:, : ext.left] = 0
@@ -364,29 +380,54 @@ class _Gridrec:
             spec = scipy.fft.fft(filtered[:, self.lo : self.hi], self.n_grid, workers=workers)
             _, src, weight, n_direct = self.full
         # Periodic spectrum at the gridded frequencies, times kernel and phase.
-        points = np.take(spec, src, axis=-1)
-        np.conjugate(points[:, n_direct:], out=points[:, n_direct:])
-        points *= weight
-        return points.reshape(-1)
+        if out is None:
+            out = np.empty(spec.shape[0] * len(src), np.complex64)
+        _gather(spec, src, weight, n_direct, out)
+        return out
 
     def __call__(self, proj, out):
         """Reconstruct every row of ``proj`` (angles, rows, n_det) into ``out`` (rows, n, n)."""
         n_ang, n_rows, _ = proj.shape
-        if n_rows > 1:
+        n_pairs = n_rows // 2
+        if n_pairs:
             # Real slices a, b -> complex a + ib: the operator is real, so the
-            # reconstruction of the pair is recon(a) + i recon(b), at half the cost.
+            # reconstruction of the pair is recon(a) + i recon(b), at half the
+            # cost; up to _PAIRS pairs share one gridding (kernel weights
+            # applied to all their strengths at once).
             plan = self._plan("full")
             buf = np.empty((n_ang, self.extent.n_pad), np.complex64)
-            img = np.empty((self.n_out, self.n_out), np.complex64)
-            for r in range(0, n_rows - 1, 2):
-                plan.execute(self._points(proj[:, r], proj[:, r + 1], buf), out=img)
-                out[r] = img.real
-                out[r + 1] = img.imag
+            batch = min(_PAIRS, n_pairs)
+            for p0 in range(0, n_pairs, batch):
+                k = min(batch, n_pairs - p0)
+                strengths, work = self._buffers(plan, n_ang * len(self.full[1]), k)
+                for v in range(k):
+                    r = 2 * (p0 + v)
+                    self._points(proj[:, r], proj[:, r + 1], buf, strengths[:, v])
+                img = plan.execute(strengths, work, self.nthreads)
+                for v in range(k):
+                    r = 2 * (p0 + v)
+                    out[r] = img[:, :, v].real
+                    out[r + 1] = img[:, :, v].imag
         if n_rows % 2:
             buf = np.empty((n_ang, self.extent.n_pad), np.float32)
-            img = self._plan("half").execute(self._points(proj[:, -1], None, buf))
-            out[-1] = img.real
+            img = self._plan("half").execute(
+                self._points(proj[:, -1], None, buf), threads=self.nthreads
+            )
+            out[-1] = img[:, :, 0].real
         return out
+
+
+@numba.njit(cache=True, boundscheck=False)
+def _gather(spec, src, weight, n_direct, out):  # pragma: no cover
+    # out[a * m + j] = spec[a, src[j]] * weight[j], spec conjugated for j >= n_direct
+    # (the mirrored bins of a lone slice's half spectrum): one pass, no temporaries.
+    m = src.shape[0]
+    for a in range(spec.shape[0]):
+        base = a * m
+        for j in range(n_direct):
+            out[base + j] = spec[a, src[j]] * weight[j]
+        for j in range(n_direct, m):
+            out[base + j] = np.conj(spec[a, src[j]]) * weight[j]
 
 
 def _smooth(n, largest):
@@ -415,7 +456,7 @@ def _gridrec_engine(angles, n_det, center, filter_name, n_out, eps, num_threads,
     engine = _Gridrec(angles, n_det, center, filter_name, n_out, eps, num_threads, interp, circle)
     engine.lock.acquire()
     with _ENGINES_LOCK:
-        # One geometry only: its plans hold ~0.1 GB for a 1024-pixel detector.
+        # One geometry only: it holds ~0.5 GB for a 1024-pixel detector.
         _ENGINES.clear()
         _ENGINES[key] = engine
     return engine
@@ -543,13 +584,12 @@ def reconstruct(
     Projections beyond the detector edge are zero padded before filtering, as
     ``iradon`` does, so off-centre axes and slice corners are handled.
 
-    ``gridrec`` reconstructs a pair of slices at a time (~0.1 GB of work arrays
-    for a 1024-pixel detector and 1600 angles). The filter, weights and NUFFT
-    plans of the last geometry (angles, ``center``, size and options) are kept
-    (~0.1 GB at that size), so that a further call with the same geometry --
-    another slice, or the same slices again -- skips building them (which
-    costs about half as much as reconstructing a lone slice). Calls from
-    several threads are safe.
+    ``gridrec`` grids up to 8 pairs of slices at a time (~0.4 GB of work
+    arrays for a 1024-pixel detector and 1600 angles). The filter, weights and
+    NUFFT plans of the last geometry (angles, ``center``, size and options)
+    are kept (~0.15 GB at that size), so that a further call with the same
+    geometry -- another slice, or the same slices again -- skips building
+    them (~0.3 s). Calls from several threads are safe.
 
     Examples
     --------

@@ -9,11 +9,12 @@ and one writer thread) with the computing of the current one, so memory holds
 about three slabs.
 
 The computing is shared by ``threads`` threads, each with its own gridrec
-engine of the volume's geometry (filter, weights, NUFFT plans sorted once for
-the whole volume) running single-threaded: slices are independent, so one
-slice pair per core needs no synchronisation inside the NUFFT or the FFTs
-(on a loaded machine, OpenMP's barriers inside one pair cost more than they
-gain; docs/decisions/0026-volume-reconstruction-pipeline.md). The result
+engine of the volume's geometry (filter, weights; the NUFFT plan, kernel
+values computed once for the whole volume, shared by the engines) running
+single-threaded: slices are independent, so the 8 slice pairs an engine grids
+at once need no synchronisation with the other core
+(docs/decisions/0026-volume-reconstruction-pipeline.md,
+docs/decisions/0028-gridrec-batched-gridding.md). The result
 equals :func:`~multiscope.analysis.tomo.reconstruct` of the whole stack to
 float rounding (the same slice pairs, the same points; only the order of the
 NUFFT's sums differs).
@@ -39,9 +40,10 @@ from . import tomo
 
 __all__ = ["SlabReconstructor", "VolumeTimings", "reconstruct_volume"]
 
-# Rows per task handed to one compute thread: a few pairs, so a slow thread
-# (a loaded core) holds back no more than that at the end of a slab.
-_ROWS_PER_TASK = 8
+# Rows per task handed to one compute thread: the pairs one engine grids at
+# once (tomo._PAIRS), so a slow thread (a loaded core) holds back no more
+# than that at the end of a slab.
+_ROWS_PER_TASK = 2 * tomo._PAIRS
 
 
 class SlabReconstructor:
@@ -62,8 +64,8 @@ class SlabReconstructor:
 
     Notes
     -----
-    An engine holds ~0.1 GB for a 1024-pixel detector and 1600 angles (its
-    NUFFT plans, points sorted). Build one per volume (or keep it for volumes
+    The engines share one NUFFT plan (~0.15 GB for a 1024-pixel detector and
+    1600 angles) and each holds ~0.4 GB of work arrays. Build one per volume (or keep it for volumes
     of the same geometry) and call :meth:`close` when done.
     """
 
@@ -85,20 +87,19 @@ class SlabReconstructor:
         self.circle = circle
         self.threads = max(1, int(threads or os.cpu_count() or 1))
         self._engines: queue.SimpleQueue = queue.SimpleQueue()
+        first = None
         for _ in range(self.threads):
-            self._engines.put(
-                tomo._Gridrec(
-                    self.angles,
-                    self.n_det,
-                    self.center,
-                    filter_name,
-                    self.n_det,
-                    eps,
-                    1,
-                    interp,
-                    circle,
-                )  # fmt: skip
-            )
+            engine = tomo._Gridrec(
+                self.angles, self.n_det, self.center, filter_name, self.n_det, eps, 1, interp,
+                circle,
+            )  # fmt: skip
+            if first is None:
+                # One set of plans (points, kernel values: ~0.15 GB) for all engines.
+                first = engine
+                first._plan("full")
+            else:
+                engine.share_plans(first)
+            self._engines.put(engine)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gridrec")
 
     def _run(self, proj, out):
