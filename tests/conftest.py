@@ -16,12 +16,16 @@ from pathlib import Path
 import pytest
 from parallel_workers import worker_environment
 
-from multiscope import config
+from multiscope import compat, config
 
 # Every test data directory gets its own shared catalog server (decision 0015); a
 # user's idles out after 10 min, a test's after this, so a suite leaves none behind.
 os.environ.setdefault("MULTISCOPE_CATALOG_IDLE_S", "20")
 
+
+# As configure_session does, before any test's CA client context exists (a context's
+# search-results thread keeps the loop it started with).
+compat.survive_circuit_failures()
 
 # Before numba is imported (it reads NUMBA_CACHE_DIR then) and before any server starts.
 os.environ.update(worker_environment(os.environ, Path(__file__).parents[1] / ".pytest_cache"))

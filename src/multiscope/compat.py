@@ -32,6 +32,7 @@ __all__ = [
     "limit_violation_type",
     "server_monitor_batch_seconds",
     "set_server_high_load_timeout",
+    "survive_circuit_failures",
     "suspender_justification",
     "throw_into_run",
 ]
@@ -112,6 +113,20 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
         "_bind_tcp_sockets_with_consistent_port_number",
         False,
         "StrictPortBinding",
+    ),
+    PrivateAPI(
+        "caproto",
+        "caproto.threading.client.Context",
+        "_process_search_results_loop",
+        False,
+        "survive_circuit_failures",
+    ),
+    PrivateAPI(
+        "caproto",
+        "caproto.threading.client.Context",
+        "_close_event",
+        True,
+        "survive_circuit_failures",
     ),
     PrivateAPI(
         "caproto",
@@ -345,3 +360,45 @@ def server_monitor_batch_seconds() -> float:
     from caproto.server import common
 
     return float(common.HIGH_LOAD_TIMEOUT)
+
+
+def survive_circuit_failures() -> None:
+    """Keep caproto's CA client connecting after a circuit fails to open (this process).
+
+    Stands for: a Channel Access client that retries a server it could not reach, as
+    libca does. caproto 1.3's threading ``Context`` opens each TCP circuit in its
+    search-results thread, which ends on the first error: no VersionResponse within
+    2 s (an IOC busy starting, a loaded machine: "Circuit with server at ... did not
+    connect within 2.0-second timeout"), or a connection refused (the IOC ended
+    between its search reply and the connect). From then on every channel the
+    context searches for stays "searching" for good, for the life of the process.
+    Wrapped, the thread logs the error, searches again for every channel still
+    waiting for a circuit, and carries on. Install before the first context exists
+    (a context's thread runs the loop it found when it started); idempotent.
+    """
+    import logging
+
+    from caproto.threading import client
+
+    loop = client.Context._process_search_results_loop
+    if getattr(loop, "_survives_circuit_failures", False):
+        return
+    log = logging.getLogger(__name__)
+
+    def resilient_loop(context) -> None:
+        while True:
+            try:
+                loop(context)
+                return
+            except Exception as error:  # noqa: BLE001 - any error ended the thread
+                if context._close_event.is_set():
+                    return
+                log.warning("CA client: a circuit failed to open (%s); searching again", error)
+                with context.pv_cache_lock:
+                    waiting = [key for key, pv in context.pvs.items()
+                               if not pv.circuit_ready.is_set()]  # fmt: skip
+                if waiting:
+                    context.reconnect(waiting)
+
+    resilient_loop._survives_circuit_failures = True
+    client.Context._process_search_results_loop = resilient_loop

@@ -41,7 +41,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import catalog_server, simctl
+from . import catalog_server, compat, simctl
 from .callbacks.progress import RunProgress
 from .callbacks.replay import ReplayFilter
 from .catalog import Catalog, series_documents
@@ -428,6 +428,7 @@ def configure_session(
             f"unknown instrument {instrument!r}; choose one of {sorted(INSTRUMENTS)}"
         ) from None
 
+    compat.survive_circuit_failures()  # before the session's CA client context exists
     root = resolve_data_dir(data_dir)
     sim_record, running = _find_simulated_ioc(instrument, root)
     simulated = prefix is None and sim_record is not None

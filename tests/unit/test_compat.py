@@ -100,7 +100,14 @@ def _run_engine():
     return RunEngine({}, context_managers=[])
 
 
+def _ca_client_context():
+    from caproto.threading.pyepics_compat import PV
+
+    return PV.default_context() if hasattr(PV, "default_context") else PV._default_context
+
+
 PROBES = {
+    "caproto.threading.client.Context": _ca_client_context,
     "ophyd.device.Device": _device,
     "ophyd.pseudopos.PseudoPositioner": _TwoAxes.build,
     "bluesky.suspenders.SuspenderBase": _suspender,
