@@ -61,8 +61,23 @@ def device_pvs(cls, prefix: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def unserved(names: list[str], timeout: float) -> list[str]:
-    """The PVs of ``names`` not connected within ``timeout`` s (all searched at once)."""
+def unserved(names: list[str], timeout: float, rounds: int = 3) -> list[str]:
+    """The PVs of ``names`` not connected within ``timeout`` s (all searched at once).
+
+    The limit is split into ``rounds``, each a fresh client context searching for
+    those still missing: caproto's threading client opens a circuit inside its search
+    thread with a 2 s limit, and when an IOC answered later (a loaded machine) the
+    exception ended that thread, leaving every PV still searching there for ever.
+    """
+    missing = list(dict.fromkeys(names))
+    for _ in range(rounds):
+        missing = _unconnected(missing, timeout / rounds)
+        if not missing:
+            break
+    return sorted(missing)
+
+
+def _unconnected(names: list[str], timeout: float) -> list[str]:
     from caproto.threading.client import Context
 
     connected: set[str] = set()
@@ -78,8 +93,8 @@ def unserved(names: list[str], timeout: float) -> list[str]:
     try:
         pvs = context.get_pvs(*names, connection_state_callback=on_state, timeout=timeout)
         with condition:
-            condition.wait_for(lambda: len(connected) == len(set(names)), timeout=timeout)
-        return sorted(pv.name for pv in pvs if not pv.connected)
+            condition.wait_for(lambda: len(connected) == len(names), timeout=timeout)
+        return [pv.name for pv in pvs if not pv.connected]
     finally:
         context.disconnect()
 

@@ -10,9 +10,9 @@ reads the statistics and writes the frames. Each camera is checked against what 
 wrote: the statistics of every event against its frame in the HDF5 file, a second
 statistics plugin chained behind ``ROI1:`` against numpy on the ROI, and ``image1:``
 against the last frame. The detector is connected as a profile may connect it, every
-signal at once (``wait_for_connection(all_signals=True)``): every PV the stock classes
-name is served on every camera (a lazy signal's first use otherwise connects within
-ophyd's 1 s default, which timed out under load).
+signal at once (``wait_for_connection(all_signals=True)``, no lazy signal waited on
+alone within ophyd's 1 s default, which timed out under load): every PV the stock
+classes name is served on every camera.
 """
 
 from __future__ import annotations
@@ -143,13 +143,29 @@ def camera(request, iocs):
     return SimpleNamespace(prefix=prefix + detector, exposure=exposure, name=request.param)
 
 
+def _connect_all_signals(det, timeout: float) -> None:
+    """``det.wait_for_connection(all_signals=True)``, every signal waited on together.
+
+    ophyd creates a lazy signal (most of the stock classes' are) at its first access
+    and then, by default, waits for it alone within 1.0 s; ``all_signals=True``
+    creates them one by one that way, and under load one took longer ("Stats1:
+    MaxValue_RBV could not connect within 1.0-second timeout"). With
+    ``lazy_wait_for_connection`` off on every device they are created without a wait,
+    and the one call waits up to ``timeout`` for all of them.
+    """
+    det.lazy_wait_for_connection = False
+    for _, device in det.walk_subdevices(include_lazy=True):
+        device.lazy_wait_for_connection = False
+    det.wait_for_connection(all_signals=True, timeout=timeout)
+
+
 def test_stock_detector_stages_counts_writes_and_serves_plugins(camera, tmp_path):
     from bluesky import RunEngine
     from bluesky.plans import count
 
     det = _stock_detector_class()(camera.prefix, name="det")
     det.hdf5.write_path_template = str(tmp_path) + "/"
-    det.wait_for_connection(all_signals=True, timeout=60)
+    _connect_all_signals(det, timeout=60)
     det.hdf5.kind = "normal"
     for stats in (det.stats1, det.stats2):
         stats.kind = "hinted"
