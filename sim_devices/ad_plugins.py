@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 from caproto import ChannelType
-from caproto.server import PVGroup, PvpropertyChar, get_pv_pair_wrapper, pvproperty
+from caproto.server import PvpropertyChar, get_pv_pair_wrapper, pvproperty
+
+from sim_devices.ad_records import PluginRecords, ROIRecords, StatsRecords
 
 __all__ = [
     "ADCORE_VERSION",
@@ -79,7 +81,7 @@ async def _put_port(obj, instance, value):
     return str(value)
 
 
-class PluginBaseGroup(PVGroup):
+class PluginBaseGroup(PluginRecords):
     """The NDPluginBase (and NDArrayBase) records every plugin has.
 
     PVs
@@ -91,7 +93,9 @@ class PluginBaseGroup(PVGroup):
     (strings), ``ArrayCounter``/``_RBV``, ``ArraySize0_RBV``/``1``/``2`` (received
     frame), ``NDimensions_RBV``, ``DataType_RBV``, ``ColorMode_RBV``, ``UniqueId_RBV``,
     ``TimeStamp_RBV``, ``DroppedArrays``/``_RBV``, ``QueueSize``, ``QueueFree``,
-    ``MinCallbackTime``/``_RBV``, ``ExecutionTime_RBV`` (ms), ``NDAttributesFile``.
+    ``MinCallbackTime``/``_RBV``, ``ExecutionTime_RBV`` (ms), ``NDAttributesFile``; the
+    rest of ophyd's ``PluginBase`` PVs from :class:`sim_devices.ad_records.PluginRecords`
+    (accepted; ``ArrayRate_RBV``, ``Dimensions_RBV``, ``Dim0SA``/``Dim1SA`` true).
     """
 
     #: PluginType_RBV of the class (ADCore's C++ class name).
@@ -173,8 +177,12 @@ class PluginBaseGroup(PVGroup):
 
     async def publish_shape(self, shape: tuple[int, int]) -> None:
         """Show frames of ``shape`` (ny, nx) in the received-size records."""
-        await self.array_size0.write(int(shape[1]))
-        await self.array_size1.write(int(shape[0]))
+        ny, nx = int(shape[0]), int(shape[1])
+        await self.array_size0.write(nx)
+        await self.array_size1.write(ny)
+        await self.dimensions_rbv.write([nx, ny])
+        await self.dim0_sa.write(nx)
+        await self.dim1_sa.write(ny)
 
     async def on_frame(self, frame: np.ndarray, attrs: dict, unique_id: int, ts: float) -> None:
         """Receive one frame from the source port; process it and pass the output on.
@@ -288,7 +296,7 @@ def _moments(frame: np.ndarray) -> tuple[float, float]:
     return float(pixels.sum()), float(pixels.var())
 
 
-class StatsPluginGroup(PluginBaseGroup):
+class StatsPluginGroup(StatsRecords, PluginBaseGroup):
     """NDPluginStats (``Stats1:`` ...): statistics of each received frame.
 
     PVs
@@ -302,7 +310,9 @@ class StatsPluginGroup(PluginBaseGroup):
     ``SigmaXY_RBV`` (correlation), ``CentroidTotal_RBV``; ``ComputeProfiles``/``_RBV``,
     ``ComputeHistogram``/``_RBV``, ``HistSize``/``_RBV``, ``HistMin``/``_RBV``,
     ``HistMax``/``_RBV``, ``HistEntropy_RBV``, ``TSControl``, ``TSNumPoints``
-    (accepted, not computed). Statistics are computed in a worker thread.
+    (accepted, not computed); the cursor, profile, histogram and time-series records of
+    :class:`sim_devices.ad_records.StatsRecords` (accepted, not computed). Statistics
+    are computed in a worker thread.
     """
 
     PLUGIN_TYPE = "NDPluginStats"
@@ -353,7 +363,7 @@ class StatsPluginGroup(PluginBaseGroup):
         return frame
 
 
-class ROIPluginGroup(PluginBaseGroup):
+class ROIPluginGroup(ROIRecords, PluginBaseGroup):
     """NDPluginROI (``ROI1:`` ...): a region of each frame, binned and reversed as asked.
 
     PVs
@@ -365,7 +375,9 @@ class ROIPluginGroup(PluginBaseGroup):
     size); ``ArraySizeX_RBV``/``Y``/``Z`` (the output), ``MinZ``/``SizeZ``/``BinZ``/
     ``ReverseZ``/``EnableZ``/``AutoSizeZ`` (+``_RBV``; frames are 2-D: accepted),
     ``MaxSizeZ_RBV``, ``Name``/``_RBV``, ``DataTypeOut``/``_RBV`` (Automatic: the
-    input type), ``EnableScale``/``_RBV``, ``Scale``/``_RBV`` (accepted, not applied).
+    input type), ``EnableScale``/``_RBV``, ``Scale``/``_RBV`` (accepted, not applied);
+    ``MaxX``, ``MaxY``, ``SetXHOPR``, ``SetYHOPR``
+    (:class:`sim_devices.ad_records.ROIRecords`, accepted).
     """
 
     PLUGIN_TYPE = "NDPluginROI"

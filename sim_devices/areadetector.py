@@ -45,6 +45,7 @@ from sim_devices.ad_plugins import (
     StatsPluginGroup,
     string_pv,
 )
+from sim_devices.ad_records import CamRecords, HDF5Records
 from sim_devices.frames import FrameContext, Scene, normalize_scene_output
 from sim_devices.refusal import RefusableEnum
 
@@ -192,7 +193,7 @@ async def _put_read_only_size(obj, instance, value):
     return obj.readback.value
 
 
-class CamGroup(PVGroup):
+class CamGroup(CamRecords):
     """The detector driver (``{prefix}cam1:``).
 
     PVs
@@ -220,6 +221,10 @@ class CamGroup(PVGroup):
         ``Manufacturer_RBV``, ``Model_RBV``, ``SerialNumber_RBV``,
         ``FirmwareVersion_RBV``, ``SDKVersion_RBV``, ``DriverVersion_RBV``,
         ``ADCoreVersion_RBV``, ``PortName_RBV`` (CAM1).
+    Accepted, not simulated
+        The rest of ophyd's ``AreaDetectorCam`` PVs (binning, region, shutter,
+        temperature ...: :class:`sim_devices.ad_records.CamRecords`); ``ArrayRate_RBV``
+        is the frame rate over the last second.
     """
 
     acquire = pvproperty_with_rbv(
@@ -518,7 +523,7 @@ class CamGroup(PVGroup):
         self._stop.set()
 
 
-class HDF5PluginGroup(PluginBaseGroup):
+class HDF5PluginGroup(HDF5Records, PluginBaseGroup):
     """The NDFileHDF5 plugin (``{prefix}HDF1:``).
 
     PVs
@@ -537,6 +542,9 @@ class HDF5PluginGroup(PluginBaseGroup):
         ``Capture``/``_RBV`` (returns at once; capture ends on Capture=0 or after
         ``NumCapture`` frames if non-zero), ``NumCapture``/``_RBV``,
         ``NumCaptured_RBV``, ``WriteStatus``, ``WriteMessage``.
+    Accepted, not simulated
+        The rest of ophyd's ``HDF5Plugin`` PVs (chunking, compression, extra
+        dimensions ...: :class:`sim_devices.ad_records.HDF5Records`).
     """
 
     PLUGIN_TYPE = "NDFileHDF5"

@@ -519,7 +519,8 @@ class TXMIOC(PVGroup):
             seed=self.seed,
             start_trigger=self.rotation_start_pulse,
         )
-        self.pvdb.update(self.camera.pvdb)
+        # Its own cam1:BinX/BinY (they rebin the scene) win over the camera's accepted ones.
+        self.pvdb.update({k: v for k, v in self.camera.pvdb.items() if k not in self.pvdb})
         self._t0 = time.monotonic()
         for axis in (self.zp_x, self.zp_y, self.zp_z, self.det_z, self.mono_energy):
             axis.on_position = self._axis_moved

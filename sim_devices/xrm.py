@@ -182,7 +182,8 @@ class XRMIOC(MessageRefusals, PVGroup):
             prefix=self.prefix, scene=self.scene, shape=self._frame_shape(self.binning),
             ioc=self, seed=self.seed, time_scale=self.time_scale,
         )  # fmt: skip
-        self.pvdb.update(self.camera.pvdb)
+        # Its own cam1:BinX/BinY (they rebin the scene) win over the camera's accepted ones.
+        self.pvdb.update({k: v for k, v in self.camera.pvdb.items() if k not in self.pvdb})
         for axis in (self.sod, self.odd, self.sample_x, self.sample_y, self.sample_z,
                      self.sample_theta):  # fmt: skip
             axis.report_refusal = self.report_refusal

@@ -1,10 +1,13 @@
 """The simulated ADCore plugins' arithmetic (statistics, ROI) and port chaining, in-process."""
 
 import asyncio
+from pathlib import Path
 
 import numpy as np
 import pytest
+from pv_docs import documented_pvs
 
+from sim_devices import ad_records
 from sim_devices.ad_plugins import frame_statistics
 from sim_devices.areadetector import SimAreaDetector
 
@@ -77,6 +80,8 @@ def test_roi_cuts_bins_and_mirrors_and_stats_behind_it_see_the_region():
     assert det.stats2.array_counter.readback.value == det.stats1.array_counter.readback.value == 1
     image = np.asarray(det.image1.array_data.value).view(np.uint16).reshape(SHAPE)
     np.testing.assert_array_equal(image, frame)
+    assert list(det.stats2.dimensions_rbv.value) == [10, 10]  # the ROI's output
+    assert (det.stats1.dim0_sa.value, det.stats1.dim1_sa.value) == (SHAPE[1], SHAPE[0])
 
 
 def test_a_disabled_plugin_does_nothing_and_stops_its_chain():
@@ -91,3 +96,30 @@ def test_a_disabled_plugin_does_nothing_and_stops_its_chain():
     assert det.stats1.array_counter.readback.value == 0
     assert det.stats1.total.value == 0
     assert len(det.image1.array_data.value) == 1  # never written
+
+
+# The accepted records of each table, by the prefixes that serve them.
+RECORD_TABLES = {
+    "NDARRAY_BASE_RECORDS": ("cam1:", "HDF1:", "image1:", "ROI1:", "ROI4:", "Stats1:", "Stats5:"),
+    "CAM_RECORDS": ("cam1:",),
+    "PLUGIN_RECORDS": ("image1:", "HDF1:", "ROI1:", "ROI4:", "Stats1:", "Stats5:"),
+    "ROI_RECORDS": ("ROI1:", "ROI4:"),
+    "STATS_RECORDS": ("Stats1:", "Stats5:"),
+    "HDF5_RECORDS": ("HDF1:",),
+}
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "areadetector.md"
+
+
+def test_every_accepted_record_is_served_and_documented():
+    detector = SimAreaDetector(prefix="U:", scene=lambda ctx: _frame(), shape=SHAPE)
+    documented = set(documented_pvs(DOCS, "## PVs of a simulated camera",
+                                    by_kind={"setpoint + `_RBV`": ("", "_RBV")}))  # fmt: skip
+    for table, prefixes in RECORD_TABLES.items():
+        names = ad_records.record_pv_names(getattr(ad_records, table))
+        for prefix in prefixes:
+            assert not [n for n in names if f"U:{prefix}{n}" not in detector.pvdb], prefix
+        # The docs name them under the first of their prefixes.
+        assert not [n for n in names if prefixes[0] + n not in documented], table
+    # Each camera PV is one record: no table serves a name a group already has.
+    for group in (detector.cam, detector.hdf, detector.image1, detector.roi1, detector.stats1):
+        assert len(group.pvdb) == len(type(group)._pvs_), type(group).__name__
