@@ -83,7 +83,9 @@ def configure_from_environment(
         # output, no live table.
         table=False,
     )
+    # The manager drops annotations naming our classes: give it ones it validates.
     annotate_project_types(namespace)
+    # Runs still on their way to the catalog are stored before the worker exits.
     close_with_environment(session)
     return session
 
