@@ -265,6 +265,11 @@ def test_dxchange_export_keeps_the_recorded_angles(fly_run, catalog, tmp_path):
         assert theta.attrs["units"] == "deg" and theta.attrs["source"] == "camera_theta"
         assert f["/exchange/data_white"].shape == (2 * NUM_FLATS, 256, 256)
         assert f["/exchange/data_dark"].shape == (NUM_DARKS, 256, 256)
+        # The rotation read with each flat and dark (DXchange theta_white, theta_dark).
+        white_theta, dark_theta = f["/exchange/theta_white"], f["/exchange/theta_dark"]
+        assert white_theta.shape == (2 * NUM_FLATS,) and dark_theta.shape == (NUM_DARKS,)
+        assert white_theta.attrs["units"] == "deg" and dark_theta.attrs["units"] == "deg"
+        assert np.isfinite(white_theta[()]).all() and np.isfinite(dark_theta[()]).all()
         assert f["/process/acquisition/scan_mode"][()].decode() == "fly"
         assert f["/measurement/instrument/detector/pixel_size_x"][()] == pytest.approx(0.26)
     # For the record: with the rotation's position trigger the recorded angles sit on

@@ -469,3 +469,44 @@ def test_a_cut_paused_from_the_queue_then_aborted_is_never_cut_again(managers, i
         assert run.metadata["stop"]["exit_status"] == "abort"
     api.queue_clear()  # the aborted item, back at the head: a later start must not re-cut
     assert int(_now(laser.cut.count)) == count_before + 1
+
+
+def test_a_run_just_before_environment_close_is_complete_in_the_catalog(managers):
+    """The environment's close waits for the session's storage (decision 0030).
+
+    The catalog server is held stopped (SIGSTOP, by PID) while the plan runs, so its
+    documents are still on their way when ``environment_close`` comes; it goes on
+    once the manager is closing. Before, the worker exited at once and the run
+    stayed in the journal only. Runs last: it closes the demo's environment.
+    """
+    data_dir, started = managers
+    manager = started["demo"]
+    api = manager.api
+    server = psutil.Process(catalog_server.running(data_dir).pid)
+    history_before = len(api.history_get()["items"])
+    api.item_add(BPlan("line_scan", ["cam"], "m1", -1.0, 1.0, 7))
+    server.suspend()
+    try:
+        api.queue_start()
+        item = _history_once_idle(api, history_before + 1)[-1]
+        assert item["result"]["exit_status"] == "completed", item["result"]
+        (uid,) = item["result"]["run_uids"]
+        api.environment_close()
+
+        def closing_or_closed():
+            state = api.status(reload=True)["manager_state"]
+            return state == "closing_environment" or manager.environment_closed()
+
+        wait_until(closing_or_closed, timeout=60, interval=0.1)
+        # Closing: the worker waits on storage while the server is still stopped.
+        closed_early = manager.environment_closed()
+    finally:
+        server.resume()
+    wait_until(manager.environment_closed, timeout=120, interval=0.2,
+               message=lambda: manager.log.read_text()[-3000:])  # fmt: skip
+    with Catalog.embedded(data_dir) as catalog:
+        run = _stored(catalog, uid)  # no waiting: the worker is gone
+        assert run is not None, f"run {uid} not complete in the catalog after the close"
+        assert run.metadata["stop"]["num_events"] == {"primary": 7}
+        assert len(run["primary"].read()["m1"]) == 7
+    assert not closed_early

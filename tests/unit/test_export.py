@@ -25,11 +25,25 @@ PIXEL_UM = 0.26
 
 
 class Stream:
+    """A tiled event stream: its keys, an array per key (sliced as read), ``read(variables)``."""
+
     def __init__(self, dataset):
         self.dataset = dataset
+        self.reads = []  # the variables of each read()
 
-    def read(self):
-        return self.dataset
+    def __iter__(self):
+        return iter(["time", *self.dataset.data_vars])
+
+    def __getitem__(self, key):
+        return self.dataset[key].data  # numpy, or a LazyFrames (slices read on demand)
+
+    def read(self, variables=None):
+        keys = [k for k in (variables or self.dataset.data_vars) if k != "time"]
+        self.reads.append(keys)
+        return xr.Dataset(
+            {k: (self.dataset[k].dims, np.asarray(self.dataset[k].data)) for k in keys},
+            coords={"time": self.dataset["time"].values},
+        )
 
 
 class FakeRun:
@@ -38,12 +52,13 @@ class FakeRun:
     def __init__(self, start, streams, stop=None):
         self.metadata = {"start": start, "stop": stop or {"exit_status": "success"}}
         self.streams = streams
+        self.clients = {name: Stream(ds) for name, ds in streams.items()}
 
     def __iter__(self):
         return iter(self.streams)
 
     def __getitem__(self, name):
-        return Stream(self.streams[name])
+        return self.clients[name]
 
 
 def _dataset(images=None, **scalars):
@@ -349,3 +364,153 @@ def test_cli_formats_are_the_exporters():
     args = build_parser().parse_args(["export", "-1", "--format", "dxchange"])
     assert args.format == "dxchange" and args.out is None
     assert build_parser().parse_args(["export", "-1"]).format == "raw"
+
+
+class LazyFrames:
+    """A long stream's frames made on demand, as tiled's array client fetches a slice."""
+
+    def __init__(self, n, rows, cols):
+        self.shape = (n, 1, rows, cols)
+        self.dtype = np.dtype(np.uint16)
+        self.largest = 0  # the most frames one read asked for
+
+    def frame(self, i):
+        return np.full(self.shape[2:], i % 65536, np.uint16)
+
+    def __getitem__(self, at):
+        at = at if isinstance(at, tuple) else (at,)
+        events = range(self.shape[0])[at[0]]
+        events = [events] if isinstance(events, int) else events
+        self.largest = max(self.largest, len(events))
+        block = np.empty((len(events), 1, *self.shape[2:]), self.dtype)
+        for row, i in enumerate(events):
+            block[row] = i % 65536
+        return block[(slice(None), *at[1:])] if isinstance(at[0], slice) else block[0][at[1:]]
+
+    def __array__(self, dtype=None, copy=None):  # what reading the stream whole does
+        return self[:]
+
+
+class LazyStream:
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+    def __iter__(self):
+        return iter(["time", *self.arrays])
+
+    def __getitem__(self, key):
+        return self.arrays[key]
+
+    def read(self, variables=None):
+        keys = [k for k in (variables or self.arrays) if k != "time"]
+        data = {}
+        for k in keys:
+            value = np.asarray(self.arrays[k])
+            data[k] = (("time", *(f"{k}_{d}" for d in range(1, value.ndim))), value)
+        return xr.Dataset(data, coords={"time": self.arrays["time"]})
+
+
+def _long_run(n, rows, cols):
+    theta = np.linspace(0.0, 180.0, n, endpoint=False)
+    frames = LazyFrames(n, rows, cols)
+    start = {"uid": "abcd" * 4, "plan_name": "tomo_scan", "tomo": {"rotation": "sample_theta"}}
+    primary = {"time": np.arange(n, dtype=float), "sample_theta": theta, "camera_image": frames}
+    flat = {"time": np.arange(3.0), "sample_theta": np.full(3, 180.0),
+            "camera_image": LazyFrames(3, rows, cols)}  # fmt: skip
+    run = FakeRun(start, {})
+    run.streams = {"flat": None, "primary": None}
+    run.clients = {"flat": LazyStream(flat), "primary": LazyStream(primary)}
+    return run, frames
+
+
+@pytest.mark.parametrize("fmt", ["dxchange", "tiff", "raw"])
+def test_export_memory_is_bounded_by_a_chunk_not_by_the_stream(tmp_path, fmt):
+    """Issue 12: a stream was read whole. 800 frames of 128 x 128 (25 MiB) exported with
+    1 MiB chunks: Python's peak allocation (tracemalloc: numpy's buffers included)
+    stays a few chunks (measured 2-3 MiB), and no read asks for more frames than a
+    chunk holds. Reading the stream whole peaked above the stream's size."""
+    import tracemalloc
+
+    n, rows, cols = 800, 128, 128
+    chunk = 2**20
+    stream_bytes = n * rows * cols * 2
+    # First exports import modules lazily (MBs of code): warm up on a short run.
+    export_run(_long_run(8, rows, cols)[0], tmp_path / "warm-up", format=fmt, max_bytes=chunk)
+    run, frames = _long_run(n, rows, cols)
+    tracemalloc.start()
+    try:
+        written = export_run(run, tmp_path, format=fmt, max_bytes=chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"{fmt}: peak {peak / 2**20:.1f} MiB for a {stream_bytes / 2**20:.1f} MiB stream")
+    assert peak < 6 * chunk < stream_bytes / 4
+    assert frames.largest == chunk // (rows * cols * 2)  # 32 frames a read, never more
+    if fmt == "dxchange":
+        with h5py.File(written[1], "r") as f:
+            data = f["/exchange/data"]
+            assert data.shape == (n, rows, cols)
+            for i in (0, 31, 32, 799):  # across the chunks' seams
+                np.testing.assert_array_equal(data[i], frames.frame(i))
+            np.testing.assert_allclose(f["/exchange/theta_white"][()], [180.0] * 3)
+    elif fmt == "tiff":
+        stack = tifffile.imread(tmp_path / "primary_camera_image.tif")
+        assert stack.shape == (n, rows, cols)
+        np.testing.assert_array_equal(stack[[0, 32, 799], 0, 0], [0, 32, 799])
+    else:
+        with h5py.File(tmp_path / "primary.h5", "r") as f:
+            np.testing.assert_array_equal(f["camera_image"][[0, 32, 799], 0, 0], [0, 32, 799])
+
+
+def test_frames_chunks_follow_the_selection_and_the_events():
+    from multiscope.export._runs import Frames
+
+    source = np.arange(5 * 2 * 3 * 4, dtype=np.uint16).reshape(5, 2, 3, 4)  # 2 frames an event
+    frames = Frames(source)
+    flat = source.reshape(-1, 3, 4)
+    assert frames.shape == (10, 3, 4)
+    one = 3 * 4 * 2
+    blocks = list(frames.chunks(3 * one))  # 3 frames a chunk: events split in the middle
+    assert [len(b) for _, b in blocks] == [3, 3, 3, 1]
+    np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), flat)
+    chosen = frames.select(np.array([1, 2, 3, 7, 8]))  # two runs of consecutive frames
+    np.testing.assert_array_equal(chosen.read(), flat[[1, 2, 3, 7, 8]])
+    assert [p for p, _ in chosen.chunks(2 * one)] == [0, 2, 3]
+    volume = Frames(np.arange(10, dtype=np.float32).reshape(1, 1, 5, 2, 1))  # its z slices
+    np.testing.assert_array_equal(volume.read(), np.arange(10).reshape(5, 2, 1))
+    assert [len(b) for _, b in volume.chunks(2 * 2 * 4)] == [2, 2, 1]  # inside the one event
+
+
+def test_theta_white_and_theta_dark_are_the_angles_of_the_flats_and_darks(tmp_path, phantom):
+    """DXchange's /exchange/theta_white and theta_dark: the rotation read with each flat
+    and dark frame (degrees), written when the run recorded it, else left out."""
+    run, _ = _tomo_run(phantom)
+    path = export_run(run, tmp_path / "before", format="dxchange")[1]
+    with h5py.File(path, "r") as f:  # the flat and dark streams read no rotation
+        assert "theta_white" not in f["/exchange"] and "theta_dark" not in f["/exchange"]
+    flats, darks = run.streams["flat"], run.streams["dark"]
+    run, _ = _tomo_run(phantom)
+    run.streams["flat"] = flats.assign(sample_theta=("time", [0.0, 0.0, 179.5]))
+    run.streams["dark"] = darks.assign(sample_theta=("time", [0.0, 179.5]))
+    run.clients = {name: Stream(ds) for name, ds in run.streams.items()}
+    path = export_run(run, tmp_path / "after", format="dxchange")[1]
+    with h5py.File(path, "r") as f:
+        white, dark = f["/exchange/theta_white"], f["/exchange/theta_dark"]
+        np.testing.assert_array_equal(white[()], [0.0, 0.0, 179.5])
+        np.testing.assert_array_equal(dark[()], [0.0, 179.5])
+        assert white.attrs["units"] == "deg" and dark.attrs["units"] == "deg"
+        assert len(white) == len(f["/exchange/data_white"])
+        assert len(dark) == len(f["/exchange/data_dark"])
+
+
+def test_xanes_3d_theta_white_follows_the_flat_sets_of_each_energy(tmp_path):
+    run, *_ = _xanes_run(np.random.default_rng(3), fly=True)
+    flat = run.streams["flat"].assign(sample_theta=("time", [0.0, 0.0, 144.0, 144.0]))
+    run.streams["flat"] = flat
+    run.clients["flat"] = Stream(flat)
+    written = export_run(run, tmp_path, format="dxchange")[1:]
+    got = []
+    for path in written:
+        with h5py.File(path, "r") as f:
+            got.append(f["/exchange/theta_white"][()].tolist())
+    assert got == [[0.0, 0.0], [144.0, 144.0], [144.0, 144.0]]  # energy 1: the nearer set (2)

@@ -17,16 +17,22 @@ from bluesky_queueserver.manager import profile_ops
 from ophyd.sim import SynAxis, SynGauss
 
 import multiscope
-from multiscope.queueserver import USER_GROUP_PERMISSIONS
+from multiscope.queueserver import USER_GROUP_PERMISSIONS, close_with_environment
+from multiscope.queueserver.annotations import annotate_project_types
 from multiscope.session import INSTRUMENTS, instrument_plans
 
 
 def _namespace(instrument: str) -> dict:
-    """The instrument's plans beside two simulated devices named like the demo's."""
+    """The instrument's plans beside two simulated devices named like the demo's.
+
+    Annotated as the worker's startup does (``configure_from_environment``).
+    """
     m1 = SynAxis(name="m1")
     m1.limits = (-5.0, 5.0)
     cam = SynGauss("cam", m1, "m1", center=0.0, Imax=1.0)
-    return {**instrument_plans(instrument), "m1": m1, "cam": cam}
+    namespace = {**instrument_plans(instrument), "m1": m1, "cam": cam}
+    annotate_project_types(namespace)
+    return namespace
 
 
 def _descriptions(namespace: dict) -> tuple[dict, dict]:
@@ -108,3 +114,89 @@ def test_no_postponed_annotations_under_plans_and_plan_stubs():
         if "from __future__ import annotations" in path.read_text()
     ]
     assert not offenders
+
+
+@pytest.mark.parametrize("instrument", sorted(INSTRUMENTS))
+def test_every_annotated_parameter_keeps_an_annotation_the_manager_validates(instrument):
+    # The manager drops an annotation it cannot rebuild (our dataclasses): no validation.
+    namespace = _namespace(instrument)
+    plans, _ = _descriptions(namespace)
+    dropped = []
+    for name, description in plans.items():
+        signature = inspect.signature(namespace[name])
+        for parameter in description["parameters"]:
+            annotated = signature.parameters[parameter["name"]].annotation
+            if annotated is not inspect.Parameter.empty and "annotation" not in parameter:
+                dropped.append(f"{name}({parameter['name']}: {annotated})")
+    assert not dropped, f"annotations the manager drops: {dropped}"
+
+
+def _validate(namespace, plan):
+    plans, devices = _descriptions(namespace)
+    return profile_ops.validate_plan(plan, allowed_plans=plans, allowed_devices=devices)
+
+
+@pytest.mark.parametrize("plan_name", ["slice_and_view", "kintsugi_face"])
+def test_chamber_geometry_and_limits_are_validated_at_item_add(plan_name):
+    namespace = _namespace("fibsem")
+    args = ["pfib", 1, 0.1] if plan_name == "slice_and_view" else ["pfib"]
+
+    def check(**kwargs):
+        return _validate(namespace, {"name": plan_name, "args": args, "kwargs": kwargs})
+
+    good = {
+        "geometry": {"sem_fib_deg": 52, "holder_pretilt_deg": 38.0},
+        "limits": {"tilt_range_deg": [-5.0, 55.0], "exclusive": [["cbs", "eds"]]},
+    }
+    ok, message = check(**good)
+    assert ok, message
+    assert check(geometry=None)[0]
+    for bad, words in [
+        ({"geometry": {"sem_fib_deg": "wide"}}, ("geometry", "float")),
+        ({"geometry": {"sem_fib": 52.0}}, ("geometry", "sem_fib_deg")),  # no such field
+        ({"geometry": 52.0}, ("geometry", "dictionary")),
+        ({"limits": {"tilt_range": [0.0, 1.0]}}, ("limits", "tilt_range_deg")),
+        ({"limits": {"exclusive": [["cbs", 3]]}}, ("limits",)),
+    ]:
+        ok, message = check(**bad)
+        assert not ok, bad
+        assert all(word in message for word in words), (bad, message)
+
+
+def test_a_chamber_mapping_becomes_its_dataclass_or_is_refused():
+    from multiscope.analysis.fibsem_geometry import ChamberGeometry, ChamberLimits
+    from multiscope.plans.preflight import PlanArgumentError
+    from multiscope.plans.slice_and_view import chamber_part
+
+    limits = chamber_part("limits", {"tilt_range_deg": [-5, 55]}, ChamberLimits)
+    assert limits == ChamberLimits(tilt_range_deg=(-5, 55))
+    assert chamber_part("geometry", None, ChamberGeometry) == ChamberGeometry()
+    geometry = ChamberGeometry(sem_fib_deg=54.0)
+    assert chamber_part("geometry", geometry, ChamberGeometry) is geometry
+    # what the manager cannot tell apart (a number where a pair goes) the plan refuses
+    with pytest.raises(PlanArgumentError, match=r"limits.tilt_range_deg = 5.0"):
+        chamber_part("limits", {"tilt_range_deg": 5.0}, ChamberLimits)
+    with pytest.raises(PlanArgumentError, match="no field"):
+        chamber_part("geometry", {"tilt": 1.0}, ChamberGeometry)
+
+
+class _Session:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def close(self):
+        self.calls.append("session.close")
+
+
+def test_the_environment_close_waits_for_the_session_close():
+    from bluesky_queueserver.manager.worker import RunEngineWorker
+
+    # The private method wrapped must exist in the pinned queueserver (0.0.25).
+    assert callable(RunEngineWorker._worker_shutdown_code)
+    calls = []
+    worker = RunEngineWorker.__new__(RunEngineWorker)  # no process, no pipes
+    worker._worker_shutdown_code = lambda: calls.append("worker shutdown")
+    assert close_with_environment(_Session(calls), process=worker)
+    worker._worker_shutdown_code()
+    assert calls == ["session.close", "worker shutdown"]
+    assert not close_with_environment(_Session(calls))  # not in a worker: nothing wrapped

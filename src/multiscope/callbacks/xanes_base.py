@@ -367,10 +367,6 @@ class XanesMapBase(RunFrames):
         dark = self._dark_frame(flat_minus_dark.shape)
         return normalize(frames, flat_minus_dark + dark, dark)
 
-    def _transmission(self, frames, flat_minus_dark) -> np.ndarray:
-        dark = self._dark_frame(flat_minus_dark.shape)
-        return normalize(frames, flat_minus_dark + dark, dark)
-
     def _pixel_um(self) -> float | None:
         value = self.xanes.pixel_size_um or self.tomo.pixel_size_um
         return float(value) if value else None

@@ -37,7 +37,7 @@ __all__ = ["FORMATS", "export_run"]
 FORMATS = ("raw", "dxchange", "tiff", "csv")
 
 
-def export_run(run, out, format: str = "raw", *, catalog=None) -> list[Path]:
+def export_run(run, out, format: str = "raw", *, catalog=None, max_bytes=None) -> list[Path]:
     """Export ``run`` (a tiled BlueskyRun client) into directory ``out``.
 
     Parameters
@@ -50,6 +50,10 @@ def export_run(run, out, format: str = "raw", *, catalog=None) -> list[Path]:
         What to write (module docstring).
     catalog : Catalog, optional
         Finds the tiles of a ``mosaic_stitch`` run for ``dxchange``.
+    max_bytes : int, optional
+        Most bytes of frames held in memory at once (default
+        :data:`~multiscope.export._runs.CHUNK_BYTES`, 64 MiB): frames are read from
+        the catalog and written a chunk at a time, never a stream whole.
 
     Returns
     -------
@@ -64,9 +68,9 @@ def export_run(run, out, format: str = "raw", *, catalog=None) -> list[Path]:
         is written then.
     """
     writers = {
-        "raw": export_raw,
-        "dxchange": lambda r, o: export_dxchange(r, o, catalog=catalog),
-        "tiff": export_tiff,
+        "raw": lambda r, o: export_raw(r, o, max_bytes=max_bytes),
+        "dxchange": lambda r, o: export_dxchange(r, o, catalog=catalog, max_bytes=max_bytes),
+        "tiff": lambda r, o: export_tiff(r, o, max_bytes=max_bytes),
         "csv": export_csv,
     }
     if format not in writers:

@@ -28,9 +28,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ._runs import frame_keys, frames, pixel_size_um, read_stream, short_uid, start_of
+from ._runs import Frames, pixel_size_um, short_uid, start_of, stream_shapes
 
-__all__ = ["IMAGEJ_DTYPES", "export_tiff", "write_stack"]
+__all__ = ["IMAGEJ_DTYPES", "export_tiff", "write_frames", "write_stack"]
 
 IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
 
@@ -64,16 +64,42 @@ def write_stack(path, array, pixel_um: float | None = None) -> Path:
         raise ValueError(f"a TIFF stack is 2D or (z, y, x); got shape {array.shape}")
     if array.dtype.type not in IMAGEJ_DTYPES:
         array = array.astype(np.float32)
-    metadata = {"axes": "ZYX" if array.ndim == 3 else "YX"}
-    kwargs = {}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    tifffile.imwrite(tmp, array, imagej=True, **_imagej_options(array.ndim, pixel_um))
+    tmp.replace(path)
+    return path
+
+
+def _imagej_options(ndim: int, pixel_um: float | None) -> dict:
+    metadata = {"axes": "ZYX" if ndim == 3 else "YX"}
+    kwargs = {"metadata": metadata}
     if pixel_um:
         kwargs["resolution"] = (1.0 / pixel_um, 1.0 / pixel_um)
         metadata["unit"] = "um"
-        if array.ndim == 3:
+        if ndim == 3:
             metadata["spacing"] = float(pixel_um)
+    return kwargs
+
+
+def write_frames(path, frames: Frames, pixel_um: float | None = None, max_bytes=None) -> Path:
+    """Write ``frames`` as a ``(z, y, x)`` ImageJ stack, a chunk at a time.
+
+    As :func:`write_stack` (same tags), but the frames are read from their source
+    and handed to tifffile page by page: at most ``max_bytes`` of them held at once.
+    """
+    import tifffile
+
+    dtype = frames.dtype if frames.dtype.type in IMAGEJ_DTYPES else np.dtype(np.float32)
+
+    def pages():
+        for _, block in frames.chunks(max_bytes):
+            yield from block.astype(dtype, copy=False)
+
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
-    tifffile.imwrite(tmp, array, imagej=True, metadata=metadata, **kwargs)
+    tifffile.imwrite(tmp, pages(), shape=frames.shape, dtype=dtype, imagej=True,
+                     **_imagej_options(3, pixel_um))  # fmt: skip
     tmp.replace(path)
     return path
 
@@ -98,7 +124,7 @@ def _map_files(start: dict, out: Path, pixel: float | None) -> list[Path]:
     return written
 
 
-def export_tiff(run, out: Path) -> list[Path]:
+def export_tiff(run, out: Path, max_bytes: int | None = None) -> list[Path]:
     """Write the TIFF stacks of ``run`` into ``out`` (what each run gives: module docstring).
 
     Raises
@@ -114,13 +140,14 @@ def export_tiff(run, out: Path) -> list[Path]:
         return _map_files(start, out, pixel)
     written = []
     for stream in list(run):
-        dataset = read_stream(run, stream)
-        for key in frame_keys(dataset):
-            if plan in _VOLUME_RUNS and key == "volume":
-                written.append(write_stack(out / "volume.tif", np.asarray(dataset[key]), pixel))
-            else:
-                stack = frames(dataset, key)
-                written.append(write_stack(out / f"{stream}_{key}.tif", stack, pixel))
+        for key, shape in stream_shapes(run, stream).items():
+            if len(shape) < 3:
+                continue
+            frames = Frames(run[stream][key])  # a volume's z slices, or a camera's frames
+            name = (
+                "volume.tif" if plan in _VOLUME_RUNS and key == "volume" else f"{stream}_{key}.tif"
+            )
+            written.append(write_frames(out / name, frames, pixel, max_bytes))
     if not written:
         raise ValueError(f"run {short_uid(run)} ({plan}) has no images to write as TIFF")
     return written

@@ -100,10 +100,13 @@ def take_frames(camera, num: int, stream: str, *, also_read: Sequence = ()):
 
 
 @plan
-def take_darks(camera, shutter, num: int):
-    """Close ``shutter``, take ``num`` frames in stream ``dark``, open it again."""
+def take_darks(camera, shutter, num: int, *, also_read=()):
+    """Close ``shutter``, take ``num`` frames in stream ``dark``, open it again.
+
+    ``also_read`` is read with every frame, as in :func:`take_frames`.
+    """
     yield from bps.mv(shutter, "close")
-    yield from take_frames(camera, num, "dark")
+    yield from take_frames(camera, num, "dark", also_read=also_read)
     yield from bps.mv(shutter, "open")
 
 

@@ -22,8 +22,8 @@ the first in ``resume_of``.
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from bluesky import plan_stubs as bps
@@ -492,6 +492,55 @@ def _configure(pfib, settings: _Settings):
     )  # fmt: skip
 
 
+def _as_tuples(value):
+    """JSON arrays (lists) as the tuples the chamber's dataclasses hold."""
+    if isinstance(value, list | tuple):
+        return tuple(_as_tuples(v) for v in value)
+    return value
+
+
+def _like(given, usual) -> bool:
+    """``given`` has the shape of the default ``usual``: a number, a pair, pairs of names."""
+    if isinstance(usual, tuple):
+        if not isinstance(given, tuple):
+            return False
+        if usual and isinstance(usual[0], tuple):  # pairs, any number of them
+            return all(_like(g, usual[0]) for g in given)
+        if len(given) != len(usual):
+            return False
+        return all(_like(g, u) for g, u in zip(given, usual, strict=True))
+    if isinstance(usual, int | float) and not isinstance(usual, bool):
+        return isinstance(given, int | float) and not isinstance(given, bool)
+    return isinstance(given, type(usual))
+
+
+def chamber_part(name: str, value, cls):
+    """``geometry``/``limits`` as ``cls``: the default for None, or from a mapping of its fields.
+
+    A queued item (the queueserver, JSON) gives a mapping of the dataclass's fields;
+    lists become tuples. Unknown fields, or a value of the wrong shape for its field,
+    are a :class:`PlanArgumentError` (the manager only checks the keys and that each
+    value has one of the fields' types: ``multiscope.queueserver.annotations``).
+    """
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise PlanArgumentError(f"{name} must be a {cls.__name__} or a mapping of its fields")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise PlanArgumentError(f"{name}: no field {unknown} in {cls.__name__} ({sorted(known)})")
+    part = cls(**{key: _as_tuples(v) for key, v in value.items()})
+    default = cls()
+    for key in value:
+        given, usual = getattr(part, key), getattr(default, key)
+        if not _like(given, usual):
+            raise PlanArgumentError(f"{name}.{key} = {given!r}: expected a value like {usual!r}")
+    return part
+
+
 # ---------------------------------------------------------------------------- plans
 
 
@@ -516,8 +565,8 @@ def slice_and_view(
     polish_um: float = 1.5,
     resume: str | None = None,
     sample_id: str = "",
-    geometry: ChamberGeometry | None = None,
-    limits: ChamberLimits | None = None,
+    geometry: ChamberGeometry | Mapping[str, object] | None = None,
+    limits: ChamberLimits | Mapping[str, object] | None = None,
     max_duration_s: float = MAX_RUN_DURATION_S,
     md: dict | None = None,
 ):
@@ -554,8 +603,9 @@ def slice_and_view(
     resume : str, optional
         Start uid of the series' first run: continue it at the next unmilled slice.
     sample_id : str
-    geometry, limits : optional
-        The chamber's geometry and collision rules (defaults: seed 004's chamber).
+    geometry, limits : ChamberGeometry, ChamberLimits or mapping, optional
+        The chamber's geometry and collision rules (defaults: seed 004's chamber); a
+        mapping of their fields (a queued item's JSON) is turned into one.
     max_duration_s : float
         Longest estimated run accepted (instrument seconds).
     md : dict, optional
@@ -577,8 +627,9 @@ def slice_and_view(
         sims_current_na=sims_current_na, mill_box_um=mill_box_um, rock_deg=rock_deg,
         pt_thickness_um=pt_thickness_um, polish_um=polish_um,
     )  # fmt: skip
-    chamber = Chamber(pfib.stage, pfib.insertables, geometry or ChamberGeometry(),
-                      limits or ChamberLimits())  # fmt: skip
+    chamber = Chamber(pfib.stage, pfib.insertables,
+                      chamber_part("geometry", geometry, ChamberGeometry),
+                      chamber_part("limits", limits, ChamberLimits))  # fmt: skip
     _check_reachable(chamber, need_sims=settings.sims_every > 0,
                      need_eds=settings.eds_every > 0)  # fmt: skip
     if resume is not None and (not isinstance(resume, str) or not resume.strip()):
@@ -748,8 +799,8 @@ def kintsugi_face(
     polish_um: float = 1.5,
     *,
     sample_id: str = "",
-    geometry: ChamberGeometry | None = None,
-    limits: ChamberLimits | None = None,
+    geometry: ChamberGeometry | Mapping[str, object] | None = None,
+    limits: ChamberLimits | Mapping[str, object] | None = None,
     md: dict | None = None,
 ):
     """Kintsugi (seed 003): deposit Pt on the face, polish it back, verify the face.
@@ -772,8 +823,9 @@ def kintsugi_face(
                         maximum=10.0)  # fmt: skip
     polish = require_number("polish_um", polish_um, minimum=0, exclusive_minimum=True,
                             maximum=10.0)  # fmt: skip
-    chamber = Chamber(pfib.stage, pfib.insertables, geometry or ChamberGeometry(),
-                      limits or ChamberLimits())  # fmt: skip
+    chamber = Chamber(pfib.stage, pfib.insertables,
+                      chamber_part("geometry", geometry, ChamberGeometry),
+                      chamber_part("limits", limits, ChamberLimits))  # fmt: skip
     _check_reachable(chamber, need_sims=True, need_eds=False)
     run_md = {"plan_name": "kintsugi_face", **sample_md(sample_id), "num_points": 1,
               "plan_args": {"pt_thickness_um": pt, "polish_um": polish}}  # fmt: skip

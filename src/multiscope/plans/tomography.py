@@ -199,9 +199,11 @@ def step_tomogram(
     """The frames of one step tomogram inside an open run, shutter open (a plan fragment).
 
     Darks and flats where ``schedule`` puts them, one ``primary`` event per angle
-    reading ``camera``, ``sample.theta`` and ``also_read``; flats read ``also_read``
-    too. Projections between two dark/flat sets go to one detector file. Used by
-    :func:`tomo_scan` and by the XANES tomograms (one per energy, in one run).
+    reading ``camera``, ``sample.theta`` and ``also_read``; flats read
+    ``sample.theta`` and ``also_read`` too, darks ``sample.theta`` (the angles of
+    DXchange's ``theta_white`` and ``theta_dark``). Projections between two
+    dark/flat sets go to one detector file. Used by :func:`tomo_scan` and by the
+    XANES tomograms (one per energy, in one run).
 
     Parameters
     ----------
@@ -227,12 +229,15 @@ def step_tomogram(
             if staged:
                 yield from bps.unstage(camera)
                 staged = False
+            # The rotation is read with darks and flats: their angles
+            # (DXchange theta_dark, theta_white).
             if index in schedule.darks_before:
-                yield from take_darks(camera, shutter, num_darks)
+                yield from take_darks(camera, shutter, num_darks, also_read=[sample.theta])
             if index in schedule.flats_before:
                 yield from take_flats(
-                    camera, flat_axis, x_out, x_in, num_flats, also_read=also_read
-                )
+                    camera, flat_axis, x_out, x_in, num_flats,
+                    also_read=[sample.theta, *also_read],
+                )  # fmt: skip
         if index == num_projections:
             break
         if not staged:
@@ -539,16 +544,18 @@ def fly_tomogram(camera, sample, shutter, flyer, sweep: FlySweep, schedule, *, n
     run), as :func:`step_tomogram` is for step scans.
     """
     n = len(schedule.angles_deg)
+    # The rotation is read with darks and flats: their angles (DXchange theta_dark, theta_white).
+    flat_reads = [sample.theta, *also_read]
     if 0 in schedule.darks_before:
-        yield from take_darks(camera, shutter, num_darks)
+        yield from take_darks(camera, shutter, num_darks, also_read=[sample.theta])
     if 0 in schedule.flats_before:
-        yield from take_flats(camera, sample.x, x_out, x_in, num_flats, also_read=also_read)
+        yield from take_flats(camera, sample.x, x_out, x_in, num_flats, also_read=flat_reads)
     yield from bps.checkpoint()
     yield from fly_projections(camera, sample.theta, flyer, sweep, declare=declare)
     if n in schedule.flats_before:
-        yield from take_flats(camera, sample.x, x_out, x_in, num_flats, also_read=also_read)
+        yield from take_flats(camera, sample.x, x_out, x_in, num_flats, also_read=flat_reads)
     if n in schedule.darks_before:
-        yield from take_darks(camera, shutter, num_darks)
+        yield from take_darks(camera, shutter, num_darks, also_read=[sample.theta])
 
 
 def fly_projections(camera, theta, flyer, sweep: FlySweep, *, declare: bool = True):

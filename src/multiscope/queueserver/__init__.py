@@ -20,15 +20,26 @@ One RE Manager runs one instrument (a session's device names, ``cam``, ``shutter
 repeat across instruments); a facility runs one manager per instrument, each on its
 own ZeroMQ ports and Redis key prefix. :data:`USER_GROUP_PERMISSIONS` is the
 permissions file to pass as ``--user-group-permissions``.
+
+In the worker, :func:`configure_from_environment` also gives plan parameters of the
+project's types annotations the manager validates
+(:func:`~multiscope.queueserver.annotations.annotate_project_types`), and makes the
+environment's close wait for the session's close (:func:`close_with_environment`):
+live analysis and storage finish before the worker exits (decision 0030).
 """
 
+import logging
+import multiprocessing
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from ..session import INSTRUMENTS, Session, configure_session
+from .annotations import annotate_project_types
 
-__all__ = ["USER_GROUP_PERMISSIONS", "configure_from_environment"]
+__all__ = ["USER_GROUP_PERMISSIONS", "close_with_environment", "configure_from_environment"]
+
+logger = logging.getLogger(__name__)
 
 #: The user-group permissions shipped for the RE Manager: every public plan and
 #: device of the session for the ``primary`` group; names starting with ``_`` never.
@@ -72,8 +83,53 @@ def configure_from_environment(
         # output, no live table.
         table=False,
     )
-    # No drain at the worker's exit: the manager joins the worker within 0.5 s of its
-    # exit (a drain took ~1.3 s, and the manager then logs a failed join). Every run
-    # is journaled as acquired; one whose last documents were still on their way when
-    # the environment closed is completed by `multiscope catalog recover`.
+    # The manager drops annotations naming our classes: give it ones it validates.
+    annotate_project_types(namespace)
+    # Runs still on their way to the catalog are stored before the worker exits.
+    close_with_environment(session)
     return session
+
+
+def close_with_environment(session: Session, process=None) -> bool:
+    """Make the RE Worker's environment close wait for ``session.close()``.
+
+    The worker process, asked to close its environment, leaves its plan loop and
+    runs its shutdown code: it reports the state ``closing``, waits for the
+    manager's confirmation, and exits; the manager joins it within 0.5 s. Nothing in
+    the queueserver 0.0.25 API runs user code on close, so the shutdown method of the
+    worker process (``RunEngineWorker._worker_shutdown_code``, private; the pin
+    ``bluesky-queueserver==0.0.25`` and ``tests/unit/test_queueserver_plans.py`` keep
+    it checked) is wrapped on this process's instance: ``session.close()`` (live
+    analysis, then storage: the catalog's writer drained) runs first, while the
+    manager waits for ``closing`` (it has no time limit there), so the runs are in the
+    catalog before the environment reports closed. A failing close is logged; the
+    worker closes all the same (the journal keeps what storage did not take).
+
+    Parameters
+    ----------
+    session : Session
+    process : multiprocessing.Process, optional
+        The worker process (default: the current process).
+
+    Returns
+    -------
+    bool
+        False outside an RE Worker (nothing wrapped).
+    """
+    from bluesky_queueserver.manager.worker import RunEngineWorker
+
+    process = multiprocessing.current_process() if process is None else process
+    if not isinstance(process, RunEngineWorker):
+        return False
+    shutdown = process._worker_shutdown_code
+
+    def close_session_then_shut_down():
+        try:
+            session.close()
+        except Exception:
+            logger.exception("closing the session on environment close failed")
+        finally:
+            shutdown()
+
+    process._worker_shutdown_code = close_session_then_shut_down
+    return True
