@@ -188,10 +188,14 @@ def test_theta_is_taken_at_mid_exposure_from_the_trajectory(tab):
     assert axis.position_at(now - 9.5) == pytest.approx(5.0)
     assert axis.position_at(now - 5.0) == 10.0  # at rest between the moves
     assert axis.position_at(now - 0.5) == pytest.approx(25.0)
-    elapsed = time.monotonic() - now  # the exposure ends now (ctx.timestamp)
-    ctx = FrameContext(0.2, 1, 0, SHAPE, time.time(), np.random.default_rng(0), ioc)
+    # The exposure ends now, on the acquisition's monotonic clock (as the camera passes
+    # it: converting from the Unix timestamp reads two clocks, and a thread switch
+    # between the reads, under load, moved the angle by more than the tolerance).
+    end = time.monotonic()
+    ctx = FrameContext(0.2, 1, 0, SHAPE, time.time(), np.random.default_rng(0), ioc,
+                       end_monotonic=end)  # fmt: skip
     _, attrs = ioc.scene(ctx)
-    assert attrs["theta"] == pytest.approx(10.0 + 30.0 * (0.9 + elapsed), abs=0.01)
+    assert attrs["theta"] == pytest.approx(10.0 + 30.0 * (0.9 + end - now), abs=0.01)
 
 
 def test_binning_changes_frame_shape_and_pixel_size(tab):
