@@ -11,6 +11,7 @@ with a wrong one; the CLI lists the runs (docs/stack-facts.md, fault row 11).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -341,6 +342,44 @@ def _killing(catalog, kill, then=None):
     return step
 
 
+@contextlib.contextmanager
+def _writing_session(server, data_dir):
+    """A session writing to ``server`` one event per request; yields (catalog, RE).
+
+    Its live writer is made (its imports) and drained once before any timing.
+    """
+    from bluesky import RunEngine
+    from bluesky.plans import scan
+    from ophyd.sim import det, motor
+
+    with Catalog.remote(server.url, server.writer_key, data_dir=data_dir,
+                        batch_size=1) as catalog:  # fmt: skip
+        RE = RunEngine({}, context_managers=[])
+        RE.subscribe(catalog.writer())
+        RE(scan([det], motor, -1, 1, 3))
+        assert catalog.drain(60), catalog.status()
+        yield catalog, RE
+
+
+def _runs_while_down(catalog, RE, kill):
+    """A run cut by ``kill()`` halfway and the next one acquired while down.
+
+    Returns their uids and the seconds both took after the kill. Checks that neither
+    is lost silently: both are reported pending and nothing drains.
+    """
+    from bluesky.plans import scan
+    from ophyd.sim import det, motor
+
+    hook = _killing(catalog, kill)
+    cut = RE(scan([det], motor, -1, 1, POINTS, per_step=hook))[0]
+    down = RE(scan([det], motor, -1, 1, POINTS))[0]
+    acquired_s = time.perf_counter() - hook.killed[0]
+    wait_until(lambda: {cut, down} <= set(catalog.status()["pending_recovery"]),
+               timeout=60, message=lambda: str(catalog.status()))  # fmt: skip
+    assert not catalog.drain(1)
+    return cut, down, acquired_s
+
+
 def _check_stored_once(server, uids, data_dir):
     """Each run listed once, complete, each of its events once (read with the reader key)."""
     expected_motor = np.linspace(-1, 1, POINTS)
@@ -367,30 +406,16 @@ def test_a_server_killed_mid_run_loses_nothing_and_duplicates_nothing(
     # writes resume. Either way each run is stored once with each event once.
     # Near the end of the module: it restarts the server the other tests share.
     import tiled.client.utils
-    from bluesky import RunEngine
     from bluesky.plans import scan
     from ophyd.sim import det, motor
 
     server = facility_server
-    with Catalog.remote(server.url, server.writer_key, data_dir=tmp_path / "s",
-                        batch_size=1) as catalog:  # fmt: skip
-        RE = RunEngine({}, context_managers=[])
-        RE.subscribe(catalog.writer())
-        RE(scan([det], motor, -1, 1, 3))  # the live writer made (its imports) before timing
-        assert catalog.drain(60), catalog.status()
-
-        # (1) a long outage
+    with _writing_session(server, tmp_path / "s") as (catalog, RE):
+        # (1) a long outage. Not silent: both runs reported pending, journals kept.
         monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 2.0)
-        hook = _killing(catalog, server.kill)
-        cut = RE(scan([det], motor, -1, 1, POINTS, per_step=hook))[0]
-        down = RE(scan([det], motor, -1, 1, POINTS))[0]
-        acquired_s = time.perf_counter() - hook.killed[0]
-        # Not silent: both runs reported pending, their journals kept, nothing drains.
-        wait_until(lambda: {cut, down} <= set(catalog.status()["pending_recovery"]),
-                   timeout=60, message=lambda: str(catalog.status()))  # fmt: skip
+        cut, down, acquired_s = _runs_while_down(catalog, RE, server.kill)
         journals = sorted(p.stem for p in (tmp_path / "s" / "journal").glob("*.jsonl"))
         assert journals == sorted([cut, down])
-        assert not catalog.drain(1)
         server.start()
         assert catalog.drain(120), catalog.status()
         assert catalog.status()["pending_recovery"] == []
@@ -417,26 +442,14 @@ def test_postgresql_killed_mid_run_loses_nothing_and_duplicates_nothing(
     # journal, reported pending, and are stored once each when PostgreSQL is back,
     # with the same tiled server (its connection pool reconnects). Last in the module.
     import tiled.client.utils
-    from bluesky import RunEngine
     from bluesky.plans import scan
     from ophyd.sim import det, motor
 
     server = facility_server
     cluster = server.cluster
     monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 2.0)
-    with Catalog.remote(server.url, server.writer_key, data_dir=tmp_path / "s",
-                        batch_size=1) as catalog:  # fmt: skip
-        RE = RunEngine({}, context_managers=[])
-        RE.subscribe(catalog.writer())
-        RE(scan([det], motor, -1, 1, 3))  # the live writer made (its imports) before timing
-        assert catalog.drain(60), catalog.status()
-        hook = _killing(catalog, cluster.kill)
-        cut = RE(scan([det], motor, -1, 1, POINTS, per_step=hook))[0]
-        down = RE(scan([det], motor, -1, 1, POINTS))[0]
-        acquired_s = time.perf_counter() - hook.killed[0]
-        wait_until(lambda: {cut, down} <= set(catalog.status()["pending_recovery"]),
-                   timeout=60, message=lambda: str(catalog.status()))  # fmt: skip
-        assert not catalog.drain(1)
+    with _writing_session(server, tmp_path / "s") as (catalog, RE):
+        cut, down, acquired_s = _runs_while_down(catalog, RE, cluster.kill)
         assert server.process.poll() is None  # tiled itself stayed up
         cluster.restart()
         assert catalog.drain(120), catalog.status()
