@@ -25,7 +25,7 @@ os.environ.setdefault("MULTISCOPE_CATALOG_IDLE_S", "20")
 
 # As configure_session does, before any test's CA client context exists (a context's
 # search-results thread keeps the loop it started with).
-compat.survive_circuit_failures()
+compat.keep_ca_client_searching()
 
 # Before numba is imported (it reads NUMBA_CACHE_DIR then) and before any server starts.
 os.environ.update(worker_environment(os.environ, Path(__file__).parents[1] / ".pytest_cache"))

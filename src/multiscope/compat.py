@@ -32,7 +32,9 @@ __all__ = [
     "limit_violation_type",
     "server_monitor_batch_seconds",
     "set_server_high_load_timeout",
+    "keep_ca_client_searching",
     "survive_circuit_failures",
+    "survive_search_retry_failures",
     "suspender_justification",
     "throw_into_run",
 ]
@@ -127,6 +129,20 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
         "_close_event",
         True,
         "survive_circuit_failures",
+    ),
+    PrivateAPI(
+        "caproto",
+        "caproto.threading.client.SharedBroadcaster",
+        "_retry_unanswered_searches",
+        False,
+        "survive_search_retry_failures",
+    ),
+    PrivateAPI(
+        "caproto",
+        "caproto.threading.client.SharedBroadcaster",
+        "_close_event",
+        True,
+        "survive_search_retry_failures",
     ),
     PrivateAPI(
         "caproto",
@@ -402,3 +418,53 @@ def survive_circuit_failures() -> None:
 
     resilient_loop._survives_circuit_failures = True
     client.Context._process_search_results_loop = resilient_loop
+
+
+def survive_search_retry_failures() -> None:
+    """Keep caproto's CA client sending its searches after an error (this process).
+
+    Stands for: a Channel Access client whose search requests go out for as long as it
+    lives, as libca's do. caproto 1.3's threading client sends every search request,
+    the first one included, from one "retry" thread, which ends on the first error.
+    One such error is a race: each send re-reads the EPICS variables with
+    ``dict(os.environ)``, which raises ``KeyError`` when another thread removes an
+    environment variable between listing the keys and reading them (a test's
+    ``monkeypatch`` undoing a ``setenv``, any library's ``os.environ.pop``). From then
+    on nothing is searched for: every channel the process opens stays "searching".
+    Wrapped, the thread logs the error, waits half a second (a persistent fault must
+    not spin) and carries on. Install before the first context exists; idempotent.
+    """
+    import logging
+
+    from caproto.threading import client
+
+    retry = client.SharedBroadcaster._retry_unanswered_searches
+    if getattr(retry, "_survives_errors", False):
+        return
+    log = logging.getLogger(__name__)
+
+    def resilient_retry(broadcaster) -> None:
+        while True:
+            try:
+                retry(broadcaster)
+                return
+            except Exception as error:  # noqa: BLE001 - any error ended the thread
+                if broadcaster._close_event.is_set():
+                    return
+                log.warning("CA client: sending searches failed (%r); carrying on", error)
+                if broadcaster._close_event.wait(0.5):
+                    return
+
+    resilient_retry._survives_errors = True
+    client.SharedBroadcaster._retry_unanswered_searches = resilient_retry
+
+
+def keep_ca_client_searching() -> None:
+    """Install both CA client shims: :func:`survive_circuit_failures` and
+    :func:`survive_search_retry_failures`.
+
+    Call before the process's first CA client context exists (a thread keeps the loop
+    it started with); idempotent. ``configure_session`` calls it.
+    """
+    survive_circuit_failures()
+    survive_search_retry_failures()

@@ -428,7 +428,7 @@ def configure_session(
             f"unknown instrument {instrument!r}; choose one of {sorted(INSTRUMENTS)}"
         ) from None
 
-    compat.survive_circuit_failures()  # before the session's CA client context exists
+    compat.keep_ca_client_searching()  # before the session's CA client context exists
     root = resolve_data_dir(data_dir)
     sim_record, running = _find_simulated_ioc(instrument, root)
     simulated = prefix is None and sim_record is not None

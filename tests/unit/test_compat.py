@@ -108,6 +108,7 @@ def _ca_client_context():
 
 PROBES = {
     "caproto.threading.client.Context": _ca_client_context,
+    "caproto.threading.client.SharedBroadcaster": lambda: _ca_client_context().broadcaster,
     "ophyd.device.Device": _device,
     "ophyd.pseudopos.PseudoPositioner": _TwoAxes.build,
     "bluesky.suspenders.SuspenderBase": _suspender,
