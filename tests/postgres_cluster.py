@@ -101,7 +101,8 @@ class PostgresCluster:
         """``postgresql://tiled:<password>@127.0.0.1:<port>/<database>``."""
         return f"postgresql://{USER}:{self.password}@127.0.0.1:{self.port}/{database}"
 
-    def _run_sql(self, *statements: str, database: str = "postgres") -> None:
+    def run_sql(self, *statements: str, database: str = "postgres") -> None:
+        """Execute ``statements`` in ``database``, one after the other, as the owner."""
         import asyncpg
 
         async def run() -> None:
@@ -116,7 +117,7 @@ class PostgresCluster:
 
     def create_database(self, name: str) -> str:
         """Create database ``name``; return its URI."""
-        self._run_sql(f'CREATE DATABASE "{name}"')
+        self.run_sql(f'CREATE DATABASE "{name}"')
         self.databases.append(name)
         return self.uri(name)
 
@@ -239,7 +240,7 @@ def _wait_ready(cluster: PostgresCluster, timeout: float) -> None:
         if process.poll() is not None:
             raise RuntimeError(f"postgres exited at start-up:\n{cluster.log_tail()}")
         try:
-            cluster._run_sql("SELECT 1")
+            cluster.run_sql("SELECT 1")
         except (TimeoutError, OSError, asyncpg.CannotConnectNowError):
             return False  # not listening yet, or "the database system is starting up"
         return True

@@ -48,7 +48,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from multiscope import catalog_server
+from multiscope import catalog_server, compat
 from multiscope.callbacks.storage import (
     COMMITTED_SUBDIR,
     BackgroundWriter,
@@ -279,10 +279,20 @@ class _TiledWriterOnFirstDocument:
 
     def __call__(self, name: str, doc: dict) -> None:
         if self._writer is None:
-            from bluesky_tiled_plugins import TiledWriter
-
-            self._writer = TiledWriter(self._catalog.client, batch_size=self._batch_size)
+            self._writer = _tiled_writer(self._catalog.client, self._batch_size)
         self._writer(name, doc)
+
+
+def _tiled_writer(client, batch_size: int):
+    """bluesky-tiled-plugins' ``TiledWriter``, its event tables read back in seq_num order.
+
+    PostgreSQL returns a table's rows in heap order, not insertion order
+    (:func:`multiscope.compat.order_event_tables_by_seq_num`).
+    """
+    from bluesky_tiled_plugins import TiledWriter
+
+    compat.order_event_tables_by_seq_num()
+    return TiledWriter(client, batch_size=batch_size)
 
 
 # ---------------------------------------------------------------------------- catalog
@@ -763,9 +773,7 @@ def recover_journal(path: str | os.PathLike, client) -> RecoveryReport:
                 client.delete_contents([uid], recursive=True, external_only=False)
                 status = "rewritten"
         if status != "already complete":
-            from bluesky_tiled_plugins import TiledWriter
-
-            writer = TiledWriter(client, batch_size=RECOVERY_BATCH_SIZE)
+            writer = _tiled_writer(client, RECOVERY_BATCH_SIZE)
             for name, doc in contents.documents:
                 writer(name, doc)
     except Exception as exc:  # storage still down: keep the journal for the next attempt

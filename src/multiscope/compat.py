@@ -30,6 +30,7 @@ __all__ = [
     "forget_staging",
     "is_staged",
     "limit_violation_type",
+    "order_event_tables_by_seq_num",
     "server_monitor_batch_seconds",
     "set_server_high_load_timeout",
     "keep_ca_client_searching",
@@ -468,3 +469,65 @@ def keep_ca_client_searching() -> None:
     """
     survive_circuit_failures()
     survive_search_retry_failures()
+
+
+EVENT_TABLE_ORDER = [{"column": "seq_num", "direction": "asc"}]
+
+
+def order_event_tables_by_seq_num() -> None:
+    """Make the event tables this process creates in tiled read back in ``seq_num`` order.
+
+    Stands for: events that come back in the order they were taken, whatever the
+    database. tiled 0.2.20 reads an appendable table with ``ORDER BY _partition_id``,
+    adding ``rowid`` (insertion order) only for SQLite and DuckDB. PostgreSQL has no
+    rowid: rows come in heap order, which is not insertion order once a row is
+    updated or a deleted run's space is reused (a facility catalog that replaced a run
+    cut off mid-write read its events as 14, 15, 16, 0, 1, ...). tiled's SQL adapter
+    honours ``order_by_args`` stored with a table's data source, but its client's
+    ``create_appendable_table``, which bluesky-tiled-plugins' ``TiledWriter`` calls,
+    cannot pass them. Wrapped, a table with a ``seq_num`` column (a bluesky event
+    table) is created with ``order_by_args`` = :data:`EVENT_TABLE_ORDER`, through the
+    same public ``Container.new`` call; other tables are created as before.
+    Idempotent.
+    """
+    import functools
+
+    from tiled.client.container import Container
+
+    create = Container.create_appendable_table
+    if getattr(create, "_orders_by_seq_num", False):
+        return
+
+    @functools.wraps(create)
+    def create_in_seq_num_order(
+        self,
+        schema,
+        npartitions=1,
+        *,
+        key=None,
+        metadata=None,
+        specs=None,
+        access_tags=None,
+        table_name=None,
+    ):
+        if "seq_num" not in schema.names:
+            return create(self, schema, npartitions, key=key, metadata=metadata, specs=specs,
+                          access_tags=access_tags, table_name=table_name)  # fmt: skip
+        from tiled.structures.core import StructureFamily
+        from tiled.structures.data_source import DataSource
+        from tiled.structures.table import TableStructure
+
+        parameters = {"order_by_args": EVENT_TABLE_ORDER}
+        if table_name is not None:
+            parameters["table_name"] = table_name
+        source = DataSource(
+            structure=TableStructure.from_schema(schema, npartitions),
+            structure_family=StructureFamily.table,
+            mimetype="application/x-tiled-sql-table",
+            parameters=parameters,
+        )
+        return self.new(StructureFamily.table, [source], key=key, metadata=metadata or {},
+                        specs=specs or [], access_tags=access_tags)  # fmt: skip
+
+    create_in_seq_num_order._orders_by_seq_num = True
+    Container.create_appendable_table = create_in_seq_num_order

@@ -178,3 +178,17 @@ def test_private_library_api_is_used_only_in_compat():
             if _PRIVATE_MODULE.search(line) or _PRIVATE_NAMES.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not offenders, f"private library APIs outside {COMPAT_FILE}:\n" + "\n".join(offenders)
+
+
+def test_the_event_table_wrapper_takes_what_tiled_takes():
+    # order_event_tables_by_seq_num re-creates tiled's create_appendable_table call with
+    # one parameter more: a tiled that adds or renames one must be re-read.
+    import inspect
+
+    from tiled.client.container import Container
+
+    compat.order_event_tables_by_seq_num()
+    wrapper = Container.create_appendable_table
+    assert wrapper._orders_by_seq_num
+    tiled_signature = inspect.signature(wrapper.__wrapped__)
+    assert inspect.signature(wrapper, follow_wrapped=False) == tiled_signature
