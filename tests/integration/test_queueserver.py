@@ -45,8 +45,9 @@ PLANS = {
     ),
     "fibsem": ([], BPlan("slice_and_view", "pfib", 1, 0.1, eds_live_time_s=20.0,
                          sims_frame_time_s=20.0)),
+    # Queued cuts name their number (decision 0031): the fresh mill's first.
     "laser": ([], BPlan("cut_tab", "laser", 100.0, length_um=400.0, handle_width_um=700.0,
-                        handle_length_um=1200.0, origin_um=[3000.0, 300.0])),
+                        handle_length_um=1200.0, origin_um=[3000.0, 300.0], cut_number=1)),
     "xrm": (
         ["--phantom", "coin_short", "--time-scale", "0.002", "--seed", "0"],
         BPlan("xrm_tomo_scan", "xrm", "coin_survey", n_projections=9, voi_mm=[0.0, 0.0, 0.0],
@@ -434,7 +435,8 @@ def test_a_cut_paused_from_the_queue_then_aborted_is_never_cut_again(managers, i
     # 0.5 mm/s, 9.4 s, the abort came after the cut's end at load 40); a piece of its
     # own beside the module's other cut. Aborted, it lasts seconds.
     plan = BPlan("cut_tab", "laser", 100.0, length_um=400.0, handle_width_um=700.0,
-                 handle_length_um=1200.0, origin_um=[1500.0, 300.0], speed_mm_s=0.25)  # fmt: skip
+                 handle_length_um=1200.0, origin_um=[1500.0, 300.0], speed_mm_s=0.25,
+                 cut_number=count_before + 1)  # fmt: skip
     before = len(api.history_get()["items"])
     api.item_add(plan)
     api.queue_start()
@@ -467,8 +469,16 @@ def test_a_cut_paused_from_the_queue_then_aborted_is_never_cut_again(managers, i
                    message=f"run {uid} not in the catalog")  # fmt: skip
         run = catalog.run(uid)
         assert run.metadata["stop"]["exit_status"] == "abort"
-    api.queue_clear()  # the aborted item, back at the head: a later start must not re-cut
+    # The manager put the aborted item back at the head of the queue. Started again, it
+    # is refused by the mill before anything fires: its cut number was made.
+    assert api.queue_get()["items"][0]["kwargs"]["cut_number"] == count_before + 1
+    api.queue_start()
+    again = _one_new_item(api, before + 1)
+    assert again["result"]["exit_status"] == "failed", again["result"]
+    assert f"cut {count_before + 1} was already made" in again["result"]["msg"], again["result"]
     assert int(_now(laser.cut.count)) == count_before + 1
+    assert int(_now(laser.emission.firing)) == 0
+    api.queue_clear()  # the refused item, back at the head again
 
 
 def test_a_run_just_before_environment_close_is_complete_in_the_catalog(managers):

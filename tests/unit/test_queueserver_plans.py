@@ -19,6 +19,7 @@ from ophyd.sim import SynAxis, SynGauss
 import multiscope
 from multiscope.queueserver import USER_GROUP_PERMISSIONS, close_with_environment
 from multiscope.queueserver.annotations import annotate_project_types
+from multiscope.queueserver.destructive import require_cut_numbers
 from multiscope.session import INSTRUMENTS, instrument_plans
 
 
@@ -31,6 +32,7 @@ def _namespace(instrument: str) -> dict:
     m1.limits = (-5.0, 5.0)
     cam = SynGauss("cam", m1, "m1", center=0.0, Imax=1.0)
     namespace = {**instrument_plans(instrument), "m1": m1, "cam": cam}
+    require_cut_numbers(namespace)
     annotate_project_types(namespace)
     return namespace
 
@@ -129,6 +131,39 @@ def test_every_annotated_parameter_keeps_an_annotation_the_manager_validates(ins
             if annotated is not inspect.Parameter.empty and "annotation" not in parameter:
                 dropped.append(f"{name}({parameter['name']}: {annotated})")
     assert not dropped, f"annotations the manager drops: {dropped}"
+
+
+@pytest.mark.parametrize("plan_name", ["cut_tab", "lathe_pillar"])
+def test_a_queued_cut_must_name_its_cut_number(plan_name):
+    # The manager re-queues an aborted item as it was added: with "the next number" it
+    # would cut again; with its number the mill refuses the repeat (decision 0031).
+    namespace = _namespace("laser")
+    item = {"name": plan_name, "args": ["laser", 100.0]}
+    ok, message = _validate(namespace, item)
+    assert not ok
+    assert "cut_number" in message, message
+    ok, message = _validate(namespace, {**item, "kwargs": {"cut_number": 3}})
+    assert ok, message
+    ok, message = _validate(namespace, {**item, "kwargs": {"cut_number": "third"}})
+    assert not ok and "cut_number" in message, message
+
+
+def test_required_cut_numbers_leave_the_plan_itself_unchanged():
+    calls = []
+
+    def cut(laser, width_um, *, speed_mm_s=2.0, cut_number=None):
+        calls.append((laser, width_um, speed_mm_s, cut_number))
+        yield "cut"
+
+    namespace = {"cut": cut, "laser": object()}
+    assert require_cut_numbers(namespace) == ["cut"]
+    queued = namespace["cut"]
+    assert queued is not cut and queued.__name__ == "cut"
+    parameter = inspect.signature(queued).parameters["cut_number"]
+    assert parameter.default is inspect.Parameter.empty and parameter.annotation is int
+    assert list(queued("mill", 100.0, cut_number=4)) == ["cut"]
+    assert calls == [("mill", 100.0, 2.0, 4)]
+    assert require_cut_numbers({"cut": queued}) == []  # already required: left alone
 
 
 def _validate(namespace, plan):

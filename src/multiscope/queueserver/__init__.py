@@ -23,7 +23,9 @@ permissions file to pass as ``--user-group-permissions``.
 
 In the worker, :func:`configure_from_environment` also gives plan parameters of the
 project's types annotations the manager validates
-(:func:`~multiscope.queueserver.annotations.annotate_project_types`), and makes the
+(:func:`~multiscope.queueserver.annotations.annotate_project_types`), makes
+``cut_number`` a required parameter of the plans that cut
+(:func:`~multiscope.queueserver.destructive.require_cut_numbers`), and makes the
 environment's close wait for the session's close (:func:`close_with_environment`):
 live analysis and storage finish before the worker exits (decision 0030).
 """
@@ -36,6 +38,7 @@ from pathlib import Path
 
 from ..session import INSTRUMENTS, Session, configure_session
 from .annotations import annotate_project_types
+from .destructive import require_cut_numbers
 
 __all__ = ["USER_GROUP_PERMISSIONS", "close_with_environment", "configure_from_environment"]
 
@@ -83,6 +86,8 @@ def configure_from_environment(
         # output, no live table.
         table=False,
     )
+    # A restarted item must not cut again: queued cuts name their cut number.
+    require_cut_numbers(namespace)
     # The manager drops annotations naming our classes: give it ones it validates.
     annotate_project_types(namespace)
     # Runs still on their way to the catalog are stored before the worker exits.

@@ -27,7 +27,7 @@ import types
 import typing
 from collections.abc import Callable
 
-__all__ = ["annotate_project_types", "project_type_annotation"]
+__all__ = ["annotate_project_types", "is_plan", "project_type_annotation"]
 
 _SIMPLE = (bool, int, float, str)
 
@@ -86,7 +86,8 @@ def _dataclass_of(annotation) -> tuple[type | None, bool]:
     return None, False
 
 
-def _is_plan(obj) -> bool:
+def is_plan(obj) -> bool:
+    """Whether ``obj`` is a plan: marked by bluesky's ``@plan`` or a generator function."""
     return callable(obj) and (
         getattr(obj, "_is_plan_", False) or inspect.isgeneratorfunction(inspect.unwrap(obj))
     )
@@ -113,7 +114,7 @@ def annotate_project_types(namespace: dict) -> list[str]:
 
     annotated = []
     for name, obj in list(namespace.items()):
-        if name.startswith("_") or not _is_plan(obj):
+        if name.startswith("_") or not is_plan(obj):
             continue
         parameters: dict[str, dict] = {}
         for parameter in inspect.signature(obj).parameters.values():
