@@ -196,11 +196,12 @@ def test_move_sets_every_real_axis_with_finite_timeout(energy):
     zp_z, det_z = thin_lens(8.35)
     assert setpoints(energy) == pytest.approx({"mono": 8.35, "zp_z": zp_z, "det_z": det_z})
     assert energy.position.energy == pytest.approx(8.35)
-    # longest real move timeout + margin: the mono's 0.35 keV at 1 keV/s here
+    # longest real move timeout (each axis' own margin) + margin: the mono's 0.35 keV
+    # at 1 keV/s here
     expected = max(
-        0.35 / 1.0 + 0.2 + 2.0,
-        abs(zp_z - thin_lens(8.0)[0]) / 2.0 + 0.2 + 2.0,
-        abs(det_z - thin_lens(8.0)[1]) / 20.0 + 0.2 + 2.0,
+        0.35 / 1.0 + 0.2 + energy.mono.move_margin,
+        abs(zp_z - thin_lens(8.0)[0]) / 2.0 + 0.2 + energy.zp_z.move_margin,
+        abs(det_z - thin_lens(8.0)[1]) / 20.0 + 0.2 + energy.det_z.move_margin,
     )
     assert energy.move_timeout(8.0) > 0
     assert status.timeout == pytest.approx(expected + energy.move_margin)

@@ -393,7 +393,9 @@ class StreamingCamera(DetectorBase):
             logger.warning("%s: IOC disconnected; unstaged without restoring settings", self.name)
             forget_staging(self, self.cam, self.hdf1)
             return [self]
-        if self.hdf1.capture.get() != 0:
+        # 5 s, not ophyd's 2 s read timeout: an IOC busy rendering on a loaded machine
+        # answered later than 2 s and the clean-up failed.
+        if self.hdf1.capture.get(timeout=5.0) != 0:
             self.hdf1.capture.set(0, timeout=5.0).wait(5.0)
         return super().unstage()
 
