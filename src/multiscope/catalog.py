@@ -86,6 +86,7 @@ __all__ = [
     "recover",
     "recover_journal",
     "series_documents",
+    "stored_as_recorded",
 ]
 
 logger = logging.getLogger(__name__)
@@ -461,10 +462,14 @@ class Catalog:
                     _TiledWriterOnFirstDocument(self, self._batch_size),
                     maxsize=self._queue_size,
                     recover=self._recover_uid,
+                    verify=self._stored_as_recorded,
                     on_written=journal.commit,
                 )
                 self._writer = CatalogWriter(journal, background)
             return self._writer
+
+    def _stored_as_recorded(self, uid: str, stop: dict) -> bool:
+        return stored_as_recorded(self.client, uid, stop.get("num_events") or {})
 
     def _recover_uid(self, uid: str) -> None:
         report = recover_journal(self.journal_dir / f"{uid}.jsonl", self.client)
@@ -704,6 +709,44 @@ def _has_run(client, uid: str) -> bool:
     return True
 
 
+def stored_as_recorded(client, uid: str, num_events: dict[str, int]) -> bool:
+    """Whether run ``uid`` in ``client`` holds each of its events once.
+
+    Per stream of ``num_events`` (a stop document's, or a journal's count): as many
+    rows in the stream's event table as events, and no ``seq_num`` twice. A write
+    retried after its reply was lost (bluesky-tiled-plugins forces that retry) may
+    have stored rows twice; a cut-off write, fewer.
+
+    Raises
+    ------
+    KeyError
+        The run is not in ``client``.
+    """
+    from tiled.client.container import Container
+
+    for stream, expected in num_events.items():
+        if not expected:
+            continue
+        try:
+            node = Container.__getitem__(client, f"{uid}/{stream}")
+        except KeyError:
+            if _has_run(client, uid):
+                return False  # the stream is missing
+            raise
+        table = None
+        # The writer splits a table of very many columns into internal_0, internal_1, ...
+        for key in ("internal", "internal_0"):
+            with contextlib.suppress(KeyError):
+                table = Container.__getitem__(node, key)
+                break
+        if table is None:
+            return False
+        seq_num = table.read(["seq_num"])["seq_num"]
+        if len(seq_num) != expected or seq_num.nunique() != expected:
+            return False
+    return True
+
+
 def _is_run_catalog(client) -> bool:
     return any(s.name == "CatalogOfBlueskyRuns" for s in getattr(client, "specs", ()))
 
@@ -765,11 +808,15 @@ def recover_journal(path: str | os.PathLike, client) -> RecoveryReport:
     try:
         status = "written"
         if _has_run(client, uid):
-            if _find_run(client, uid).metadata.get("stop"):
+            recorded = {s: n for s, n in counts.items() if s != "?"}
+            if _find_run(client, uid).metadata.get("stop") and stored_as_recorded(
+                client, uid, recorded
+            ):
                 status = "already complete"
             else:
-                # A partial run (writer killed or cut off): replace it whole, since
-                # appending would need to know exactly which rows reached the server.
+                # A partial run (writer killed or cut off), or one with rows stored twice
+                # (a retried write): replace it whole, since mending it would need to
+                # know exactly which rows reached the server.
                 client.delete_contents([uid], recursive=True, external_only=False)
                 status = "rewritten"
         if status != "already complete":

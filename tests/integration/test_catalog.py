@@ -307,3 +307,36 @@ def test_storage_outage_does_not_slow_scan(RE, catalog, data_dir):
     assert len(ds["det"]) == 200
     np.testing.assert_array_equal(np.asarray(ds["cam"]).reshape(-1, NY, NX), np.stack(cam.frames))
     assert background.pending_recovery == []
+
+
+def test_rows_stored_twice_by_a_retried_write_are_rewritten_once(RE, catalog):
+    """Inject what a write retried after its reply was lost does (bluesky-tiled-plugins
+    forces that retry, and says rows may be duplicated): one event appended twice.
+    Expect the run checked at its stop, found with a row too many, rewritten from its
+    journal: each event once, in order."""
+    background = catalog.writer().background
+    live = background.consumer
+    repeated = []
+
+    def write_one_event_twice(name, doc):
+        live(name, doc)
+        if name == "event" and doc["seq_num"] == 3 and not repeated:
+            repeated.append(doc["uid"])
+            live(name, doc)  # the retry of an append the server had already stored
+
+    before = catalog.status()
+    background.consumer = write_one_event_twice
+    try:
+        (uid,) = RE(scan([det], motor, -1, 1, 7))
+        assert catalog.drain(60), catalog.status()
+    finally:
+        background.consumer = live
+    assert repeated
+    run = catalog.run(uid)
+    data = run["primary"].read()
+    assert len(data["det"]) == 7
+    np.testing.assert_allclose(np.asarray(data["motor"]), np.linspace(-1, 1, 7))
+    status = catalog.status()
+    assert status["unverified"] - before["unverified"] == 1, (before, status)
+    assert status["recovered"] - before["recovered"] == 1, (before, status)
+    assert (catalog.journal_dir / "committed" / f"{uid}.jsonl").exists()

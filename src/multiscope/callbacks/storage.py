@@ -378,9 +378,15 @@ class BackgroundWriter:
         ``recover(uid)`` rewrites a whole run from its journal (raising on failure).
         Called on the worker thread, when the queue is idle, for every run whose live
         write failed or was dropped, once its stop document has been seen.
+    verify : callable, optional
+        ``verify(uid, stop) -> bool`` after a run's stop document went through the
+        consumer, before ``on_written``: whether the run was stored as recorded (e.g.
+        its rows counted against the stop document's ``num_events``). False, or an
+        error, sends the run to ``recover`` (rewritten whole) instead of ``on_written``:
+        a write retried after its reply was lost may have stored rows twice.
     on_written : callable, optional
         ``on_written(uid)`` after a run's stop document went through the consumer
-        (e.g. commit the journal).
+        and ``verify`` (e.g. commit the journal).
     retry_delays : sequence of float, optional
         Back-off between recovery attempts of one run, in seconds; the last delay
         repeats for as long as the process lives (an error is logged when reached).
@@ -404,12 +410,14 @@ class BackgroundWriter:
         *,
         maxsize: int = 100_000,
         recover: Callable[[str], Any] | None = None,
+        verify: Callable[[str, dict], bool] | None = None,
         on_written: Callable[[str], Any] | None = None,
         retry_delays: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
         name: str = "multiscope-storage",
     ) -> None:
         self.consumer = consumer
         self.recover = recover
+        self._verify = verify
         self._on_written = on_written
         self._retry_delays = tuple(retry_delays)
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
@@ -423,6 +431,7 @@ class BackgroundWriter:
         self.written = 0
         self.failed = 0
         self.dropped = 0
+        self.unverified = 0
         self.recovered = 0
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
@@ -509,11 +518,29 @@ class BackgroundWriter:
             self._mark_failed(uid)
             return
         self.written += 1
-        if name == "stop" and uid is not None and self._on_written is not None:
+        if name != "stop" or uid is None:
+            return
+        if not self._stored_as_recorded(uid, doc):
+            self._mark_failed(uid)
+            return
+        if self._on_written is not None:
             try:
                 self._on_written(uid)
             except Exception:
                 logger.exception("post-write hook failed for run %s", uid)
+
+    def _stored_as_recorded(self, uid: str, stop: dict) -> bool:
+        if self._verify is None:
+            return True
+        try:
+            if self._verify(uid, stop):
+                return True
+            reason = "its stored events differ from its record"
+        except Exception as exc:  # e.g. storage gone right after the stop document
+            reason = f"checking it failed ({exc!r})"
+        self.unverified += 1
+        logger.warning("run %s: %s; it will be rewritten from its journal", uid, reason)
+        return False
 
     def _try_recoveries(self, *, force: bool = False) -> None:
         """Rewrite ended, failed runs from their journals, respecting the back-off."""
@@ -552,12 +579,13 @@ class BackgroundWriter:
             return sorted(self._recovery)
 
     def status(self) -> dict[str, Any]:
-        """Counts for a status display: queued, written, failed, dropped, recovered."""
+        """Counts for a status display: queued, written, failed, dropped, unverified, recovered."""
         return {
             "queued": self._queue.qsize(),
             "written": self.written,
             "failed": self.failed,
             "dropped": self.dropped,
+            "unverified": self.unverified,
             "recovered": self.recovered,
             "pending_recovery": self.pending_recovery,
             "alive": self._thread.is_alive(),
