@@ -354,10 +354,13 @@ class _Gridrec:
         """Use the plans of ``other`` (same geometry; plans are read-only once made)."""
         self._plans = other._plans
 
-    def _points(self, a, b, buf, out=None):
+    def _points(self, a, b, buf, out=None, buf2=None):
         """NUFFT strengths of the sinograms ``a + ib`` (``b`` None: ``a`` alone).
 
         Written into ``out`` (1D, angles x points, may be strided) if given.
+        ``buf`` (angles, n_pad) is overwritten; so is ``buf2`` (angles,
+        n_grid) complex64 if given (a pair's transforms then run in place: no
+        array of their size is allocated).
         """
         ext = self.extent
         cols = slice(ext.left, ext.left + self.n_det)
@@ -377,7 +380,12 @@ class _Gridrec:
             spec = scipy.fft.fft(buf, axis=-1, workers=workers, overwrite_x=True)
             spec *= self.filt
             filtered = scipy.fft.ifft(spec, axis=-1, workers=workers, overwrite_x=True)
-            spec = scipy.fft.fft(filtered[:, self.lo : self.hi], self.n_grid, workers=workers)
+            if buf2 is None:
+                buf2 = np.empty((buf.shape[0], self.n_grid), np.complex64)
+            width = self.hi - self.lo
+            buf2[:, :width] = filtered[:, self.lo : self.hi]
+            buf2[:, width:] = 0  # fft(x, n_grid) zero-pads so
+            spec = scipy.fft.fft(buf2, axis=-1, workers=workers, overwrite_x=True)
             _, src, weight, n_direct = self.full
         # Periodic spectrum at the gridded frequencies, times kernel and phase.
         if out is None:
@@ -396,13 +404,18 @@ class _Gridrec:
             # applied to all their strengths at once).
             plan = self._plan("full")
             buf = np.empty((n_ang, self.extent.n_pad), np.complex64)
+            buf2 = np.empty((n_ang, self.n_grid), np.complex64)
             batch = min(_PAIRS, n_pairs)
             for p0 in range(0, n_pairs, batch):
                 k = min(batch, n_pairs - p0)
                 strengths, work = self._buffers(plan, n_ang * len(self.full[1]), k)
                 for v in range(k):
                     r = 2 * (p0 + v)
-                    self._points(proj[:, r], proj[:, r + 1], buf, strengths[:, v])
+                    self._points(proj[:, r], proj[:, r + 1], buf, strengths[:, v], buf2)
+                if hasattr(plan, "execute_pairs"):
+                    # Modes straight into the slices (real, imaginary parts).
+                    plan.execute_pairs(strengths, out[2 * p0 : 2 * (p0 + k)], work, self.nthreads)
+                    continue
                 img = plan.execute(strengths, work, self.nthreads)
                 for v in range(k):
                     r = 2 * (p0 + v)
@@ -417,7 +430,7 @@ class _Gridrec:
         return out
 
 
-@numba.njit(cache=True, boundscheck=False)
+@numba.njit(cache=True, boundscheck=False, nogil=True)
 def _gather(spec, src, weight, n_direct, out):  # pragma: no cover
     # out[a * m + j] = spec[a, src[j]] * weight[j], spec conjugated for j >= n_direct
     # (the mirrored bins of a lone slice's half spectrum): one pass, no temporaries.
