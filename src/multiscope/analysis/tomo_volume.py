@@ -49,23 +49,6 @@ _ROWS_PER_TASK = 2 * tomo._PAIRS
 _SLABS_IN_FLIGHT = 3
 
 
-def _task_bounds(n_rows, threads, last):
-    """Row bounds of a slab's tasks: ``_ROWS_PER_TASK`` each (even, keeping the pairs).
-
-    In the volume's ``last`` slab, once ``threads`` full tasks would be left,
-    tasks of half that size: at the end, a core waits for the other's last
-    task (~1 s at 1024 px), so the last tasks are short.
-    """
-    bounds, r = [0], 0
-    while r < n_rows:
-        step = _ROWS_PER_TASK
-        if last and n_rows - r <= threads * _ROWS_PER_TASK:
-            step = max(2, _ROWS_PER_TASK // 2)
-        r = min(r + step, n_rows)
-        bounds.append(r)
-    return bounds
-
-
 class SlabReconstructor:
     """Gridrec of one geometry for many slabs: one engine (plans) per compute thread.
 
@@ -142,16 +125,16 @@ class SlabReconstructor:
             )
         return proj
 
-    def submit(self, proj, out, last=False):
+    def submit(self, proj, out):
         """Queue the tasks of a slab; returns ``[(row0, row1, future), ...]`` in row order.
 
         Each future gives its task's seconds. The engines take tasks in the
         order queued, so the tasks of the next slab, queued before this one's
-        end, keep every core busy across slabs. ``last``: the slab ends the
-        volume; its final tasks are halved so the cores finish together.
+        end, keep every core busy across slabs.
         """
         proj = self._check(proj)
-        bounds = _task_bounds(proj.shape[1], self.threads, last)
+        n_rows = proj.shape[1]
+        bounds = list(range(0, n_rows, _ROWS_PER_TASK)) + [n_rows]
         return [
             (a, b, self._pool.submit(self._run, proj[:, a:b], out[a:b]))
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)
@@ -167,7 +150,7 @@ class SlabReconstructor:
         proj = self._check(proj)
         if out is None:
             out = np.empty((proj.shape[1], self.n_det, self.n_det), np.float32)
-        for _, _, f in self.submit(proj, out, last=True):
+        for _, _, f in self.submit(proj, out):
             f.result()
         return out
 
@@ -293,8 +276,9 @@ def reconstruct_volume(
     The engines never wait at the end of a slab: the tasks of the next slab
     are queued (its line integrals read ahead) before the current slab's
     end, and slices are written task by task while later tasks compute. Only
-    the volume's last tasks (halved) and their write are not overlapped
-    (docs/decisions/0032-volume-under-a-minute.md).
+    the volume's last task and its write are not overlapped (halving the last
+    tasks would cost as much as it saves: an engine grids 4 pairs at ~1.25x
+    the cost per pair of 8; docs/decisions/0032-volume-under-a-minute.md).
 
     Examples
     --------
@@ -364,7 +348,7 @@ def reconstruct_volume(
             computing, queued = None, []
             try:
                 schedule_reads()
-                for k, (r0, r1) in enumerate(slabs):
+                for r0, r1 in slabs:
                     in_buf, future = reads.popleft()
                     proj = future.result()
                     if not out_free:  # the oldest written slab's buffer
@@ -375,7 +359,7 @@ def reconstruct_volume(
                     out_buf = out_free.pop()
                     if out_buf is None or out_buf.shape[0] != r1 - r0:
                         out_buf = np.empty((r1 - r0, n_det, n_det), np.float32)
-                    tasks = reconstructor.submit(proj, out_buf, last=k == len(slabs) - 1)
+                    tasks = reconstructor.submit(proj, out_buf)
                     queued.append(tasks)
                     del proj
                     if computing is not None:
