@@ -4,9 +4,10 @@
 at once; a 1024^3 volume from 1601 projections needs 6.7 GB of line integrals
 and 4.3 GB of result. :func:`reconstruct_volume` streams it instead: slabs of
 ``slab_rows`` detector rows are read, reconstructed and written, the reading
-of the next slab and the writing of the previous one overlapped (one reader
-and one writer thread) with the computing of the current one, so memory holds
-about three slabs.
+of the next slab and the writing of finished rows overlapped (one reader and
+one writer thread) with the computing, and the next slab's tasks queued
+before the current one ends (no core waits at a slab's end), so memory holds
+two slabs of line integrals and two of slices.
 
 The computing is shared by ``threads`` threads, each with its own gridrec
 engine of the volume's geometry (filter, weights; the NUFFT plan, kernel
@@ -45,8 +46,11 @@ __all__ = ["SlabReconstructor", "VolumeTimings", "reconstruct_volume"]
 # once (tomo._PAIRS), so a slow thread (a loaded core) holds back no more
 # than that at the end of a slab.
 _ROWS_PER_TASK = 2 * tomo._PAIRS
-# Slabs of line integrals (and of slices) held by reconstruct_volume.
-_SLABS_IN_FLIGHT = 3
+# Slabs of line integrals (and of slices) held by reconstruct_volume: the
+# slab computing and the next (being read, then queued). Fresh memory is dear
+# here: a page first touched costs ~5 s per GB of system time on this
+# virtual machine (decision 0032), reused buffers ~0.1.
+_SLABS_IN_FLIGHT = 2
 
 
 class SlabReconstructor:
@@ -237,12 +241,12 @@ def reconstruct_volume(
         ``read(r0, r1)`` returns the line integrals of rows ``r0:r1``, shaped
         ``(angles, r1 - r0, n_det)``; with ``read_fills``, ``read(r0, r1, out)``
         fills ``out`` (float32, that shape) instead. Called from one reader
-        thread, in order, up to two slabs ahead of the computing.
+        thread, in order, one slab ahead of the computing.
     write : callable
         ``write(r0, slices)`` stores slices ``r0:r0 + len(slices)`` (a task's
         rows, up to 16, as soon as they and all rows before them are done).
         Called from one writer thread, in order; ``slices`` is a view of a
-        buffer reused three slabs later, so copy it if you keep it.
+        buffer reused two slabs later, so copy it if you keep it.
     n_rows : int
         Detector rows (slices) of the volume.
     angles : array_like
@@ -254,7 +258,7 @@ def reconstruct_volume(
     slab_rows : int, optional
         Rows per slab read at once (even, to keep
         :func:`~multiscope.analysis.tomo.reconstruct`'s slice pairs). Memory:
-        three slabs of line integrals and three of slices.
+        two slabs of line integrals and two of slices.
     threads : int, optional
         Compute threads; default all cores.
     reconstructor : SlabReconstructor, optional
@@ -305,8 +309,8 @@ def reconstruct_volume(
     read_t, write_t = _Timed(read, timings, "read"), _Timed(write, timings, "write")
     slabs = [(r0, min(r0 + slab_rows, n_rows)) for r0 in range(0, n_rows, slab_rows)]
     n_ang = len(reconstructor.angles)
-    # Three slabs of line integrals (computing, queued, being read) and three
-    # of slices (computing, queued, being written).
+    # Two slabs of line integrals (computing; being read, then queued) and two
+    # of slices (computing, queued; the previous one's being written).
     in_free = [None] * _SLABS_IN_FLIGHT
     out_free = [None] * _SLABS_IN_FLIGHT
     reads: deque = deque()  # futures of slabs read ahead, in order
