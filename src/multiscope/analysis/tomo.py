@@ -350,18 +350,19 @@ class _Gridrec:
             self._work = (np.empty((n_points, k), np.complex64), plan.work(k))
         return self._work
 
-    def _spectra(self, n_ang, k):
-        """The filter's buffer and ``k`` pairs' spectra, kept for the next call.
+    def _spectra(self, n_ang):
+        """The filter's buffer and the spectra of ``_PAIRS`` pairs, kept for the next call.
 
-        ~0.14 GB for 8 pairs of a 1024-pixel, 1601-angle scan; allocated
-        once, not at every slab (fresh arrays cost their page faults).
+        ~0.14 GB for a 1024-pixel, 1601-angle scan; allocated once, not at
+        every slab (memory first touched is dear; the pages of unused pairs
+        are never touched).
         """
         kept = getattr(self, "_spectra_bufs", None)
-        if kept is None or kept[1].shape[:2] != (k, n_ang):
+        if kept is None or kept[1].shape[1] != n_ang:
             self._spectra_bufs = None
             kept = self._spectra_bufs = (
                 np.empty((n_ang, self.extent.n_pad), np.complex64),
-                np.empty((k, n_ang, self.n_grid), np.complex64),
+                np.empty((_PAIRS, n_ang, self.n_grid), np.complex64),
             )
         return kept
 
@@ -421,7 +422,7 @@ class _Gridrec:
             # applied to all their strengths at once).
             plan = self._plan("full")
             batch = min(_PAIRS, n_pairs)
-            buf, specs = self._spectra(n_ang, batch)
+            buf, specs = self._spectra(n_ang)
             _, src, weight, _ = self.full
             for p0 in range(0, n_pairs, batch):
                 k = min(batch, n_pairs - p0)
