@@ -299,16 +299,14 @@ def reconstruct_volume(
     """
     if slab_rows < 1:
         raise ValueError("slab_rows must be >= 1")
-    n_rows, slab_rows = int(n_rows), int(slab_rows)
+    n_rows = int(n_rows)
+    slab_rows = max(1, min(int(slab_rows), n_rows))
     timings = VolumeTimings(rows=n_rows)
     t_start = time.perf_counter()
     own = reconstructor is None
-    if own:
-        reconstructor = SlabReconstructor(angles, n_det, center, threads=threads, **options)
-    timings.plans = time.perf_counter() - t_start
     read_t, write_t = _Timed(read, timings, "read"), _Timed(write, timings, "write")
     slabs = [(r0, min(r0 + slab_rows, n_rows)) for r0 in range(0, n_rows, slab_rows)]
-    n_ang = len(reconstructor.angles)
+    n_ang = len(np.atleast_1d(angles) if own else reconstructor.angles)
     # Two slabs of line integrals (computing; being read, then queued) and two
     # of slices (computing, queued; the previous one's being written).
     in_free = [None] * _SLABS_IN_FLIGHT
@@ -323,9 +321,10 @@ def reconstruct_volume(
             r0, r1 = slabs[next_read]
             buf = in_free.pop()
             if read_fills:
-                if buf is None or buf.shape[1] != r1 - r0:
-                    buf = np.empty((n_ang, r1 - r0, n_det), np.float32)
-                reads.append((buf, reader.submit(_fill, read_t, r0, r1, buf)))
+                if buf is None:  # flat: a shorter last slab uses its start
+                    buf = np.empty(n_ang * slab_rows * n_det, np.float32)
+                view = buf[: n_ang * (r1 - r0) * n_det].reshape(n_ang, r1 - r0, n_det)
+                reads.append((buf, reader.submit(_fill, read_t, r0, r1, view)))
             else:
                 reads.append((None, reader.submit(read_t, r0, r1)))
             next_read += 1
@@ -352,6 +351,11 @@ def reconstruct_volume(
             computing, queued = None, []
             try:
                 schedule_reads()
+                if own:  # the plans are made while the first slab is read
+                    reconstructor = SlabReconstructor(
+                        angles, n_det, center, threads=threads, **options
+                    )
+                timings.plans = time.perf_counter() - t_start
                 for r0, r1 in slabs:
                     in_buf, future = reads.popleft()
                     proj = future.result()
@@ -361,9 +365,9 @@ def reconstruct_volume(
                             f.result()
                         out_free.append(buf)
                     out_buf = out_free.pop()
-                    if out_buf is None or out_buf.shape[0] != r1 - r0:
-                        out_buf = np.empty((r1 - r0, n_det, n_det), np.float32)
-                    tasks = reconstructor.submit(proj, out_buf)
+                    if out_buf is None:
+                        out_buf = np.empty((slab_rows, n_det, n_det), np.float32)
+                    tasks = reconstructor.submit(proj, out_buf[: r1 - r0])
                     queued.append(tasks)
                     del proj
                     if computing is not None:
@@ -383,7 +387,7 @@ def reconstruct_volume(
                     for *_, f in tasks:
                         f.exception()
     finally:
-        if own:
+        if own and reconstructor is not None:
             reconstructor.close()
     timings.wall = time.perf_counter() - t_start
     return timings
