@@ -303,7 +303,7 @@ def reconstruct_volume_h5(
                 # One uncompressed chunk per slice, stored as is: half the time
                 # of a selection write, which also holds the GIL throughout
                 # (the engines' threads wait for it between their C calls).
-                for i, plane in enumerate(slab):
+                for i, plane in enumerate(np.asarray(slab, np.float32)):
                     vol.id.write_direct_chunk((r0 + i, 0, 0), np.ascontiguousarray(plane))
 
             def read(a, b, buf):

@@ -173,10 +173,13 @@ class SlabReconstructor:
 class VolumeTimings:
     """Where the time of :func:`reconstruct_volume` went (seconds).
 
-    ``read``, ``compute`` and ``write`` are summed over the slabs (each in its
-    own thread); ``wall`` is the whole call and ``plans`` the engines' set-up.
-    With full overlap ``wall`` is about ``plans + compute`` plus one read and
-    one write; ``overlap`` is the part of reading and writing hidden behind
+    ``read`` and ``write`` are summed over the calls (each in its own
+    thread); ``compute`` is the engines' busy time over the volume divided by
+    the compute threads (``per_slab``: each slab's share), so with all cores
+    busy it is the wall time of computing; ``wall`` is the whole call and
+    ``plans`` the engines' set-up (made while the first slab is read). With
+    full overlap ``wall`` is about ``compute`` plus one read and one task's
+    write; ``overlap`` is the part of reading and writing hidden behind
     computing: ``(read + write + compute + plans - wall) / (read + write)``.
     """
 
