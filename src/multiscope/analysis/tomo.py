@@ -648,7 +648,7 @@ def reconstruct(
     Projections beyond the detector edge are zero padded before filtering, as
     ``iradon`` does, so off-centre axes and slice corners are handled.
 
-    ``gridrec`` grids up to 8 pairs of slices at a time (~0.4 GB of work
+    ``gridrec`` grids up to 8 pairs of slices at a time (~0.55 GB of work
     arrays for a 1024-pixel detector and 1600 angles). The filter, weights and
     NUFFT plans of the last geometry (angles, ``center``, size and options)
     are kept (~0.15 GB at that size), so that a further call with the same

@@ -72,8 +72,9 @@ class SlabReconstructor:
     Notes
     -----
     The engines share one NUFFT plan (~0.15 GB for a 1024-pixel detector and
-    1600 angles) and each holds ~0.4 GB of work arrays. Build one per volume (or keep it for volumes
-    of the same geometry) and call :meth:`close` when done.
+    1600 angles) and each holds ~0.55 GB of work arrays. Build one per volume
+    (or keep it for volumes of the same geometry) and call :meth:`close` when
+    done.
     """
 
     def __init__(
