@@ -300,11 +300,20 @@ def reconstruct_volume_h5(
             fout[VOLUME_DATASET].parent.attrs["NX_class"] = "NXdata"
 
             def write(r0, slab):
-                vol[r0 : r0 + len(slab)] = slab
+                # One uncompressed chunk per slice, stored as is: half the time
+                # of a selection write, which also holds the GIL throughout
+                # (the engines' threads wait for it between their C calls).
+                for i, plane in enumerate(np.asarray(slab, np.float32)):
+                    vol.id.write_direct_chunk((r0 + i, 0, 0), np.ascontiguousarray(plane))
+
+            def read(a, b, buf):
+                # Into the pipeline's reused buffer: no page faults of a fresh
+                # 0.4 GB array per slab, ~0.7x the time of a slicing read.
+                data.read_direct(buf, np.s_[:, first + a : first + b])
 
             if address is None:
                 timings = reconstruct_volume(
-                    lambda a, b: data[:, first + a : first + b],
+                    read,
                     write,
                     n_rows,
                     angles,
@@ -312,6 +321,7 @@ def reconstruct_volume_h5(
                     n_det,
                     slab_rows=slab_rows,
                     threads=threads,
+                    read_fills=True,
                     **options,
                 )
             else:

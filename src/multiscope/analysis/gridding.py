@@ -116,6 +116,31 @@ class GriddingPlan:
         ``work`` (from :meth:`work`) is overwritten; ``threads`` > 1 splits the
         points between threads, each spreading onto its own grid (summed).
         """
+        grid = self._grid(strengths, work, threads)
+        f = grid[np.ix_(self.modes, self.modes)]
+        f *= self.correction[:, None, None]
+        f *= self.correction[None, :, None]
+        return f
+
+    def execute_pairs(self, strengths, out, work=None, threads=1):
+        """Transform ``strengths`` ``(M, k)`` of slice pairs into real slices ``out``.
+
+        As :meth:`execute`, but mode ``(i, j)`` of vector ``v`` goes to
+        ``out[2 v, i, j]`` (real part) and ``out[2 v + 1, i, j]`` (imaginary
+        part), ``out`` float32 ``(2 k, n, n)`` (or ``2 k - 1`` planes: the last
+        imaginary part dropped): the mode selection, the deconvolution and the
+        split into slices in one pass, without the temporaries of :meth:`execute`.
+        """
+        grid = self._grid(strengths, work, threads)
+        _unpack(grid, self.modes.astype(np.int64), self.correction, out)
+        return out
+
+    def _grid(self, strengths, work, threads):
+        """Spread and inverse-transform in ``work``: a view ``(nf, nf, k)`` complex64.
+
+        Only the columns of the ``n`` modes are transformed along the first
+        axis; the other columns hold intermediate values.
+        """
         strengths = np.ascontiguousarray(strengths, dtype=np.complex64)
         if strengths.ndim == 1:
             strengths = strengths[:, None]
@@ -139,20 +164,20 @@ class GriddingPlan:
                 list(pool.map(spread, range(len(grids))))
             for g in grids[1:]:
                 work += g
-        nf, w = self.nf, _WIDTH
+        nf, w, n = self.nf, _WIDTH, self.n
         grid = work.view(np.complex64)  # (nf + W, nf + W, k)
         grid[:w] += grid[nf : nf + w]
         grid[:, :w] += grid[:, nf : nf + w]
-        # Inverse DFTs (exp(+i ...), unnormalised), keeping only the n modes of
-        # each axis after the first.
+        # Inverse DFTs (exp(+i ...), unnormalised) in place (fresh arrays of
+        # this size cost their page faults at every call): along the second
+        # axis, then along the first for the columns of the n modes only (the
+        # two ends of the period, negative modes wrapped to the top).
         workers = max(1, int(threads))
-        f = scipy.fft.ifft(grid[:nf, :nf], axis=1, norm="forward", workers=workers)
-        f = f[:, self.modes]
-        f = scipy.fft.ifft(f, axis=0, norm="forward", workers=workers, overwrite_x=True)
-        f = f[self.modes]
-        f *= self.correction[:, None, None]
-        f *= self.correction[None, :, None]
-        return f
+        grid = grid[:nf, :nf]
+        scipy.fft.ifft(grid, axis=1, norm="forward", workers=workers, overwrite_x=True)
+        for cols in (slice(0, n - n // 2), slice(nf - n // 2, nf)):
+            scipy.fft.ifft(grid[:, cols], axis=0, norm="forward", workers=workers, overwrite_x=True)
+        return grid
 
 
 class FinufftPlan:
@@ -263,3 +288,23 @@ def _spread(grid, strengths, order, i1, i2, w1, w2):  # pragma: no cover
                 cell = grid[r0 + a, c0 + b]
                 for e in range(k2):
                     cell[e] += wab * s[e]
+
+
+@numba.njit(fastmath=False, cache=True, boundscheck=False, nogil=True)
+def _unpack(grid, modes, correction, out):  # pragma: no cover
+    # out[2v, i, j] + i out[2v + 1, i, j] = grid[modes[i], modes[j], v] * c[i] * c[j],
+    # the two products rounded as execute's two in-place multiplications.
+    n = modes.shape[0]
+    k = grid.shape[2]
+    planes = out.shape[0]
+    for i in range(n):
+        row = grid[modes[i]]
+        ci = correction[i]
+        for j in range(n):
+            cell = row[modes[j]]
+            cj = correction[j]
+            for v in range(k):
+                val = cell[v] * ci * cj
+                out[2 * v, i, j] = val.real
+                if 2 * v + 1 < planes:
+                    out[2 * v + 1, i, j] = val.imag

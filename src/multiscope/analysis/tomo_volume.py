@@ -4,9 +4,10 @@
 at once; a 1024^3 volume from 1601 projections needs 6.7 GB of line integrals
 and 4.3 GB of result. :func:`reconstruct_volume` streams it instead: slabs of
 ``slab_rows`` detector rows are read, reconstructed and written, the reading
-of the next slab and the writing of the previous one overlapped (one reader
-and one writer thread) with the computing of the current one, so memory holds
-about three slabs.
+of the next slab and the writing of finished rows overlapped (one reader and
+one writer thread) with the computing, and the next slab's tasks queued
+before the current one ends (no core waits at a slab's end), so memory holds
+two slabs of line integrals and two of slices.
 
 The computing is shared by ``threads`` threads, each with its own gridrec
 engine of the volume's geometry (filter, weights; the NUFFT plan, kernel
@@ -30,6 +31,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +46,11 @@ __all__ = ["SlabReconstructor", "VolumeTimings", "reconstruct_volume"]
 # once (tomo._PAIRS), so a slow thread (a loaded core) holds back no more
 # than that at the end of a slab.
 _ROWS_PER_TASK = 2 * tomo._PAIRS
+# Slabs of line integrals (and of slices) held by reconstruct_volume: the
+# slab computing and the next (being read, then queued). Fresh memory is dear
+# here: a page first touched costs ~5 s per GB of system time on this
+# virtual machine (decision 0032), reused buffers ~0.1.
+_SLABS_IN_FLIGHT = 2
 
 
 class SlabReconstructor:
@@ -65,8 +72,9 @@ class SlabReconstructor:
     Notes
     -----
     The engines share one NUFFT plan (~0.15 GB for a 1024-pixel detector and
-    1600 angles) and each holds ~0.4 GB of work arrays. Build one per volume (or keep it for volumes
-    of the same geometry) and call :meth:`close` when done.
+    1600 angles) and each holds ~0.55 GB of work arrays. Build one per volume
+    (or keep it for volumes of the same geometry) and call :meth:`close` when
+    done.
     """
 
     def __init__(
@@ -103,11 +111,39 @@ class SlabReconstructor:
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gridrec")
 
     def _run(self, proj, out):
+        t0 = time.perf_counter()
         engine = self._engines.get()
         try:
             engine(proj, out)
         finally:
             self._engines.put(engine)
+        if self.circle:
+            np.copyto(out, 0, where=tomo._outside_circle(self.n_det))
+        return time.perf_counter() - t0
+
+    def _check(self, proj):
+        proj = np.asarray(proj, dtype=np.float32)
+        if proj.ndim != 3 or proj.shape[0] != len(self.angles) or proj.shape[2] != self.n_det:
+            raise ValueError(
+                f"slab shape {proj.shape} does not match {len(self.angles)} angles "
+                f"x rows x {self.n_det} columns"
+            )
+        return proj
+
+    def submit(self, proj, out):
+        """Queue the tasks of a slab; returns ``[(row0, row1, future), ...]`` in row order.
+
+        Each future gives its task's seconds. The engines take tasks in the
+        order queued, so the tasks of the next slab, queued before this one's
+        end, keep every core busy across slabs.
+        """
+        proj = self._check(proj)
+        n_rows = proj.shape[1]
+        bounds = list(range(0, n_rows, _ROWS_PER_TASK)) + [n_rows]
+        return [
+            (a, b, self._pool.submit(self._run, proj[:, a:b], out[a:b]))
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
 
     def __call__(self, proj, out=None):
         """Reconstruct a slab ``(angles, rows, n_det)`` into ``out`` ``(rows, n, n)``.
@@ -116,24 +152,11 @@ class SlabReconstructor:
         :func:`~multiscope.analysis.tomo.reconstruct` pairs them (an even
         ``slab_rows`` keeps the pairs of the whole volume).
         """
-        proj = np.asarray(proj, dtype=np.float32)
-        if proj.ndim != 3 or proj.shape[0] != len(self.angles) or proj.shape[2] != self.n_det:
-            raise ValueError(
-                f"slab shape {proj.shape} does not match {len(self.angles)} angles "
-                f"x rows x {self.n_det} columns"
-            )
-        n_rows = proj.shape[1]
+        proj = self._check(proj)
         if out is None:
-            out = np.empty((n_rows, self.n_det, self.n_det), np.float32)
-        bounds = list(range(0, n_rows, _ROWS_PER_TASK)) + [n_rows]
-        futures = [
-            self._pool.submit(self._run, proj[:, a:b], out[a:b])
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-        ]
-        for f in futures:
+            out = np.empty((proj.shape[1], self.n_det, self.n_det), np.float32)
+        for _, _, f in self.submit(proj, out):
             f.result()
-        if self.circle:
-            np.copyto(out, 0, where=tomo._outside_circle(self.n_det))
         return out
 
     def close(self):
@@ -151,10 +174,13 @@ class SlabReconstructor:
 class VolumeTimings:
     """Where the time of :func:`reconstruct_volume` went (seconds).
 
-    ``read``, ``compute`` and ``write`` are summed over the slabs (each in its
-    own thread); ``wall`` is the whole call and ``plans`` the engines' set-up.
-    With full overlap ``wall`` is about ``plans + compute`` plus one read and
-    one write; ``overlap`` is the part of reading and writing hidden behind
+    ``read`` and ``write`` are summed over the calls (each in its own
+    thread); ``compute`` is the engines' busy time over the volume divided by
+    the compute threads (``per_slab``: each slab's share), so with all cores
+    busy it is the wall time of computing; ``wall`` is the whole call and
+    ``plans`` the engines' set-up (made while the first slab is read). With
+    full overlap ``wall`` is about ``compute`` plus one read and one task's
+    write; ``overlap`` is the part of reading and writing hidden behind
     computing: ``(read + write + compute + plans - wall) / (read + write)``.
     """
 
@@ -198,7 +224,7 @@ class _Timed:
 
 
 def reconstruct_volume(
-    read: Callable[[int, int], np.ndarray],
+    read: Callable[..., np.ndarray | None],
     write: Callable[[int, np.ndarray], object],
     n_rows: int,
     angles,
@@ -208,6 +234,7 @@ def reconstruct_volume(
     slab_rows: int = 64,
     threads: int | None = None,
     reconstructor: SlabReconstructor | None = None,
+    read_fills: bool = False,
     **options,
 ) -> VolumeTimings:
     """Reconstruct ``n_rows`` detector rows slab by slab, IO overlapped with computing.
@@ -216,11 +243,14 @@ def reconstruct_volume(
     ----------
     read : callable
         ``read(r0, r1)`` returns the line integrals of rows ``r0:r1``, shaped
-        ``(angles, r1 - r0, n_det)``. Called from one reader thread, in order.
+        ``(angles, r1 - r0, n_det)``; with ``read_fills``, ``read(r0, r1, out)``
+        fills ``out`` (float32, that shape) instead. Called from one reader
+        thread, in order, one slab ahead of the computing.
     write : callable
-        ``write(r0, slab)`` stores slices ``r0:r0 + len(slab)``. Called from
-        one writer thread, in order; ``slab`` is reused two slabs later, so
-        copy it if you keep it.
+        ``write(r0, slices)`` stores slices ``r0:r0 + len(slices)`` (a task's
+        rows, up to 16, as soon as they and all rows before them are done).
+        Called from one writer thread, in order; ``slices`` is a view of a
+        buffer reused two slabs later, so copy it if you keep it.
     n_rows : int
         Detector rows (slices) of the volume.
     angles : array_like
@@ -230,12 +260,16 @@ def reconstruct_volume(
     n_det : int
         Detector columns.
     slab_rows : int, optional
-        Rows per slab (even, to keep :func:`~multiscope.analysis.tomo.reconstruct`'s
-        slice pairs). Memory: three slabs of line integrals and two of slices.
+        Rows per slab read at once (even, to keep
+        :func:`~multiscope.analysis.tomo.reconstruct`'s slice pairs). Memory:
+        two slabs of line integrals and two of slices.
     threads : int, optional
         Compute threads; default all cores.
     reconstructor : SlabReconstructor, optional
         Engines of this geometry built before (their plans are reused).
+    read_fills : bool, optional
+        ``read`` fills buffers of this function (allocated once, reused:
+        no page faults of fresh slabs, no copy).
     **options
         ``filter_name``, ``circle``, ``interp``, ``eps`` as
         :func:`~multiscope.analysis.tomo.reconstruct`.
@@ -244,6 +278,15 @@ def reconstruct_volume(
     -------
     VolumeTimings
         Read, compute and write seconds, wall time and the overlap.
+
+    Notes
+    -----
+    The engines never wait at the end of a slab: the tasks of the next slab
+    are queued (its line integrals read ahead) before the current slab's
+    end, and slices are written task by task while later tasks compute. Only
+    the volume's last task and its write are not overlapped (halving the last
+    tasks would cost as much as it saves: an engine grids 4 pairs at ~1.25x
+    the cost per pair of 8; docs/decisions/0032-volume-under-a-minute.md).
 
     Examples
     --------
@@ -260,44 +303,100 @@ def reconstruct_volume(
     """
     if slab_rows < 1:
         raise ValueError("slab_rows must be >= 1")
-    timings = VolumeTimings(rows=int(n_rows))
+    n_rows = int(n_rows)
+    slab_rows = max(1, min(int(slab_rows), n_rows))
+    timings = VolumeTimings(rows=n_rows)
     t_start = time.perf_counter()
     own = reconstructor is None
-    if own:
-        reconstructor = SlabReconstructor(angles, n_det, center, threads=threads, **options)
-    timings.plans = time.perf_counter() - t_start
     read_t, write_t = _Timed(read, timings, "read"), _Timed(write, timings, "write")
-    starts = list(range(0, int(n_rows), int(slab_rows)))
-    buffers = [None, None]
+    slabs = [(r0, min(r0 + slab_rows, n_rows)) for r0 in range(0, n_rows, slab_rows)]
+    n_ang = len(np.atleast_1d(angles) if own else reconstructor.angles)
+    # Two slabs of line integrals (computing; being read, then queued) and two
+    # of slices (computing, queued; the previous one's being written).
+    in_free = [None] * _SLABS_IN_FLIGHT
+    out_free = [None] * _SLABS_IN_FLIGHT
+    reads: deque = deque()  # futures of slabs read ahead, in order
+    writes: deque = deque()  # (out buffer, write futures) of slabs being written
+    next_read = 0
+
+    def schedule_reads():
+        nonlocal next_read
+        while next_read < len(slabs) and in_free:
+            r0, r1 = slabs[next_read]
+            buf = in_free.pop()
+            if read_fills:
+                if buf is None:  # flat: a shorter last slab uses its start
+                    buf = np.empty(n_ang * slab_rows * n_det, np.float32)
+                view = buf[: n_ang * (r1 - r0) * n_det].reshape(n_ang, r1 - r0, n_det)
+                reads.append((buf, reader.submit(_fill, read_t, r0, r1, view)))
+            else:
+                reads.append((None, reader.submit(read_t, r0, r1)))
+            next_read += 1
+
+    def drain(slab):
+        """Wait for a slab's tasks, writing their rows in order; free its input."""
+        r0, in_buf, out_buf, tasks = slab
+        busy, futures = 0.0, []
+        for a, b, f in tasks:
+            busy += f.result()
+            futures.append(writer.submit(write_t, r0 + a, out_buf[a:b]))
+        in_free.append(in_buf)
+        writes.append((out_buf, futures))
+        dt = busy / reconstructor.threads  # the slab's share of the cores' time
+        timings.compute += dt
+        timings.per_slab.append(dt)
+        timings.slabs += 1
+
     try:
         with (
             ThreadPoolExecutor(1, thread_name_prefix="slab-read") as reader,
             ThreadPoolExecutor(1, thread_name_prefix="slab-write") as writer,
         ):
-            pending_read = reader.submit(read_t, 0, min(slab_rows, n_rows)) if starts else None
-            pending_write = None
-            for k, r0 in enumerate(starts):
-                r1 = min(r0 + slab_rows, n_rows)
-                proj = pending_read.result()
-                if r1 < n_rows:
-                    pending_read = reader.submit(read_t, r1, min(r1 + slab_rows, n_rows))
-                buf = buffers[k % 2]
-                if buf is None or buf.shape[0] != r1 - r0:
-                    buf = buffers[k % 2] = np.empty((r1 - r0, n_det, n_det), np.float32)
-                t0 = time.perf_counter()
-                reconstructor(proj, buf)
-                dt = time.perf_counter() - t0
-                timings.compute += dt
-                timings.per_slab.append(dt)
-                del proj
-                if pending_write is not None:
-                    pending_write.result()  # frees the other buffer for the next slab
-                pending_write = writer.submit(write_t, r0, buf)
-                timings.slabs += 1
-            if pending_write is not None:
-                pending_write.result()
+            computing, queued = None, []
+            try:
+                schedule_reads()
+                if own:  # the plans are made while the first slab is read
+                    reconstructor = SlabReconstructor(
+                        angles, n_det, center, threads=threads, **options
+                    )
+                timings.plans = time.perf_counter() - t_start
+                for r0, r1 in slabs:
+                    in_buf, future = reads.popleft()
+                    proj = future.result()
+                    if not out_free:  # the oldest written slab's buffer
+                        buf, futures = writes.popleft()
+                        for f in futures:
+                            f.result()
+                        out_free.append(buf)
+                    out_buf = out_free.pop()
+                    if out_buf is None:
+                        out_buf = np.empty((slab_rows, n_det, n_det), np.float32)
+                    tasks = reconstructor.submit(proj, out_buf[: r1 - r0])
+                    queued.append(tasks)
+                    del proj
+                    if computing is not None:
+                        # The engines already have this slab's tasks queued.
+                        drain(computing)
+                        schedule_reads()
+                    computing = (r0, in_buf, out_buf, tasks)
+                if computing is not None:
+                    drain(computing)
+                    computing = None
+                for _, futures in writes:
+                    for f in futures:
+                        f.result()
+            finally:
+                # On an error, no task may still write into the buffers after return.
+                for tasks in queued:
+                    for *_, f in tasks:
+                        f.exception()
     finally:
-        if own:
+        if own and reconstructor is not None:
             reconstructor.close()
     timings.wall = time.perf_counter() - t_start
     return timings
+
+
+def _fill(read, r0, r1, buf):
+    read(r0, r1, buf)
+    return buf
