@@ -66,6 +66,14 @@ from multiscope.catalog_index import (
     uid_prefix_error,
 )
 from multiscope.catalog_location import relocate
+from multiscope.catalog_runs import (
+    find_run,
+    has_run,
+    has_runs_spec_version,
+    is_run_catalog,
+    stored_as_recorded,
+    uid_matches,
+)
 from multiscope.config import data_dir as default_data_dir
 from multiscope.ports import free_port
 from multiscope.samples import (
@@ -410,12 +418,12 @@ class Catalog:
 
         structure_clients = "numpy" if bluesky_clients else _plain_structure_clients()
         client = from_uri(uri, structure_clients, api_key=api_key or os.environ.get(API_KEY_ENV))
-        if not _is_run_catalog(client):
-            if RUNS_NODE in client and _is_run_catalog(client[RUNS_NODE]):
+        if not is_run_catalog(client):
+            if RUNS_NODE in client and is_run_catalog(client[RUNS_NODE]):
                 client = client[RUNS_NODE]
             else:
                 raise ValueError(f"{uri} is not a container with spec CatalogOfBlueskyRuns")
-        if not _has_runs_spec_version(client):
+        if not has_runs_spec_version(client):
             logger.warning(
                 "%s: the container's spec has no version %s, so client['<uid prefix>'] "
                 "reports 'multiple matches' for any prefix; catalog['<uid prefix>'] works "
@@ -511,7 +519,7 @@ class Catalog:
             try:
                 number = int(uid_or_index)  # "-1" from a command line is an index
             except ValueError:
-                return _find_run(self.client, uid_or_index)
+                return find_run(self.client, uid_or_index)
             if number > 0 and len(uid_or_index) >= MIN_UID_PREFIX:
                 return self._digits(uid_or_index, number)
             uid_or_index = number
@@ -538,8 +546,8 @@ class Catalog:
         try:
             by_scan = self.run(number)
         except KeyError:
-            return _find_run(self.client, text)
-        total, uids = _uid_matches(self.client, text)
+            return find_run(self.client, text)
+        total, uids = uid_matches(self.client, text)
         if total:
             raise uid_prefix_error(text, total, uids, scan_id=True)
         return by_scan
@@ -652,7 +660,7 @@ def _open_runs_container(url: str, api_key: str, bluesky_clients: bool = True):
         if exc.response.status_code != 404:
             raise
     else:
-        if not _has_runs_spec_version(client):
+        if not has_runs_spec_version(client):
             # A container made before the spec carried its version (RUNS_SPEC's comment).
             with contextlib.suppress(Exception):
                 client.update_metadata(specs=[Spec(**RUNS_SPEC)], drop_revision=True)
@@ -665,90 +673,6 @@ def _open_runs_container(url: str, api_key: str, bluesky_clients: bool = True):
         top.create_container(RUNS_NODE, specs=[Spec(**RUNS_SPEC)])
     top.context.close()
     return from_uri(runs_url, structure_clients, api_key=api_key)
-
-
-def _has_runs_spec_version(client) -> bool:
-    return any(s.name == RUNS_SPEC["name"] and s.version == RUNS_SPEC["version"]
-               for s in getattr(client, "specs", ()))  # fmt: skip
-
-
-def _uid_matches(client, prefix: str) -> tuple[int, list[str]]:
-    """How many runs' uids begin with ``prefix``, and the first few of them."""
-    from tiled.queries import Like
-
-    if len(prefix) < MIN_UID_PREFIX:
-        return 0, []
-    found = client.search(Like("start.uid", f"{prefix}%"))
-    return len(found), list(found.keys()[:6])
-
-
-def _find_run(client, uid: str):
-    """Look a run up by uid, exactly first, else by unique prefix.
-
-    Works on plain and bluesky clients alike, whatever the container's spec version
-    (``CatalogOfBlueskyRuns.__getitem__`` of bluesky-tiled-plugins 2.0.12 reported
-    "multiple matches" for any prefix of a container created without spec version 3.0).
-    """
-    from tiled.client.container import Container
-
-    with contextlib.suppress(KeyError):
-        return Container.__getitem__(client, uid)
-    total, uids = _uid_matches(client, uid)
-    if total == 1:
-        return Container.__getitem__(client, uids[0])
-    raise uid_prefix_error(uid, total, uids)
-
-
-def _has_run(client, uid: str) -> bool:
-    from tiled.client.container import Container
-
-    try:
-        Container.__getitem__(client, uid)
-    except KeyError:
-        return False
-    return True
-
-
-def stored_as_recorded(client, uid: str, num_events: dict[str, int]) -> bool:
-    """Whether run ``uid`` in ``client`` holds each of its events once.
-
-    Per stream of ``num_events`` (a stop document's, or a journal's count): as many
-    rows in the stream's event table as events, and no ``seq_num`` twice. A write
-    retried after its reply was lost (bluesky-tiled-plugins forces that retry) may
-    have stored rows twice; a cut-off write, fewer.
-
-    Raises
-    ------
-    KeyError
-        The run is not in ``client``.
-    """
-    from tiled.client.container import Container
-
-    for stream, expected in num_events.items():
-        if not expected:
-            continue
-        try:
-            node = Container.__getitem__(client, f"{uid}/{stream}")
-        except KeyError:
-            if _has_run(client, uid):
-                return False  # the stream is missing
-            raise
-        table = None
-        # The writer splits a table of very many columns into internal_0, internal_1, ...
-        for key in ("internal", "internal_0"):
-            with contextlib.suppress(KeyError):
-                table = Container.__getitem__(node, key)
-                break
-        if table is None:
-            return False
-        seq_num = table.read(["seq_num"])["seq_num"]
-        if len(seq_num) != expected or seq_num.nunique() != expected:
-            return False
-    return True
-
-
-def _is_run_catalog(client) -> bool:
-    return any(s.name == "CatalogOfBlueskyRuns" for s in getattr(client, "specs", ()))
 
 
 # ---------------------------------------------------------------------------- recovery
@@ -807,9 +731,9 @@ def recover_journal(path: str | os.PathLike, client) -> RecoveryReport:
     counts = _count_events(contents.documents)
     try:
         status = "written"
-        if _has_run(client, uid):
+        if has_run(client, uid):
             recorded = {s: n for s, n in counts.items() if s != "?"}
-            if _find_run(client, uid).metadata.get("stop") and stored_as_recorded(
+            if find_run(client, uid).metadata.get("stop") and stored_as_recorded(
                 client, uid, recorded
             ):
                 status = "already complete"
