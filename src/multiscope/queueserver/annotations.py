@@ -27,7 +27,7 @@ import types
 import typing
 from collections.abc import Callable
 
-__all__ = ["annotate_project_types", "is_plan", "project_type_annotation"]
+__all__ = ["annotate_project_types", "is_plan", "project_type_annotation", "public_plans"]
 
 _SIMPLE = (bool, int, float, str)
 
@@ -93,6 +93,12 @@ def is_plan(obj) -> bool:
     )
 
 
+def public_plans(namespace: dict) -> list[tuple[str, Callable]]:
+    """The ``(name, plan)`` pairs of ``namespace`` the manager lists: plans not named ``_*``."""
+    return [(name, obj) for name, obj in list(namespace.items())
+            if not name.startswith("_") and is_plan(obj)]  # fmt: skip
+
+
 def annotate_project_types(namespace: dict) -> list[str]:
     """Give every plan parameter annotated with a dataclass an annotation the manager checks.
 
@@ -113,9 +119,7 @@ def annotate_project_types(namespace: dict) -> list[str]:
     from bluesky_queueserver import parameter_annotation_decorator
 
     annotated = []
-    for name, obj in list(namespace.items()):
-        if name.startswith("_") or not is_plan(obj):
-            continue
+    for name, obj in public_plans(namespace):
         parameters: dict[str, dict] = {}
         for parameter in inspect.signature(obj).parameters.values():
             cls, optional = _dataclass_of(parameter.annotation)

@@ -13,7 +13,7 @@ the parameter keeps its default (the next number).
 import functools
 import inspect
 
-from .annotations import is_plan
+from .annotations import public_plans
 
 __all__ = ["CUT_NUMBER", "require_cut_numbers"]
 
@@ -31,7 +31,7 @@ def require_cut_numbers(namespace: dict) -> list[str]:
     Parameters
     ----------
     namespace : dict
-        The RE Worker's namespace (or any dict of plans).
+        Plans by name, changed in place (the RE Worker's namespace).
 
     Returns
     -------
@@ -39,9 +39,7 @@ def require_cut_numbers(namespace: dict) -> list[str]:
         The names of the plans changed.
     """
     changed = []
-    for name, obj in list(namespace.items()):
-        if name.startswith("_") or not is_plan(obj):
-            continue
+    for name, obj in public_plans(namespace):
         signature = inspect.signature(obj)
         parameter = signature.parameters.get(CUT_NUMBER)
         if parameter is None or parameter.default is inspect.Parameter.empty:
