@@ -477,7 +477,10 @@ class Catalog:
             return self._writer
 
     def _stored_as_recorded(self, uid: str, stop: dict) -> bool:
-        return stored_as_recorded(self.client, uid, stop.get("num_events") or {})
+        # Against the journal's event documents, not the stop document's num_events,
+        # which also counts frames referenced by StreamDatum only (no event, no row).
+        contents = read_journal(self.journal_dir / f"{uid}.jsonl")
+        return stored_as_recorded(self.client, uid, _count_events(contents.documents))
 
     def _recover_uid(self, uid: str) -> None:
         report = recover_journal(self.journal_dir / f"{uid}.jsonl", self.client)
@@ -732,9 +735,8 @@ def recover_journal(path: str | os.PathLike, client) -> RecoveryReport:
     try:
         status = "written"
         if has_run(client, uid):
-            recorded = {s: n for s, n in counts.items() if s != "?"}
             if find_run(client, uid).metadata.get("stop") and stored_as_recorded(
-                client, uid, recorded
+                client, uid, counts
             ):
                 status = "already complete"
             else:

@@ -432,8 +432,9 @@ def survive_search_retry_failures() -> None:
     environment variable between listing the keys and reading them (a test's
     ``monkeypatch`` undoing a ``setenv``, any library's ``os.environ.pop``). From then
     on nothing is searched for: every channel the process opens stays "searching".
-    Wrapped, the thread logs the error, waits half a second (a persistent fault must
-    not spin) and carries on. Install before the first context exists; idempotent.
+    Wrapped, the thread logs the error, waits (half a second, doubling to 30 s while
+    the fault persists: it must not spin) and carries on. Install before the first
+    context exists; idempotent.
     """
     import logging
 
@@ -445,6 +446,7 @@ def survive_search_retry_failures() -> None:
     log = logging.getLogger(__name__)
 
     def resilient_retry(broadcaster) -> None:
+        failures = 0
         while True:
             try:
                 retry(broadcaster)
@@ -452,8 +454,10 @@ def survive_search_retry_failures() -> None:
             except Exception as error:  # noqa: BLE001 - any error ended the thread
                 if broadcaster._close_event.is_set():
                     return
+                failures += 1
                 log.warning("CA client: sending searches failed (%r); carrying on", error)
-                if broadcaster._close_event.wait(0.5):
+                # 0.5 s, doubling to 30 s while the fault persists: no log flood.
+                if broadcaster._close_event.wait(min(0.5 * 2 ** (failures - 1), 30.0)):
                     return
 
     resilient_retry._survives_errors = True
@@ -471,7 +475,11 @@ def keep_ca_client_searching() -> None:
     survive_search_retry_failures()
 
 
-EVENT_TABLE_ORDER = [{"column": "seq_num", "direction": "asc"}]
+#: seq_num, then time: a point retaken after a pause repeats its seq_num, later.
+EVENT_TABLE_ORDER = [
+    {"column": "seq_num", "direction": "asc"},
+    {"column": "time", "direction": "asc"},
+]
 
 
 def order_event_tables_by_seq_num() -> None:
@@ -485,10 +493,12 @@ def order_event_tables_by_seq_num() -> None:
     cut off mid-write read its events as 14, 15, 16, 0, 1, ...). tiled's SQL adapter
     honours ``order_by_args`` stored with a table's data source, but its client's
     ``create_appendable_table``, which bluesky-tiled-plugins' ``TiledWriter`` calls,
-    cannot pass them. Wrapped, a table with a ``seq_num`` column (a bluesky event
-    table) is created with ``order_by_args`` = :data:`EVENT_TABLE_ORDER`, through the
-    same public ``Container.new`` call; other tables are created as before.
-    Idempotent.
+    cannot pass them. Wrapped, a bluesky event table (key ``internal``, with
+    ``seq_num`` and ``time`` columns) is created with ``order_by_args`` =
+    :data:`EVENT_TABLE_ORDER`, through the same public ``Container.new`` call; other
+    tables, and the parts of a table split for very many columns (``internal_0``,
+    ...: ordering one part would misalign it with the others), are created as
+    before. Idempotent.
     """
     import functools
 
@@ -510,7 +520,9 @@ def order_event_tables_by_seq_num() -> None:
         access_tags=None,
         table_name=None,
     ):
-        if "seq_num" not in schema.names:
+        # A table split in parts (key internal_0, ...: very many columns) is left as
+        # tiled makes it: ordering only the part holding seq_num would misalign them.
+        if key != "internal" or not {"seq_num", "time"} <= set(schema.names):
             return create(self, schema, npartitions, key=key, metadata=metadata, specs=specs,
                           access_tags=access_tags, table_name=table_name)  # fmt: skip
         from tiled.structures.core import StructureFamily

@@ -325,6 +325,12 @@ def test_rows_stored_twice_by_a_retried_write_are_rewritten_once(RE, catalog):
             live(name, doc)  # the retry of an append the server had already stored
 
     before = catalog.status()
+    # A run stored as recorded is not flagged, nor rewritten.
+    RE(scan([det], motor, -1, 1, 7))
+    assert catalog.drain(60), catalog.status()
+    clean = catalog.status()
+    assert clean["unverified"] == before["unverified"], (before, clean)
+    assert clean["recovered"] == before["recovered"], (before, clean)
     background.consumer = write_one_event_twice
     try:
         (uid,) = RE(scan([det], motor, -1, 1, 7))

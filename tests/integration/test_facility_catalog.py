@@ -401,7 +401,7 @@ def _check_stored_once(server, uids, data_dir):
 # HOT update keeps the row's place in the index.)
 MOVE_FIRST_ROWS_TO_THE_END = """
 DO $$
-DECLARE name text;
+DECLARE name text; moved bigint := 0; n bigint;
 BEGIN
   FOR name IN SELECT table_name FROM information_schema.columns
               WHERE table_schema = 'public' AND column_name = 'seq_num'
@@ -409,8 +409,13 @@ BEGIN
     EXECUTE format('CREATE TEMP TABLE first_rows AS SELECT * FROM %I WHERE seq_num <= 3', name);
     EXECUTE format('DELETE FROM %I WHERE seq_num <= 3', name);
     EXECUTE format('INSERT INTO %I SELECT * FROM first_rows', name);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    moved := moved + n;
     DROP TABLE first_rows;
   END LOOP;
+  IF moved = 0 THEN
+    RAISE EXCEPTION 'no event rows moved: no table with a seq_num column';
+  END IF;
 END $$;
 """
 

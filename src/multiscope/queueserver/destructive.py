@@ -44,6 +44,10 @@ def require_cut_numbers(namespace: dict) -> list[str]:
         parameter = signature.parameters.get(CUT_NUMBER)
         if parameter is None or parameter.default is inspect.Parameter.empty:
             continue
+        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY:
+            # A required parameter after defaulted positionals is no valid signature:
+            # name the plan and the rule instead of inspect's bare ValueError.
+            raise TypeError(f"{name}: {CUT_NUMBER} must be keyword-only (queued cuts need it)")
         required = parameter.replace(default=inspect.Parameter.empty, annotation=int)
         namespace[name] = _with_signature(obj, signature.replace(parameters=[
             required if p.name == CUT_NUMBER else p for p in signature.parameters.values()
