@@ -476,7 +476,7 @@ class Catalog:
                 self._writer = CatalogWriter(journal, background)
             return self._writer
 
-    def _stored_as_recorded(self, uid: str, stop: dict) -> bool:
+    def _stored_as_recorded(self, uid: str) -> bool:
         # Against the journal's event documents, not the stop document's num_events,
         # which also counts frames referenced by StreamDatum only (no event, no row).
         contents = read_journal(self.journal_dir / f"{uid}.jsonl")

@@ -379,9 +379,9 @@ class BackgroundWriter:
         Called on the worker thread, when the queue is idle, for every run whose live
         write failed or was dropped, once its stop document has been seen.
     verify : callable, optional
-        ``verify(uid, stop) -> bool`` after a run's stop document went through the
+        ``verify(uid) -> bool`` after a run's stop document went through the
         consumer, before ``on_written``: whether the run was stored as recorded (e.g.
-        its rows counted against the stop document's ``num_events``). False, or an
+        its rows counted against its journal's events). False, or an
         error, sends the run to ``recover`` (rewritten whole) instead of ``on_written``:
         a write retried after its reply was lost may have stored rows twice.
     on_written : callable, optional
@@ -410,7 +410,7 @@ class BackgroundWriter:
         *,
         maxsize: int = 100_000,
         recover: Callable[[str], Any] | None = None,
-        verify: Callable[[str, dict], bool] | None = None,
+        verify: Callable[[str], bool] | None = None,
         on_written: Callable[[str], Any] | None = None,
         retry_delays: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
         name: str = "multiscope-storage",
@@ -520,7 +520,7 @@ class BackgroundWriter:
         self.written += 1
         if name != "stop" or uid is None:
             return
-        if not self._stored_as_recorded(uid, doc):
+        if not self._stored_as_recorded(uid):
             self._mark_failed(uid)
             return
         if self._on_written is not None:
@@ -529,11 +529,11 @@ class BackgroundWriter:
             except Exception:
                 logger.exception("post-write hook failed for run %s", uid)
 
-    def _stored_as_recorded(self, uid: str, stop: dict) -> bool:
+    def _stored_as_recorded(self, uid: str) -> bool:
         if self._verify is None:
             return True
         try:
-            if self._verify(uid, stop):
+            if self._verify(uid):
                 return True
             reason = "its stored events differ from its record"
         except Exception as exc:  # e.g. storage gone right after the stop document
