@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
+import threading
+
 from caproto import ChannelType
 from caproto.server import PVGroup, pvproperty
 
-__all__ = ["RingCurrent", "ring_status"]
+__all__ = ["CurrentHistory", "RingCurrent", "ring_status"]
 
 STORED_THRESHOLD_MA = 1.0
 
@@ -13,6 +16,66 @@ STORED_THRESHOLD_MA = 1.0
 def ring_status(current_ma: float) -> str:
     """Ring state implied by the current: ``Stored`` above 1 mA, else ``No Beam``."""
     return "Stored" if current_ma > STORED_THRESHOLD_MA else "No Beam"
+
+
+class CurrentHistory:
+    """The ring current over time, for the charge a frame's exposure received.
+
+    A detector integrates the flux over its exposure: a beam lost in the last
+    milliseconds of a frame leaves it almost fully exposed, one lost early leaves it
+    almost dark. :meth:`mean` is that average (piecewise-constant between the
+    recorded changes). Thread-safe: a CA monitor thread records, the render reads.
+
+    Parameters
+    ----------
+    current_ma : float
+        The current before any change is recorded.
+    keep_s : float
+        Changes older than this (monotonic seconds) are forgotten, but the value
+        in force at the cut-off is kept.
+    """
+
+    def __init__(self, current_ma: float, keep_s: float = 600.0):
+        self.keep_s = float(keep_s)
+        self._times: list[float] = [float("-inf")]
+        self._values: list[float] = [float(current_ma)]
+        self._lock = threading.Lock()
+
+    @property
+    def latest(self) -> float:
+        """The current now (mA)."""
+        return self._values[-1]
+
+    def record(self, t: float, current_ma: float) -> None:
+        """The current became ``current_ma`` at monotonic time ``t`` (in time order)."""
+        with self._lock:
+            t = max(float(t), self._times[-1])
+            self._times.append(t)
+            self._values.append(float(current_ma))
+            cut = bisect.bisect_right(self._times, t - self.keep_s) - 1
+            if cut > 0:  # keep the value in force at the cut-off as the first entry
+                del self._times[:cut]
+                del self._values[:cut]
+                self._times[0] = float("-inf")
+
+    def mean(self, t0: float, t1: float) -> float:
+        """Mean current (mA) over ``[t0, t1]``; the value at ``t1`` if the span is empty."""
+        with self._lock:
+            times, values = list(self._times), list(self._values)
+        if not t1 > t0:
+            return values[bisect.bisect_right(times, t1) - 1]
+        i = bisect.bisect_right(times, t0) - 1
+        charge, t = 0.0, t0
+        while i < len(times):
+            end = times[i + 1] if i + 1 < len(times) else t1
+            end = min(end, t1)
+            if end > t:
+                charge += values[i] * (end - t)
+                t = end
+            if t >= t1:
+                break
+            i += 1
+        return charge / (t1 - t0)
 
 
 class RingCurrent(PVGroup):

@@ -40,6 +40,7 @@ import asyncio
 import math
 import os
 import time
+from dataclasses import replace
 from textwrap import dedent
 
 import numpy as np
@@ -47,6 +48,7 @@ from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, pvproperty
 
 from sim_devices.areadetector import FrameContext, SimAreaDetector, pvproperty_with_rbv
+from sim_devices.beam import CurrentHistory
 from sim_devices.detector_shape import camera_busy, resize_camera
 from sim_devices.motor import TrackedAxis
 from sim_devices.physics import DriftModel, ElectrodeTab, make_tab
@@ -464,8 +466,9 @@ class TXMIOC(PVGroup):
         super().__init__(*args, **kwargs)
         self.ring_prefix = ring_prefix
         self.ring_port = ring_port
-        # Written by the ring IOC's monitor (a caproto callback thread), read per frame.
-        self.ring_current_ma = FILL_CURRENT_MA
+        # Written by the ring IOC's monitor (a caproto callback thread), read per frame:
+        # a frame receives the mean current over its exposure.
+        self.beam = CurrentHistory(FILL_CURRENT_MA)
         binning = int(binning)
         if binning not in BINNINGS:
             raise ValueError(f"binning must be one of {BINNINGS}")
@@ -547,7 +550,7 @@ class TXMIOC(PVGroup):
             objective=self.objective,
             binning=self.binning,
             shutter_open=self.shutter.open,
-            ring_current_ma=self.ring_current_ma,
+            ring_current_ma=self.beam.latest,
             phase_ring_in=self.phase_ring_in.value == "In",
             phase_ring_xy_um=(self.phase_ring_x.position, self.phase_ring_y.position),
             condenser=(
@@ -561,9 +564,15 @@ class TXMIOC(PVGroup):
         )
 
     def scene(self, ctx: FrameContext) -> tuple[np.ndarray, dict[str, float]]:
-        """Render one frame with the positions at the middle of its exposure."""
+        """Render one frame with the positions at the middle of its exposure.
+
+        The beam is the mean ring current over the exposure (a dump late in a frame
+        leaves it almost fully exposed, one early almost dark), recorded per frame as
+        the ``ring_current`` attribute.
+        """
         end = ctx.monotonic_end()  # motors run on the monotonic clock
         state = self.state(end - 0.5 * ctx.exposure_time)
+        state = replace(state, ring_current_ma=self.beam.mean(end - ctx.exposure_time, end))
         return self.physics.render(state, ctx.exposure_time, ctx.shape, ctx.rng)
 
     async def rotation_start_pulse(self) -> float:
@@ -654,8 +663,8 @@ class TXMIOC(PVGroup):
         loop = asyncio.get_running_loop()
 
         def on_current(sub, response):
-            self.ring_current_ma = float(response.data[0])
-            asyncio.run_coroutine_threadsafe(instance.write(self.ring_current_ma), loop)
+            self.beam.record(time.monotonic(), float(response.data[0]))
+            asyncio.run_coroutine_threadsafe(instance.write(self.beam.latest), loop)
 
         self._ring_client = Context()
         (pv,) = await self._ring_client.get_pvs(f"{self.ring_prefix}ring:current", timeout=None)

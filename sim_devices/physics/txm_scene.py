@@ -364,6 +364,7 @@ class TXMState:
             "sample_y": y,
             "sample_z": z,
             "energy": self.energy_keV,
+            "ring_current": self.ring_current_ma,
         }
 
 

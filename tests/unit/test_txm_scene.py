@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage
 
 from sim_devices.areadetector import FrameContext
+from sim_devices.beam import CurrentHistory
 from sim_devices.motor import Trajectory
 from sim_devices.physics import DriftModel, depth_of_focus_um, expected_photons, make_tab
 from sim_devices.physics.txm_scene import (
@@ -100,9 +101,11 @@ def test_scene_with_shutter_closed_gives_darks_and_attributes(ioc):
     assert frame.shape == SHAPE and frame.dtype == np.uint16
     assert abs(frame.mean() - 100.0) < 2 and frame.std() < 5
     assert set(attrs) == {
-        "theta", "sample_x", "sample_y", "sample_z", "energy", "drift_x_px", "drift_y_px"
+        "theta", "sample_x", "sample_y", "sample_z", "energy", "ring_current", "drift_x_px",
+        "drift_y_px",
     }  # fmt: skip
     assert attrs["energy"] == 8.0
+    assert attrs["ring_current"] == 400.0
     assert attrs["drift_x_px"] == attrs["drift_y_px"] == 0.0  # no energy drift at 8 keV
 
 
@@ -175,6 +178,45 @@ def test_illumination_follows_ring_current_and_alignment(ioc):
         replace(state, ring_current_ma=0.0), 0.1, SHAPE, np.random.default_rng(3)
     )
     assert dark.mean() < 105
+
+
+def test_a_frame_receives_the_mean_ring_current_over_its_exposure(tab):
+    """A dump late in an exposure leaves the frame almost fully exposed; early, almost dark."""
+    ioc = TXMIOC(prefix="UT3:", shape=SHAPE, tab=tab)
+    ioc.state = lambda t=None: beam_on(TXMIOC.state(ioc, t))  # the shutter open
+    end = time.monotonic()
+    exposure = 0.2
+
+    def frame_after_dump_at(fraction):
+        ioc.beam = CurrentHistory(400.0)
+        ioc.beam.record(end - exposure * (1.0 - fraction), 0.0)
+        ctx = FrameContext(exposure, 1, 0, SHAPE, time.time(), np.random.default_rng(5), ioc,
+                           end_monotonic=end)  # fmt: skip
+        return ioc.scene(ctx)
+
+    full, full_attrs = frame_after_dump_at(1.0)  # the dump after the frame
+    late, late_attrs = frame_after_dump_at(0.95)
+    early, early_attrs = frame_after_dump_at(0.05)
+    assert full_attrs["ring_current"] == pytest.approx(400.0)
+    assert late_attrs["ring_current"] == pytest.approx(380.0)
+    assert early_attrs["ring_current"] == pytest.approx(20.0)
+    dark = 100.0  # the camera's dark level (counts)
+    assert (late.mean() - dark) == pytest.approx(0.95 * (full.mean() - dark), rel=0.05)
+    assert (early.mean() - dark) == pytest.approx(0.05 * (full.mean() - dark), rel=0.2)
+
+
+def test_current_history_means_a_piecewise_constant_current():
+    history = CurrentHistory(400.0, keep_s=5.0)
+    assert history.mean(0.0, 1.0) == 400.0
+    history.record(10.0, 0.0)
+    history.record(11.0, 300.0)
+    assert history.mean(9.5, 10.5) == pytest.approx(200.0)
+    assert history.mean(10.5, 11.5) == pytest.approx(150.0)
+    assert history.mean(9.0, 12.0) == pytest.approx(700.0 / 3.0)
+    assert history.mean(10.5, 10.5) == 0.0  # an empty span: the current at that time
+    history.record(20.0, 100.0)  # forgets changes older than 5 s, not the value then
+    assert history.mean(16.0, 17.0) == pytest.approx(300.0)
+    assert history.latest == 100.0
 
 
 def test_theta_is_taken_at_mid_exposure_from_the_trajectory(tab):

@@ -425,7 +425,8 @@ class StreamingCamera(DetectorBase):
         with self._lock:
             last = self._last_point
             if key is not None and last is not None and last[0] == key:
-                self._to_collect.append(last[1])
+                if last[1] not in self._to_collect:  # (a pause between trigger and read)
+                    self._to_collect.append(last[1])
                 status = DeviceStatus(self)
                 status.set_finished()
                 return status
