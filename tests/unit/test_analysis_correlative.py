@@ -123,6 +123,38 @@ def test_register_eds_zr_against_sims_li_to_a_fraction_of_an_eds_pixel(seed):
     assert error_px < 0.5, (dy, dx, true, error_px)  # the issue's bound: < 0.5 EDS pixel
 
 
+@pytest.fixture(scope="module")
+def seed_004_phantom():
+    from serial_runs import phantom
+
+    return phantom()
+
+
+@pytest.mark.parametrize("face", range(4))
+def test_register_the_simulators_zr_la_against_6li_to_a_fraction_of_an_eds_pixel(
+    seed_004_phantom, face
+):
+    """The seed's own pair as the PFIB-SEM simulator renders it: Zr La (~3 counts per
+    pixel, LLZTO only) against 6Li+ (~4, bright in LCO, moderate in LLZTO), 1-2 um
+    field offsets of either sign. Matching gradients missed by ~10 EDS pixels here."""
+    from serial_runs import EDS_ORIGIN, EDS_PX, EDS_SHAPE, LINES, SIMS_PX, SIMS_SHAPE
+
+    from sim_devices.physics.serial_render import eds_maps, sims_maps
+
+    rng = np.random.default_rng(50 + face)
+    depth = 0.3 + 0.4 * face
+    eds_origin = (EDS_ORIGIN[0] + rng.uniform(-1, 1), EDS_ORIGIN[1] + rng.uniform(-1, 1))
+    offset = rng.choice([-1.0, 1.0], 2) * rng.uniform(1.0, 2.0, 2)
+    sims_origin = (eds_origin[0] + offset[0], eds_origin[1] + offset[1])
+    eds = eds_maps(seed_004_phantom, depth, EDS_SHAPE, EDS_PX, eds_origin, lines=LINES, rng=rng)
+    sims = sims_maps(seed_004_phantom, depth, SIMS_SHAPE, SIMS_PX, sims_origin, rng=rng)
+    found = register(eds["Zr La"].astype(float), sims["6Li+"].astype(float), EDS_PX, SIMS_PX)
+    # The SIMS map's first pixel centre lies half a pixel inside its field's corner.
+    true = offset + (SIMS_PX - EDS_PX) / 2.0
+    error_px = np.hypot(*(np.asarray(found) - true)) / EDS_PX
+    assert error_px < 0.5, (found, true, error_px)  # the issue's bound: < 0.5 EDS pixel
+
+
 def test_register_same_grid_matches_scikit_image_sign():
     from skimage.registration import phase_cross_correlation
 
