@@ -193,6 +193,24 @@ def test_milling_refusals(fibsem):
     client.retract_all()
 
 
+def test_slice_thickness_and_rocking_are_checked_and_rocking_takes_two_passes(fibsem):
+    client = fibsem.client
+    refused(client, "mill:thickness_um", 0.0, "outside (0, 1.0] um")
+    refused(client, "mill:thickness_um", 1.5, "outside (0, 1.0] um")
+    refused(client, "mill:rock_deg", 11.0, "outside [0, 10.0] deg")
+    refused(client, "mill:rock_deg", -1.0, "outside [0, 10.0] deg")
+    rock = client.get("mill:rock_deg")
+    try:
+        assert client.put("mill:rock_deg", 0.0) == "ECA_NORMAL"
+        one_pass = client.get("mill:time_RBV")
+        assert one_pass > 0
+        assert client.put("mill:rock_deg", 3.0) == "ECA_NORMAL"
+        # seed 003: the slice is cut at +3 deg and at -3 deg, twice the dose
+        assert client.get("mill:time_RBV") == pytest.approx(2 * one_pass)
+    finally:
+        client.put("mill:rock_deg", rock)
+
+
 def test_insertion_and_stage_refusals(fibsem):
     client = fibsem.client
     client.go("sem")

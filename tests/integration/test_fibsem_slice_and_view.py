@@ -34,12 +34,13 @@ from multiscope.plans.preflight import PlanArgumentError
 
 pytestmark = pytest.mark.integration
 
-# Short maps and a slow cut (about 1 s of wall time at the IOC's clock) so that an
-# interruption can land inside a cut; the physics still counts instrument seconds.
+# Short maps and a slow cut (about 1 s of wall time at the IOC's clock, in the two passes
+# of the plan's default rocking polish) so that an interruption can land inside a cut;
+# the physics still counts instrument seconds.
 FAST = {"eds_live_time_s": 20.0, "sims_frame_time_s": 20.0}
-SLOW_CUT = {**FAST, "mill_current_na": 0.3}
+SLOW_CUT = {**FAST, "mill_current_na": 0.6}
 # About 5 s of wall time: a pause and then an abort both land inside the cut, loaded or not.
-VERY_SLOW_CUT = {**FAST, "mill_current_na": 0.06}
+VERY_SLOW_CUT = {**FAST, "mill_current_na": 0.12}
 
 
 def _milled(pfib) -> int:
@@ -242,7 +243,7 @@ KILLED_CLIENT = textwrap.dedent(
     session.RE.subscribe(lambda name, doc: print("start", doc["uid"], flush=True), "start")
     pfib = session.devices["pfib"]
     session.RE(session.plans["slice_and_view"](pfib, 4, 0.1, eds_live_time_s=20.0,
-                                               sims_frame_time_s=20.0, mill_current_na=0.3))
+                                               sims_frame_time_s=20.0, mill_current_na=0.6))
     """
 )
 
