@@ -70,6 +70,7 @@ class PrivateAPI:
 PRIVATE_APIS: tuple[PrivateAPI, ...] = (
     PrivateAPI("ophyd", "ophyd.device.Device", "_staged", True, "is_staged"),
     PrivateAPI("ophyd", "ophyd.device.Device", "_original_vals", True, "forget_staging"),
+    PrivateAPI("ophyd", "ophyd.signal.EpicsSignalBase", "_timeout", True, "allow_slow_reads"),
     PrivateAPI(
         "ophyd",
         "ophyd.pseudopos.PseudoPositioner",
@@ -189,6 +190,22 @@ def forget_staging(*devices) -> None:
         for part in (device, *subdevices):
             part._staged = Staged.no
             part._original_vals.clear()
+
+
+def allow_slow_reads(signals, timeout: float) -> None:
+    """Let each EPICS signal of ``signals`` wait up to ``timeout`` s for a read's answer.
+
+    Stands for: a per-signal read timeout on signals a stock ophyd class declares.
+    ophyd sets it only at construction (``EpicsSignalBase(timeout=...)``) or for every
+    signal at once before the first exists (``EpicsSignalBase.set_defaults``), and
+    reads it from ``_timeout``; ``Device.unstage`` restores each staged value through
+    ``set().wait()``, whose read-back uses it (2 s by default). Only raises it.
+    """
+    from ophyd.signal import EpicsSignalBase
+
+    for signal in signals:
+        if isinstance(signal, EpicsSignalBase) and (signal._timeout or 0) < timeout:
+            signal._timeout = float(timeout)
 
 
 class SubsetConcurrentMove:

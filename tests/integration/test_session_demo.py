@@ -110,3 +110,18 @@ def test_the_tours_refusal_comes_at_the_call_without_a_traceback_log(session, ca
     (uid,) = session.RE(namespace["line_scan"]([namespace["beam_current"]], m1, 0, 0.2, 3))
     assert session.catalog.drain(60)
     assert session.catalog.run(uid).metadata["stop"]["num_events"] == {"primary": 3}
+
+
+def test_staged_signals_wait_for_a_slow_read(session):
+    """Unstage reads back what it restores: a busy IOC gets 5 s, not ophyd's 2 s."""
+    from multiscope.devices.areadetector import SLOW_READ_TIMEOUT_S
+
+    session, _ = session
+    cam = session.devices["cam"]
+    cam.stage()
+    try:
+        assert SLOW_READ_TIMEOUT_S == 5.0
+        for signal in (cam.hdf1.auto_save, cam.hdf1.file_write_mode, cam.cam.image_mode):
+            assert signal.timeout == SLOW_READ_TIMEOUT_S, signal.name
+    finally:
+        cam.unstage()

@@ -106,7 +106,14 @@ def _ca_client_context():
     return PV.default_context() if hasattr(PV, "default_context") else PV._default_context
 
 
+def _epics_signal():
+    from ophyd.signal import EpicsSignalRO
+
+    return EpicsSignalRO("PROBE:NOTHING", name="probe")
+
+
 PROBES = {
+    "ophyd.signal.EpicsSignalBase": _epics_signal,
     "caproto.threading.client.Context": _ca_client_context,
     "caproto.threading.client.SharedBroadcaster": lambda: _ca_client_context().broadcaster,
     "ophyd.device.Device": _device,

@@ -55,7 +55,7 @@ from ophyd.device import DEFAULT_CONNECTION_TIMEOUT
 from ophyd.status import DeviceStatus, Status
 from ophyd.utils.errors import InvalidState
 
-from multiscope.compat import forget_staging
+from multiscope.compat import allow_slow_reads, forget_staging
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ MIMETYPE = "application/x-hdf5"
 # caproto re-sends an unanswered search at most every 5 s (its back-off's ceiling):
 # 5 s let a camera's channels miss a restarted IOC by one retry (a CI rehearsal).
 RECONNECT_TIMEOUT_S = 10.0
+# Seconds the staged signals wait for a read's answer (ophyd's default: 2 s).
+SLOW_READ_TIMEOUT_S = 5.0
 
 
 class StreamHDF5Plugin(HDF5Plugin_V22):
@@ -331,6 +333,10 @@ class StreamingCamera(DetectorBase):
         if self.cam.trigger_mode.get(as_string=True, use_monitor=False) != "Internal":
             logger.warning("%s: camera left on an external trigger; setting Internal", self.name)
             self.cam.trigger_mode.set("Internal", timeout=5.0).wait(5.0)
+        # Unstage reads back every value it restores; a camera busy rendering on a loaded
+        # machine answered a read of HDF1:AutoSave_RBV later than ophyd's 2 s (a demo
+        # failed in a rehearsal beside a CPU hog).
+        allow_slow_reads(self._staged_signals(), SLOW_READ_TIMEOUT_S)
         staged = super().stage()
         self.point_key.put(None)
         try:
@@ -339,6 +345,17 @@ class StreamingCamera(DetectorBase):
             self.unstage()
             raise
         return staged
+
+    def _staged_signals(self) -> list:
+        """The signals ``stage`` sets (and ``unstage`` restores) on the camera and its parts."""
+        signals = []
+        for owner in (self, self.cam, self.hdf1):
+            for key in owner.stage_sigs:
+                signal = owner
+                for part in key.split(".") if isinstance(key, str) else ():
+                    signal = getattr(signal, part)
+                signals.append(signal if isinstance(key, str) else key)
+        return signals
 
     def _open_file(self, directory: str) -> None:
         """Open a new capture file in ``directory`` and make its StreamResource."""
