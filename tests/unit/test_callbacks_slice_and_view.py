@@ -90,6 +90,7 @@ def test_a_series_is_aligned_registered_assembled_and_published(tmp_path, phanto
     assert volumes["eds_Zr La"][1] == (THICKNESS_UM, EDS_PX, EDS_PX)
     assert volumes["sims_6Li+"][0].shape == (n, *EDS_SHAPE)  # on the EDS grid
     _check_slice_order(phantom, cbs, drift)
+    _check_volume_matches_the_labels(phantom, cbs, drift)
     _check_sims_on_eds(phantom, volumes, drift)
 
     for _, doc in published:
@@ -141,6 +142,32 @@ def _check_slice_order(phantom, cbs, drift):
             good = np.isfinite(a)
             scores.append(np.corrcoef(a[good], b[good])[0, 1])
         assert int(np.argmax(scores)) == k, scores
+
+
+def _explained(image, labels) -> float:
+    """Share of ``image``'s variance that a constant per truth label explains (R^2)."""
+    valid = np.isfinite(image)
+    values, groups = image[valid], labels[valid]
+    fitted = np.zeros_like(values)
+    for label in np.unique(groups):
+        fitted[groups == label] = values[groups == label].mean()
+    return 1.0 - ((values - fitted) ** 2).sum() / ((values - values.mean()) ** 2).sum()
+
+
+def _check_volume_matches_the_labels(phantom, cbs, drift):
+    """The aligned volume is the phantom at the right depths (the fibsem demo's score):
+    the truth labels of face k (slice 1's field) explain >= 0.85 of slice k's variance,
+    more than the labels 0.5 um deeper do."""
+    origin = (SEM_ORIGIN[0] + drift[0][0], SEM_ORIGIN[1] + drift[0][1])
+    right, deeper = [], []
+    for k in range(len(cbs)):
+        depth = (k + 1) * THICKNESS_UM
+        image = cbs[k][CAP_ROWS:]
+        for scores, at in ((right, depth), (deeper, depth + 0.5)):
+            labels = phantom.labels(at, SEM_SHAPE, SEM_PX, origin)[CAP_ROWS:]
+            scores.append(_explained(image, labels))
+    assert np.median(right) >= 0.85, right
+    assert np.median(right) > np.median(deeper), (right, deeper)
 
 
 def _check_sims_on_eds(phantom, volumes, drift):
