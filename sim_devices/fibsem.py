@@ -732,6 +732,7 @@ class FibsemIOC(MessageRefusals, PVGroup):
         def render(ctx):
             maps = self.scene.sims(self.state, ctx.shape, float(self.sims_pixel.value) / 1e3,
                                    masses=self.masses(), frame_time_s=ctx.exposure_time,
+                                   current_na=float(self.ion_current.value),
                                    rng=ctx.rng)  # fmt: skip
             return list(maps.values())
 

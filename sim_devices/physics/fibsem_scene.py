@@ -73,6 +73,7 @@ DEFAULT_SIZE_UM = (44.0, 44.0, 12.0)
 THICKNESS_ERROR = 0.03  # relative sigma of a cut's true thickness
 DRIFT_STEP_UM = 0.04  # random-walk step of the sample per cut and axis (sigma)
 PT_INFILTRATION_UM = 3.0  # depth below the face that deposited Pt fills open pores
+SIMS_REFERENCE_CURRENT_NA = 1.0  # primary ion current of serial_render.SIMS_COUNTS_PER_S
 SPUTTER_YIELD_UM3_PER_NC = {"assb": 2.0, "nmc": 1.6, "tab": 1.6}  # Xe+ 30 kV (module notes)
 STATE_VERSION = 1
 
@@ -309,12 +310,18 @@ class FibsemScene:
                         rng=rng)  # fmt: skip
 
     def sims(self, state, shape=None, pixel_um=None, *, masses=("6Li+", "7Li+"),
-             frame_time_s=300.0, rng=None) -> dict[str, np.ndarray]:  # fmt: skip
-        """One count map per mass (uint32; unknown masses are zero: no such ion here)."""
+             frame_time_s=300.0, current_na=SIMS_REFERENCE_CURRENT_NA,
+             rng=None) -> dict[str, np.ndarray]:  # fmt: skip
+        """One count map per mass (uint32; unknown masses are zero: no such ion here).
+
+        Counts scale with the primary dose: the frame time and the ion current
+        (``SIMS_COUNTS_PER_S`` is at ``SIMS_REFERENCE_CURRENT_NA``).
+        """
         shape = tuple(shape or self.geometry.sims_shape)
         pixel_um = pixel_um or self.geometry.sims_pixel_um
         origin = self.field_origin_um(state, shape, pixel_um)
-        dwell_ms = 1e3 * float(frame_time_s) / (shape[0] * shape[1])
+        dose = max(float(current_na), 0.0) / SIMS_REFERENCE_CURRENT_NA
+        dwell_ms = 1e3 * float(frame_time_s) * dose / (shape[0] * shape[1])
         maps = sims_maps(self.face(state), state.true_depth_um, shape, pixel_um, origin,
                          dwell_ms=dwell_ms, state=state.face_state(), rng=rng)  # fmt: skip
         zero = np.zeros(shape, dtype=np.uint32)

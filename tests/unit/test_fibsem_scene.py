@@ -121,6 +121,20 @@ def test_render_all_modalities_at_the_seed_sizes(scene):
     assert {m.shape for m in sims.values()} == {(500, 500)} and list(sims) == ["6Li+", "7Li+"]
 
 
+def test_sims_counts_follow_the_primary_dose(scene):
+    """Twice the ion current, or twice the frame time, twice the 6Li+ counts; none without."""
+    state = SampleState()
+
+    def counts(**dose):
+        return float(scene.sims(state, rng=np.random.default_rng(1), **dose)["6Li+"].sum())
+
+    reference = counts()  # 300 s at 1 nA
+    assert reference > 1e5
+    assert counts(current_na=2.0) == pytest.approx(2 * reference, rel=0.01)
+    assert counts(frame_time_s=150.0) == pytest.approx(0.5 * reference, rel=0.01)
+    assert counts(current_na=0.0) == 0.0
+
+
 def test_fiducial_visible_and_follows_drift(scene):
     state = SampleState()
     g = scene.geometry
