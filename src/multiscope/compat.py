@@ -204,7 +204,9 @@ def allow_slow_reads(signals, timeout: float) -> None:
     from ophyd.signal import EpicsSignalBase
 
     for signal in signals:
-        if isinstance(signal, EpicsSignalBase) and (signal._timeout or 0) < timeout:
+        # None waits for ever: it is never lowered.
+        current = getattr(signal, "_timeout", None) if isinstance(signal, EpicsSignalBase) else None
+        if current is not None and current < timeout:
             signal._timeout = float(timeout)
 
 

@@ -199,3 +199,13 @@ def test_the_event_table_wrapper_takes_what_tiled_takes():
     assert wrapper._orders_by_seq_num
     tiled_signature = inspect.signature(wrapper.__wrapped__)
     assert inspect.signature(wrapper, follow_wrapped=False) == tiled_signature
+
+
+def test_allow_slow_reads_only_raises_the_read_timeout():
+    from ophyd.signal import EpicsSignalRO, Signal
+
+    default = EpicsSignalRO("PROBE:A", name="a")  # ophyd's 2 s
+    longer = EpicsSignalRO("PROBE:B", name="b", timeout=9.0)
+    forever = EpicsSignalRO("PROBE:C", name="c", timeout=None)
+    compat.allow_slow_reads([default, longer, forever, Signal(name="soft")], 5.0)
+    assert (default.timeout, longer.timeout, forever.timeout) == (5.0, 9.0, None)
