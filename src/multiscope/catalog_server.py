@@ -34,9 +34,9 @@ Before it serves, the server points the catalog's asset URIs at the data directo
 current place (:mod:`multiscope.catalog_location`), so a moved or copied data directory
 keeps reading its event tables and frames.
 
-Only the standard library, :mod:`multiscope.simctl` and
-:mod:`multiscope.catalog_location` (both stdlib-only) are imported here, so any layer
-may use it; tiled is imported only by the server process itself.
+Only the standard library, :mod:`multiscope.simctl`, :mod:`multiscope.catalog_location`
+and :mod:`multiscope.compat` (all importing no library at module level) are imported
+here, so any layer may use it; tiled is imported only by the server process itself.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from multiscope import compat
 from multiscope.catalog_location import relocate
 from multiscope.locks import locked_elsewhere
 from multiscope.ports import free_port
@@ -515,6 +516,9 @@ def _serve(argv: list[str]) -> None:  # pragma: no cover - runs in the server pr
     ).start()
     from tiled.commandline.main import main
 
+    # tiled's app overrides a dependency, so FastAPI would analyse every request's
+    # dependencies again: about a quarter of the CPU a request costs (docs/benchmarks.md).
+    compat.analyse_overridden_dependencies_once()
     try:
         # The key among tiled's *in-process* arguments: on the real command line `ps`
         # would show it, and taken from TILED_SINGLE_USER_API_KEY tiled logs it in a URL.

@@ -24,6 +24,7 @@ __all__ = [
     "PRIVATE_APIS",
     "PrivateAPI",
     "StrictPortBinding",
+    "analyse_overridden_dependencies_once",
     "SuspenderHooks",
     "SubsetConcurrentMove",
     "cannot_exceed_limits",
@@ -152,6 +153,20 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
         "HIGH_LOAD_TIMEOUT",
         False,
         "set_server_high_load_timeout, server_monitor_batch_seconds",
+    ),
+    PrivateAPI(
+        "fastapi",
+        "fastapi.dependencies.utils",
+        "get_dependant",
+        False,
+        "analyse_overridden_dependencies_once",
+    ),
+    PrivateAPI(
+        "fastapi",
+        "fastapi.dependencies.utils",
+        "solve_dependencies",
+        False,
+        "analyse_overridden_dependencies_once",
     ),
 )
 
@@ -562,3 +577,56 @@ def order_event_tables_by_seq_num() -> None:
 
     create_in_seq_num_order._orders_by_seq_num = True
     Container.create_appendable_table = create_in_seq_num_order
+
+
+# --------------------------------------------------------------------------------------
+# FastAPI (tiled's server)
+# --------------------------------------------------------------------------------------
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def analyse_overridden_dependencies_once() -> None:
+    """Analyse each request's dependencies once per process, as FastAPI does without overrides.
+
+    Stands for: what FastAPI does for an app without ``dependency_overrides`` (it
+    analyses an endpoint's dependencies once, when the route is made), for an app with
+    them. FastAPI 0.165 builds every sub-dependency of every request again
+    (``get_dependant``: the callable's signature inspected, its parameters analysed,
+    recursively) as soon as the app has any override, and tiled's server always has
+    one (``get_settings``). In the embedded catalog server that was about a quarter of
+    the CPU it spent serving requests (docs/benchmarks.md). Wrapped, a build that
+    ``solve_dependencies`` asks for again with the same arguments (path, callable, name,
+    scopes, cache and concurrency settings) returns the one built the first time, which
+    is what the route itself keeps for a dependency that is not overridden: the request
+    only reads it. An override changed later is another callable, so another build.
+    Calls from anywhere else (making routes) pass through. Idempotent.
+    """
+    import functools
+    import sys
+
+    from fastapi.dependencies import utils
+
+    build = utils.get_dependant
+    if getattr(build, "_analysed_once", False):
+        return
+    solve = utils.solve_dependencies.__code__
+    built = {}
+
+    @functools.wraps(build)
+    def get_dependant(**kwargs):
+        if sys._getframe(1).f_code is not solve:
+            return build(**kwargs)
+        try:
+            key = tuple(sorted((name, _hashable(value)) for name, value in kwargs.items()))
+            return built[key]
+        except KeyError:
+            dependant = built[key] = build(**kwargs)
+            return dependant
+        except TypeError:  # an unhashable argument: build it, as FastAPI does
+            return build(**kwargs)
+
+    get_dependant._analysed_once = True
+    utils.get_dependant = get_dependant

@@ -125,6 +125,16 @@ def _start_catalog_server(tmp_path_factory, name: str, options: dict) -> Path:
     return data_dir
 
 
+def shared_data_dir(tmp_path_factory, name: str) -> Path:
+    """A data directory for all of a module's sessions (``data_dir=``), its catalog server starting.
+
+    The module's sessions share its catalog server, as an IPython session and
+    ``multiscope catalog`` share one: the module pays the server's start-up (~4 s of CPU,
+    ``docs/testing.md``) once, not once per test. Each test finds its own runs by uid.
+    """
+    return _start_catalog_server(tmp_path_factory, name, {})
+
+
 @contextlib.contextmanager
 def txm_session(pool, tmp_path_factory, name: str, extra_args=(), **options):
     """A TXM session on its own simulated TXM and ring IOCs; closed and stopped after.

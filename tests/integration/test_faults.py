@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import txm_session
+from conftest import shared_data_dir, txm_session
 from waiting import wait_until
 
 from multiscope import simctl
@@ -22,6 +22,12 @@ from multiscope.session import configure_session
 from multiscope.suspenders import DeviceDisconnectedError, SuspendedTooLongError
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """One data directory and catalog server for the module's sessions."""
+    return shared_data_dir(tmp_path_factory, "faults")
 
 
 def _session(ioc, data_dir, *, suspenders):
@@ -62,9 +68,9 @@ def _kill_when(predicate, pid, timeout=30.0):
     return thread, killed_at
 
 
-def test_ioc_killed_mid_move_fails_run_quickly_with_events_kept(fresh_demo_ioc, tmp_path):
+def test_ioc_killed_mid_move_fails_run_quickly_with_events_kept(fresh_demo_ioc, data_dir):
     """Kill the motor IOC mid-move: the run ends `fail` within 10 s; earlier events readable."""
-    session = _session(fresh_demo_ioc, tmp_path, suspenders=False)
+    session = _session(fresh_demo_ioc, data_dir, suspenders=False)
     m1, cam, beam = (session.devices[n] for n in ("m1", "cam", "beam_current"))
     m1.set(-8).wait(10)
     move_budget = m1.move_timeout(-4)  # every step of this scan is 4 mm
@@ -97,10 +103,10 @@ def test_ioc_killed_mid_move_fails_run_quickly_with_events_kept(fresh_demo_ioc, 
     session.close()
 
 
-def test_beam_ioc_disconnect_suspends_and_resumes_after_restart(fresh_demo_ioc, tmp_path):
+def test_beam_ioc_disconnect_suspends_and_resumes_after_restart(fresh_demo_ioc, tmp_path, data_dir):
     """Kill the IOC serving the ring current during a count: the run suspends (does not
     fail, does not go on); restart the IOC: it resumes and completes with every point."""
-    session = _session(fresh_demo_ioc, tmp_path, suspenders=True)
+    session = _session(fresh_demo_ioc, data_dir, suspenders=True)
     cam, beam = session.devices["cam"], session.devices["beam_current"]
     events = []
     session.RE.subscribe(lambda name, doc: events.append(doc) if name == "event" else None)
@@ -228,11 +234,15 @@ def _stopped_run(session, uid):
     return run, run.metadata["stop"]
 
 
-def test_txm_ioc_killed_mid_scan_fails_within_the_disconnect_limit(ca_port_pool, tmp_path_factory):
+def test_txm_ioc_killed_mid_scan_fails_within_the_disconnect_limit(
+    ca_port_pool, tmp_path_factory, data_dir
+):
     """SIGKILL the TXM IOC during a tomo_scan, default suspenders on (the ring IOC lives on):
     the run ends `fail` within the disconnect limit; the frames before the kill are readable."""
     options = {"disconnect_timeout_s": DISCONNECT_LIMIT_S}
-    with txm_session(ca_port_pool, tmp_path_factory, "kill", TXM_ARGS, **options) as (
+    with txm_session(
+        ca_port_pool, tmp_path_factory, "kill", TXM_ARGS, data_dir=data_dir, **options
+    ) as (
         session,
         running,
     ):
@@ -271,11 +281,13 @@ def _ring_controls(running):
     return controls
 
 
-def test_beam_dump_on_the_ring_ioc_suspends_and_resumes(ca_port_pool, tmp_path_factory):
+def test_beam_dump_on_the_ring_ioc_suspends_and_resumes(ca_port_pool, tmp_path_factory, data_dir):
     """Dump the beam (ring IOC) during a tomo_scan: the run suspends, the TXM sees no beam;
     refill: it resumes and succeeds with every projection once."""
     options = {"max_suspension_s": 120.0}  # a failing refill ends the run, not in 30 min
-    with txm_session(ca_port_pool, tmp_path_factory, "dump", TXM_ARGS, **options) as (
+    with txm_session(
+        ca_port_pool, tmp_path_factory, "dump", TXM_ARGS, data_dir=data_dir, **options
+    ) as (
         session,
         running,
     ):
@@ -311,11 +323,13 @@ def test_beam_dump_on_the_ring_ioc_suspends_and_resumes(ca_port_pool, tmp_path_f
         assert ring["txm_sees"].get() == 400.0
 
 
-def test_beam_outage_longer_than_the_limit_fails_the_run(ca_port_pool, tmp_path_factory):
+def test_beam_outage_longer_than_the_limit_fails_the_run(ca_port_pool, tmp_path_factory, data_dir):
     """Dump the beam and never refill: the run ends `fail` once suspended for the limit,
     with the reason in its stop document and the frames before the dump readable."""
     options = {"max_suspension_s": SUSPENSION_LIMIT_S}
-    with txm_session(ca_port_pool, tmp_path_factory, "outage", TXM_ARGS, **options) as (
+    with txm_session(
+        ca_port_pool, tmp_path_factory, "outage", TXM_ARGS, data_dir=data_dir, **options
+    ) as (
         session,
         running,
     ):
@@ -343,12 +357,14 @@ def test_beam_outage_longer_than_the_limit_fails_the_run(ca_port_pool, tmp_path_
 
 
 def test_txm_ioc_killed_during_a_beam_dump_fails_within_the_disconnect_limit(
-    ca_port_pool, tmp_path_factory
+    ca_port_pool, tmp_path_factory, data_dir
 ):
     """Dump the beam, then SIGKILL the TXM IOC while suspended: the plan waits for the beam
     and touches no dead channel, so only the watchdog can end it: `fail` within the limit."""
     options = {"disconnect_timeout_s": DISCONNECT_LIMIT_S}
-    with txm_session(ca_port_pool, tmp_path_factory, "dumpkill", TXM_ARGS, **options) as (
+    with txm_session(
+        ca_port_pool, tmp_path_factory, "dumpkill", TXM_ARGS, data_dir=data_dir, **options
+    ) as (
         session,
         running,
     ):

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import pytest
 from bluesky.utils import RunEngineInterrupted
-from conftest import fibsem_session, finished_run, restart_ioc
+from conftest import fibsem_session, finished_run, restart_ioc, shared_data_dir
 from waiting import wait_until
 
 from multiscope import simctl
@@ -99,8 +99,17 @@ def _interrupt_inside_cut(session, slice_number: int, action) -> threading.Threa
     return thread
 
 
-def test_every_face_is_imaged_and_every_slice_milled_once(ca_port_pool, tmp_path_factory):
-    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-basic") as (session, _):
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """One data directory and catalog server for the module's sessions."""
+    return shared_data_dir(tmp_path_factory, "sv")
+
+
+def test_every_face_is_imaged_and_every_slice_milled_once(ca_port_pool, tmp_path_factory, data_dir):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-basic", data_dir=data_dir) as (
+        session,
+        _,
+    ):
         pfib = session.devices["pfib"]
         assert _milled(pfib) == 0
         (uid,) = session.RE(session.plans["slice_and_view"](pfib, 3, 0.1, **FAST))
@@ -144,8 +153,11 @@ def test_every_face_is_imaged_and_every_slice_milled_once(ca_port_pool, tmp_path
         assert measured == pytest.approx(float(depths[-1]), abs=0.05)
 
 
-def test_bad_requests_are_refused_before_anything_moves(ca_port_pool, tmp_path_factory):
-    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-refuse") as (session, _):
+def test_bad_requests_are_refused_before_anything_moves(ca_port_pool, tmp_path_factory, data_dir):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-refuse", data_dir=data_dir) as (
+        session,
+        _,
+    ):
         pfib = session.devices["pfib"]
         plan = session.plans["slice_and_view"]
         before = (_milled(pfib), pfib.stage.tilt.position, pfib.stage.rot.position)
@@ -177,9 +189,12 @@ def test_bad_requests_are_refused_before_anything_moves(ca_port_pool, tmp_path_f
 
 @pytest.mark.parametrize("defer", [True, False], ids=["one-ctrl-c", "two-ctrl-c"])
 def test_a_pause_in_a_cut_lets_it_finish_and_resumes_without_remilling(
-    ca_port_pool, tmp_path_factory, defer
+    ca_port_pool, tmp_path_factory, data_dir, defer
 ):
-    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-pause") as (session, _):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-pause", data_dir=data_dir) as (
+        session,
+        _,
+    ):
         pfib, RE = session.devices["pfib"], session.RE
         watcher = _interrupt_inside_cut(session, 2, lambda: RE.request_pause(defer=defer))
         with pytest.raises(RunEngineInterrupted):
@@ -202,9 +217,12 @@ def test_a_pause_in_a_cut_lets_it_finish_and_resumes_without_remilling(
 
 
 def test_a_pause_then_abort_in_a_cut_stops_it_and_a_resume_finishes_the_series(
-    ca_port_pool, tmp_path_factory
+    ca_port_pool, tmp_path_factory, data_dir
 ):
-    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-abort") as (session, _):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-abort", data_dir=data_dir) as (
+        session,
+        _,
+    ):
         pfib, RE = session.devices["pfib"], session.RE
         plan = session.plans["slice_and_view"]
         uids = []
@@ -263,8 +281,11 @@ def _first_uid(client: subprocess.Popen) -> str:
     raise AssertionError(f"the client ended without a run (exit {client.wait()})")
 
 
-def test_a_killed_client_is_resumed_without_milling_twice(ca_port_pool, tmp_path_factory):
-    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-kill") as (session, running):
+def test_a_killed_client_is_resumed_without_milling_twice(ca_port_pool, tmp_path_factory, data_dir):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-kill", data_dir=data_dir) as (
+        session,
+        running,
+    ):
         pfib = session.devices["pfib"]
         client = _start_client(session.data_dir, running.prefix)
         try:
@@ -298,9 +319,13 @@ def test_a_killed_client_is_resumed_without_milling_twice(ca_port_pool, tmp_path
         _assert_safe(pfib)
 
 
-def test_an_ioc_restart_keeps_the_count_and_the_series_resumes(ca_port_pool, tmp_path_factory):
+def test_an_ioc_restart_keeps_the_count_and_the_series_resumes(
+    ca_port_pool, tmp_path_factory, data_dir
+):
     options = {"disconnect_timeout_s": 3.0}
-    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-restart", **options) as (
+    with fibsem_session(
+        ca_port_pool, tmp_path_factory, "sv-restart", data_dir=data_dir, **options
+    ) as (
         session,
         running,
     ):
@@ -332,9 +357,12 @@ def test_an_ioc_restart_keeps_the_count_and_the_series_resumes(ca_port_pool, tmp
 
 
 def test_kintsugi_fills_the_pores_ahead_and_is_repeated_only_when_needed(
-    ca_port_pool, tmp_path_factory
+    ca_port_pool, tmp_path_factory, data_dir
 ):
-    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-kintsugi") as (session, _):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-kintsugi", data_dir=data_dir) as (
+        session,
+        _,
+    ):
         pfib, RE = session.devices["pfib"], session.RE
         (first,) = RE(session.plans["kintsugi_face"](pfib, pt_thickness_um=2.0, polish_um=1.5))
         run = finished_run(session, first)
@@ -364,10 +392,15 @@ def test_kintsugi_fills_the_pores_ahead_and_is_repeated_only_when_needed(
         _assert_safe(pfib)
 
 
-def test_a_stop_during_a_sims_map_leaves_the_instrument_safe(ca_port_pool, tmp_path_factory):
+def test_a_stop_during_a_sims_map_leaves_the_instrument_safe(
+    ca_port_pool, tmp_path_factory, data_dir
+):
     """RE.stop() while the ion beam is on for SIMS: the run ends (success, as bluesky's
     stop means), the beam is blanked and nothing is left inserted."""
-    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-stop") as (session, _):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-stop", data_dir=data_dir) as (
+        session,
+        _,
+    ):
         pfib, RE = session.devices["pfib"], session.RE
 
         def stop_in_sims():
@@ -392,11 +425,14 @@ def test_a_stop_during_a_sims_map_leaves_the_instrument_safe(ca_port_pool, tmp_p
 
 
 def test_a_fault_during_an_eds_map_leaves_everything_retracted_and_blanked(
-    ca_port_pool, tmp_path_factory
+    ca_port_pool, tmp_path_factory, data_dir
 ):
     """A fault (thrown into the run, as a failed device would) while the EDS detector is
     in: the run fails and the safe state retracts it and blanks the beam."""
-    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-fault") as (session, _):
+    with fibsem_session(ca_port_pool, tmp_path_factory, "sv-fault", data_dir=data_dir) as (
+        session,
+        _,
+    ):
         pfib, RE = session.devices["pfib"], session.RE
         uids = []
         RE.subscribe(lambda name, doc: uids.append(doc["uid"]), "start")

@@ -21,7 +21,7 @@ from multiscope import compat
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPAT_FILE = "src/multiscope/compat.py"
-LIBRARIES = ("ophyd", "bluesky", "caproto")
+LIBRARIES = ("ophyd", "bluesky", "caproto", "fastapi")
 
 
 def _pins() -> dict[str, Requirement]:
@@ -168,11 +168,13 @@ def test_staging_shims_follow_ophyd():
 # Private names (a dotted library path with an underscore part, caproto's internal
 # server module, the specific hooks and attributes of PRIVATE_APIS, and the ophyd
 # attributes with a public twin: real_positioners, parent) anywhere but in compat.py.
-_PRIVATE_MODULE = re.compile(r"\b(?:ophyd|bluesky|caproto|event_model)(?:\.\w+)*\._[a-z]\w*")
+_PRIVATE_MODULE = re.compile(
+    r"\b(?:ophyd|bluesky|caproto|event_model|fastapi)(?:\.\w+)*\._[a-z]\w*"
+)
 _PRIVATE_NAMES = re.compile(
     r"\._(?:staged|original_vals|concurrent_move|real_waiting|real_finished|sig|should_suspend"
     r"|should_resume|get_justification|bind_tcp_sockets_with_consistent_port_number|real|parent)\b"
-    r"|\bRE\._\w+|\bHIGH_LOAD_TIMEOUT\b|\b_create_bound_tcp_socket\b|\bcaproto\.server\.server\b"
+    r"|\bRE\._\w+|\bHIGH_LOAD_TIMEOUT\b|\bfastapi\.dependencies\b|\b_create_bound_tcp_socket\b|\bcaproto\.server\.server\b"
 )
 
 
@@ -209,3 +211,53 @@ def test_allow_slow_reads_only_raises_the_read_timeout():
     forever = EpicsSignalRO("PROBE:C", name="c", timeout=None)
     compat.allow_slow_reads([default, longer, forever, Signal(name="soft")], 5.0)
     assert (default.timeout, longer.timeout, forever.timeout) == (5.0, 9.0, None)
+
+
+def test_overridden_dependencies_are_analysed_once_and_still_resolved(monkeypatch):
+    # FastAPI builds an app-with-overrides' dependencies again at every request (each
+    # build inspects the callable's signature); wrapped, the later requests build none,
+    # and every dependency still resolves, the override included, per request.
+    import asyncio
+
+    import httpx
+    from fastapi import Depends, FastAPI
+    from fastapi.dependencies import utils
+
+    def settings():
+        return "default"
+
+    def user(token: str = "anonymous", config: str = Depends(settings)):
+        return f"{token}@{config}"
+
+    app = FastAPI()
+
+    @app.get("/who")
+    def who(name: str = Depends(user)):
+        return {"name": name}
+
+    app.dependency_overrides[settings] = lambda: "overridden"
+    inspected = []
+    signature = utils.get_typed_signature
+    monkeypatch.setattr(utils, "get_typed_signature",
+                        lambda call: inspected.append(call) or signature(call))  # fmt: skip
+    transport = httpx.ASGITransport(app=app)
+
+    def ask(token):
+        async def get():
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+                return (await client.get("/who", params={"token": token})).json()
+
+        return asyncio.run(get())
+
+    assert ask("ann") == {"name": "ann@overridden"}
+    unwrapped = len(inspected)
+    assert ask("bob") == {"name": "bob@overridden"}
+    assert len(inspected) == 2 * unwrapped > 0  # FastAPI alone: every request again
+    compat.analyse_overridden_dependencies_once()
+    compat.analyse_overridden_dependencies_once()  # idempotent
+    assert utils.get_dependant._analysed_once
+    assert ask("cy") == {"name": "cy@overridden"}  # built once more, kept
+    kept = len(inspected)
+    assert ask("dee") == {"name": "dee@overridden"}
+    assert ask("eve") == {"name": "eve@overridden"}
+    assert len(inspected) == kept  # analysed once: nothing built again
