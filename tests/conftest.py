@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
+from module_order import longest_modules_first
 from parallel_workers import worker_environment
 
 from multiscope import compat, config
@@ -54,6 +55,11 @@ class FakeRefusableSignal(FakeEpicsSignal):
 
 
 fake_device_cache[RefusableSignal] = FakeRefusableSignal
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Longest modules first, so that none runs on alone at the end (tests/module_order.py)."""
+    longest_modules_first(items)
 
 
 def pytest_collection_finish(session):
