@@ -1,13 +1,14 @@
 """CPU per request of the embedded catalog's tiled server, with and without the dependency fix.
 
-Run ``python bench/catalog_requests.py [--runs 40] [--rounds 3]``.
+Run ``python bench/catalog_requests.py [--runs 30] [--rounds 6]``.
 
 Builds the embedded catalog's tiled app in this process (a new catalog in a temporary
 directory, single-user API key, as :mod:`multiscope.catalog` serves it) and drives it
 through tiled's own client over an in-process ASGI transport, so the time measured is
 the server's request handling, not the network. One round: create ``--runs`` run
 containers with metadata (what the writer does at each run's start), then read each
-one's metadata back and search the catalog (what a reader does). Rounds alternate
+one's metadata back and search the catalog (what a reader does), each arm in a catalog
+of its own so that both grow alike. Rounds alternate, in alternating order,
 FastAPI as installed (every request analyses its dependencies again, since tiled's app
 has a dependency override) and :func:`multiscope.compat.analyse_overridden_dependencies_once`
 (analysed once per process), side by side in one process; the process CPU time per
@@ -37,7 +38,7 @@ __all__ = ["main"]
 HEADING = "## Catalog server CPU per request (bench/catalog_requests.py)"
 
 
-def _client(root: Path):
+def _client(root: Path, key: str):
     from tiled.catalog import from_uri
     from tiled.client import Context, from_context
     from tiled.config import Authentication
@@ -49,7 +50,6 @@ def _client(root: Path):
         writable_storage=[root / "data", f"sqlite:///{root / 'tables.sqlite'}"],
         init_if_not_exists=True,
     )
-    key = secrets.token_hex(16)
     app = build_app(adapter, authentication=Authentication(single_user_api_key=key))
     return from_context(Context.from_app(app, api_key=key))
 
@@ -73,8 +73,8 @@ def _round(client, runs: int) -> tuple[float, int]:
 def main(argv: list[str] | None = None) -> str:
     """Run the benchmark; return (and unless ``--no-write`` record) its Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=40)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
 
@@ -87,17 +87,24 @@ def main(argv: list[str] | None = None) -> str:
     compat.analyse_overridden_dependencies_once()
     analysed_once = utils.get_dependant
     per_request = {"installed": [], "analysed once": []}
+    arms = (("installed", installed), ("analysed once", analysed_once))
     with tempfile.TemporaryDirectory() as tmp:
-        client = _client(Path(tmp))
-        _round(client, 5)  # warm: imports, first queries, caches
-        for _ in range(args.rounds):
-            for arm, function in (("installed", installed), ("analysed once", analysed_once)):
+        # A catalog per arm, so that both grow alike (a search costs more in a larger one).
+        # One key for both: tiled's server settings are per process.
+        key = secrets.token_hex(16)
+        clients = {arm: _client(Path(tmp, str(n)), key) for n, (arm, _) in enumerate(arms)}
+        for arm, function in arms:
+            utils.get_dependant = function
+            _round(clients[arm], 5)  # warm: imports, first queries, caches
+        for repeat in range(args.rounds):
+            for arm, function in arms if repeat % 2 == 0 else arms[::-1]:
                 utils.get_dependant = function
-                seconds, requests = _round(client, args.runs)
+                seconds, requests = _round(clients[arm], args.runs)
                 per_request[arm].append(1e3 * seconds / requests)
         utils.get_dependant = analysed_once
     plain = statistics.median(per_request["installed"])
     fixed = statistics.median(per_request["analysed once"])
+    rounds = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(*per_request.values(), strict=True))
     body = "\n".join([
         HEADING,
         "",
@@ -106,8 +113,9 @@ def main(argv: list[str] | None = None) -> str:
         f"rounds of {args.runs} run containers created, their metadata read back and one",
         "search; FastAPI as installed (tiled's app overrides `get_settings`, so every request",
         "analyses its dependencies again) against `compat.analyse_overridden_dependencies_once`,",
-        "alternating in one process. Process CPU per request, median of the rounds (client",
-        f"included), 2 cores, {time.strftime('%Y-%m-%d')}.",
+        "alternating in one process, each in its own catalog. Process CPU per request",
+        f"(client included), median of the rounds, 2 cores, {time.strftime('%Y-%m-%d')}.",
+        f"Per round (as installed/analysed once, ms): {rounds}.",
         "",
         "| FastAPI | CPU per request (ms) | / installed |",
         "| --- | ---: | ---: |",
