@@ -57,7 +57,7 @@ class FakeRefusableSignal(FakeEpicsSignal):
 fake_device_cache[RefusableSignal] = FakeRefusableSignal
 
 
-def pytest_collection_modifyitems(session, config, items):
+def pytest_collection_modifyitems(items):
     """Longest modules first, so that none runs on alone at the end (tests/module_order.py)."""
     longest_modules_first(items)
 

@@ -1,9 +1,10 @@
 """The order in which ``pytest -n 3 --dist loadfile`` hands test modules to its workers.
 
-Longest first (the classic longest-processing-time rule): a worker takes the next module
-when it is free, so a long module started last would run on alone at the end while the
-other workers idle. pytest-xdist's own order (``--loadscope-reorder``, its default) is
-by *number of tests*, which put the scored demos (one to three tests each, 1.5-4 min)
+Longest first (the classic longest-processing-time rule, roughly: pytest-xdist gives a
+worker its next module once it has two or fewer tests left), so that a long module does
+not start last and run on alone at the end while the other workers idle.
+pytest-xdist's own order (``--loadscope-reorder``, its default) is by *number of
+tests*, which put the scored demos (one to three tests each, 1.5-4 min)
 last; ``pyproject.toml`` turns it off (``--no-loadscope-reorder``) and
 ``tests/conftest.py`` sorts the collected tests with :func:`longest_modules_first`.
 
@@ -87,8 +88,9 @@ MODULE_SECONDS = {
 
 
 def module_key(path: Path) -> str:
-    """``integration/test_x.py``: a test module's path under ``tests/``."""
-    return Path(path).resolve().relative_to(TESTS).as_posix()
+    """``integration/test_x.py``: a test module's path under ``tests/`` (else its full path)."""
+    path = Path(path).resolve()
+    return path.relative_to(TESTS).as_posix() if path.is_relative_to(TESTS) else path.as_posix()
 
 
 def longest_modules_first(items: list) -> None:

@@ -34,9 +34,9 @@ Before it serves, the server points the catalog's asset URIs at the data directo
 current place (:mod:`multiscope.catalog_location`), so a moved or copied data directory
 keeps reading its event tables and frames.
 
-Only the standard library, :mod:`multiscope.simctl`, :mod:`multiscope.catalog_location`
-and :mod:`multiscope.compat` (all importing no library at module level) are imported
-here, so any layer may use it; tiled is imported only by the server process itself.
+Only the standard library and :mod:`multiscope`'s ``simctl``, ``catalog_location``,
+``locks``, ``ports`` and ``compat`` (none importing a library at module level) are
+imported here, so any layer may use it; tiled is imported only by the server process itself.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Every private ophyd, bluesky and caproto API the project relies on, in one place.
+"""Every private ophyd, bluesky, caproto and FastAPI API the project relies on, in one place.
 
 Each shim below names the public behaviour it stands for and why no public API
 serves it. The pinned version ranges in ``pyproject.toml`` (``ophyd``,
-``bluesky``, ``caproto``) are the versions these shims were checked against;
+``bluesky``, ``caproto``, ``fastapi``) are the versions these shims were checked against;
 ``tests/unit/test_compat.py`` fails, naming this module and the pin, when an
 installed version leaves its range or when one of :data:`PRIVATE_APIS` is gone.
 To move a pin: read each entry against the new version's source, fix the shim,
@@ -24,9 +24,9 @@ __all__ = [
     "PRIVATE_APIS",
     "PrivateAPI",
     "StrictPortBinding",
-    "analyse_overridden_dependencies_once",
     "SuspenderHooks",
     "SubsetConcurrentMove",
+    "analyse_overridden_dependencies_once",
     "cannot_exceed_limits",
     "forget_staging",
     "is_staged",
@@ -599,10 +599,11 @@ def analyse_overridden_dependencies_once() -> None:
     one (``get_settings``). In the embedded catalog server that was about a quarter of
     the CPU it spent serving requests (docs/benchmarks.md). Wrapped, a build that
     ``solve_dependencies`` asks for again with the same arguments (path, callable, name,
-    scopes, cache and concurrency settings) returns the one built the first time, which
+    scopes, scope and concurrency) returns the one built the first time, which
     is what the route itself keeps for a dependency that is not overridden: the request
     only reads it. An override changed later is another callable, so another build.
-    Calls from anywhere else (making routes) pass through. Idempotent.
+    Calls from anywhere else (making routes) pass through. The builds are kept for the
+    process's life (one app in the catalog server's). Idempotent.
     """
     import functools
     import sys
@@ -619,14 +620,14 @@ def analyse_overridden_dependencies_once() -> None:
     def get_dependant(**kwargs):
         if sys._getframe(1).f_code is not solve:
             return build(**kwargs)
+        key = tuple(sorted((name, _hashable(value)) for name, value in kwargs.items()))
         try:
-            key = tuple(sorted((name, _hashable(value)) for name, value in kwargs.items()))
-            return built[key]
-        except KeyError:
-            dependant = built[key] = build(**kwargs)
-            return dependant
+            dependant = built.get(key)
         except TypeError:  # an unhashable argument: build it, as FastAPI does
             return build(**kwargs)
+        if dependant is None:
+            dependant = built[key] = build(**kwargs)
+        return dependant
 
     get_dependant._analysed_once = True
     utils.get_dependant = get_dependant

@@ -236,6 +236,9 @@ def test_overridden_dependencies_are_analysed_once_and_still_resolved(monkeypatc
         return {"name": name}
 
     app.dependency_overrides[settings] = lambda: "overridden"
+    # FastAPI's own get_dependant for this test, and back as it was after it.
+    build = utils.get_dependant
+    monkeypatch.setattr(utils, "get_dependant", getattr(build, "__wrapped__", build))
     inspected = []
     signature = utils.get_typed_signature
     monkeypatch.setattr(utils, "get_typed_signature",
