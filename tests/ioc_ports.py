@@ -15,7 +15,12 @@ broke the suite late in a run:
   four modules). With thousands of stale names and 64 addresses, each ophyd
   signal's first connection became thousands of datagrams, and the lazy signals of
   stock ophyd classes (a 1 s connection timeout) stopped connecting ("searching...").
-  :meth:`IOCTracker.forget_ended` cancels the searches of ended IOCs' channels.
+  :meth:`IOCTracker.forget_ended` cancels the searches of ended IOCs' channels at a
+  module's boundary, and :meth:`IOCTracker.stop_searching_ended` after every test: a
+  module's tests each start and end IOCs (390 names per TXM session; 1739 stale names
+  by the end of ``test_faults.py``), and until then every new channel of the module
+  re-sent them all. An IOC started again on a prefix whose searches were cancelled
+  (a restart in a later test) has them searched for again.
 
 The process's IOCs are those started with :func:`multiscope.simctl.start_ioc`, which
 the session fixture wraps with :meth:`IOCTracker.track` (tests and fixtures call it
@@ -30,7 +35,7 @@ from collections.abc import Callable, Iterable
 
 from multiscope import simctl
 
-__all__ = ["IOCTracker", "PortPool", "cancel_searches"]
+__all__ = ["IOCTracker", "PortPool", "cancel_searches", "resume_searches"]
 
 
 class PortPool:
@@ -83,12 +88,29 @@ def cancel_searches(prefixes: Iterable[str]) -> int:
     if not prefixes:
         return 0
     broadcaster = _default_context().broadcaster
+    # As SharedBroadcaster.cancel, which tests each entry against a tuple of names
+    # (quadratic in the thousands of stale names a long module leaves).
     with broadcaster._search_lock:  # the dict changes in caproto's threads
-        names = {item[0] for item in broadcaster.unanswered_searches.values()}
-    stale = [name for name in names if name.startswith(prefixes)]
-    if stale:
-        broadcaster.cancel(*stale)
+        stale = [search_id for search_id, item in broadcaster.unanswered_searches.items()
+                 if item[0].startswith(prefixes)]  # fmt: skip
+        for search_id in stale:
+            del broadcaster.unanswered_searches[search_id]
     return len(stale)
+
+
+def resume_searches(prefix: str) -> int:
+    """Search again for the unconnected channels under ``prefix``; return how many.
+
+    For an IOC started again on a prefix whose searches :func:`cancel_searches` ended:
+    caproto's client would otherwise never look for those channels again.
+    """
+    context = _default_context()
+    with context.pv_cache_lock:
+        keys = [key for key, pv in context.pvs.items()
+                if key[0].startswith(prefix) and not pv.circuit_ready.is_set()]  # fmt: skip
+    if keys:
+        context.reconnect(keys)
+    return len(keys)
 
 
 class IOCTracker:
@@ -113,9 +135,22 @@ class IOCTracker:
         def start_and_track(*args, **kwargs) -> simctl.IOCProcess:
             ioc = start(*args, **kwargs)
             self._by_port[ioc.port] = ioc
+            if ioc.prefix in self._ended_prefixes:  # a restart after its searches ended
+                self._ended_prefixes.discard(ioc.prefix)
+                resume_searches(ioc.prefix)
             return ioc
 
         return start_and_track
+
+    def stop_searching_ended(self) -> None:
+        """Cancel the searches of the channels of every IOC that has ended (after a test).
+
+        Ports are not recycled here: a later test of the module may restart an IOC on
+        its port (and prefix), and :meth:`track` then resumes its searches.
+        """
+        ended = {ioc.prefix for ioc in self._by_port.values() if not simctl.is_alive(ioc)}
+        self._ended_prefixes |= ended
+        cancel_searches(self._ended_prefixes)
 
     def forget_ended(self) -> list[simctl.IOCProcess]:
         """Cancel the searches of ended IOCs' channels, recycle their ports; return them.

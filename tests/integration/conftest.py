@@ -80,6 +80,13 @@ def _forget_ended_iocs(ioc_tracker):
     ioc_tracker.forget_ended()
 
 
+@pytest.fixture(autouse=True)
+def _stop_searching_ended_iocs(ioc_tracker):
+    """After each test, stop searching for the channels of the IOCs that have ended."""
+    yield
+    ioc_tracker.stop_searching_ended()
+
+
 def start_sim_ioc(
     pool, log_dir: Path, name: str = "demo", extra_args=(), timeout: float = 30.0
 ) -> tuple[RunningIOC, simctl.IOCProcess]:

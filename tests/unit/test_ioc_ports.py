@@ -55,3 +55,39 @@ def test_tracker_recycles_the_port_of_an_ended_ioc(monkeypatch):
     assert [ioc.name for ioc in tracker.forget_ended()] == ["ended"]
     assert next(pool) == 30002
     assert tracker.forget_ended() == []
+
+
+def test_ended_iocs_stop_being_searched_and_a_restart_searches_again(monkeypatch):
+    """After a test: an ended IOC's channels leave the searches, its port stays taken;
+    started again on its prefix (a restart in a later test), they are searched again."""
+    from caproto.threading.pyepics_compat import PV
+
+    context = PV.default_context() if hasattr(PV, "default_context") else PV._default_context
+    prefix = f"Tback{uuid.uuid4().hex[:6]}:"
+    names = {f"{prefix}x{i}" for i in range(2)}
+    context.get_pvs(*sorted(names))
+
+    def searched() -> set[str]:
+        with context.broadcaster._search_lock:
+            return {item[0] for item in context.broadcaster.unanswered_searches.values()}
+
+    wait_until(lambda: names <= searched(), timeout=10)
+    tracker = IOCTracker(PortPool([30001]))
+    alive = {"ioc": True}
+    monkeypatch.setattr(simctl, "is_alive", lambda ioc: alive["ioc"])
+
+    def start(name, *, prefix, port, log_dir, extra_args=()):
+        return simctl.IOCProcess(name, prefix, port, os.getpid(), "", name)
+
+    start_tracked = tracker.track(start)
+    start_tracked("ioc", prefix=prefix, port=next(tracker.pool), log_dir="")
+    tracker.stop_searching_ended()  # still running: its channels are still searched
+    assert names <= searched()
+    alive["ioc"] = False
+    tracker.stop_searching_ended()
+    assert not names & searched()
+    assert next(tracker.pool, None) is None  # the port is kept for a restart
+    alive["ioc"] = True
+    start_tracked("ioc", prefix=prefix, port=30001, log_dir="")
+    wait_until(lambda: names <= searched(), timeout=10)
+    cancel_searches([prefix])
