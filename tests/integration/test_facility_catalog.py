@@ -12,6 +12,7 @@ with a wrong one; the CLI lists the runs (docs/stack-facts.md, fault row 11).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -106,10 +107,16 @@ class FacilityServer:
     def healthy(self) -> bool:
         if self.process.poll() is not None:
             raise RuntimeError((self.tmp / "server.log").read_text()[-3000:])
+        # A bare connection per poll: httpx.get would build a client, and its SSL
+        # context (tens of ms of CPU), ten times a second while the server starts.
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
         try:
-            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
+            connection.request("GET", "/healthz")
+            return connection.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
             return False
+        finally:
+            connection.close()
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, requests in flight cut off."""
