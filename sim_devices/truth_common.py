@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from sim_devices.physics import ElectrodeTab, make_tab
+from sim_devices.physics import ElectrodeTab, cached_tab
 from sim_devices.physics.phantom import DEFAULT_TAB_WIDTH_UM
 from sim_devices.physics.txm_scene import DEFAULT_AXIS_OFFSET_PX, TXMScene, start_pixel_um
 
@@ -27,7 +27,7 @@ def phantom(
     tab_width_um = float(tab_width_um)
     if not (math.isfinite(tab_width_um) and tab_width_um > 0):
         raise ValueError(f"tab_width_um must be finite and positive, not {tab_width_um}")
-    return make_tab(seed=int(seed), width_um=tab_width_um, n_particles=particles)
+    return cached_tab(seed=int(seed), width_um=tab_width_um, n_particles=particles)
 
 
 def scene(

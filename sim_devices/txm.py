@@ -51,7 +51,7 @@ from sim_devices.areadetector import FrameContext, SimAreaDetector, pvproperty_w
 from sim_devices.beam import CurrentHistory
 from sim_devices.detector_shape import camera_busy, resize_camera
 from sim_devices.motor import TrackedAxis
-from sim_devices.physics import DriftModel, ElectrodeTab, make_tab
+from sim_devices.physics import DriftModel, ElectrodeTab, cached_tab
 from sim_devices.physics.phantom import DEFAULT_TAB_WIDTH_UM
 from sim_devices.physics.txm_scene import (
     BINNINGS,
@@ -483,7 +483,7 @@ class TXMIOC(PVGroup):
             tab_width_um = float(tab_width_um)
             if not (math.isfinite(tab_width_um) and tab_width_um > 0):
                 raise ValueError(f"tab_width_um must be finite and positive, not {tab_width_um}")
-            tab = make_tab(seed=self.seed, width_um=tab_width_um, n_particles=particles)
+            tab = cached_tab(seed=self.seed, width_um=tab_width_um, n_particles=particles)
         self.tab_width_um = float(tab.width_um)
         start_pixel = start_pixel_um(binning)
         drift = DriftModel(rms_um=(float(drift_um),) * 3, seed=self.seed)

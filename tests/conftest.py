@@ -31,6 +31,12 @@ compat.keep_ca_client_searching()
 # Before numba is imported (it reads NUMBA_CACHE_DIR then) and before any server starts.
 os.environ.update(worker_environment(os.environ, Path(__file__).parents[1] / ".pytest_cache"))
 
+# The simulators' packed tabs (sim_devices.physics.phantom.cached_tab), kept between
+# runs beside the numba caches rather than in the user's ~/.cache. Written whole
+# (renamed into place), so workers and their IOCs share one directory.
+_TAB_CACHE = Path(__file__).parents[1] / ".pytest_cache" / "tab-cache"
+os.environ.setdefault("MULTISCOPE_TAB_CACHE", str(_TAB_CACHE))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _default_data_dir(tmp_path_factory):

@@ -46,7 +46,7 @@ from .materials import (
     material_mu,
     mu_table,
 )
-from .phantom import ElectrodeTab, VoxelVolume, make_tab
+from .phantom import ElectrodeTab, VoxelVolume, cached_tab, make_tab
 from .projector import DetectorGeometry, project, slab_chord_um
 
 # Before the projector's numba-parallel kernel first runs and starts OpenMP.
@@ -72,6 +72,7 @@ __all__ = [
     "image_distance_mm",
     "in_focus_object_distance_mm",
     "magnification",
+    "cached_tab",
     "make_tab",
     "material_mu",
     "mu_table",

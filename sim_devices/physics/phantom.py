@@ -20,8 +20,11 @@ voxelised ground truth (:meth:`ElectrodeTab.voxelize`) is consistent with them.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numba as nb
 import numpy as np
@@ -538,3 +541,60 @@ def make_tab(
         pore_material=pore_material,
         seed=int(seed),
     )
+
+
+#: Where simulators keep the tabs they packed (:func:`cached_tab`); default
+#: ``$XDG_CACHE_HOME/multiscope/tabs`` (``~/.cache/multiscope/tabs``).
+TAB_CACHE_ENV = "MULTISCOPE_TAB_CACHE"
+_TAB_FIELDS = ("width_um", "coating_thickness_um", "foil_thickness_um", "height_um",
+               "centers_um", "radii_um", "material_ids", "pore_material", "seed")  # fmt: skip
+
+
+def tab_cache_dir() -> Path:
+    """``$MULTISCOPE_TAB_CACHE``, else ``$XDG_CACHE_HOME/multiscope/tabs`` (``~/.cache``)."""
+    given = os.environ.get(TAB_CACHE_ENV)
+    if given:
+        return Path(given)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "multiscope" / "tabs"
+
+
+def cached_tab(cache_dir: str | os.PathLike | None = None, **params) -> ElectrodeTab:
+    """:func:`make_tab` with ``params``, kept on disk for the next simulator that needs it.
+
+    Packing the default tab costs ~1 s of CPU, and every TXM IOC and ground-truth
+    process starts by packing the same few tabs. The file's name is a hash of
+    ``params``, this module's source and numpy's and numba's versions, so a change to
+    any of them packs a new tab rather than loading a stale one. A file that cannot be
+    read is packed again; a directory that cannot be written is only not used.
+
+    Parameters
+    ----------
+    cache_dir : path-like, optional
+        Default :func:`tab_cache_dir`.
+    **params
+        :func:`make_tab`'s keyword arguments.
+    """
+    directory = Path(cache_dir) if cache_dir is not None else tab_cache_dir()
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(repr((sorted(params.items()), np.__version__, nb.__version__)).encode())
+    path = directory / f"tab-{digest.hexdigest()[:32]}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            values = {name: stored[name] for name in _TAB_FIELDS}
+        return ElectrodeTab(
+            **{name: values[name].item() for name in _TAB_FIELDS if values[name].ndim == 0},
+            **{name: values[name] for name in _TAB_FIELDS if values[name].ndim > 0},
+        )
+    except Exception:  # noqa: BLE001 - absent, torn or foreign: pack it again
+        pass
+    tab = make_tab(**params)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+        with open(partial, "wb") as out:
+            np.savez(out, **{name: np.asarray(getattr(tab, name)) for name in _TAB_FIELDS})
+        os.replace(partial, path)  # readers see the whole file or none
+    except OSError:
+        pass
+    return tab

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from sim_devices.physics import MATERIAL_IDS, make_tab, mu_table
+from sim_devices.physics import MATERIAL_IDS, cached_tab, make_tab, mu_table
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +91,24 @@ def test_voxelize_region(small_tab):
     vol = small_tab.voxelize(0.5, region=(-2, 2, 0, 4, 5, 7))
     assert vol.material.shape == (4, 8, 8)
     assert vol.mu is None
+
+
+def test_a_cached_tab_is_the_packed_tab_and_a_torn_file_is_packed_again(tmp_path):
+    params = dict(seed=7, width_um=20.0, coating_thickness_um=20.0, foil_thickness_um=5.0,
+                  height_um=20.0, n_particles=None)  # fmt: skip
+    packed = make_tab(**params)
+    first = cached_tab(tmp_path, **params)  # packs it and keeps it
+    (kept,) = tmp_path.glob("tab-*.npz")
+    again = cached_tab(tmp_path, **params)  # loads it
+    for tab in (first, again):
+        for name in ("centers_um", "radii_um", "material_ids"):
+            expected, got = getattr(packed, name), getattr(tab, name)
+            assert got.dtype == expected.dtype
+            np.testing.assert_array_equal(got, expected)
+        assert (tab.width_um, tab.height_um, tab.pore_material, tab.seed) == (20.0, 20.0, "pore", 7)
+        assert isinstance(tab.seed, int) and isinstance(tab.width_um, float)
+    cached_tab(tmp_path, **{**params, "seed": 8})  # other parameters: another file
+    assert len(list(tmp_path.glob("tab-*.npz"))) == 2
+    kept.write_bytes(kept.read_bytes()[:100])  # torn
+    np.testing.assert_array_equal(cached_tab(tmp_path, **params).centers_um, packed.centers_um)
+    assert kept.stat().st_size > 100  # packed again and kept whole
