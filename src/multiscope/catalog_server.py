@@ -483,6 +483,22 @@ def _initialize_catalog(db: Path) -> None:  # pragma: no cover - runs in the ser
         stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
 
 
+def _write_ahead_logging(*databases: Path) -> None:  # pragma: no cover - server process
+    """Put each SQLite database (made if absent) in WAL mode, before tiled opens it.
+
+    tiled reads and writes the event tables through ADBC's SQLite driver, which does not
+    wait for a lock. In SQLite's default (rollback journal) mode a read that arrives
+    while a write commits fails at once with "database is locked": a 500 to the reader
+    (seen on a catalog server shared by a test module's sessions, 2026-12-07). In WAL
+    mode a reader and the writer never wait for each other. The mode is kept in the file.
+    """
+    import sqlite3
+
+    for path in databases:
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+
+
 def _serve(argv: list[str]) -> None:  # pragma: no cover - runs in the server process
     """``python -m multiscope.catalog_server ROOT --port N --lock-fd K``."""
     import argparse
@@ -504,6 +520,7 @@ def _serve(argv: list[str]) -> None:  # pragma: no cover - runs in the server pr
     tiled_args += ["--host", "127.0.0.1", "--port", str(args.port)]
     if not db.exists():
         _initialize_catalog(db)
+    _write_ahead_logging(db, catalog_dir / "tables.sqlite")
     # A moved or copied data directory: its asset URIs still name the old place (0023).
     moved = relocate(root)
     if moved:

@@ -8,9 +8,11 @@ bad arguments before any catalog opens.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -101,6 +103,11 @@ def test_second_process_finds_the_running_server(data_dir):
             other.communicate("", timeout=30)
         assert answer == {"pid": lease.pid, "started_here": False}
         assert _servers_of(data_dir) == [lease.pid]
+        # Readers and the writer of the run and event-table databases never wait for
+        # each other (tiled's SQLite table driver does not wait for a lock).
+        for name in ("catalog.db", "tables.sqlite"):
+            with contextlib.closing(sqlite3.connect(data_dir / "catalog" / name)) as db:
+                assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",), name
     finally:
         lease.release()
     assert catalog_server.stop(data_dir) == "stopped"

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import shared_data_dir
 
 from multiscope.plans.preflight import PlanArgumentError
 from multiscope.plans.scans import line_scan
@@ -10,11 +11,17 @@ from multiscope.session import configure_session
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """One data directory, so one catalog server, for the module's sessions."""
+    return shared_data_dir(tmp_path_factory, "session-demo")
+
+
 @pytest.fixture
-def session(demo_ioc, tmp_path):
+def session(demo_ioc, data_dir):
     namespace = {}
     session = configure_session(
-        namespace, "demo", data_dir=tmp_path, prefix=demo_ioc.prefix, table=False, progress=False
+        namespace, "demo", data_dir=data_dir, prefix=demo_ioc.prefix, table=False, progress=False
     )
     for device in session.devices.values():
         device.wait_for_connection(timeout=10)
@@ -47,9 +54,11 @@ def test_session_names_and_refuses_a_second_setup(session, tmp_path):
         configure_session({}, "nonesuch", data_dir=tmp_path)
 
 
-def test_scan_is_stored_with_frames_and_reads_back(session, tmp_path):
+def test_scan_is_stored_with_frames_and_reads_back(session, data_dir):
     session, _ = session
     m1, cam, beam = (session.devices[n] for n in ("m1", "cam", "beam_current"))
+    assets = data_dir / "assets" / "demo"
+    before = set(assets.rglob("*.h5"))
     (uid,) = session.RE(line_scan([cam, beam], m1, -1, 1, 9))
     assert session.catalog.drain(30)
     run = session.catalog.run(uid)
@@ -59,7 +68,7 @@ def test_scan_is_stored_with_frames_and_reads_back(session, tmp_path):
     assert frames.shape[0] == 9 and frames.shape[-2:] == (64, 64)
     np.testing.assert_allclose(np.asarray(data["m1"]), np.linspace(-1, 1, 9), atol=1e-3)
     # Frames in the catalog are the ones in the IOC's HDF5 file under the data dir's assets/.
-    files = list((tmp_path / "assets" / "demo").rglob("*.h5"))
+    files = sorted(set(assets.rglob("*.h5")) - before)
     assert len(files) == 1
     import h5py
 
