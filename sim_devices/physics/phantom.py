@@ -575,7 +575,10 @@ def cached_tab(cache_dir: str | os.PathLike | None = None, **params) -> Electrod
     **params
         :func:`make_tab`'s keyword arguments.
     """
-    directory = Path(cache_dir) if cache_dir is not None else tab_cache_dir()
+    try:
+        directory = Path(cache_dir) if cache_dir is not None else tab_cache_dir()
+    except RuntimeError:  # no home directory to keep it in
+        return make_tab(**params)
     digest = hashlib.sha256(Path(__file__).read_bytes())
     digest.update(repr((sorted(params.items()), np.__version__, nb.__version__)).encode())
     path = directory / f"tab-{digest.hexdigest()[:32]}.npz"
