@@ -564,9 +564,10 @@ def cached_tab(cache_dir: str | os.PathLike | None = None, **params) -> Electrod
 
     Packing the default tab costs ~1 s of CPU, and every TXM IOC and ground-truth
     process starts by packing the same few tabs. The file's name is a hash of
-    ``params``, this module's source and numpy's and numba's versions, so a change to
-    any of them packs a new tab rather than loading a stale one. A file that cannot be
-    read is packed again; a directory that cannot be written is only not used.
+    ``params``, of this module's and ``materials.py``'s source (the material ids) and of
+    numpy's and numba's versions, so a change to any of them packs a new tab rather than
+    loading a stale one. A file that cannot be read is packed again; a directory that
+    cannot be written is only not used.
 
     Parameters
     ----------
@@ -574,12 +575,19 @@ def cached_tab(cache_dir: str | os.PathLike | None = None, **params) -> Electrod
         Default :func:`tab_cache_dir`.
     **params
         :func:`make_tab`'s keyword arguments.
+
+    Returns
+    -------
+    ElectrodeTab
+        Equal to ``make_tab(**params)``.
     """
     try:
         directory = Path(cache_dir) if cache_dir is not None else tab_cache_dir()
-    except RuntimeError:  # no home directory to keep it in
+        # The material ids stored per sphere come from materials.py's table.
+        sources = [Path(__file__), Path(__file__).with_name("materials.py")]
+        digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources))
+    except (RuntimeError, OSError):  # no home directory, or no source to name it by
         return make_tab(**params)
-    digest = hashlib.sha256(Path(__file__).read_bytes())
     digest.update(repr((sorted(params.items()), np.__version__, nb.__version__)).encode())
     path = directory / f"tab-{digest.hexdigest()[:32]}.npz"
     try:

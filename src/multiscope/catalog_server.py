@@ -490,13 +490,18 @@ def _write_ahead_logging(*databases: Path) -> None:  # pragma: no cover - server
     wait for a lock. In SQLite's default (rollback journal) mode a read that arrives
     while a write commits fails at once with "database is locked": a 500 to the reader
     (seen on a catalog server shared by a test module's sessions, 2026-12-07). In WAL
-    mode a reader and the writer never wait for each other. The mode is kept in the file.
+    mode a reader and the writer never wait for each other (two writers at once still
+    can fail so). The mode is kept in the file. A database that cannot be switched (another
+    process holding it) is served as it is, and the log says so.
     """
     import sqlite3
 
     for path in databases:
-        with contextlib.closing(sqlite3.connect(path)) as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
+        try:
+            with contextlib.closing(sqlite3.connect(path)) as connection:
+                connection.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as error:  # e.g. another process holds it: serve anyway
+            print(f"{path.name} left in its journal mode: {error}", flush=True)
 
 
 def _serve(argv: list[str]) -> None:  # pragma: no cover - runs in the server process

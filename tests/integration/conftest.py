@@ -2,9 +2,9 @@
 
 CA clients read ``EPICS_CA_ADDR_LIST`` once, when the first client context is
 created, so every port an IOC of this test session may use is reserved up front
-(a pool) and put in the address list before any ophyd signal exists. Between test
-modules the ports of ended IOCs go back to the pool and the client stops searching
-for their channels (``tests/ioc_ports.py``).
+(a pool) and put in the address list before any ophyd signal exists. After every
+test the client stops searching for the channels of ended IOCs, and between test
+modules their ports go back to the pool (``tests/ioc_ports.py``).
 """
 
 from __future__ import annotations

@@ -93,13 +93,18 @@ def test_voxelize_region(small_tab):
     assert vol.mu is None
 
 
-def test_a_cached_tab_is_the_packed_tab_and_a_torn_file_is_packed_again(tmp_path):
+def test_a_cached_tab_is_the_packed_tab_and_a_torn_file_is_packed_again(tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    from sim_devices.physics import phantom
+
     params = dict(seed=7, width_um=20.0, coating_thickness_um=20.0, foil_thickness_um=5.0,
                   height_um=20.0, n_particles=None)  # fmt: skip
     packed = make_tab(**params)
     first = cached_tab(tmp_path, **params)  # packs it and keeps it
     (kept,) = tmp_path.glob("tab-*.npz")
-    again = cached_tab(tmp_path, **params)  # loads it
+    with monkeypatch.context() as patch:  # loaded, not packed again
+        patch.setattr(phantom, "make_tab", lambda **_: pytest.fail("packed again"))
+        again = cached_tab(tmp_path, **params)
     for tab in (first, again):
         for name in ("centers_um", "radii_um", "material_ids"):
             expected, got = getattr(packed, name), getattr(tab, name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import zmq
@@ -40,22 +39,53 @@ def reply_server():
     context.term()
 
 
-class _SlowClearInReceiveThread(threading.Event):
-    """The receive thread's second step (clearing this event) comes late: a loaded machine."""
+class _CountingEvent(threading.Event):
+    """``_event_msg_received``, counting its sets (each wakes the caller)."""
 
-    def __init__(self, thread_name: str) -> None:
+    sets = 0
+
+    def set(self) -> None:
+        self.sets += 1
+        super().set()
+
+
+class _FirstClearComesLate(threading.Event):
+    """``_event_wait_for_msg``: the receive thread's clear after the first reply comes only
+    once the caller has sent its next request, if the caller was woken before that
+    clear. That is the interleaving a loaded machine produces at random, made certain.
+    """
+
+    def __init__(self, comm: ZMQCommSendThreads) -> None:
         super().__init__()
-        self._thread_name = thread_name
+        self._comm = comm
+        self._requests = 0
+        self._receive_thread_clears = 0
+        self._sent = threading.Condition()
+
+    def _in_receive_thread(self) -> bool:
+        return threading.current_thread().name == self._comm._thread_name
+
+    def set(self) -> None:
+        if not self._in_receive_thread():  # the caller: a request went out
+            with self._sent:
+                self._requests += 1
+                self._sent.notify_all()
+        super().set()
 
     def clear(self) -> None:
-        if threading.current_thread().name == self._thread_name:
-            time.sleep(0.3)
+        if self._in_receive_thread():
+            self._receive_thread_clears += 1
+            woken = self._comm._event_msg_received.sets >= 1
+            if self._receive_thread_clears == 1 and woken:
+                with self._sent:
+                    self._sent.wait_for(lambda: self._requests >= 2, timeout=10)
         super().clear()
 
 
 def _two_requests_in_a_row(address: str) -> list:
     comm = ZMQCommSendThreads(zmq_server_address=address, timeout_recv=10_000)
-    comm._event_wait_for_msg = _SlowClearInReceiveThread(comm._thread_name)
+    comm._event_msg_received = _CountingEvent()
+    comm._event_wait_for_msg = _FirstClearComesLate(comm)
     try:
         return [comm.send_message(method="status")["n"] for _ in range(2)]
     finally:
