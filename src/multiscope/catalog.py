@@ -657,7 +657,7 @@ def _embedded_client(url: str, structure_clients, api_key: str, *path: str):
     ``http://`` URL, ``from_uri`` first sends a request with a client of its own, to
     follow a redirect to https, and each client loads the CA certificates for TLS.
     The embedded server is plain http on the loopback, so neither is needed: ~55 ms of
-    the client's CPU per client (two per session, three in a new data directory), and
+    the client's CPU per client (two per session, four in a new data directory), and
     the server answers one request less.
 
     Parameters
