@@ -79,6 +79,8 @@ IDLE_ENV = "MULTISCOPE_CATALOG_IDLE_S"
 DEFAULT_IDLE_S = 600.0
 START_TIMEOUT_S = 90.0
 START_ATTEMPTS = 3
+# A live server that has not answered /healthz for this long is taken for hung and replaced.
+HUNG_AFTER_S = 20.0
 STATE_NAME = "server.json"
 LOCK_NAME = "server.lock"
 LEASE_NAME = "server.lease"
@@ -181,6 +183,21 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
         return False
     finally:
         connection.close()
+
+
+def _answers(url: str, limit: float = HUNG_AFTER_S) -> bool:
+    """The server answers ``/healthz`` within ``limit`` s (asked again while it does not).
+
+    A single 2 s check is not enough: on a loaded machine a busy server answered later,
+    and the next user took it for hung and stopped it under the sessions using it
+    (a queueserver test, 2026-12-07: five RE workers opening their sessions at once).
+    """
+    deadline = time.monotonic() + limit
+    while not _healthy(url):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
@@ -303,7 +320,7 @@ def acquire(data_dir: str | os.PathLike, *, timeout: float = START_TIMEOUT_S) ->
                     f"{catalog_dir / LOG_NAME}:\n{_log_tail(catalog_dir / LOG_NAME)}"
                 )
             info = _read_state(catalog_dir)
-            if info is not None and _is_our_server(info, catalog_dir) and _healthy(info.url):
+            if info is not None and _is_our_server(info, catalog_dir) and _answers(info.url):
                 lease_fd = _open_lock_file(catalog_dir / LEASE_NAME)
                 fcntl.flock(lease_fd, fcntl.LOCK_SH)  # the server's own check is brief
                 started_here = spawned is not None and spawned.pid == info.pid

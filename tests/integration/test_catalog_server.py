@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -255,3 +256,24 @@ def test_a_server_whose_data_directory_is_deleted_stops(tmp_path):
 
     shutil.rmtree(data_dir)
     wait_until(lambda: not _alive(pid), timeout=60, message="server outlived its directory")
+
+
+def test_a_server_slow_to_answer_is_kept_for_its_users(data_dir):
+    """A server that answers its health check late (a loaded machine: here stopped for
+    3 s) is used by the next user, not taken for hung and replaced under the first."""
+    first = catalog_server.acquire(data_dir)
+    os.kill(first.pid, signal.SIGSTOP)
+    resume = threading.Timer(3.0, os.kill, (first.pid, signal.SIGCONT))
+    resume.start()
+    try:
+        second = catalog_server.acquire(data_dir)
+    finally:
+        resume.join()
+        os.kill(first.pid, signal.SIGCONT)
+    try:
+        assert second.pid == first.pid and second.url == first.url
+        assert _servers_of(data_dir) == [first.pid]
+    finally:
+        second.release()
+        first.release()
+    assert catalog_server.stop(data_dir) == "stopped"
