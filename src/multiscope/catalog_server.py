@@ -16,7 +16,8 @@ Protocol, all by ``flock`` (the kernel releases a killed process's locks):
 
 - **Start.** A user takes ``server.lock``. A healthy server recorded in
   ``server.json`` (its PID alive, its command line this module's for this data
-  directory, ``/healthz`` answering) is used. Otherwise the stale file is
+  directory, ``/healthz`` answering within ``HUNG_AFTER_S``, 20 s: a busy server on a
+  loaded machine answers late, and is in use) is used. Otherwise the stale file is
   removed and a server is spawned in its own session, *inheriting the lock*: it
   writes ``server.json`` once healthy and only then lets the lock go, so
   concurrent first users wait on the lock and then all find the one server.
