@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numba as nb
@@ -546,8 +546,8 @@ def make_tab(
 #: Where simulators keep the tabs they packed (:func:`cached_tab`); default
 #: ``$XDG_CACHE_HOME/multiscope/tabs`` (``~/.cache/multiscope/tabs``).
 TAB_CACHE_ENV = "MULTISCOPE_TAB_CACHE"
-_TAB_FIELDS = ("width_um", "coating_thickness_um", "foil_thickness_um", "height_um",
-               "centers_um", "radii_um", "material_ids", "pore_material", "seed")  # fmt: skip
+# Every field, so a field added to ElectrodeTab is kept too (a file without it repacks).
+_TAB_FIELDS = tuple(f.name for f in fields(ElectrodeTab))
 
 
 def tab_cache_dir() -> Path:
