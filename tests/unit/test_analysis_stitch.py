@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from multiscope.analysis.stitch import register_pair, stitch_vertical
+from multiscope.analysis.stitch import _shifted_box, register_pair, stitch_vertical
 
 MARGIN, NZ, NY, NX = 6, 44, 48, 48
 
@@ -73,3 +73,23 @@ def test_rejects_bad_input():
         stitch_vertical([], 5)
     with pytest.raises(ValueError):
         stitch_vertical([np.zeros((4, 4))], 5)
+
+
+def test_shifted_box_is_the_shifted_volume_of_ones():
+    # _blend's coverage, computed per axis, equals shifting the padded box of ones.
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        shape = tuple(int(n) for n in rng.integers(3, 20, 3))
+        rows, cols = (int(rng.integers(1, n + 1)) for n in shape[1:])
+        measured = (shape[0], rows, cols)
+        shift = (rng.uniform(0, 1), rng.uniform(-5, 5), rng.uniform(-5, 5))
+        if trial % 5 == 0:  # whole voxels across, sub-voxel along
+            shift = (0.0, float(rng.integers(-3, 3)), rng.uniform(-2, 2))
+        if trial % 7 == 0:
+            shift = (0.0, 0.0, 0.0)
+        box = np.zeros(shape, np.float32)
+        box[:, : measured[1], : measured[2]] = 1.0
+        expected = box.copy()
+        if np.any(np.abs(shift) > 1e-6):
+            ndimage.shift(box, shift, output=expected, order=1, mode="constant")
+        np.testing.assert_array_equal(_shifted_box(measured, shape, shift), expected)

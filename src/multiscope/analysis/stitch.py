@@ -221,18 +221,16 @@ def _blend(volumes, offsets, order):
         shift = (frac, offsets[i, 1], offsets[i, 2])
         # Tile on the output grid (z within its slab); lateral size of tile 0.
         tile = np.zeros((vol.shape[0], ny, nx), np.float32)
-        cover = np.zeros((vol.shape[0], ny, nx), np.float32)
         src = vol.astype(np.float32)[:, :ny, :nx]
+        measured = src.shape
         pad = ((0, 0), (0, ny - src.shape[1]), (0, nx - src.shape[2]))
-        src_mask = np.pad(np.ones_like(src), pad)
         src = np.pad(src, pad)
         if np.any(np.abs(shift) > 1e-6):
             ndimage.shift(src, shift, output=tile, order=order, mode="nearest")
-            # Coverage: 1 inside the shifted tile, 0 where nothing was measured.
-            ndimage.shift(src_mask, shift, output=cover, order=1, mode="constant")
         else:
             tile[:] = src
-            cover[:] = src_mask
+        # Coverage: 1 inside the shifted tile, 0 where nothing was measured.
+        cover = _shifted_box(measured, tile.shape, shift)
         # Linear ramps across the overlaps with the previous and next tiles.
         z = np.arange(starts[i], ends[i]) + 0.5
         ramp = np.ones(len(z))
@@ -245,3 +243,22 @@ def _blend(volumes, offsets, order):
         wsum[starts[i] : ends[i]] += weight
     np.divide(out, wsum, out=out, where=wsum > 0)
     return out
+
+
+def _shifted_box(measured, shape, shift):
+    """Coverage of a box of ones (``measured``, at the origin of ``shape``) shifted by ``shift``.
+
+    What ``ndimage.shift`` of the zero-padded box gives with linear interpolation and
+    ``mode="constant"``, computed per axis: linear interpolation of a product of 1-D
+    profiles is the product of their 1-D interpolations (exactly equal;
+    ``tests/unit/test_analysis_stitch.py``), at a fraction of the cost of shifting
+    the whole volume.
+    """
+    moved = bool(np.any(np.abs(shift) > 1e-6))  # as _blend shifts the tile itself
+    profiles = []
+    for m, n, s in zip(measured, shape, shift, strict=True):
+        box = np.zeros(n)
+        box[:m] = 1.0
+        profiles.append(ndimage.shift(box, s, order=1, mode="constant") if moved else box)
+    z, y, x = profiles
+    return (z[:, None, None] * y[None, :, None] * x[None, None, :]).astype(np.float32)
