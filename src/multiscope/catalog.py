@@ -681,6 +681,8 @@ def _embedded_client(url: str, structure_clients, api_key: str, *path: str):
     # verify=False: the connection is plain http (no TLS to verify), and httpx then
     # skips loading the CA bundle.
     context = Context(f"{url}/api/v1", api_key=api_key, verify=False)
+    # Served without a streaming cache or webhooks: a run's stop need not close streams.
+    compat.serves_no_streams(context)
     try:
         return from_context(context, structure_clients, node_path_parts=list(path))
     except BaseException:  # e.g. 404: no such node yet; the caller makes it

@@ -32,6 +32,7 @@ __all__ = [
     "is_staged",
     "limit_violation_type",
     "order_event_tables_by_seq_num",
+    "serves_no_streams",
     "server_monitor_batch_seconds",
     "set_server_high_load_timeout",
     "keep_ca_client_searching",
@@ -577,6 +578,41 @@ def order_event_tables_by_seq_num() -> None:
 
     create_in_seq_num_order._orders_by_seq_num = True
     Container.create_appendable_table = create_in_seq_num_order
+
+
+def serves_no_streams(context) -> None:
+    """Let the clients of ``context`` skip stream closes: its server keeps no streams.
+
+    Stands for: a run's stop costs no request per node the run made, on a server with
+    nothing to close. bluesky-tiled-plugins' ``TiledWriter`` closes the stream of every
+    node a run made when the run stops (``BaseClient.close_stream``: one
+    ``DELETE /api/v1/stream/close/...`` each, about a fifth of an embedded catalog's
+    requests). tiled 0.2.20's server acts on one only with a streaming cache
+    (``--cache``) or webhooks (a config file); without them it looks the node up and
+    does nothing. The embedded catalog servers have neither (decision 0036). tiled's
+    client has no option to skip them, so ``close_stream`` is wrapped once: it returns
+    at once for a context marked here, and sends the request for any other context (a
+    facility's server may stream). Idempotent.
+    """
+    import functools
+
+    from tiled.client.base import BaseClient
+
+    close = BaseClient.close_stream
+    if not getattr(close, "_skips_unstreamed", False):
+
+        @functools.wraps(close)
+        def close_if_streamed(self):
+            if getattr(self.context, _SERVES_NO_STREAMS, False):
+                return None
+            return close(self)
+
+        close_if_streamed._skips_unstreamed = True
+        BaseClient.close_stream = close_if_streamed
+    setattr(context, _SERVES_NO_STREAMS, True)
+
+
+_SERVES_NO_STREAMS = "_multiscope_serves_no_streams"
 
 
 # --------------------------------------------------------------------------------------

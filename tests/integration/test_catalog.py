@@ -146,6 +146,46 @@ def test_run_with_frames_reads_back(RE, catalog, data_dir):
     assert not (data_dir / "journal" / f"{uid}.jsonl").exists()
 
 
+def test_a_stopped_run_closes_no_streams_on_the_embedded_server_which_keeps_none(
+    RE, catalog, data_dir
+):
+    """A run's stop sends no ``stream/close`` per node (compat.serves_no_streams).
+
+    The skip is right only while the embedded server keeps no streams: its stream
+    endpoint fails (tiled: no streaming cache). Served with one (``--cache``), the
+    websocket would be accepted and this test fails, naming the skip to drop.
+    """
+    import asyncio
+
+    import websockets
+
+    from multiscope import catalog_server
+
+    log = data_dir / "catalog" / catalog_server.LOG_NAME
+    before = log.read_text().count("\n")
+    cam = FrameCamera("cam", data_dir / "assets" / "cam")
+    (uid,) = RE(scan([det, cam], motor, -1, 1, 3))
+    assert catalog.drain(60)
+    run = catalog.run(uid)
+    assert run.metadata["stop"]["exit_status"] == "success"
+    assert np.asarray(run["primary"].read()["cam"]).size == 3 * NY * NX
+    requests = log.read_text().splitlines()[before:]
+    assert any(f"/metadata/raw/{uid}" in line for line in requests)  # the run's own requests
+    assert not [line for line in requests if "/stream/close/" in line]
+
+    server = catalog_server.running(data_dir)
+    url = server.url.replace("http://", "ws://") + "/api/v1/stream/single/raw"
+
+    async def subscribe():
+        headers = {"Authorization": f"Apikey {server.api_key}"}
+        async with websockets.connect(url, additional_headers=headers, open_timeout=30):
+            pass
+
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        asyncio.run(subscribe())
+    assert refused.value.response.status_code == 500
+
+
 def test_second_process_sees_runs(RE, catalog, data_dir):
     (uid,) = RE(count([det], 3))
     assert catalog.drain(60)

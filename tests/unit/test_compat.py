@@ -203,6 +203,36 @@ def test_the_event_table_wrapper_takes_what_tiled_takes():
     assert inspect.signature(wrapper, follow_wrapped=False) == tiled_signature
 
 
+def test_stream_closes_are_skipped_only_for_a_context_serving_no_streams():
+    import httpx
+    from tiled.client.base import BaseClient
+
+    class Context:
+        def __init__(self):
+            self.sent = []
+            self.http_client = self
+
+        def delete(self, url):
+            self.sent.append(url)
+            return httpx.Response(200, request=httpx.Request("DELETE", url))
+
+    class Node:
+        uri = "http://127.0.0.1:1/api/v1/metadata/raw/run1"
+
+        def __init__(self, context):
+            self.context = context
+
+    quiet, facility = Context(), Context()
+    compat.serves_no_streams(quiet)
+    compat.serves_no_streams(quiet)  # idempotent: wrapped once
+    assert BaseClient.close_stream._skips_unstreamed
+    assert BaseClient.close_stream.__wrapped__.__qualname__ == "BaseClient.close_stream"
+    BaseClient.close_stream(Node(quiet))
+    BaseClient.close_stream(Node(facility))
+    assert quiet.sent == []
+    assert facility.sent == ["http://127.0.0.1:1/api/v1/stream/close/raw/run1"]
+
+
 def test_allow_slow_reads_only_raises_the_read_timeout():
     from ophyd.signal import EpicsSignalRO, Signal
 
