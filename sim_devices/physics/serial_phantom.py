@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from .materials import MATERIAL_IDS
-from .phantom import ElectrodeTab, _rsa_pack, make_tab
+from .phantom import ElectrodeTab, _rsa_pack, cached_tab, make_tab
 
 __all__ = ["DEFAULT_TAB_WIDTH_UM", "KINDS", "PHASES", "TAB_FACE_BELOW_END_UM", "Phase",
            "SerialPhantom", "TabWindow", "make_serial_phantom"]  # fmt: skip
@@ -311,7 +311,8 @@ def make_serial_phantom(kind: str = "assb", size_um=(40.0, 40.0, 12.0), seed: in
         raise ValueError(f"unknown phantom kind {kind!r}: one of {KINDS}")
     if kind == "tab":
         width = DEFAULT_TAB_WIDTH_UM if tab_width_um is None else float(tab_width_um)
-        return SerialPhantom.from_tab(make_tab(seed=int(seed), width_um=width), size_um)
+        # Packed once, kept for the next simulator (as the TXM IOC's: cached_tab).
+        return SerialPhantom.from_tab(cached_tab(seed=int(seed), width_um=width), size_um)
     if tab_width_um is not None:
         raise ValueError(f"tab_width_um is for the 'tab' phantom, not {kind!r}")
     rng = np.random.default_rng(seed)
