@@ -22,6 +22,10 @@ from multiscope import compat, config
 # Every test data directory gets its own shared catalog server (decision 0015); a
 # user's idles out after 10 min, a test's after this, so a suite leaves none behind.
 os.environ.setdefault("MULTISCOPE_CATALOG_IDLE_S", "20")
+# The launchers that fork catalog servers and IOCs (decision 0037) must outlive the gaps
+# between a worker's modules, or each start pays their imports again (measured: 60
+# launcher starts for 68 children with 20 s). Each worker stops its own at its end.
+os.environ.setdefault("MULTISCOPE_LAUNCHER_IDLE_S", "600")
 
 
 # As configure_session does, before any test's CA client context exists (a context's
@@ -80,3 +84,16 @@ def pytest_collection_finish(session):
 
     gc.collect()
     gc.freeze()
+
+
+def pytest_sessionfinish(session):
+    """Stop this process's launchers (decision 0037): their children are gone by now.
+
+    Each worker's own ``NUMBA_CACHE_DIR`` gives it its own pair (their sockets are
+    named by the import environment); a launcher of a test that changed that
+    environment stops after its idle time.
+    """
+    from multiscope import catalog_server, launcher, simctl
+
+    for preload in (catalog_server.LAUNCHER_PRELOAD, simctl.LAUNCHER_PRELOAD):
+        launcher.stop(preload)

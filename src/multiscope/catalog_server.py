@@ -35,9 +35,16 @@ Before it serves, the server points the catalog's asset URIs at the data directo
 current place (:mod:`multiscope.catalog_location`), so a moved or copied data directory
 keeps reading its event tables and frames.
 
+A server is forked by the launcher (:mod:`multiscope.launcher`, decision 0037), which
+has imported tiled's server once, when one runs: 0.65-0.8 CPU-s to a healthy server
+instead of 3.5-3.7 with ``python -m``. ``server.json`` records the server's start time
+(clock ticks since boot) beside its PID, which together name one process however the
+server was started.
+
 Only the standard library and :mod:`multiscope`'s ``simctl``, ``catalog_location``,
-``locks``, ``ports`` and ``compat`` (none importing a library at module level) are
-imported here, so any layer may use it; tiled is imported only by the server process itself.
+``locks``, ``ports``, ``launcher`` and ``compat`` (none importing a library at module
+level) are imported here, so any layer may use it; tiled is imported only by the server
+process itself (and the launcher).
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from multiscope import compat
+from multiscope import compat, launcher
 from multiscope.catalog_location import relocate
 from multiscope.locks import locked_elsewhere
 from multiscope.ports import free_port
@@ -66,6 +73,7 @@ from multiscope.simctl import pid_exists
 __all__ = [
     "IDLE_ENV",
     "DEFAULT_IDLE_S",
+    "LAUNCHER_PRELOAD",
     "Lease",
     "ServerInfo",
     "acquire",
@@ -88,6 +96,25 @@ LEASE_NAME = "server.lease"
 LOG_NAME = "server.log"
 _CHILD_API_KEY_ENV = "MULTISCOPE_EMBEDDED_TILED_API_KEY"
 _MODULE = "multiscope.catalog_server"
+# What a server imports before it serves (~3 CPU-s): the launcher imports it once.
+LAUNCHER_PRELOAD = (
+    "tiled.commandline.main",
+    "tiled.commandline._serve",
+    "tiled.server.app",
+    "tiled.server.logging_config",
+    "tiled.catalog",
+    "tiled.catalog.alembic_constants",
+    "aiosqlite",
+    "uvicorn",
+    "uvicorn.lifespan.on",
+    "uvicorn.loops.auto",
+    "uvicorn.loops.uvloop",
+    "uvicorn.protocols.http.auto",
+    "uvicorn.protocols.http.httptools_impl",
+    "uvicorn.protocols.websockets.auto",
+    "uvicorn.protocols.websockets.websockets_sansio_impl",
+    _MODULE,
+)
 
 
 @dataclass(frozen=True)
@@ -98,6 +125,9 @@ class ServerInfo:
     pid: int
     api_key: str
     started: float
+    # When the process started, in clock ticks since boot (/proc/PID/stat): with the PID,
+    # it names one process for good (PIDs get reused). None: recorded by an older version.
+    start_ticks: int | None = None
 
     def __repr__(self) -> str:  # never print the key
         return f"ServerInfo(url={self.url!r}, pid={self.pid}, started={self.started})"
@@ -163,15 +193,29 @@ def _lease_is_free(catalog_dir: Path) -> bool:
         os.close(fd)
 
 
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot; None without ``/proc``."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may hold spaces and parentheses.
+    return int(stat_line.rsplit(")", 1)[1].split()[19])
+
+
 def _is_our_server(info: ServerInfo, catalog_dir: Path) -> bool:
-    """The recorded PID runs, and is this module serving this data directory (PIDs get reused)."""
+    """The recorded process runs (PIDs get reused) and serves this data directory."""
     if not pid_exists(info.pid):
         return False
-    try:
-        cmd = Path(f"/proc/{info.pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+    if info.start_ticks is not None:
+        ticks = _start_ticks(info.pid)
+        if ticks is not None:  # the PID and its start time name one process
+            return ticks == info.start_ticks
+    # A record of an older version: the command line names module and directory.
+    cmd = launcher.command_line(info.pid)
+    if cmd is None:
         return True  # no /proc (not Linux): trust the live PID
-    return _MODULE.encode() in cmd and str(catalog_dir.parent).encode() in cmd
+    return _MODULE in cmd and str(catalog_dir.parent) in cmd
 
 
 def _healthy(url: str, timeout: float = 2.0) -> bool:
@@ -258,11 +302,15 @@ class Lease:
         return f"<catalog server lease {self.url} pid {self.pid}>"
 
 
-def _spawn(root: Path, lock_fd: int) -> subprocess.Popen:
-    """Start a server that inherits ``lock_fd`` (and so the start lock) until it is healthy."""
+def _spawn(root: Path, lock_fd: int) -> int | None:
+    """Start a server that inherits ``lock_fd`` (and so the start lock) until it is healthy.
+
+    Forked by the launcher (:mod:`multiscope.launcher`, decision 0037) when one runs,
+    else started with ``python -m``. Returns its PID, or None when the launcher got the
+    request but did not answer: the caller waits on the lock as for any other start.
+    """
     catalog_dir = root / "catalog"
-    cmd = [sys.executable, "-m", _MODULE, str(root), "--port", str(free_port())]
-    cmd += ["--lock-fd", str(lock_fd)]
+    argv = [str(root), "--port", str(free_port()), "--lock-fd", str(lock_fd)]
     # The key goes by environment, not argv, so `ps` does not show it.
     env = dict(os.environ, **{_CHILD_API_KEY_ENV: secrets.token_hex(32)})
     # The server reads HDF5 files that detectors may still be writing.
@@ -271,15 +319,27 @@ def _spawn(root: Path, lock_fd: int) -> subprocess.Popen:
     log = os.open(catalog_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         os.fchmod(log, 0o600)  # a log created before by a looser version
+        try:
+            pid = launcher.launch(
+                _MODULE,
+                argv,
+                preload=LAUNCHER_PRELOAD,
+                env=env,
+                fds={1: log, 2: log, lock_fd: lock_fd},
+            )
+        except launcher.LaunchOutcomeUnknownError:
+            return None
+        if pid is not None:
+            return pid
         return subprocess.Popen(
-            cmd,
+            [sys.executable, "-m", _MODULE, *argv],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             pass_fds=(lock_fd,),
             start_new_session=True,  # shared: a Ctrl-C in the starting terminal leaves it
-        )
+        ).pid
     finally:
         os.close(log)
 
@@ -309,13 +369,13 @@ def acquire(data_dir: str | os.PathLike, *, timeout: float = START_TIMEOUT_S) ->
     for sub in (catalog_dir / "data", root / "assets", root / "derived"):
         sub.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
-    spawned: subprocess.Popen | None = None
+    spawned: int | None = None  # the PID of the server this call started
     for _attempt in range(START_ATTEMPTS + 1):
         lock_fd = _open_lock_file(catalog_dir / LOCK_NAME)
         try:
             if not _lock(lock_fd, deadline):
                 if spawned is not None:
-                    _terminate(spawned.pid)
+                    _terminate(spawned)
                 raise RuntimeError(
                     f"the catalog server did not start within {timeout:.0f} s; see "
                     f"{catalog_dir / LOG_NAME}:\n{_log_tail(catalog_dir / LOG_NAME)}"
@@ -324,7 +384,7 @@ def acquire(data_dir: str | os.PathLike, *, timeout: float = START_TIMEOUT_S) ->
             if info is not None and _is_our_server(info, catalog_dir) and _answers(info.url):
                 lease_fd = _open_lock_file(catalog_dir / LEASE_NAME)
                 fcntl.flock(lease_fd, fcntl.LOCK_SH)  # the server's own check is brief
-                started_here = spawned is not None and spawned.pid == info.pid
+                started_here = spawned is not None and spawned == info.pid
                 return Lease(info, lease_fd, catalog_dir, started_here)
             if info is not None:
                 if _is_our_server(info, catalog_dir):  # alive but not answering: hung
@@ -368,7 +428,7 @@ def start_in_background(data_dir: str | os.PathLike) -> tuple[str, int | None]:
             if _is_our_server(info, catalog_dir):
                 _terminate(info.pid)
             _remove_state(catalog_dir)
-        return "starting", _spawn(root, lock_fd).pid
+        return "starting", _spawn(root, lock_fd)
     finally:
         os.close(lock_fd)  # the spawned server holds the lock until it is healthy
 
@@ -522,8 +582,18 @@ def _write_ahead_logging(*databases: Path) -> None:  # pragma: no cover - server
             print(f"{path.name} left in its journal mode: {error}", flush=True)
 
 
+def main(argv: list[str]) -> None:  # pragma: no cover - runs in the server process
+    """``python -m multiscope.catalog_server ROOT --port N --lock-fd K`` (or a launcher's child)."""
+    try:
+        _serve(argv)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        sys.exit(f"port taken: {exc}")
+
+
 def _serve(argv: list[str]) -> None:  # pragma: no cover - runs in the server process
-    """``python -m multiscope.catalog_server ROOT --port N --lock-fd K``."""
+    """Serve the data directory ``argv`` names until idle (or SIGTERM)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog=f"python -m {_MODULE}")
@@ -535,7 +605,13 @@ def _serve(argv: list[str]) -> None:  # pragma: no cover - runs in the server pr
     catalog_dir = root / "catalog"
     key = os.environ.pop(_CHILD_API_KEY_ENV)
     url = f"http://127.0.0.1:{args.port}"
-    info = ServerInfo(url=url, pid=os.getpid(), api_key=key, started=time.time())
+    info = ServerInfo(
+        url=url,
+        pid=os.getpid(),
+        api_key=key,
+        started=time.time(),
+        start_ticks=_start_ticks(os.getpid()),
+    )
     db = catalog_dir / "catalog.db"
     tiled_args = [str(db), "-w", str(catalog_dir / "data")]
     tiled_args += ["-w", f"sqlite:///{catalog_dir / 'tables.sqlite'}"]
@@ -568,9 +644,4 @@ def _serve(argv: list[str]) -> None:  # pragma: no cover - runs in the server pr
 
 
 if __name__ == "__main__":  # pragma: no cover
-    try:
-        _serve(sys.argv[1:])
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        sys.exit(f"port taken: {exc}")
+    main(sys.argv[1:])

@@ -2,7 +2,10 @@
 
 Each IOC runs as ``python -m <module> --prefix P --port N`` in its own process
 group, with the server environment of :func:`multiscope.config.ca_server_environment`
-and its output in a log file. A JSON state file, ``<data_dir>/sim/state.json``,
+and its output in a log file. When a launcher runs (:mod:`multiscope.launcher`,
+decision 0037), it forks the IOC from a process that has imported the simulators
+already (1.4 CPU-s for all six, paid once instead of at every start); the IOC shows
+the same command line. A JSON state file, ``<data_dir>/sim/state.json``,
 records what was started so a later command can report or stop it; a recorded
 PID counts as alive only if the process exists *and* its command line is the
 recorded IOC (PIDs get reused).
@@ -11,8 +14,9 @@ An IOC may need another: the TXM renders with the ring current of the ring IOC,
 served on its own process as at a facility (decision 0009). Starting ``txm``
 starts ``ring`` first and tells the TXM where it is (:func:`link_args`).
 
-Only the standard library and :mod:`multiscope.config` are imported: the
-simulated hardware is reached by module name, never imported.
+Only the standard library, :mod:`multiscope.config`, ``ports`` and ``launcher`` are
+imported: the simulated hardware is reached by module name, never imported (the
+launcher imports it in its own process).
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from multiscope import launcher
 from multiscope.config import ca_server_environment
 from multiscope.ports import free_port, port_is_free, range_permits
 
 __all__ = [
     "DEFAULT_PORTS",
+    "LAUNCHER_PRELOAD",
     "DEFAULT_PREFIXES",
     "READY_PVS",
     "SIM_MODULES",
@@ -64,6 +70,8 @@ SIM_MODULES: dict[str, str] = {
     "laser": "sim_devices.laser",
     "xrm": "sim_devices.xrm",
 }
+# Imported once by the launcher that forks the IOCs (they share most of their imports).
+LAUNCHER_PRELOAD = tuple(SIM_MODULES.values())
 DEFAULT_PORTS: dict[str, int] = {
     "demo": 5070, "txm": 5071, "ring": 5072, "fibsem": 5073, "laser": 5074, "xrm": 5075,
 }  # fmt: skip
@@ -171,17 +179,34 @@ def start_ioc(
     log_path = log_dir / f"{name}-{port}.log"
     env = dict(os.environ)
     env.update(ca_server_environment(port))
-    cmd = [sys.executable, "-m", module, "--prefix", prefix, "--port", str(port), *extra_args]
+    argv = ["--prefix", prefix, "--port", str(port), *extra_args]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,  # own process group: a Ctrl-C here does not kill it
-        )
-    return IOCProcess(name, prefix, port, proc.pid, str(log_path), module)
+        pid = _launch(module, argv, env, log.fileno())
+        if pid is None:
+            pid = subprocess.Popen(
+                [sys.executable, "-m", module, *argv],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # own process group: a Ctrl-C here does not kill it
+            ).pid
+    return IOCProcess(name, prefix, port, pid, str(log_path), module)
+
+
+def _launch(module: str, argv: list[str], env: dict[str, str], log_fd: int) -> int | None:
+    """The PID of the IOC a launcher forked, or None: start it with ``python -m``."""
+    fds = {1: log_fd, 2: log_fd}
+    try:
+        return launcher.launch(module, argv, preload=LAUNCHER_PRELOAD, env=env, fds=fds)
+    except launcher.LaunchOutcomeUnknownError:
+        # The launcher got the request and did not answer: use the IOC if it forked it.
+        wanted = [module, *argv]
+        for entry in Path("/proc").iterdir():
+            cmd = launcher.command_line(int(entry.name)) if entry.name.isdigit() else None
+            if cmd and cmd[-len(wanted) :] == wanted and pid_exists(int(entry.name)):
+                return int(entry.name)
+        return None
 
 
 def _log_tail(path: str | os.PathLike, lines: int = 20) -> str:
@@ -302,7 +327,11 @@ def wait_until_ready(
 
 
 def pid_exists(pid: int) -> bool:
-    """True if process ``pid`` runs (a zombie child of ours is reaped and counts as gone)."""
+    """True if process ``pid`` runs.
+
+    A zombie child of ours is reaped and counts as gone; so does another process's
+    zombie (a launcher's child that ended, until the launcher reaps it).
+    """
     try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
@@ -314,22 +343,18 @@ def pid_exists(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
-
-
-def _cmdline(pid: int) -> list[str]:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux), or it ended just now: kill() said it ran
+    return state != "Z"
 
 
 def is_alive(ioc: IOCProcess) -> bool:
     """True if ``ioc.pid`` runs and is this IOC (module and port in its command line)."""
     if not pid_exists(ioc.pid):
         return False
-    cmd = _cmdline(ioc.pid)
+    cmd = launcher.command_line(ioc.pid)
     if not cmd:  # no /proc (not Linux): trust the PID
         return True
     return ioc.module in cmd and str(ioc.port) in cmd
@@ -351,9 +376,26 @@ def stop_ioc(pid: int, grace: float = STOP_GRACE_S) -> bool:
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             if not pid_exists(pid):
+                _wait_reaped(pid, deadline)
                 return True
             time.sleep(0.02)
     return False
+
+
+def _wait_reaped(pid: int, deadline: float) -> None:
+    """Wait (until ``deadline``) for an ended process to leave the process table.
+
+    Its parent (a launcher, or init for an orphan) reaps it within milliseconds; until
+    then ``kill(pid, 0)`` still finds it, and a caller who stopped it would too.
+    """
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass
+        time.sleep(0.01)
 
 
 # -- state file -------------------------------------------------------------------

@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -24,7 +27,7 @@ from pathlib import Path
 import pytest
 from waiting import wait_until
 
-from multiscope import catalog_server
+from multiscope import catalog_server, launcher
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +36,7 @@ pytestmark = pytest.mark.integration
 HOLD = textwrap.dedent(
     """
     import json, sys
-    from multiscope import catalog_server
+    from multiscope import catalog_server, launcher
     lease = catalog_server.acquire(sys.argv[1])
     print(json.dumps({"pid": lease.pid, "started_here": lease.started_here}), flush=True)
     sys.stdin.read()
@@ -59,17 +62,17 @@ def _answer(process: subprocess.Popen) -> dict:
 
 
 def _servers_of(data_dir: Path) -> list[int]:
-    """PIDs of catalog servers (this module's command line) serving ``data_dir``."""
+    """PIDs of catalog servers (this module's command line) serving ``data_dir``.
+
+    Started with ``python -m``, the arguments are NUL-separated; forked by the launcher,
+    the command line is its title, one shell-quoted string (``launcher.command_line``).
+    """
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"multiscope.catalog_server" in cmd and str(data_dir).encode() in cmd:
-            found.append(int(entry.name))
+        if entry.name.isdigit():
+            cmd = launcher.command_line(int(entry.name)) or []
+            if "multiscope.catalog_server" in cmd and str(data_dir) in cmd:
+                found.append(int(entry.name))
     return found
 
 
@@ -252,8 +255,6 @@ def test_a_server_whose_data_directory_is_deleted_stops(tmp_path):
     finally:
         holder.communicate("", timeout=30)
     assert _alive(pid)
-    import shutil
-
     shutil.rmtree(data_dir)
     wait_until(lambda: not _alive(pid), timeout=60, message="server outlived its directory")
 
@@ -277,3 +278,107 @@ def test_a_server_slow_to_answer_is_kept_for_its_users(data_dir):
         second.release()
         first.release()
     assert catalog_server.stop(data_dir) == "stopped"
+
+
+def test_a_record_naming_a_live_process_that_started_later_is_replaced(data_dir):
+    """PIDs get reused: ``server.json`` names its server by PID and start time (0037)."""
+    lease = catalog_server.acquire(data_dir)
+    lease.release()
+    assert catalog_server.stop(data_dir) == "stopped"
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        # The record of a server whose PID another process now has: alive, another start.
+        stale = {
+            "url": "http://127.0.0.1:9",
+            "pid": other.pid,
+            "api_key": "0" * 64,
+            "started": time.time(),
+            "start_ticks": catalog_server._start_ticks(other.pid) - 1,
+        }
+        catalog_server.state_path(data_dir).write_text(json.dumps(stale))
+        lease = catalog_server.acquire(data_dir)
+        try:
+            assert lease.started_here and lease.pid != other.pid
+            assert other.poll() is None  # not taken for the server and stopped
+            record = json.loads(catalog_server.state_path(data_dir).read_text())
+            assert record["pid"] == lease.pid
+            assert record["start_ticks"] == catalog_server._start_ticks(lease.pid)
+        finally:
+            lease.release()
+    finally:
+        other.communicate(b"", timeout=30)
+    assert catalog_server.stop(data_dir) == "stopped"
+
+
+def _accepts(path: Path) -> bool:
+    """A launcher listens on ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.fixture
+def own_launchers(monkeypatch):
+    """Launchers of this test only (a socket directory of its own), killed at its end."""
+    run = Path(tempfile.mkdtemp(prefix="msl-", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    yield run
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and str(run).encode() in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+    shutil.rmtree(run, ignore_errors=True)
+
+
+def test_a_server_forked_by_the_launcher_outlives_it_and_is_found(data_dir, own_launchers):
+    """The second start in a fresh socket directory is forked by the launcher the first
+    started; the server is found by command line and by record, and a killed launcher
+    leaves it serving its users."""
+    first = catalog_server.acquire(data_dir / "a")
+    assert _parent_of(first.pid) == os.getpid()  # no launcher yet: started with python -m
+    first.release()
+    sock = launcher.socket_path(catalog_server.LAUNCHER_PRELOAD)
+    wait_until(lambda: _accepts(sock), timeout=90, message="no launcher serves")
+    lease = catalog_server.acquire(data_dir / "b")
+    try:
+        forker = _parent_of(lease.pid)
+        assert (
+            forker != os.getpid()
+            and str(sock).encode() in Path(f"/proc/{forker}/cmdline").read_bytes()
+        )
+        assert _servers_of(data_dir / "b") == [lease.pid]  # its own command line in ps
+        os.kill(forker, signal.SIGKILL)
+        wait_until(lambda: not _alive(forker), timeout=30, message="launcher survived")
+        other = _hold(data_dir / "b")
+        try:
+            assert _answer(other) == {"pid": lease.pid, "started_here": False}
+        finally:
+            other.communicate("", timeout=30)
+    finally:
+        lease.release()
+    assert catalog_server.stop(data_dir / "b") == "stopped"
+    assert catalog_server.stop(data_dir / "a") == "stopped"
+
+
+def test_with_the_launcher_disabled_servers_start_with_python_m(
+    data_dir, own_launchers, monkeypatch
+):
+    monkeypatch.setenv(launcher.DISABLE_ENV, "0")
+    for name in ("a", "b"):
+        lease = catalog_server.acquire(data_dir / name)
+        try:
+            assert _parent_of(lease.pid) == os.getpid()
+        finally:
+            lease.release()
+        assert catalog_server.stop(data_dir / name) == "stopped"
+    assert not list(own_launchers.rglob("*.sock"))

@@ -102,7 +102,9 @@ def test_sim_start_with_a_cold_numba_cache_under_load_succeeds(tmp_path):
         result = subprocess.run(
             [sys.executable, "-m", "multiscope", "--data-dir", str(tmp_path / "data"),
              "sim", "start", "txm"],
-            env={**os.environ, "NUMBA_CACHE_DIR": str(numba_cache)},
+            # Its cold cache gives it launchers of its own (decision 0037): short-lived.
+            env={**os.environ, "NUMBA_CACHE_DIR": str(numba_cache),
+                 "MULTISCOPE_LAUNCHER_IDLE_S": "20"},
             capture_output=True, text=True, timeout=900,
         )  # fmt: skip
     finally:

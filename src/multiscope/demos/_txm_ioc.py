@@ -11,7 +11,7 @@ import os
 import uuid
 from pathlib import Path
 
-from .. import simctl
+from .. import launcher, simctl
 from ..config import apply_ca_client_environment, ca_client_environment
 
 __all__ = ["txm_ioc"]
@@ -20,12 +20,8 @@ __all__ = ["txm_ioc"]
 def _recorded_args(pid: int) -> list[str] | None:
     """Options after ``--port N`` on a running IOC's command line, without the links to
     the IOCs it requires (``--ring-prefix P --ring-port N``); None if unreadable."""
-    try:
-        parts = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    cmd = [p.decode(errors="replace") for p in parts if p]
-    if "--port" not in cmd:
+    cmd = launcher.command_line(pid)
+    if cmd is None or "--port" not in cmd:
         return None
     options = cmd[cmd.index("--port") + 2 :]
     links = {f"--{name}-{what}" for name in simctl.REQUIRES["txm"] for what in ("prefix", "port")}
