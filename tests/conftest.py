@@ -10,7 +10,9 @@ loopback ports (``MULTISCOPE_PORT_RANGE``) and its own numba cache. Every test
 process, serial or not, has a default data directory of its own (``MULTISCOPE_DATA_DIR``).
 """
 
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,13 @@ os.environ.setdefault("MULTISCOPE_CATALOG_IDLE_S", "20")
 # between a worker's modules, or each start pays their imports again (measured: 60
 # launcher starts for 68 children with 20 s). Each worker stops its own at its end.
 os.environ.setdefault("MULTISCOPE_LAUNCHER_IDLE_S", "600")
+# A launcher directory per test process (and its subprocesses), apart from the user's
+# and another checkout's tests; short, since a socket's path holds at most 107 bytes.
+_CHECKOUT = hashlib.sha256(str(Path(__file__).parent).encode()).hexdigest()[:8]
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+os.environ["MULTISCOPE_LAUNCHER_DIR"] = str(
+    Path(tempfile.gettempdir()) / f"multiscope-{os.getuid()}-tests-{_CHECKOUT}-{_WORKER}"
+)
 
 
 # As configure_session does, before any test's CA client context exists (a context's
@@ -87,13 +96,11 @@ def pytest_collection_finish(session):
 
 
 def pytest_sessionfinish(session):
-    """Stop this process's launchers (decision 0037): their children are gone by now.
+    """Stop the launchers of this process and its subprocesses (decision 0037).
 
-    Each worker's own ``NUMBA_CACHE_DIR`` gives it its own pair (their sockets are
-    named by the import environment); a launcher of a test that changed that
-    environment stops after its idle time.
+    They are in this process's own launcher directory (set above), whatever their
+    keys; their children have ended by now.
     """
-    from multiscope import catalog_server, launcher, simctl
+    from multiscope import launcher
 
-    for preload in (catalog_server.LAUNCHER_PRELOAD, simctl.LAUNCHER_PRELOAD):
-        launcher.stop(preload)
+    launcher.stop_all()

@@ -204,14 +204,16 @@ def _start_ticks(pid: int) -> int | None:
 
 
 def _is_our_server(info: ServerInfo, catalog_dir: Path) -> bool:
-    """The recorded process runs (PIDs get reused) and serves this data directory."""
+    """The recorded process runs and serves this data directory.
+
+    PIDs get reused: the PID and its start time name one process (a record of an older
+    version has no start time). ``server.json`` moves with a moved or copied directory
+    (decision 0023): the command line says which directory the process serves.
+    """
     if not pid_exists(info.pid):
         return False
-    if info.start_ticks is not None:
-        ticks = _start_ticks(info.pid)
-        if ticks is not None:  # the PID and its start time name one process
-            return ticks == info.start_ticks
-    # A record of an older version: the command line names module and directory.
+    if info.start_ticks is not None and _start_ticks(info.pid) not in (None, info.start_ticks):
+        return False
     cmd = launcher.command_line(info.pid)
     if cmd is None:
         return True  # no /proc (not Linux): trust the live PID

@@ -53,17 +53,19 @@ from pathlib import Path
 
 __all__ = [
     "DEFAULT_IDLE_S",
+    "DIR_ENV",
     "DISABLE_ENV",
     "IDLE_ENV",
     "LaunchOutcomeUnknownError",
     "command_line",
     "launch",
     "socket_path",
-    "stop",
+    "stop_all",
 ]
 
 DISABLE_ENV = "MULTISCOPE_LAUNCHER"  # "0": always start processes the plain way
 IDLE_ENV = "MULTISCOPE_LAUNCHER_IDLE_S"
+DIR_ENV = "MULTISCOPE_LAUNCHER_DIR"  # where the sockets and logs go
 DEFAULT_IDLE_S = 600.0
 CONNECT_TIMEOUT_S = 2.0
 # A busy launcher on a loaded machine answers late; past this the caller cannot
@@ -73,7 +75,13 @@ _MAX_MESSAGE = 1 << 20
 _MAX_FDS = 16
 # Variables read while modules import (thread pools, JIT caches, import paths): a
 # launcher started under other values would give its children the wrong ones.
-_IMPORT_ENV_PREFIXES = ("PYTHON", "OMP_", "OPENBLAS_", "MKL_", "NUMBA_", "NUMEXPR_", "HDF5_")
+# (HDF5 reads HDF5_USE_FILE_LOCKING at every file open, so it is not among them; a
+# session sets it, and a key with it gave a worker a second pair of launchers.)
+_IMPORT_ENV_PREFIXES = (
+    "PYTHON", "OMP_", "OPENBLAS_", "MKL_", "NUMBA_", "NUMEXPR_", "CAPROTO_",
+)  # fmt: skip
+# A socket's path holds at most 107 bytes (sun_path); a longer one fails only at bind.
+_MAX_SOCKET_PATH = 100
 _MODULE = "multiscope.launcher"
 
 
@@ -82,10 +90,15 @@ class LaunchOutcomeUnknownError(RuntimeError):
 
 
 def _runtime_dir() -> Path | None:
-    """A directory only this user can enter, for the sockets; None if there is none."""
+    """A directory only this user can enter, for the sockets; None if there is none.
+
+    ``$MULTISCOPE_LAUNCHER_DIR`` if set (the tests give each worker one), else
+    ``multiscope-UID`` in ``$XDG_RUNTIME_DIR`` or the temporary directory.
+    """
+    chosen = os.environ.get(DIR_ENV)
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    path = Path(base) / f"multiscope-{os.getuid()}"
-    with contextlib.suppress(FileExistsError):
+    path = Path(chosen) if chosen else Path(base) / f"multiscope-{os.getuid()}"
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
         path.mkdir(mode=0o700)
     try:
         info = path.lstat()
@@ -102,12 +115,21 @@ def _package_dir() -> Path:
 
 
 def _tree_stamp(package: Path) -> list:
-    """Size and mtime of every source file of ``package``: an edit makes a new launcher."""
-    return sorted(
-        (str(path.relative_to(package)), info.st_size, info.st_mtime_ns)
-        for path in package.rglob("*.py")
-        for info in [path.stat()]
-    )
+    """Size and mtime of every source file of ``package``: an edit makes a new launcher.
+
+    An editor's lock file (``.#name.py``, a dangling link) or a file deleted during the
+    walk is left out.
+    """
+    stamps = []
+    for path in package.rglob("*.py"):
+        if path.name.startswith("."):
+            continue
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        stamps.append((str(path.relative_to(package)), info.st_size, info.st_mtime_ns))
+    return sorted(stamps)
 
 
 def _source_stamp() -> list:
@@ -147,8 +169,23 @@ def idle_seconds() -> float:
         return DEFAULT_IDLE_S
 
 
+def _origins(preload: tuple[str, ...]) -> dict[str, str | None]:
+    """Where each preloaded top-level package is imported from, by this process."""
+    import importlib.util
+
+    origins = {}
+    for top in sorted({name.split(".")[0] for name in preload} | {"multiscope"}):
+        spec = importlib.util.find_spec(top)
+        origins[top] = spec.origin if spec is not None else None
+    return origins
+
+
 def socket_path(preload: tuple[str, ...]) -> Path | None:
-    """The socket of the launcher for ``preload`` and this interpreter, code and environment."""
+    """The socket of the launcher for ``preload`` and this interpreter, code and environment.
+
+    None when there is no safe place for it (see :func:`_runtime_dir`) or its path
+    would be too long for a socket.
+    """
     directory = _runtime_dir()
     if directory is None:
         return None
@@ -164,7 +201,8 @@ def socket_path(preload: tuple[str, ...]) -> Path | None:
             _package_stamp(preload),
         ]
     )
-    return directory / f"launcher-{hashlib.sha256(key.encode()).hexdigest()[:20]}.sock"
+    path = directory / f"launcher-{hashlib.sha256(key.encode()).hexdigest()[:20]}.sock"
+    return path if len(os.fsencode(path)) <= _MAX_SOCKET_PATH else None
 
 
 # ---------------------------------------------------------------------------- caller side
@@ -213,7 +251,10 @@ def launch(
     """
     if os.environ.get(DISABLE_ENV, "1") == "0":
         return None
-    path = socket_path(preload)
+    try:
+        path = socket_path(preload)
+    except OSError:  # e.g. a source file unreadable: the plain way still works
+        return None
     if path is None:
         return None
     request = {
@@ -228,7 +269,8 @@ def launch(
         try:
             sock.connect(str(path))
         except OSError:  # none runs (or a dead one's socket): start one for the next caller
-            _start_launcher(path, preload, idle_seconds() if idle_s is None else idle_s)
+            with contextlib.suppress(OSError):
+                _start_launcher(path, preload, idle_seconds() if idle_s is None else idle_s)
             return None
         try:
             socket.send_fds(sock, [json.dumps(request).encode()], list(fds.values()))
@@ -246,20 +288,19 @@ def launch(
     return None  # refused (its reason is in the launcher's log)
 
 
-def stop(preload: tuple[str, ...]) -> bool:
-    """Stop the launcher for ``preload`` (of this interpreter, code and environment).
+def stop_all() -> int:
+    """Stop every launcher whose socket is in this process's socket directory.
 
-    Its socket is removed: it stops within a second, and its children run on.
-    Returns True if there was a socket to remove.
+    Their sockets are removed: each stops within a second, and its children run on.
+    Returns how many sockets were removed.
     """
-    path = socket_path(preload)
-    if path is None:
-        return False
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return False
-    return True
+    directory = _runtime_dir()
+    removed = 0
+    for path in directory.glob("launcher-*.sock") if directory is not None else ():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return removed
 
 
 def _start_launcher(path: Path, preload: tuple[str, ...], idle_s: float) -> None:
@@ -282,8 +323,8 @@ def _start_launcher(path: Path, preload: tuple[str, ...], idle_s: float) -> None
                 str(idle_s),
                 "--preload",
                 ",".join(preload),
-                "--package",
-                str(_package_dir()),
+                "--origins",
+                json.dumps(_origins(preload)),
             ],
             cwd="/",  # pins no directory of the caller's
             stdin=subprocess.DEVNULL,
@@ -343,6 +384,12 @@ def _serve(path: Path, preload: list[str], idle_s: float) -> None:  # pragma: no
                 last_activity = time.monotonic()
             elif time.monotonic() - last_activity > idle_s:
                 _log("idle: stopping")
+                # No new caller finds the socket; those already queued are served.
+                _unlink_if(path, inode)
+                while select.select([listener], [], [], 0)[0]:
+                    connection, _ = listener.accept()
+                    with connection:
+                        _handle(connection, listener, (lock_fd, wake_r, wake_w))
                 break
             try:
                 if path.stat().st_ino != inode:
@@ -364,11 +411,16 @@ def _serve(path: Path, preload: list[str], idle_s: float) -> None:  # pragma: no
         signal.set_wakeup_fd(-1)
         os.close(wake_r)
         os.close(wake_w)
+        _unlink_if(path, inode)
         listener.close()
-        with contextlib.suppress(OSError):
-            if path.stat().st_ino == inode:
-                path.unlink()
         os.close(lock_fd)
+
+
+def _unlink_if(path: Path, inode: int) -> None:
+    """Remove the socket at ``path`` if it is still ours (``inode``)."""
+    with contextlib.suppress(OSError):
+        if path.stat().st_ino == inode:
+            path.unlink()
 
 
 def _reap(children: set[int]) -> None:
@@ -392,13 +444,19 @@ def _handle(
     try:
         creds = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         _pid, uid, _gid = struct.unpack("3i", creds)
-        message, fds, _flags, _address = socket.recv_fds(connection, _MAX_MESSAGE, _MAX_FDS)
         if uid != os.getuid():
             raise PermissionError(f"request from uid {uid}")
+        message, fds, _flags, _address = socket.recv_fds(connection, _MAX_MESSAGE, _MAX_FDS)
         request = json.loads(message)
         targets = [int(fd) for fd in request["fds"]]
         if len(targets) != len(fds):
             raise ValueError(f"{len(fds)} descriptors for {len(targets)} targets")
+        # A target the launcher's imports hold open (a database, say) would be
+        # overwritten under them in the child: refused, the caller starts it plainly.
+        ours = {connection.fileno(), listener.fileno(), *own_fds, *fds}
+        for target in targets:
+            if target > 2 and target not in ours and _is_open(target):
+                raise ValueError(f"descriptor {target} is in use in the launcher")
         module, argv = str(request["module"]), [str(arg) for arg in request["argv"]]
         env = {str(k): str(v) for k, v in request["env"].items()}
         cwd = str(request["cwd"])
@@ -425,6 +483,14 @@ def _handle(
     finally:
         for fd in fds:  # the child has its copies; ours would hold the caller's locks
             os.close(fd)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except OSError:
+        return False
+    return True
 
 
 def _run_child(  # pragma: no cover - runs in the forked child
@@ -481,7 +547,12 @@ def _run_child(  # pragma: no cover - runs in the forked child
         code = 1
     finally:
         import atexit
+        import threading
 
+        # What interpreter shutdown does, in its order: join the non-daemon threads
+        # (and run threading's own exit hooks), then the atexit functions.
+        with contextlib.suppress(BaseException):
+            threading._shutdown()
         with contextlib.suppress(BaseException):
             atexit._run_exitfuncs()
         with contextlib.suppress(BaseException):
@@ -529,13 +600,17 @@ def main(args: list[str] | None = None) -> None:  # pragma: no cover - the launc
     parser.add_argument("socket", type=Path)
     parser.add_argument("--idle", type=float, required=True)
     parser.add_argument("--preload", default="")
-    parser.add_argument("--package", type=Path, required=True)
+    parser.add_argument("--origins", type=json.loads, required=True)
     options = parser.parse_args(args)
-    if _package_dir() != options.package.resolve():
-        _log(f"multiscope imports from {_package_dir()}, not {options.package}: stopping")
+    preload = [m for m in options.preload.split(",") if m]
+    # Before importing anything: a package found elsewhere than by the caller (another
+    # checkout on the caller's sys.path) would give its children other code.
+    found = _origins(tuple(preload))
+    if found != options.origins:
+        _log(f"packages found at {found}, the caller's at {options.origins}: stopping")
         sys.exit(1)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    _serve(options.socket, [m for m in options.preload.split(",") if m], options.idle)
+    _serve(options.socket, preload, options.idle)
 
 
 if __name__ == "__main__":  # pragma: no cover

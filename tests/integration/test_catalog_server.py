@@ -331,7 +331,7 @@ def _parent_of(pid: int) -> int:
 def own_launchers(monkeypatch):
     """Launchers of this test only (a socket directory of its own), killed at its end."""
     run = Path(tempfile.mkdtemp(prefix="msl-", dir="/tmp"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    monkeypatch.setenv(launcher.DIR_ENV, str(run))
     yield run
     for entry in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
@@ -382,3 +382,23 @@ def test_with_the_launcher_disabled_servers_start_with_python_m(
             lease.release()
         assert catalog_server.stop(data_dir / name) == "stopped"
     assert not list(own_launchers.rglob("*.sock"))
+
+
+def test_a_copy_made_while_the_server_runs_gets_a_server_of_its_own(data_dir):
+    """``server.json`` travels with a copied directory (decision 0023): the copy's users
+    must not be handed the original's server, which serves the original's files."""
+    original, copy = data_dir / "original", data_dir / "copy"
+    lease = catalog_server.acquire(original)
+    try:
+        shutil.copytree(original, copy)
+        assert json.loads(catalog_server.state_path(copy).read_text())["pid"] == lease.pid
+        other = catalog_server.acquire(copy)
+        try:
+            assert other.started_here and other.pid != lease.pid
+            assert _servers_of(copy) == [other.pid] and _servers_of(original) == [lease.pid]
+        finally:
+            other.release()
+    finally:
+        lease.release()
+    assert catalog_server.stop(copy) == "stopped"
+    assert catalog_server.stop(original) == "stopped"

@@ -32,6 +32,11 @@ PROBE = textwrap.dedent(
     import json, os, sys, time
 
     IMPORTED_BY = os.getpid()  # the launcher's PID when it was preloaded there
+    HELD = None
+    if os.environ.get("PROBE_HELD_NOTE"):  # hold a file open, as an imported library may
+        HELD = open(__file__, "rb")
+        with open(os.environ["PROBE_HELD_NOTE"], "w") as note:
+            note.write(str(HELD.fileno()))
 
 
     def main(argv):
@@ -41,6 +46,7 @@ PROBE = textwrap.dedent(
             "env": dict(os.environ), "imported_by": IMPORTED_BY,
             "stdin": os.readlink("/proc/self/fd/0"),
             "cmdline": open("/proc/self/cmdline", "rb").read().decode(),
+            "held": os.pread(HELD.fileno(), 20, 0).decode() if HELD else None,
         }
         os.write(report_fd, json.dumps(report).encode())
         os.close(report_fd)
@@ -62,7 +68,9 @@ def isolated(monkeypatch):
     (root / "run").mkdir(mode=0o700)
     (root / "mods").mkdir()
     (root / "mods" / "probe_child.py").write_text(PROBE)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(root / "run"))
+    monkeypatch.setenv(launcher.DIR_ENV, str(root / "run"))
+    # Found by us and by the launcher at the same place (it checks).
+    monkeypatch.syspath_prepend(str(root / "mods"))
     pythonpath = os.environ.get("PYTHONPATH")
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(filter(None, [str(root / "mods"), pythonpath]))
@@ -135,16 +143,17 @@ class Probe:
 
 
 def _serving_launch(root: Path, mode: str, **kwargs) -> tuple[int, Probe]:
-    """Launch once a launcher serves (the first call only starts one)."""
+    """Launch once a launcher serves: a call that finds none starts one, which is
+    waited for (calling again meanwhile would start more, racing for its lock)."""
     path = launcher.socket_path(PRELOAD)
-    for _ in range(2):
+    for _ in range(3):
         probe = Probe(root)
         pid = probe.launch(mode, **kwargs)
         if pid is not None:
             return pid, probe
         os.close(probe.report_r)
         wait_until(lambda: _accepts(path), timeout=60, message=f"no launcher serves {path}")
-    raise AssertionError("a serving launcher took no request")
+    raise AssertionError(f"a launcher serving {path} took no request three times")
 
 
 def _accepts(path: Path) -> bool:
@@ -213,7 +222,7 @@ def test_a_killed_launcher_is_replaced_and_its_children_live_on(isolated):
 
 def test_an_idle_launcher_stops_and_removes_its_socket(isolated):
     path = launcher.socket_path(PRELOAD)
-    pid, probe = _serving_launch(isolated, "exit", idle_s=1.0)
+    pid, probe = _serving_launch(isolated, "exit", idle_s=2.0)
     probe.report()
     wait_until(
         lambda: not path.exists() and not _launchers_serving(path),
@@ -230,10 +239,9 @@ def test_disabled_or_unsafe_socket_directories_launch_nothing(isolated, monkeypa
     os.close(probe.report_r)
     monkeypatch.delenv(launcher.DISABLE_ENV)
     open_dir = isolated / "open"
-    open_dir.mkdir()
-    (open_dir / f"multiscope-{os.getuid()}").mkdir(mode=0o755)
-    os.chmod(open_dir / f"multiscope-{os.getuid()}", 0o755)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(open_dir))
+    open_dir.mkdir(mode=0o755)
+    os.chmod(open_dir, 0o755)
+    monkeypatch.setenv(launcher.DIR_ENV, str(open_dir))
     assert launcher.socket_path(PRELOAD) is None  # others could enter: no socket there
     probe = Probe(isolated)
     assert probe.launch("exit") is None
@@ -278,3 +286,54 @@ def test_a_childs_command_line_reads_back_exactly(isolated):
         )
     finally:
         other.communicate(b"", timeout=30)
+
+
+def test_a_descriptor_the_launcher_holds_is_never_overwritten(isolated, monkeypatch):
+    """A caller asking for a descriptor number a preloaded module holds open is refused
+    (and starts its process the plain way); the module's file stays intact."""
+    note = isolated / "held-fd"
+    monkeypatch.setenv("PROBE_HELD_NOTE", str(note))
+    pid, probe = _serving_launch(isolated, "exit")
+    assert probe.report()["held"] == PROBE[:20]  # the child reads the inherited file
+    held = int(note.read_text())
+    clash = Probe(isolated)
+    pid = launcher.launch(
+        "probe_child",
+        [str(held), "exit"],
+        preload=PRELOAD,
+        env=dict(os.environ),
+        fds={1: clash.out, 2: clash.out, held: clash.report_w},
+        idle_s=30.0,
+    )
+    os.close(clash.report_w)
+    os.close(clash.out)
+    os.close(clash.report_r)
+    assert pid is None
+    log = launcher.socket_path(PRELOAD).with_suffix(".log").read_text()
+    assert f"descriptor {held} is in use in the launcher" in log
+    pid, probe = _serving_launch(isolated, "exit")
+    assert probe.report()["held"] == PROBE[:20]
+
+
+def test_a_launcher_that_would_import_other_code_than_its_caller_refuses(isolated, monkeypatch):
+    """A package found elsewhere by the launcher than by its caller (here: another
+    ``probe_child`` first on the launcher's path) would give the children other code."""
+    other = isolated / "other"
+    other.mkdir()
+    (other / "probe_child.py").write_text(PROBE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(other), os.environ["PYTHONPATH"]]))
+    path = launcher.socket_path(PRELOAD)
+    log = path.with_suffix(".log")
+    probe = Probe(isolated)
+    assert probe.launch("exit") is None  # starts a launcher, which checks and stops
+    os.close(probe.report_r)
+    wait_until(
+        lambda: log.exists() and "stopping" in log.read_text(),
+        timeout=60,
+        message="the launcher did not refuse",
+    )
+    assert str(other / "probe_child.py") in log.read_text()
+    assert not path.exists()
+    again = Probe(isolated)
+    assert again.launch("exit") is None  # still refused: the caller starts it the plain way
+    os.close(again.report_r)

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
 
 from multiscope import launcher
 
 PRELOAD = ("json",)
 
 
+@pytest.fixture
+def tmp_path():
+    """A short temporary directory: a socket's path holds at most 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="msk-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def test_the_socket_changes_with_the_source_and_the_import_environment(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir(mode=0o700)
+    monkeypatch.delenv(launcher.DIR_ENV, raising=False)  # the tests' own
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
     package = tmp_path / "package"
     package.mkdir()
@@ -33,6 +47,7 @@ def test_the_socket_changes_with_the_source_and_the_import_environment(tmp_path,
 
 
 def test_no_socket_in_a_directory_others_can_enter(tmp_path, monkeypatch):
+    monkeypatch.delenv(launcher.DIR_ENV, raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     shared = tmp_path / f"multiscope-{os.getuid()}"
     shared.mkdir()
@@ -40,3 +55,13 @@ def test_no_socket_in_a_directory_others_can_enter(tmp_path, monkeypatch):
     assert launcher.socket_path(PRELOAD) is None
     os.chmod(shared, 0o700)
     assert launcher.socket_path(PRELOAD).parent == shared
+
+
+def test_a_socket_directory_of_its_own_and_too_long_a_path(tmp_path, monkeypatch):
+    chosen = tmp_path / "launchers"
+    monkeypatch.setenv(launcher.DIR_ENV, str(chosen))
+    assert launcher.socket_path(PRELOAD).parent == chosen  # made, owner-only
+    assert chosen.stat().st_mode & 0o777 == 0o700
+    deep = tmp_path / ("d" * 90)
+    monkeypatch.setenv(launcher.DIR_ENV, str(deep))
+    assert launcher.socket_path(PRELOAD) is None  # over a socket's 107 bytes: none
