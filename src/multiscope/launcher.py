@@ -384,18 +384,13 @@ def _serve(path: Path, preload: list[str], idle_s: float) -> None:  # pragma: no
                 last_activity = time.monotonic()
             elif time.monotonic() - last_activity > idle_s:
                 _log("idle: stopping")
-                # No new caller finds the socket; those already queued are served.
-                _unlink_if(path, inode)
-                while select.select([listener], [], [], 0)[0]:
-                    connection, _ = listener.accept()
-                    with connection:
-                        _handle(connection, listener, (lock_fd, wake_r, wake_w))
+                _unlink_if(path, inode)  # no new caller finds it
                 break
             try:
                 if path.stat().st_ino != inode:
                     break  # replaced by another launcher
             except FileNotFoundError:
-                break  # removed: stop serving
+                break  # removed (stop_all): stop serving
             ready = select.select([listener, wake_r], [], [], 1.0)[0]
             if wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
@@ -407,6 +402,11 @@ def _serve(path: Path, preload: list[str], idle_s: float) -> None:  # pragma: no
                 if pid is not None:
                     children.add(pid)
                 last_activity = time.monotonic()
+        # Callers already queued get their child, not a connection closed unanswered.
+        while select.select([listener], [], [], 0)[0]:
+            connection, _ = listener.accept()
+            with connection:
+                _handle(connection, listener, (lock_fd, wake_r, wake_w))
     finally:
         signal.set_wakeup_fd(-1)
         os.close(wake_r)
