@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from launcher_sockets import accepts
 from waiting import wait_until
 
 from multiscope import catalog_server, launcher
@@ -312,16 +312,6 @@ def test_a_record_naming_a_live_process_that_started_later_is_replaced(data_dir)
     assert catalog_server.stop(data_dir) == "stopped"
 
 
-def _accepts(path: Path) -> bool:
-    """A launcher listens on ``path``."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
 def _parent_of(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])
@@ -348,7 +338,7 @@ def test_a_server_forked_by_the_launcher_outlives_it_and_is_found(data_dir, own_
     assert _parent_of(first.pid) == os.getpid()  # no launcher yet: started with python -m
     first.release()
     sock = launcher.socket_path(catalog_server.LAUNCHER_PRELOAD)
-    wait_until(lambda: _accepts(sock), timeout=90, message="no launcher serves")
+    wait_until(lambda: accepts(sock), timeout=90, message="no launcher serves")
     lease = catalog_server.acquire(data_dir / "b")
     try:
         forker = _parent_of(lease.pid)

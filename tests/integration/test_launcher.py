@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from launcher_sockets import accepts
 from waiting import wait_until
 
 from multiscope import launcher
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 PROBE = textwrap.dedent(
     """
-    import json, os, sys, time
+    import json, os, signal, sys
 
     IMPORTED_BY = os.getpid()  # the launcher's PID when it was preloaded there
     HELD = None
@@ -53,9 +53,9 @@ PROBE = textwrap.dedent(
         print("probe wrote to stdout", flush=True)
         if mode == "fail":
             raise RuntimeError("probe failed on purpose")
-        if mode == "live":
+        if mode == "live":  # until killed
             while True:
-                time.sleep(0.2)
+                signal.pause()
     """
 )
 PRELOAD = ("probe_child",)
@@ -152,18 +152,8 @@ def _serving_launch(root: Path, mode: str, **kwargs) -> tuple[int, Probe]:
         if pid is not None:
             return pid, probe
         os.close(probe.report_r)
-        wait_until(lambda: _accepts(path), timeout=60, message=f"no launcher serves {path}")
+        wait_until(lambda: accepts(path), timeout=60, message=f"no launcher serves {path}")
     raise AssertionError(f"a launcher serving {path} took no request three times")
-
-
-def _accepts(path: Path) -> bool:
-    """A launcher listens on ``path`` (a dead one's socket file refuses)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 def test_a_child_is_what_python_m_would_start(isolated):
@@ -258,7 +248,7 @@ def test_a_childs_command_line_reads_back_exactly(isolated):
     first = Probe(isolated)
     assert first.launch("exit") is None  # starts the launcher
     os.close(first.report_r)
-    wait_until(lambda: _accepts(path), timeout=60, message=f"no launcher serves {path}")
+    wait_until(lambda: accepts(path), timeout=60, message=f"no launcher serves {path}")
     probe = Probe(isolated)
     pid = launcher.launch(
         "probe_child",
